@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make run` (set up + dashboard) and `make test` (set up + tests).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test test-fast browser checkpoints bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import torch, torchvision, streamlit, faiss, umap, captum, pytorch_metric_learning"
+	touch $(STAMP)
+
+# Debian's Chromium for the Playwright browser tests (never `playwright install`: no downloads here)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing: run 'sudo apt-get install -y chromium' for the browser tests (they skip without it)"; fi; }
+
+run: setup
+	$(VENV)/bin/streamlit run app.py --server.headless true --browser.gatherUsageStats false
+
+test: setup browser
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+checkpoints: setup
+	$(PY) -m benchmarks.make_checkpoints
+
+bench: setup
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf .cache test-output

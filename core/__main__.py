@@ -1,0 +1,119 @@
+"""Command line: `python -m core train|evaluate|umap ...` (see README)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _progress_bar():
+    from tqdm import tqdm
+
+    bar = {"bar": None, "total": None}
+
+    def update(step: int, total: int, message: str) -> None:
+        if bar["bar"] is None or bar["total"] != total or step == 1:
+            if bar["bar"] is not None:
+                bar["bar"].close()
+            bar["bar"], bar["total"] = tqdm(total=total, leave=False, dynamic_ncols=True), total
+        bar["bar"].set_description(message)
+        bar["bar"].update(step - bar["bar"].n)
+    return update
+
+
+def cmd_train(args) -> int:
+    from core.config import RunConfig
+    from core.train import train
+
+    cfg = RunConfig.load(args.config)
+    overrides = list(args.overrides)
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    if args.no_pretrained:
+        overrides.append("model.pretrained=false")
+    cfg = cfg.with_overrides(overrides)
+    if not cfg.name:
+        cfg.name = Path(args.out).name
+    metrics = train(cfg, args.out, progress=_progress_bar())
+    if metrics:
+        print(json.dumps({"run": args.out, "best_epoch": metrics["best_epoch"], "test": metrics["test"]}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from core.checkpoint import load_run
+    from core.data import build_datasets
+    from core.evaluate import evaluate_splits
+    from core.train import resolve_device
+
+    device = resolve_device(args.device)
+    model, cfg = load_run(args.run_dir, device)
+    data_cfg = cfg.data
+    if args.dataset:
+        data_cfg = cfg.with_overrides([f"data.root={args.dataset}"]).data
+    splits = build_datasets(data_cfg, seed=cfg.train.seed)
+    ks = [int(k) for k in args.k.split(",")] if args.k else cfg.train.recall_ks
+    metrics = evaluate_splits(model, splits, device, ks, which=args.split)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        for k, v in metrics.items():
+            print(f"{k:>14s}  {v:.4f}")
+    return 0
+
+
+def cmd_umap(args) -> int:
+    from core.projection import ensure_coords
+
+    for run in args.run_dirs:
+        ensure_coords(run, "umap")
+        print(f"{run}: artifacts/coords_umap.npy ready")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core", description="MetricLens: train and evaluate DML models")
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a model into a run directory (resumes if it exists)")
+    t.add_argument("--config", required=True, help="YAML config, e.g. configs/shapes_gap.yaml")
+    t.add_argument("--out", required=True, help="run directory to write (or resume)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--no-pretrained", action="store_true", help="random init (no ImageNet weights)")
+    t.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=3e-4 data.root=/data/cub")
+    t.set_defaults(fn=cmd_train)
+    e = sub.add_parser("evaluate", help="Recall@K, NMI, MAP@R, R-Precision of a run")
+    e.add_argument("run_dir")
+    e.add_argument("--dataset", help="dataset root to evaluate on instead of the run's (same layout)")
+    e.add_argument("--split", default="test", choices=["test", "val"])
+    e.add_argument("--k", help="Recall@K list, e.g. 1,10,100")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=cmd_evaluate)
+    u = sub.add_parser("umap", help="compute and cache UMAP coordinates of runs' test embeddings")
+    u.add_argument("run_dirs", nargs="+")
+    u.set_defaults(fn=cmd_umap)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its CPU-feature probing is noise
+    from core.checkpoint import CheckpointError
+    from core.data.folders import DatasetError
+    from core.models.backbones import PretrainedWeightsUnavailable
+    from core.train import TrainingError
+    try:
+        return args.fn(args)
+    except (CheckpointError, DatasetError, PretrainedWeightsUnavailable, TrainingError, ValueError,
+            FileNotFoundError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume from the last completed epoch", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Retrieval metrics from embeddings, computed with faiss: Recall@K, NMI, MAP@R, R-Precision.
+
+Definitions follow Musgrave et al. 2020 (A Metric Learning Reality Check), the same as
+pytorch-metric-learning's AccuracyCalculator (cross-checked in tests): for a query with R
+same-class references, R-Precision = (#same-class among the top R) / R and
+MAP@R = (1/R) Σ_{i≤R} P(i)·1[i-th neighbour is same-class].
+"""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import torch
+from sklearn.metrics import normalized_mutual_info_score
+from torch.utils.data import DataLoader
+
+
+def knn(query: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by inner product (cosine on L2-normalised embeddings). Returns (similarities, indices)."""
+    query = np.ascontiguousarray(query, dtype=np.float32)
+    reference = np.ascontiguousarray(reference, dtype=np.float32)
+    index = faiss.IndexFlatIP(reference.shape[1])
+    index.add(reference)
+    k_eff = min(k + int(exclude_self), len(reference))
+    sims, idx = index.search(query, k_eff)
+    if exclude_self:
+        # drop each query's own row; ties can put it anywhere in the list, so remove by identity
+        rows = np.arange(len(query))[:, None]
+        keep = idx != rows
+        keep[keep.sum(1) > k_eff - 1, -1] = False  # self not found within k+1: drop the last instead
+        sims = sims[keep].reshape(len(query), k_eff - 1)
+        idx = idx[keep].reshape(len(query), k_eff - 1)
+    return sims[:, :k], idx[:, :k]
+
+
+def retrieval_metrics(query_emb, query_labels, ref_emb=None, ref_labels=None,
+                      recall_ks=(1, 2, 4, 8)) -> dict[str, float]:
+    """Recall@K, MAP@R, R-Precision. Without a reference set, every query searches the others."""
+    query_labels = np.asarray(query_labels)
+    same_set = ref_emb is None
+    if same_set:
+        ref_emb, ref_labels = query_emb, query_labels
+    ref_labels = np.asarray(ref_labels)
+    classes, ref_counts = np.unique(ref_labels, return_counts=True)
+    count_of = dict(zip(classes.tolist(), ref_counts.tolist()))
+    r = np.asarray([count_of.get(l, 0) - int(same_set) for l in query_labels.tolist()])  # relevant refs per query
+    valid = r > 0
+    if not valid.any():
+        raise ValueError("no query has a same-class reference: every class needs at least 2 images")
+    k = int(max(max(recall_ks), r.max()))
+    _, idx = knn(query_emb[valid], ref_emb, k, exclude_self=same_set)
+    hits = ref_labels[idx] == query_labels[valid][:, None]   # Q×k
+    r = r[valid]
+    out = {f"recall@{kk}": float(hits[:, :kk].any(1).mean()) for kk in recall_ks}
+    within_r = np.arange(hits.shape[1])[None, :] < r[:, None]
+    hits_r = hits & within_r
+    out["r_precision"] = float((hits_r.sum(1) / r).mean())
+    precision_at_i = np.cumsum(hits_r, 1) / np.arange(1, hits.shape[1] + 1)[None, :]
+    out["map_at_r"] = float(((precision_at_i * hits_r).sum(1) / r).mean())
+    return out
+
+
+def nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+    """NMI of k-means (k = #classes, faiss) against the labels."""
+    labels = np.asarray(labels)
+    n_classes = len(np.unique(labels))
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    km = faiss.Kmeans(x.shape[1], n_classes, niter=50, seed=seed, verbose=False, min_points_per_centroid=1)
+    km.train(x)
+    _, assign = km.index.search(x, 1)
+    return float(normalized_mutual_info_score(labels, assign[:, 0]))
+
+
+def all_metrics(emb, labels, recall_ks=(1, 2, 4, 8), query_gallery=None) -> dict[str, float]:
+    """All metrics. `query_gallery=(q_emb, q_labels, g_emb, g_labels)` switches to query->gallery."""
+    if query_gallery is not None:
+        q, ql, g, gl = query_gallery
+        out = retrieval_metrics(q, ql, g, gl, recall_ks)
+        out["nmi"] = nmi(np.concatenate([q, g]), np.concatenate([ql, gl]))
+        return out
+    out = retrieval_metrics(emb, labels, recall_ks=recall_ks)
+    out["nmi"] = nmi(emb, labels)
+    return out
+
+
+@torch.no_grad()
+def embed_dataset(model, dataset, batch_size: int = 128, device: str | torch.device = "cpu",
+                  num_workers: int = 0, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (N×D float32) and labels of a dataset, in dataset order, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    embs, labels = [], []
+    for step, (x, y, _) in enumerate(loader):
+        embs.append(model(x.to(device)).float().cpu())
+        labels.append(y)
+        if progress:
+            progress(step + 1, len(loader), "embedding")
+    model.train(was_training)
+    return torch.cat(embs).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate_splits(model, splits, device="cpu", recall_ks=(1, 2, 4, 8), which: str = "test",
+                    batch_size: int = 128, progress=None) -> dict[str, float]:
+    """Metrics on `which` ∈ {test, val}; for a query/gallery data set, test means query->gallery."""
+    if which == "val":
+        if splits.val is None:
+            raise ValueError("no validation part: set data.val_classes > 0")
+        emb, lab = embed_dataset(model, splits.val, batch_size, device, progress=progress)
+        return all_metrics(emb, lab, recall_ks)
+    if splits.test is not None:
+        emb, lab = embed_dataset(model, splits.test, batch_size, device, progress=progress)
+        return all_metrics(emb, lab, recall_ks)
+    q, ql = embed_dataset(model, splits.query, batch_size, device, progress=progress)
+    g, gl = embed_dataset(model, splits.gallery, batch_size, device, progress=progress)
+    return all_metrics(None, None, recall_ks, query_gallery=(q, ql, g, gl))

@@ -1,0 +1,113 @@
+"""`Embedder`: backbone stages (+ inserted blocks) -> head. `forward` embeds, `explain` shows why."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from core.config import ModelConfig
+from core.models import backbones as _backbones  # noqa: F401  (registers backbones)
+from core.models import blocks as _blocks  # noqa: F401  (registers blocks)
+from core.models import heads as _heads  # noqa: F401  (registers heads)
+from core.models.backbones import Backbone, batchnorm_layers, freeze_batchnorm
+from core.models.heads.base import Head, HeadOutput
+from core.registry import BACKBONES, BLOCKS, HEADS
+
+
+@dataclass
+class Explanation:
+    embedding: torch.Tensor                                      # B×D
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> B×K×h×w
+    groups: list[slice] = field(default_factory=list)            # embedding dims of each group/subspace
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # non-spatial outputs (e.g. attributes)
+
+
+class Embedder(nn.Module):
+    def __init__(self, backbone: Backbone, head: Head, feature_stage: str,
+                 blocks: dict[str, list[nn.Module]] | None = None, frozen_bn: bool = False,
+                 freeze_backbone: bool = False):
+        super().__init__()
+        if feature_stage not in backbone.stage_names:
+            raise ValueError(f"unknown stage {feature_stage!r}; stages: {', '.join(backbone.stage_names)}")
+        self.backbone, self.head, self.feature_stage = backbone, head, feature_stage
+        self.stage_order = backbone.stage_names[: backbone.stage_names.index(feature_stage) + 1]
+        self.blocks = nn.ModuleDict({stage: nn.ModuleList(mods) for stage, mods in (blocks or {}).items()})
+        for stage in self.blocks:
+            if stage not in self.stage_order:
+                raise ValueError(f"block placed after stage {stage!r}, which is not before the feature stage "
+                                 f"{feature_stage!r} (stages used: {', '.join(self.stage_order)})")
+        self.frozen_bn, self.freeze_backbone = frozen_bn, freeze_backbone
+        # training-only cross-image attention branch (CIA); never called by forward()/explain()
+        self.cia: nn.Module | None = None
+        if frozen_bn:
+            freeze_batchnorm(backbone)
+        if freeze_backbone:
+            backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen_bn or self.freeze_backbone:  # frozen BN stays in eval mode through .train()
+            for bn in batchnorm_layers(self.backbone):
+                bn.eval()
+        return self
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1], B×3×H×W -> features B×C×h×w at the feature stage."""
+        x = self.backbone.normalize(x)
+        for stage in self.stage_order:
+            x = self.backbone.stages[stage](x)
+            for block in self.blocks[stage] if stage in self.blocks else ():
+                x = block(x)
+        return x
+
+    def forward_head(self, features: torch.Tensor) -> HeadOutput:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor, with_features: bool = False):
+        """Embedding B×D; with `with_features`, (HeadOutput, features) for training losses."""
+        features = self.forward_features(x)
+        out = self.forward_head(features)
+        return (out, features) if with_features else out.embedding
+
+    @torch.no_grad()
+    def explain(self, x: torch.Tensor) -> Explanation:
+        """Embedding plus every named map of the head and the blocks (computed in eval mode)."""
+        was_training = self.training
+        self.eval()
+        try:
+            features = self.forward_features(x)
+            out = self.forward_head(features)
+            maps = dict(out.maps)
+            for stage, mods in self.blocks.items():
+                for block in mods:
+                    maps.update(getattr(block, "last_maps", {}) or {})
+            return Explanation(out.embedding, maps, self.head.groups, dict(out.extras))
+        finally:
+            self.train(was_training)
+
+    @property
+    def feature_channels(self) -> int:
+        return self.backbone.channels[self.feature_stage]
+
+
+def build_model(cfg: ModelConfig, num_classes: int | None = None) -> Embedder:
+    """Model from its config. `num_classes`: train classes (for heads/losses with per-class state)."""
+    backbone = BACKBONES.get(cfg.backbone)(pretrained=cfg.pretrained)
+    stage = cfg.stage or backbone.stage_names[-1]
+    if stage not in backbone.channels:
+        raise ValueError(f"model.stage {stage!r} is not a stage of {cfg.backbone}; "
+                         f"choose one of {', '.join(backbone.stage_names)}")
+    blocks: dict[str, list[nn.Module]] = {}
+    for spec in cfg.blocks:
+        if spec.after not in backbone.channels:
+            raise ValueError(f"block {spec.name!r}: stage {spec.after!r} is not a stage of {cfg.backbone}; "
+                             f"choose one of {', '.join(backbone.stage_names)}")
+        block = BLOCKS.get(spec.name)(backbone.channels[spec.after], name=f"{spec.name}_{spec.after}", **spec.args)
+        blocks.setdefault(spec.after, []).append(block)
+    head = HEADS.get(cfg.head)(backbone.channels[stage], cfg.embed_dim, num_classes=num_classes, **cfg.head_args)
+    model = Embedder(backbone, head, stage, blocks, frozen_bn=cfg.frozen_bn, freeze_backbone=cfg.freeze_backbone)
+    if cfg.cia is not None:
+        from core.models.cross_attention import build_cia
+        model.cia = build_cia(cfg.cia, embed_dim=head.out_dim, feature_channels=backbone.channels[stage])
+    return model

@@ -1,0 +1,51 @@
+"""The head interface: features B×C×h×w -> `HeadOutput` (embedding, named maps, loss extras)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class HeadOutput:
+    embedding: torch.Tensor                                      # B×D, normalised as the method retrieves
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> B×K×h×w (see registry.MAP_DESCRIPTIONS)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # non-spatial tensors (e.g. GSP attributes)
+
+
+class Head(nn.Module):
+    """Base class of pooling heads.
+
+    Subclasses set `out_dim`, implement `forward`, and may override:
+      - `groups`: which embedding dims form each group/subspace (similarity splits into per-group terms);
+      - `loss`: the head's training objective given the DML criterion (default: criterion on the embedding);
+      - trainer hooks `on_train_start / on_epoch_start / on_epoch_end` (e.g. DSL's learner growth);
+      - `extra_state / load_extra_state`: JSON state saved next to the weights (e.g. DSL's learners).
+    """
+
+    out_dim: int
+
+    def __init__(self, in_channels: int, embed_dim: int, num_classes: int | None = None):
+        super().__init__()
+        self.in_channels, self.embed_dim, self.num_classes = in_channels, embed_dim, num_classes
+
+    @property
+    def groups(self) -> list[slice]:
+        return [slice(0, self.out_dim)]
+
+    def forward(self, features: torch.Tensor) -> HeadOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(self, out: HeadOutput, labels: torch.Tensor, criterion) -> dict[str, torch.Tensor]:
+        return {"dml": criterion(out.embedding, labels)}
+
+    # ---- trainer hooks (no-ops by default) ----
+    def on_train_start(self, trainer) -> None: ...
+    def on_epoch_start(self, trainer, epoch: int) -> None: ...
+    def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None: ...
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None: ...

@@ -1,0 +1,24 @@
+"""Baseline: global average (optionally + max) pooling -> linear -> L2 norm."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from core.models.heads.base import Head, HeadOutput
+from core.registry import register_head
+
+
+@register_head("gap")
+class GAPHead(Head):
+    def __init__(self, in_channels: int, embed_dim: int, num_classes=None, add_max: bool = False):
+        super().__init__(in_channels, embed_dim, num_classes)
+        self.add_max = add_max
+        # embed_dim 0: keep the pooled features as they are (frozen-backbone baselines)
+        self.proj = nn.Linear(in_channels, embed_dim) if embed_dim else nn.Identity()
+        self.out_dim = embed_dim or in_channels
+
+    def forward(self, features):                       # B×C×h×w
+        pooled = features.mean((2, 3))                 # B×C
+        if self.add_max:
+            pooled = pooled + features.amax((2, 3))
+        return HeadOutput(F.normalize(self.proj(pooled), dim=-1))

@@ -1,0 +1,34 @@
+"""2-D projections of embeddings: PCA (instant) and UMAP (cached on disk next to the run)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from core import checkpoint as ckpt
+
+
+def pca_2d(emb: np.ndarray) -> np.ndarray:
+    x = emb - emb.mean(0, keepdims=True)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return (x @ vt[:2].T).astype(np.float32)
+
+
+def umap_2d(emb: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
+    import umap  # imported lazily: numba JIT costs seconds on first use
+
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(emb) - 1), min_dist=0.1,
+                        metric="cosine", random_state=seed)
+    return reducer.fit_transform(emb).astype(np.float32)
+
+
+def ensure_coords(run_dir: str | Path, method: str = "umap") -> np.ndarray:
+    """Coordinates from the run's artifacts; computed once and cached atomically when missing."""
+    art = Path(run_dir) / ckpt.ARTIFACTS
+    path = art / f"coords_{method}.npy"
+    if path.exists():
+        return np.load(path)
+    emb = np.load(art / "embeddings.npy")
+    coords = umap_2d(emb) if method == "umap" else pca_2d(emb)
+    ckpt.atomic_save_npy(path, coords)
+    return coords

@@ -1,0 +1,264 @@
+"""One Trainer: seeded loop, AMP on CUDA, per-epoch validation, best-epoch selection, resume, DDP.
+
+Resume: every completed epoch is saved to RUN_DIR/resume.pt (atomically); running the same
+command again continues after the last completed epoch. Each epoch reseeds every RNG from
+(seed, epoch), so an interrupted-and-resumed run sees the same batches as an uninterrupted one.
+Distributed: under `torchrun --nproc_per_node N` each rank takes every N-th batch of the same
+seeded sampler and losses gather embeddings across ranks (pytorch-metric-learning wrappers).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pytorch_metric_learning.samplers import MPerClassSampler
+from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
+from torch.utils.data import DataLoader
+
+from core import checkpoint as ckpt
+from core.config import RunConfig
+from core.data import DataSplits, build_datasets
+from core.evaluate import evaluate_splits
+from core.losses import DMLCriterion, build_criterion
+from core.models.embedder import Embedder, build_model
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int, str], None]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what was kept."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
+    return torch.device(name)
+
+
+def _config_diff(a: dict, b: dict, prefix="") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, progress: Progress | None = None,
+                 splits: DataSplits | None = None):
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.rank, self.world = 0, 1
+        self.device = resolve_device(cfg.train.device)
+        if self.distributed:
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+                torch.cuda.set_device(self.device)
+        seed_everything(cfg.train.seed)
+        self.splits = splits or build_datasets(cfg.data, seed=cfg.train.seed)
+        self.num_classes = self.splits.num_train_classes
+        self.model: Embedder = build_model(cfg.model, num_classes=self.num_classes).to(self.device)
+        criterion = build_criterion(cfg.train, self.num_classes, self.model.head.out_dim)
+        if self.distributed:  # gather embeddings across ranks so pairs span the global batch
+            criterion = DMLCriterion(DistributedLossWrapper(criterion.loss),
+                                     DistributedMinerWrapper(criterion.miner) if criterion.miner else None)
+        self.criterion = criterion.to(self.device)
+        self.optimizer = self._optimizer()
+        self.use_amp = cfg.train.amp and self.device.type == "cuda"
+        self.epoch = 0                # next epoch to run
+        self.best = {"epoch": -1, "value": -math.inf}
+        self.history: list[dict] = []
+        self.train_model = self.model
+        if self.distributed:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def _optimizer(self) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        backbone_ids = {id(p) for p in backbone}
+        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in backbone_ids]
+        rest += [p for p in self.criterion.parameters() if p.requires_grad]  # proxies, learnable β
+        groups = [g for g in ({"params": backbone, "lr": t.backbone_lr or t.lr}, {"params": rest, "lr": t.lr})
+                  if g["params"]]
+        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(t.optimizer)
+        if cls is None:
+            raise ValueError(f"unknown optimizer {t.optimizer!r}; use adam or adamw")
+        return cls(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+    def train_loader(self, epoch: int) -> DataLoader:
+        t = self.cfg.train
+        labels = self.splits.train.labels
+        n_classes = len(np.unique(labels))
+        batch = min(t.batch_size, n_classes * t.m_per_class)
+        batch -= batch % t.m_per_class
+        np.random.seed((t.seed * 100_003 + epoch) % 2**32)  # MPerClassSampler draws from np.random
+        sampler = MPerClassSampler(labels, t.m_per_class, batch_size=batch,
+                                   length_before_new_iter=max(len(labels), batch * self.world))
+        indices = list(iter(sampler))
+        batches = [indices[i:i + batch] for i in range(0, len(indices) - batch + 1, batch)]
+        batches = batches[self.rank::self.world]  # DDP: same seeded order everywhere, disjoint shards
+        return DataLoader(self.splits.train, batch_sampler=batches, num_workers=t.num_workers,
+                          pin_memory=self.device.type == "cuda")
+
+    # ---- resume -----------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> None:
+        cfg_path = self.run_dir / ckpt.CONFIG
+        if cfg_path.exists():
+            old = ckpt.read_json(cfg_path)
+            new = self.cfg.to_dict()
+            diff = [k for k in _config_diff(old, new) if k != "train.epochs"]
+            if diff:
+                raise TrainingError(f"{self.run_dir} already holds a different run (config differs in: "
+                                    f"{', '.join(diff)}). Choose another --out, or delete that folder to start over.")
+        resume = self.run_dir / ckpt.RESUME
+        if resume.exists():
+            state = ckpt.load_resume(resume)
+            ckpt.load_state_into(self.model, state["model"], str(resume))
+            self.model.head.load_extra_state(state.get("head_state", {}))
+            self.optimizer.load_state_dict(state["optimizer"])
+            if "criterion" in state:
+                self.criterion.load_state_dict(state["criterion"])
+            self.epoch, self.best, self.history = state["epoch"] + 1, state["best"], state["history"]
+            log.info("resuming %s after epoch %d", self.run_dir, state["epoch"])
+        if self.rank == 0:
+            self.cfg.save(cfg_path)
+
+    def _save_resume(self, epoch: int) -> None:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "criterion": self.criterion.state_dict(), "epoch": epoch, "best": self.best,
+                 "history": self.history, "head_state": self.model.head.extra_state()}
+        ckpt.atomic_torch_save(self.run_dir / ckpt.RESUME, state)
+
+    def _write_history(self) -> None:
+        keys: list[str] = []
+        for row in self.history:
+            keys += [k for k in row if k not in keys]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.history)
+        ckpt.atomic_write_text(self.run_dir / ckpt.HISTORY, buf.getvalue())
+
+    # ---- loop -------------------------------------------------------------------------------
+    def compute_losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, features = self.train_model(x, with_features=True)
+        terms = self.model.head.loss(out, y, self.criterion)
+        if self.model.cia is not None:  # training-only cross-image attention branch
+            terms.update(self.model.cia.loss(out, features, y, self.criterion))
+        return terms
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.train_model.train()
+        seed_everything(self.cfg.train.seed * 100_003 + epoch)
+        loader = self.train_loader(epoch)
+        sums: dict[str, float] = {}
+        steps = 0
+        for step, (x, y, _) in enumerate(loader):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                terms = self.compute_losses(x, y)
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                bad = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+                kept = (f"the last completed epoch ({epoch - 1}) is kept in {self.run_dir / ckpt.RESUME}"
+                        if epoch > 0 else "no epoch had completed, so nothing was saved")
+                raise TrainingError(f"loss is not finite at epoch {epoch}, step {step} ({bad}); {kept}. "
+                                    f"Lower train.lr (now {self.cfg.train.lr}) or check the data.")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            steps += 1
+            if self.progress and self.rank == 0:
+                self.progress(step + 1, len(loader), f"epoch {epoch + 1}/{self.cfg.train.epochs} loss {loss.item():.4f}")
+        return {k: v / max(steps, 1) for k, v in sums.items()}
+
+    def validate(self) -> dict[str, float]:
+        t = self.cfg.train
+        which = "val" if self.splits.val is not None else "test"
+        # without a validation part we can only report test metrics; they never pick the epoch
+        metrics = evaluate_splits(self.model, self.splits, self.device, t.recall_ks, which=which)
+        return {f"{which}_{k}": v for k, v in metrics.items()}
+
+    def fit(self) -> dict:
+        t = self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_run_dir()
+        self.model.head.on_train_start(self)
+        if t.epochs == 0 and not (self.run_dir / ckpt.WEIGHTS).exists() and self.rank == 0:
+            ckpt.save_weights(self.run_dir, self.model, self.num_classes, epoch=-1)  # evaluate as built
+        while self.epoch < t.epochs:
+            epoch, start = self.epoch, time.time()
+            self.model.head.on_epoch_start(self, epoch)
+            row = {"epoch": epoch, **self.train_epoch(epoch)}
+            metrics: dict[str, float] = {}
+            if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+                metrics = self.validate() if self.rank == 0 else {}
+            row.update(metrics)
+            self.model.head.on_epoch_end(self, epoch, metrics)
+            row["seconds"] = round(time.time() - start, 2)
+            self.history.append(row)
+            if self.rank == 0:
+                key = f"val_{t.select_metric}"
+                value = metrics.get(key)
+                improved = value is not None and value > self.best["value"]
+                if improved or self.splits.val is None:  # no validation part: keep the last epoch
+                    self.best = {"epoch": epoch, "value": value if value is not None else -math.inf}
+                    ckpt.save_weights(self.run_dir, self.model, self.num_classes, epoch)
+                self._write_history()
+                self._save_resume(epoch)
+                log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
+            self.epoch += 1
+        if self.distributed:
+            dist.barrier()
+        return self.finish() if self.rank == 0 else {}
+
+    def finish(self) -> dict:
+        """Reload the best weights, score them on the test classes, write metrics and artifacts."""
+        from core.artifacts import write_artifacts
+
+        model, _ = ckpt.load_run(self.run_dir, self.device)
+        test = evaluate_splits(model, self.splits, self.device, self.cfg.train.recall_ks, which="test")
+        metrics = {"test": test, "best_epoch": self.best["epoch"], "epochs": self.cfg.train.epochs,
+                   "select_metric": self.cfg.train.select_metric,
+                   "val": {k: v for k, v in (self.history[self.best["epoch"]] if self.history and self.best["epoch"] >= 0
+                                             else {}).items() if k.startswith("val_")},
+                   "train_seconds": round(sum(r.get("seconds", 0) for r in self.history), 1),
+                   "num_train_classes": self.num_classes, "device": str(self.device)}
+        ckpt.write_json(self.run_dir / ckpt.METRICS, metrics)
+        write_artifacts(self.run_dir, model, self.splits, self.device)
+        return metrics
+
+
+def train(cfg: RunConfig, run_dir: str | Path, progress: Progress | None = None) -> dict:
+    return Trainer(cfg, run_dir, progress).fit()
