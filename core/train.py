@@ -171,6 +171,9 @@ class Trainer:
     def compute_losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         out, features = self.train_model(x, with_features=True)
         terms = self.model.head.loss(out, y, self.criterion)
+        for block in self.model.block_modules():  # e.g. CSA deep-supervision heads
+            if hasattr(block, "loss"):
+                terms.update(block.loss(y, self.criterion))
         if self.model.cia is not None:  # training-only cross-image attention branch
             terms.update(self.model.cia.loss(out, features, y, self.criterion))
         return terms

@@ -79,12 +79,14 @@ class Embedder(nn.Module):
             features = self.forward_features(x)
             out = self.forward_head(features)
             maps = dict(out.maps)
-            for stage, mods in self.blocks.items():
-                for block in mods:
-                    maps.update(getattr(block, "last_maps", {}) or {})
+            for block in self.block_modules():  # blocks record their maps in eval mode
+                maps.update(getattr(block, "last_maps", {}) or {})
             return Explanation(out.embedding, maps, self.head.groups, dict(out.extras))
         finally:
             self.train(was_training)
+
+    def block_modules(self) -> list[nn.Module]:
+        return [block for mods in self.blocks.values() for block in mods]
 
     @property
     def feature_channels(self) -> int:
