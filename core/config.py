@@ -11,7 +11,27 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import re
+
 import yaml
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 requires a dot: `1.0e-4`)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_YamlLoader)
 
 
 @dataclass
@@ -101,7 +121,7 @@ class RunConfig:
         if not path.exists():
             raise FileNotFoundError(f"config file not found: {path}")
         text = path.read_text()
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        raw = json.loads(text) if path.suffix == ".json" else parse_yaml(text)
         return cls.from_dict(raw or {})
 
     def with_overrides(self, overrides: list[str]) -> "RunConfig":
@@ -119,7 +139,7 @@ class RunConfig:
                 node = node[part]
             if not isinstance(node, dict) or (parts[-1] not in node and not _is_free_dict(key)):
                 raise ValueError(f"unknown config key {key!r}")
-            node[parts[-1]] = yaml.safe_load(value)
+            node[parts[-1]] = parse_yaml(value)
         return RunConfig.from_dict(raw)
 
 

@@ -2,7 +2,7 @@
 
 `records(name, root)` returns `Record`s carrying the standard split, which is class-disjoint:
   cub200   CUB-200-2011          classes 1-100 train, 101-200 test
-  cars196  Stanford Cars         classes 1-98 train, 99-196 test (from cars_annos.mat)
+  cars196  Stanford Cars         classes 1-98 train, 99-196 test (cars_annos.mat or torchvision layout)
   sop      Stanford Online Prod. Ebay_train.txt train, Ebay_test.txt test
   inshop   DeepFashion In-Shop   train / query / gallery from Eval/list_eval_partition.txt
 Download links and layouts: docs/datasets.md ("Real data sets").
