@@ -1,7 +1,7 @@
 """Artifacts a run ships for the dashboard: test embeddings, labels, image references, 2-D maps.
 
 PCA coordinates are written with the run (instant); UMAP coordinates are computed once by
-`core.projection.ensure_coords` and cached in the same folder.
+`core.projection.ensure_coords` (or `python -m core umap RUN_DIR`) and cached in the same folder.
 """
 from __future__ import annotations
 
@@ -11,23 +11,41 @@ from pathlib import Path
 import numpy as np
 
 from core import checkpoint as ckpt
-from core.evaluate import embed_dataset
+from core.evaluate import all_metrics, embed_dataset
 
 
-def write_artifacts(run_dir: Path, model, splits, device="cpu") -> None:
+def eval_parts(splits) -> list[tuple[str, object]]:
+    """The parts scored and explored: the test set, or query + gallery (In-Shop protocol)."""
+    if splits.test is not None:
+        return [("test", splits.test)]
+    return [("query", splits.query), ("gallery", splits.gallery)]
+
+
+def embed_and_score(model, splits, device="cpu", recall_ks=(1, 2, 4, 8)):
+    """Embed the evaluation parts once; return (metrics, {part: (dataset, emb, labels)})."""
+    parts = {name: (ds, *embed_dataset(model, ds, device=device)) for name, ds in eval_parts(splits)}
+    if "test" in parts:
+        _, emb, lab = parts["test"]
+        metrics = all_metrics(emb, lab, recall_ks)
+    else:
+        (_, q, ql), (_, g, gl) = parts["query"], parts["gallery"]
+        metrics = all_metrics(None, None, recall_ks, query_gallery=(q, ql, g, gl))
+    return metrics, parts
+
+
+def write_artifacts(run_dir: Path, parts: dict) -> None:
     from core.projection import pca_2d
 
     out = Path(run_dir) / ckpt.ARTIFACTS
     out.mkdir(parents=True, exist_ok=True)
-    datasets = [("test", splits.test)] if splits.test is not None else [("query", splits.query), ("gallery", splits.gallery)]
-    embs, labels, refs = [], [], []
-    for part, ds in datasets:
-        e, l = embed_dataset(model, ds, device=device)
-        embs.append(e); labels.append(l)
-        refs += [{"split": part, "index": i, "path": ds.path(i), "class_name": ds.class_names.get(int(l[i]), str(l[i]))}
-                 for i in range(len(ds))]
-    emb, lab = np.concatenate(embs).astype(np.float32), np.concatenate(labels)
+    items = []
+    for name, (ds, emb, lab) in parts.items():
+        items += [{"split": name, "index": i, "path": ds.path(i), "class_name": ds.class_names.get(int(l), str(l))}
+                  for i, l in enumerate(lab)]
+    emb = np.concatenate([p[1] for p in parts.values()]).astype(np.float32)
+    lab = np.concatenate([p[2] for p in parts.values()])
     ckpt.atomic_save_npy(out / "embeddings.npy", emb)
     ckpt.atomic_save_npy(out / "labels.npy", lab)
     ckpt.atomic_save_npy(out / "coords_pca.npy", pca_2d(emb))
-    ckpt.atomic_write_text(out / "items.json", json.dumps(refs))
+    (out / "coords_umap.npy").unlink(missing_ok=True)  # stale after new embeddings
+    ckpt.atomic_write_text(out / "items.json", json.dumps(items))

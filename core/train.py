@@ -100,7 +100,7 @@ class Trainer:
                 find_unused_parameters=True)
 
     # ---- set-up ---------------------------------------------------------------------------
-    def _optimizer(self) -> torch.optim.Optimizer:
+    def _optimizer(self) -> torch.optim.Optimizer | None:
         t = self.cfg.train
         backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
         backbone_ids = {id(p) for p in backbone}
@@ -111,22 +111,37 @@ class Trainer:
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(t.optimizer)
         if cls is None:
             raise ValueError(f"unknown optimizer {t.optimizer!r}; use adam or adamw")
+        if not groups:  # e.g. a frozen backbone with a projection-free head: evaluate-only runs
+            if t.epochs > 0:
+                raise TrainingError("nothing to train: every parameter is frozen; set train.epochs=0 to "
+                                    "evaluate the model as built, or unfreeze something (model.freeze_backbone=false)")
+            return None
         return cls(groups, lr=t.lr, weight_decay=t.weight_decay)
 
     def train_loader(self, epoch: int) -> DataLoader:
+        """The epoch's batches. The head may schedule its own (`Head.epoch_batches`, each batch with a
+        tag); otherwise class-balanced MPerClassSampler batches. `loader.batch_tags[i]` is batch i's tag."""
         t = self.cfg.train
-        labels = self.splits.train.labels
-        n_classes = len(np.unique(labels))
-        batch = min(t.batch_size, n_classes * t.m_per_class)
-        batch -= batch % t.m_per_class
-        np.random.seed((t.seed * 100_003 + epoch) % 2**32)  # MPerClassSampler draws from np.random
-        sampler = MPerClassSampler(labels, t.m_per_class, batch_size=batch,
-                                   length_before_new_iter=max(len(labels), batch * self.world))
-        indices = list(iter(sampler))
-        batches = [indices[i:i + batch] for i in range(0, len(indices) - batch + 1, batch)]
+        scheduled = self.model.head.epoch_batches(self, epoch)
+        if scheduled is not None:
+            batches = [[int(i) for i in idx] for idx, _ in scheduled]
+            tags = [tag for _, tag in scheduled]
+        else:
+            labels = self.splits.train.labels
+            n_classes = len(np.unique(labels))
+            batch = min(t.batch_size, n_classes * t.m_per_class)
+            batch -= batch % t.m_per_class
+            np.random.seed((t.seed * 100_003 + epoch) % 2**32)  # MPerClassSampler draws from np.random
+            sampler = MPerClassSampler(labels, t.m_per_class, batch_size=batch,
+                                       length_before_new_iter=max(len(labels), batch * self.world))
+            indices = list(iter(sampler))
+            batches = [indices[i:i + batch] for i in range(0, len(indices) - batch + 1, batch)]
+            tags = [None] * len(batches)
         batches = batches[self.rank::self.world]  # DDP: same seeded order everywhere, disjoint shards
-        return DataLoader(self.splits.train, batch_sampler=batches, num_workers=t.num_workers,
-                          pin_memory=self.device.type == "cuda")
+        loader = DataLoader(self.splits.train, batch_sampler=batches, num_workers=t.num_workers,
+                            pin_memory=self.device.type == "cuda")
+        loader.batch_tags = tags[self.rank::self.world]
+        return loader
 
     # ---- resume -----------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
@@ -143,7 +158,8 @@ class Trainer:
             state = ckpt.load_resume(resume)
             ckpt.load_state_into(self.model, state["model"], str(resume))
             self.model.head.load_extra_state(state.get("head_state", {}))
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self.optimizer is not None:
+                self.optimizer.load_state_dict(state["optimizer"])
             if "criterion" in state:
                 self.criterion.load_state_dict(state["criterion"])
             self.epoch, self.best, self.history = state["epoch"] + 1, state["best"], state["history"]
@@ -152,7 +168,7 @@ class Trainer:
             self.cfg.save(cfg_path)
 
     def _save_resume(self, epoch: int) -> None:
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict() if self.optimizer else {},
                  "criterion": self.criterion.state_dict(), "epoch": epoch, "best": self.best,
                  "history": self.history, "head_state": self.model.head.extra_state()}
         ckpt.atomic_torch_save(self.run_dir / ckpt.RESUME, state)
@@ -184,8 +200,10 @@ class Trainer:
         loader = self.train_loader(epoch)
         sums: dict[str, float] = {}
         steps = 0
+        tags = getattr(loader, "batch_tags", None)
         for step, (x, y, _) in enumerate(loader):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            self.model.head.on_batch_start(self, tags[step] if tags is not None else None)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
                 terms = self.compute_losses(x, y)
             loss = sum(terms.values())
@@ -248,18 +266,18 @@ class Trainer:
 
     def finish(self) -> dict:
         """Reload the best weights, score them on the test classes, write metrics and artifacts."""
-        from core.artifacts import write_artifacts
+        from core.artifacts import embed_and_score, write_artifacts
 
         model, _ = ckpt.load_run(self.run_dir, self.device)
-        test = evaluate_splits(model, self.splits, self.device, self.cfg.train.recall_ks, which="test")
+        test, parts = embed_and_score(model, self.splits, self.device, self.cfg.train.recall_ks)
+        best_row = self.history[self.best["epoch"]] if self.history and self.best["epoch"] >= 0 else {}
         metrics = {"test": test, "best_epoch": self.best["epoch"], "epochs": self.cfg.train.epochs,
                    "select_metric": self.cfg.train.select_metric,
-                   "val": {k: v for k, v in (self.history[self.best["epoch"]] if self.history and self.best["epoch"] >= 0
-                                             else {}).items() if k.startswith("val_")},
+                   "val": {k: v for k, v in best_row.items() if k.startswith("val_")},
                    "train_seconds": round(sum(r.get("seconds", 0) for r in self.history), 1),
                    "num_train_classes": self.num_classes, "device": str(self.device)}
         ckpt.write_json(self.run_dir / ckpt.METRICS, metrics)
-        write_artifacts(self.run_dir, model, self.splits, self.device)
+        write_artifacts(self.run_dir, parts)
         return metrics
 
 

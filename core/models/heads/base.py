@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +22,8 @@ class Head(nn.Module):
       - `groups`: which embedding dims form each group/subspace (similarity splits into per-group terms);
       - `loss`: the head's training objective given the DML criterion (default: criterion on the embedding);
       - trainer hooks `on_train_start / on_epoch_start / on_epoch_end` (e.g. DSL's learner growth);
+      - batch schedule `epoch_batches` + `on_batch_start`: the head chooses the epoch's batches and
+        gets each batch's tag before its forward pass (e.g. DSL's per-cluster batches);
       - `extra_state / load_extra_state`: JSON state saved next to the weights (e.g. DSL's learners).
     """
 
@@ -44,6 +47,14 @@ class Head(nn.Module):
     def on_train_start(self, trainer) -> None: ...
     def on_epoch_start(self, trainer, epoch: int) -> None: ...
     def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None: ...
+
+    # ---- batch schedule (default: the trainer's class-balanced sampler, untagged batches) ----
+    def epoch_batches(self, trainer, epoch: int) -> list[tuple[list[int], Any]] | None:
+        """The epoch's batches as `(train-set indices, tag)` pairs, or None for the trainer's default
+        sampler. Called after `on_epoch_start`; the trainer passes each tag to `on_batch_start`."""
+        return None
+
+    def on_batch_start(self, trainer, tag: Any) -> None: ...
 
     def extra_state(self) -> dict:
         return {}

@@ -1,0 +1,19 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("METRICLENS_CACHE", str(ROOT / ".cache"))
+
+from core.config import RunConfig  # noqa: E402
+
+
+@pytest.fixture
+def tiny_cfg() -> RunConfig:
+    """A shapes run small enough to train in seconds on a CPU."""
+    cfg = RunConfig.load(ROOT / "configs" / "shapes_gap.yaml")
+    return cfg.with_overrides(["data.max_per_class=12", "train.epochs=2", "train.batch_size=32",
+                               "model.embed_dim=32", "data.shapes.test_per_class=12"])

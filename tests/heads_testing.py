@@ -1,0 +1,71 @@
+"""Shared helpers for the head/block tests: a fixed real `shapes` batch, a short overfitting run with
+the trainer's loss composition, and a save/load round trip through a run directory."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core import checkpoint as ckpt
+from core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from core.data import build_datasets
+from core.losses import build_criterion
+from core.models.embedder import build_model
+
+
+def shapes_batch(n_classes: int = 4, per_class: int = 4, seed: int = 0):
+    """(images B×3×64×64 in [0, 1], labels, splits): the first `n_classes` train classes, no augmentation.
+
+    Labels are the data set's global class ids (not contiguous), as the trainer hands them to heads."""
+    splits = build_datasets(DataConfig(max_per_class=per_class, augment=False, val_classes=0), seed=seed)
+    ds, labels = splits.train, splits.train.labels
+    idx = [i for c in np.unique(labels)[:n_classes] for i in np.flatnonzero(labels == c)[:per_class]]
+    x = torch.stack([ds[i][0] for i in idx])
+    return x, torch.as_tensor(labels[idx]), splits
+
+
+def build(model_cfg: ModelConfig, num_classes: int, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(model_cfg, num_classes=num_classes)
+    criterion = build_criterion(TrainConfig(loss="multi_similarity", miner=None), num_classes, model.head.out_dim)
+    return model, criterion
+
+
+def loss_terms(model, criterion, x, y) -> dict[str, torch.Tensor]:
+    """The trainer's composition (Trainer.compute_losses): head terms + block terms."""
+    out = model(x, with_features=True)[0]
+    terms = model.head.loss(out, y, criterion)
+    for block in model.block_modules():
+        if hasattr(block, "loss"):
+            terms.update(block.loss(y, criterion))
+    return terms
+
+
+def overfit(model, criterion, x, y, steps: int = 12, lr: float = 1e-3) -> list[float]:
+    """Train on one fixed batch; returns the loss of every step."""
+    torch.manual_seed(0)
+    params = [p for p in list(model.parameters()) + list(criterion.parameters()) if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    model.train()
+    history = []
+    for _ in range(steps):
+        loss = sum(loss_terms(model, criterion, x, y).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(float(loss))
+    return history
+
+
+def assert_falling(history: list[float], window: int = 3) -> None:
+    first, last = np.mean(history[:window]), np.mean(history[-window:])
+    assert last < 0.9 * first, f"loss did not fall: first {first:.4f}, last {last:.4f} ({history})"
+
+
+def round_trip(model, model_cfg: ModelConfig, run_dir: Path, num_classes: int):
+    """Save as a run directory and load back through core.checkpoint.load_run (no pickles)."""
+    RunConfig(model=model_cfg).save(Path(run_dir) / ckpt.CONFIG)
+    ckpt.save_weights(Path(run_dir), model, num_classes, epoch=0)
+    loaded, _ = ckpt.load_run(run_dir)
+    return loaded

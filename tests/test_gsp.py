@@ -1,0 +1,137 @@
+"""GSP head: the partial-transport solver (marginals, μ = 1 -> average pooling, analytic backward vs
+finite differences and vs autograd through the iterations), the maps, the prototype warm-up, ZSR,
+training on real shapes batches and the save/load round trip."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from core.config import ModelConfig
+from core.models.heads.gsp import GSPHead, ZeroShotRegression, greedy_k_center
+from core.models.optimal_transport import partial_transport
+from core.registry import MAP_DESCRIPTIONS
+from heads_testing import assert_falling, build, overfit, round_trip, shapes_batch
+
+
+def _costs(b=3, m=5, h=4, w=3, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return 2 * torch.rand(b, m, h, w, generator=g, dtype=dtype)   # L2-normalised Euclidean costs lie in [0, 2]
+
+
+def test_plan_marginals():
+    cost = _costs()
+    n = cost.shape[-2] * cost.shape[-1]
+    for mu in (0.1, 0.3, 0.7):
+        plan = partial_transport(cost, mu=mu, gamma=5.0, iters=100)
+        assert plan.shape == (3, 6, 4, 3)
+        assert (plan >= 0).all()
+        torch.testing.assert_close(plan.sum(1), torch.full_like(plan[:, 0], 1 / n), atol=1e-10, rtol=0)  # columns: 1/n
+        torch.testing.assert_close(plan[:, 1:].sum((1, 2, 3)), torch.full((3,), mu, dtype=plan.dtype))  # Σπ = μ
+
+
+def test_mu_one_is_average_pooling():
+    torch.manual_seed(0)
+    head = GSPHead(16, 8, num_classes=None, num_prototypes=6, transport_ratio=1.0, memory_size=0).eval()
+    x = torch.randn(4, 16, 5, 5)
+    out = head(x)
+    expected = F.normalize(head.proj(x).mean((2, 3)), dim=-1)
+    torch.testing.assert_close(out.embedding, expected)
+    torch.testing.assert_close(out.maps["keep"], torch.ones(4, 1, 5, 5))
+    plan = partial_transport(_costs(), mu=1.0)
+    assert float(plan[:, 0].abs().max()) == 0.0                     # nothing left as residual
+
+
+def test_gradcheck_analytic_backward():
+    cost = _costs(b=2, m=3, h=2, w=3).requires_grad_()
+    for mu in (0.3, 1.0):
+        assert torch.autograd.gradcheck(lambda c: partial_transport(c, mu=mu, gamma=5.0, iters=200), (cost,),
+                                        eps=1e-6, atol=1e-6)
+
+
+def test_analytic_matches_unrolled_autograd():
+    cost = _costs(b=2, m=8, h=4, w=4, seed=1).requires_grad_()
+    weight = torch.randn(2, 9, 4, 4, dtype=torch.float64)
+    grads = [torch.autograd.grad((partial_transport(cost, 0.3, 5.0, 100, grad=g) * weight).sum(), cost)[0]
+             for g in ("analytic", "unroll")]
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-9, rtol=1e-6)
+
+
+def test_solver_float32_under_autocast():
+    torch.manual_seed(0)
+    head = GSPHead(16, 8, num_prototypes=6, memory_size=0)
+    x = torch.randn(2, 16, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(x)
+    assert out.maps["prototypes"].dtype == torch.float32 and out.extras["attributes"].dtype == torch.float32
+    torch.testing.assert_close(out.extras["attributes"].sum(1), torch.ones(2))
+
+
+def test_maps_shapes_and_normalisation():
+    torch.manual_seed(0)
+    b, c, h, w, m, mu = 3, 16, 5, 4, 7, 0.3
+    head = GSPHead(c, 8, num_prototypes=m, transport_ratio=mu, memory_size=0).eval()
+    out = head(torch.randn(b, c, h, w))
+    keep, protos, attrs = out.maps["keep"], out.maps["prototypes"], out.extras["attributes"]
+    assert keep.shape == (b, 1, h, w) and protos.shape == (b, m, h, w) and attrs.shape == (b, m)
+    torch.testing.assert_close(keep.mean((1, 2, 3)), torch.ones(b))            # α sums to 1: mean(α·n) = 1
+    assert (keep >= -1e-6).all() and (keep <= 1 / mu + 1e-5).all()
+    torch.testing.assert_close(attrs.sum(1), torch.ones(b))
+    torch.testing.assert_close(protos.sum((2, 3)), h * w * mu * attrs)          # map k sums to n·μ·a_k
+    torch.testing.assert_close(out.embedding.norm(dim=1), torch.ones(b))
+    assert {"keep", "prototypes"} <= set(MAP_DESCRIPTIONS)
+
+
+def test_memory_warm_up_then_k_center():
+    torch.manual_seed(0)
+    head = GSPHead(16, 8, num_prototypes=4, memory_size=12).train()
+    x = torch.randn(5, 16, 3, 3)
+    out = head(x)                                                   # 5 of 12 stored: still GAP
+    assert int(head.ready) == 0 and float(out.extras["attributes"].abs().sum()) == 0
+    torch.testing.assert_close(out.embedding, F.normalize(head.proj(x).mean((2, 3)), dim=-1))
+    head(x); head(x)                                                # 15 ≥ 12: prototypes from the memory
+    assert int(head.ready) == 1
+    memory = head.memory
+    assert all(bool((memory == p).all(1).any()) for p in head.prototypes.detach())
+    torch.testing.assert_close(head.prototypes.detach(), greedy_k_center(memory, 4))
+    out = head.eval()(x)
+    torch.testing.assert_close(out.extras["attributes"].sum(1), torch.ones(5))
+
+
+def test_zsr_splits_and_gradients():
+    torch.manual_seed(0)
+    labels = torch.tensor([10, 10, 42, 42, 7, 7, 10, 42])           # global ids, not contiguous
+    attrs = torch.rand(8, 6).softmax(1).requires_grad_()
+    for split in ("interleave", "halves"):
+        zsr = ZeroShotRegression(num_classes=3, dim=5, split=split)
+        loss = zsr(attrs, labels)
+        assert loss.ndim == 0 and torch.isfinite(loss)
+        loss.backward()
+        assert zsr.class_embeddings.grad.abs().sum() > 0 and attrs.grad.abs().sum() > 0
+        attrs.grad = None
+    assert sorted(zsr.class_index.labels.tolist()) == [7, 10, 42]
+
+
+def test_intra_batch_variant():
+    torch.manual_seed(0)
+    head = GSPHead(16, 8, num_classes=3, num_prototypes=6, memory_size=0, variant="intra_batch")
+    assert head.gamma == 0.1 and head.proj.bias is not None
+    out = head(torch.randn(4, 16, 4, 4))
+    loss = sum(head.loss(out, torch.tensor([0, 0, 1, 1]), lambda e, y: e.sum() * 0).values())
+    loss.backward()
+    assert head.prototypes.grad is not None
+
+
+def test_trains_on_shapes_and_round_trips(tmp_path):
+    x, y, splits = shapes_batch(n_classes=4, per_class=4)
+    cfg = ModelConfig(backbone="convnet", head="gsp", embed_dim=32,
+                      head_args={"num_prototypes": 16, "memory_size": 32, "iterations": 50})
+    model, criterion = build(cfg, splits.num_train_classes)
+    history = overfit(model, criterion, x, y, steps=14)
+    assert int(model.head.ready) == 1                               # the OT pooling was active
+    assert_falling(history[2:])                                     # steps after the warm-up
+    model.eval()
+    loaded = round_trip(model, cfg, tmp_path, splits.num_train_classes)
+    torch.testing.assert_close(loaded.head.prototypes, model.head.prototypes)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+        assert torch.equal(model.explain(x).maps["keep"], loaded.explain(x).maps["keep"])
