@@ -68,9 +68,11 @@ def similarity_attribution(model, image: torch.Tensor, reference: torch.Tensor, 
 
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
-    x = _as_batch(image)
-    wrapped = SimilarityToReference(model, reference).eval()
-    with _LOCK, torch.enable_grad():
+    # inference_mode(False): a caller inside torch.inference_mode() (e.g. a UI) still gets gradients;
+    # the clone makes sure the input is a normal tensor that autograd may record
+    with _LOCK, torch.inference_mode(False), torch.enable_grad():
+        x = _as_batch(image).clone()
+        wrapped = SimilarityToReference(model, reference.clone()).eval()
         if method == "gradcam":
             attr = LayerGradCam(wrapped, feature_layer(model)).attribute(x)          # 1×1×h×w
             return attr[0, 0].detach().cpu().numpy()

@@ -64,11 +64,6 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-def _features_and_embedding(model, images: torch.Tensor):
-    features = model.forward_features(images)
-    return features, model.forward_head(features).embedding
-
-
 def position_embeddings(model, features: torch.Tensor) -> tuple[torch.Tensor, str]:
     """(B×D×h×w per-position embeddings, how they were made) for a model's head."""
     head = model.head
@@ -100,8 +95,9 @@ def cross_attention(model, image_a: torch.Tensor, image_b: torch.Tensor, *, sour
     """Where A looks in B and B looks in A.
 
     Returns {"a_in_b": K×h×w, "b_in_a": K×h×w (each sums to 1 over positions), "source": str,
-    "description": str, "groups": list[slice] (what each of the K maps belongs to; CIA: one map over
-    the whole embedding), "group_similarity": K cosines of A and B per group, and for CIA
+    "description": str, "groups": list[slice] (the embedding dims each of the K maps belongs to; CIA:
+    one map over the whole embedding; raw-feature fallback: feature channels), "group_similarity":
+    K cosines of A's and B's embeddings (per group; one whole-embedding value when K = 1), and for CIA
     "conditional_similarity": the trained conditional cosine s_AB}.
     `source`: "auto" (CIA when the run has the branch), "cia" or "similarity"; `temperature` sharpens
     the similarity maps; `layer`/`per_head` pick the CIA layer and keep heads apart (K = heads)."""
@@ -116,8 +112,10 @@ def cross_attention(model, image_a: torch.Tensor, image_b: torch.Tensor, *, sour
     device = _device(model)
     images = torch.cat([_batch(image_a, device), _batch(image_b, device)])
     with torch.no_grad(), _EvalMode(model):
-        features, emb = _features_and_embedding(model, images)
-        groups = list(model.head.groups) or [slice(0, emb.shape[1])]
+        features = model.forward_features(images)
+        explanation = model.explain(images)             # the generic interface: embedding + groups
+        emb = explanation.embedding
+        groups = list(explanation.groups) or [slice(0, emb.shape[1])]
         group_sim = torch.stack([F.cosine_similarity(emb[0, g].float(), emb[1, g].float(), dim=0) for g in groups])
         if use_cia:
             S, attention = cia.pairwise(emb, features)               # 2×2×L×H×h×w; [i, j]: over i's positions, query from j
@@ -131,9 +129,10 @@ def cross_attention(model, image_a: torch.Tensor, image_b: torch.Tensor, *, sour
                     "group_similarity": F.cosine_similarity(emb[0:1].float(), emb[1:2].float()).cpu(),
                     "conditional_similarity": float(S[0, 1])}
         positions, how = position_embeddings(model, features)
-        if positions is features:  # raw-feature fallback: compare raw pooled features, one group
+        if positions is features:  # raw-feature fallback: raw pooled features of A, one map
             query = features.mean((2, 3))
             groups = [slice(0, features.shape[1])]
+            group_sim = F.cosine_similarity(emb[0:1].float(), emb[1:2].float())
         else:
             query = emb
         a_in_b = _similarity_maps(query[0], positions[1], groups, temperature)

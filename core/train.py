@@ -83,7 +83,9 @@ class Trainer:
         self.splits = splits or build_datasets(cfg.data, seed=cfg.train.seed)
         self.num_classes = self.splits.num_train_classes
         self.model: Embedder = build_model(cfg.model, num_classes=self.num_classes).to(self.device)
-        criterion = build_criterion(cfg.train, self.num_classes, self.model.head.out_dim)
+        # proxy losses index proxies by label, and train labels are global ids (not contiguous)
+        label_slots = int(self.splits.train.labels.max()) + 1
+        criterion = build_criterion(cfg.train, label_slots, self.model.head.out_dim)
         if self.distributed:  # gather embeddings across ranks so pairs span the global batch
             criterion = DMLCriterion(DistributedLossWrapper(criterion.loss),
                                      DistributedMinerWrapper(criterion.miner) if criterion.miner else None)

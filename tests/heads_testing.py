@@ -14,14 +14,17 @@ from core.losses import build_criterion
 from core.models.embedder import build_model
 
 
-def shapes_batch(n_classes: int = 4, per_class: int = 4, seed: int = 0):
-    """(images B×3×64×64 in [0, 1], labels, splits): the first `n_classes` train classes, no augmentation.
+def shapes_batch(n_classes: int = 4, per_class: int = 4, seed: int = 0, size: int = 32):
+    """(images B×3×size×size in [0, 1], labels, splits): the first `n_classes` train classes, no augmentation.
 
+    Real 64 px shapes images (the cached default set), downsampled to `size` to keep the CPU tests fast.
     Labels are the data set's global class ids (not contiguous), as the trainer hands them to heads."""
     splits = build_datasets(DataConfig(max_per_class=per_class, augment=False, val_classes=0), seed=seed)
     ds, labels = splits.train, splits.train.labels
     idx = [i for c in np.unique(labels)[:n_classes] for i in np.flatnonzero(labels == c)[:per_class]]
     x = torch.stack([ds[i][0] for i in idx])
+    if size != x.shape[-1]:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
     return x, torch.as_tensor(labels[idx]), splits
 
 
@@ -54,7 +57,7 @@ def overfit(model, criterion, x, y, steps: int = 12, lr: float = 1e-3) -> list[f
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history.append(float(loss))
+        history.append(float(loss.detach()))
     return history
 
 

@@ -25,7 +25,7 @@ def test_plan_marginals():
         plan = partial_transport(cost, mu=mu, gamma=5.0, iters=100)
         assert plan.shape == (3, 6, 4, 3)
         assert (plan >= 0).all()
-        torch.testing.assert_close(plan.sum(1), torch.full_like(plan[:, 0], 1 / n), atol=1e-10, rtol=0)  # columns: 1/n
+        torch.testing.assert_close(plan.sum(1), torch.full_like(plan[:, 0], 1 / n), atol=1e-6, rtol=0)  # columns: 1/n (T = 100)
         torch.testing.assert_close(plan[:, 1:].sum((1, 2, 3)), torch.full((3,), mu, dtype=plan.dtype))  # Σπ = μ
 
 
@@ -123,15 +123,16 @@ def test_intra_batch_variant():
 
 def test_trains_on_shapes_and_round_trips(tmp_path):
     x, y, splits = shapes_batch(n_classes=4, per_class=4)
-    cfg = ModelConfig(backbone="convnet", head="gsp", embed_dim=32,
-                      head_args={"num_prototypes": 16, "memory_size": 32, "iterations": 50})
+    cfg = ModelConfig(backbone="convnet", stage="stage3", head="gsp", embed_dim=32,
+                      head_args={"num_prototypes": 8, "memory_size": 16, "iterations": 50})
     model, criterion = build(cfg, splits.num_train_classes)
-    history = overfit(model, criterion, x, y, steps=14)
+    history = overfit(model, criterion, x, y, steps=12)            # batch 16: the memory fills at step 1
     assert int(model.head.ready) == 1                               # the OT pooling was active
-    assert_falling(history[2:])                                     # steps after the warm-up
+    assert_falling(history[1:])                                     # the steps with transport pooling
     model.eval()
     loaded = round_trip(model, cfg, tmp_path, splits.num_train_classes)
     torch.testing.assert_close(loaded.head.prototypes, model.head.prototypes)
+    assert int(loaded.head.ready) == 1 and torch.equal(loaded.head.memory, model.head.memory)   # warm-up state kept
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
         assert torch.equal(model.explain(x).maps["keep"], loaded.explain(x).maps["keep"])

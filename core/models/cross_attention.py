@@ -42,7 +42,7 @@ class PrecomputedSimilarity(CosineSimilarity):
     def compute_mat(self, query_emb, ref_emb):
         if self.matrix is None or self.matrix.shape != (query_emb.shape[0], ref_emb.shape[0]):
             raise RuntimeError("PrecomputedSimilarity: set .matrix to the B×B similarity before calling the loss")
-        return self.matrix
+        return self.matrix.clone()  # a fresh tensor, as a real distance returns: miners edit theirs in place
 
 
 class PrecomputedDistance(LpDistance):
@@ -85,15 +85,25 @@ class CrossAttentionLayer(nn.Module):
         self.mlp = (nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
                     if hidden > 0 else None)
 
-    def forward(self, queries, tokens):
-        # queries B×Q×D: row i holds the queries that look into image i; tokens B×N×C of image i
-        b, nq, d = queries.shape
-        q = self.to_q(self.norm_q(queries)).view(b, nq, self.heads, -1)          # B×Q×H×d
-        k, v = self.to_kv(self.norm_tokens(tokens)).chunk(2, dim=-1)
-        k, v = k.view(b, -1, self.heads, d // self.heads), v.view(b, -1, self.heads, d // self.heads)  # B×N×H×d
-        attn = torch.einsum("bqhd,bnhd->bqhn", q, k).mul(self.scale).softmax(-1)  # B×Q×H×N
-        out = torch.einsum("bqhn,bnhd->bqhd", attn, v).reshape(b, nq, d)
-        x = queries + self.to_out(out)
+    def forward(self, queries, tokens, need_attention: bool = True):
+        """queries B×Q×D (row i: the queries that look into image i) or Q×D (the same queries for every
+        image), tokens B×N×C -> (B×Q×D, attention B×Q×H×N or None). Without `need_attention` the fused
+        scaled_dot_product_attention runs and the B×Q×H×N weights are never materialised."""
+        b, n, _ = tokens.shape
+        d, h = self.to_out.in_features, self.heads
+        q = self.to_q(self.norm_q(queries))
+        if q.dim() == 2:                                                          # shared queries: project once
+            q = q.unsqueeze(0).expand(b, -1, -1)
+        nq = q.shape[1]
+        q = q.reshape(b, nq, h, d // h).transpose(1, 2)                           # B×H×Q×d
+        k, v = self.to_kv(self.norm_tokens(tokens)).view(b, n, 2, h, d // h).permute(2, 0, 3, 1, 4)  # B×H×N×d each
+        if need_attention:
+            attn = torch.matmul(q, k.transpose(-1, -2)).mul(self.scale).softmax(-1)  # B×H×Q×N
+            out = torch.matmul(attn, v)
+            attn = attn.transpose(1, 2)                                           # B×Q×H×N
+        else:
+            out, attn = F.scaled_dot_product_attention(q, k, v), None
+        x = queries + self.to_out(out.transpose(1, 2).reshape(b, nq, d))          # residual to the query
         if self.mlp is not None:
             x = x + self.mlp(x)
         return x, attn
@@ -121,13 +131,12 @@ class CrossImageAttention(nn.Module):
         """(E B×B×D with E[i, j] = eᴸ_{i|j}, attention B×B×L×H×h×w or None)."""
         b, c, h, w = features.shape
         tokens = features.flatten(2).transpose(1, 2)                   # B×N×C
-        queries = emb.unsqueeze(0).expand(b, b, -1)                    # queries[i, j] = e_j
+        queries = emb                                                  # layer 1: queries[i, j] = e_j for every i
         maps = []
-        cond = queries
         for layer_index, layer in enumerate(self.layers):
             if layer_index:
                 queries = cond.transpose(0, 1)                         # queries[i, j] = eˡ⁻¹_{j|i}
-            cond, attn = layer(queries, tokens)                        # cond[i, j] = eˡ_{i|j}; attn B×B×H×N
+            cond, attn = layer(queries, tokens, need_attention)        # cond[i, j] = eˡ_{i|j}; attn B×B×H×N
             if need_attention:
                 maps.append(attn.reshape(b, b, self.heads, h, w))
         return cond, (torch.stack(maps, 2) if need_attention else None)

@@ -28,6 +28,12 @@ because the rows of S sum to 1. Cost O(N·M·C) instead of O(N²·C).
   output, trained with the run's DML criterion, weighted by `ds_weight` (pair-based losses only:
   proxy losses are sized for the head's embedding).
 
+Training note: with the zero-initialised gate the attention weights (θ, φ, v, assignment) only get
+gradient once BN γ has grown, and at initialisation all base maps are near-uniform. After the short
+3-epoch shapes runs of benchmarks/heads_accuracy the gate is still small (|γ| ≈ 0.004) and the base
+maps of a group differ by < 1 %, so per-pixel maps barely depend on the query yet; budget longer
+training (or a larger lr) before reading CSA maps.
+
 Maps (eval mode only, in `last_maps`): `csa_base` B×(G·M)×h×w (each map sums to 1 over positions)
 and `csa_weights` B×(G·M)×h×w (for each position and group, the M weights sum to 1). Keys carry
 `map_suffix` (e.g. "@stage3") when a model holds several CSA blocks; look descriptions up by the

@@ -308,7 +308,11 @@ class DSLHead(Head):
         due = epoch > 0 and epoch % self.recluster_every == 0 and self.assign_epoch != epoch
         if stale or grew or due:
             self.recluster(trainer, epoch)
-        return self.cluster_batches(trainer, epoch)
+        batches = self.cluster_batches(trainer, epoch)
+        if not batches:  # no cluster holds two classes: train the whole embedding this epoch
+            log.warning("dsl: epoch %d has no cluster with two classes; using the default sampler", epoch)
+            return None
+        return batches
 
     @property
     def assign_k(self) -> int:

@@ -1,0 +1,60 @@
+"""Shared pieces of the head benchmarks: machine info, result files (JSON + markdown), run folders."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = ROOT / "benchmarks" / "runs"          # git-ignored: trained runs the benchmarks share
+
+
+def machine_info(device: str = "cpu") -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": device,
+            "processor": platform.processor() or platform.machine()}
+    try:
+        info["load_average_1_5_15"] = [round(v, 2) for v in os.getloadavg()]  # the CPU is shared: say how busy
+    except OSError:
+        pass
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def command_line() -> str:
+    """The command as typed: `python -m benchmarks.<name> args...` when run as a module."""
+    script = Path(sys.argv[0]).resolve()
+    args = " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        module = ".".join(script.relative_to(ROOT).with_suffix("").parts)
+        return f"python -m {module} {args}".strip()
+    except ValueError:
+        return f"python {shlex.quote(sys.argv[0])} {args}".strip()
+
+
+def write_results(name: str, payload: dict, markdown: str, device: str = "cpu", results_dir: Path = RESULTS) -> Path:
+    """benchmarks/results/<name>.json (with machine, date, command) and <name>.md."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"benchmark": name, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": command_line(), "machine": machine_info(device)}
+    out = results_dir / f"{name}.json"
+    out.write_text(json.dumps({**meta, **payload}, indent=2, default=float) + "\n")
+    m = meta["machine"]
+    footer = (f"\n\n_{meta['date']} · `{meta['command']}` · {m['platform']}, {m['cpu_count']} CPUs, "
+              f"torch {m['torch']}, device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}_\n")
+    (results_dir / f"{name}.md").write_text(markdown.rstrip() + footer)
+    return out
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

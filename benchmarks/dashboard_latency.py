@@ -1,0 +1,175 @@
+"""Dashboard latency in a real browser: `python -m benchmarks.dashboard_latency [--repeats 3]`.
+
+- cold start: `streamlit run app.py` launched -> the Explore map drawn in headless Chromium
+  (a fresh server process each time, so imports, model load and artifacts are all paid); also
+  until the app is idle, after the page's prefetch-after-paint (retrieval table, data set);
+- interaction: a user action -> its result drawn (Streamlit idle again and every image loaded):
+  * explore_lasso: releasing a lasso on the map -> the selection's image grid and metrics;
+  * retrieval_query: a new query item -> its neighbours;
+  * attention_query: a new query item -> every map and the Captum attribution.
+  Each interaction uses a new query, so nothing is served from a cache it filled itself.
+
+Runs on the shipped runs (checkpoints/, the first two with the same test data; tiny fresh runs when
+there are none). Medians are reported with every sample, the machine and its load average: on a
+shared 2-core machine the load of other jobs moves these numbers a lot.
+Writes benchmarks/results/dashboard_latency.json and .md. Targets: cold start <= 10 s, interaction <= 1 s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+from dashboard.testing import (CHROMIUM, LAUNCH_ARGS, REPO, demo_runs, free_port, images_loaded, lasso, settle,
+                               start_server, stop_server, wait_healthy)
+
+RESULTS = REPO / "benchmarks" / "results"
+TARGETS = {"cold_start_s": 10.0, "interaction_s": 1.0}
+
+
+def cold_start(browser, env: dict, run: str) -> tuple[float, float]:
+    """(server launch -> map drawn, server launch -> app idle, i.e. its prefetch after paint done)."""
+    port = free_port()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    start = time.perf_counter()
+    proc = start_server(port, env)
+    try:
+        wait_healthy(port, proc)
+        page.goto(f"http://127.0.0.1:{port}/?" + urllib.parse.urlencode({"run": run}))
+        page.locator(".stPlotlyChart .nsewdrag").first.wait_for(timeout=120_000)
+        page.locator(".stPlotlyChart canvas").first.wait_for(timeout=120_000)   # WebGL points drawn
+        drawn = time.perf_counter() - start
+        settle(page, 120_000)
+        return drawn, time.perf_counter() - start
+    finally:
+        page.close()
+        stop_server(proc)
+
+
+def timed(page, action, done) -> float:
+    start = time.perf_counter()
+    action()
+    done()                      # the result is on the page, so its rerun has started
+    settle(page, debounce=False)
+    images_loaded(page)
+    return time.perf_counter() - start
+
+
+def set_query(page, value: int) -> None:
+    box = page.locator("[data-testid='stNumberInput'] input").first  # the query picker is the first one
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def interactions(browser, base: str, run: str, repeats: int, first_query: int) -> dict[str, list[float]]:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    link = lambda q: "?" + urllib.parse.urlencode({"run": run, "query": q})  # noqa: E731
+    out: dict[str, list[float]] = {"explore_lasso": [], "retrieval_query": [], "attention_query": []}
+    page.goto(base + "/" + link(first_query))
+    page.locator(".stPlotlyChart .nsewdrag").first.wait_for(timeout=120_000)
+    settle(page, 120_000)
+    centres = [(0.35, 0.4), (0.6, 0.55), (0.45, 0.65), (0.55, 0.35), (0.4, 0.5)]
+    for i in range(repeats):
+        page.mouse.dblclick(*_plot_point(page, 0.02, 0.02))  # clear the previous selection
+        settle(page)
+        # the drawing of the lasso is the user's gesture; latency runs from releasing the button
+        lasso(page, radius_share=0.22, centre=centres[i % len(centres)], release=False)
+        out["explore_lasso"].append(timed(
+            page, page.mouse.up, lambda: page.get_by_text("Selection:", exact=False).first.wait_for(timeout=60_000)))
+    for name, path, marker in [("retrieval_query", "/retrieval", "#{q} · "), ("attention_query", "/attention", "query #{q} · ")]:
+        page.goto(base + path + link(first_query))
+        settle(page, 120_000)
+        images_loaded(page)
+        for i in range(repeats):
+            q = first_query + 1 + i
+            out[name].append(timed(page, lambda: set_query(page, q),
+                                   lambda: page.get_by_text(marker.format(q=q), exact=False).first.wait_for(timeout=60_000)))
+    page.close()
+    return out
+
+
+def _plot_point(page, fx: float, fy: float) -> tuple[float, float]:
+    box = page.locator(".stPlotlyChart .nsewdrag").first.bounding_box()
+    return box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
+
+
+def machine() -> dict:
+    import streamlit
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(), "streamlit": streamlit.__version__,
+            "load_average_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def write(results: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "dashboard_latency.json").write_text(json.dumps(results, indent=2))
+    m = results["machine"]
+    lines = ["# Dashboard latency", "",
+             f"- date: {results['date']}", f"- command: `{results['command']}`",
+             f"- machine: {m['platform']}, {m['cpus']} CPUs ({m['processor']}), Python {m['python']}, "
+             f"Streamlit {m['streamlit']}, {m.get('browser', 'Chromium')}",
+             f"- load average (1, 5, 15 min) at start {m['load_average_start']}, at end {m.get('load_average_end')}",
+             f"- runs: {', '.join(Path(r).name for r in results['runs'])}", "",
+             "| measure | run | median (s) | samples (s) | target (s) | met |", "|---|---|---|---|---|---|"]
+    for row in results["measures"]:
+        lines.append(f"| {row['measure']} | {row['run']} | {row['median_s']:.2f} | "
+                     f"{', '.join(f'{s:.2f}' for s in row['samples_s'])} | {row['target_s']:.0f} | "
+                     f"{'yes' if row['met'] else 'no'} |")
+    lines += ["", "Cold start: server launch to the Explore map drawn. Interactions: action to result drawn "
+              "(Streamlit idle, every image loaded); each uses a new query. See the module docstring."]
+    (RESULTS / "dashboard_latency.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="samples per measure (median reported)")
+    parser.add_argument("--query", type=int, default=40, help="first query item of the interaction runs")
+    args = parser.parse_args(argv)
+    if not Path(CHROMIUM).exists():
+        print(f"{CHROMIUM} is missing: apt-get install chromium (or `make browser`)", file=sys.stderr)
+        return 2
+    from playwright.sync_api import sync_playwright
+
+    info = machine()
+    runs = [str(r.resolve()) for r in demo_runs(Path(tempfile.mkdtemp(prefix="latency_runs_")), 2)]
+    env = dict(os.environ, METRICLENS_AUTO_UMAP="0",
+               METRICLENS_RUNS=os.pathsep.join(sorted({str(Path(r).parent) for r in runs})))
+    measures = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        info["browser"] = f"Chromium {browser.version} (headless, software GL)"
+        samples = [cold_start(browser, env, runs[0]) for _ in range(args.repeats)]
+        measures.append(("cold_start", runs[0], [s[0] for s in samples], TARGETS["cold_start_s"]))
+        measures.append(("cold_start_until_idle", runs[0], [s[1] for s in samples], TARGETS["cold_start_s"]))
+        port = free_port()
+        proc = start_server(port, env)
+        try:
+            wait_healthy(port, proc)
+            for run in runs:
+                for name, values in interactions(browser, f"http://127.0.0.1:{port}", run, args.repeats, args.query).items():
+                    measures.append((name, run, values, TARGETS["interaction_s"]))
+        finally:
+            stop_server(proc)
+            browser.close()
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": info, "runs": runs,
+               "command": "python -m benchmarks.dashboard_latency " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "measures": [{"measure": name, "run": Path(run).name, "samples_s": [round(s, 3) for s in values],
+                             "median_s": round(statistics.median(values), 3), "target_s": target,
+                             "met": statistics.median(values) <= target} for name, run, values, target in measures]}
+    write(results)
+    for row in results["measures"]:
+        print(f"{row['measure']:>16s} {row['run']:>20s}  median {row['median_s']:.2f} s  {row['samples_s']}")
+    print(f"wrote {RESULTS / 'dashboard_latency.json'} and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

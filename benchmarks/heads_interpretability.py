@@ -1,0 +1,158 @@
+"""Do the attention maps look at the target object? Scored on shapes test images against their masks.
+
+For every map a trained run exposes (`Embedder.explain`: grouping `group_attention`, GSP `keep` and
+`prototypes`, CSA `csa_base`/`csa_weights`, plus CSA's per-pixel map queried at the object's centre):
+each channel is upsampled bilinearly to the image size, clipped at 0 and normalised to a
+distribution over pixels, then scored by
+  * mass inside: the share of the map's mass that falls inside the target mask;
+  * pointing game: whether the map's argmax pixel lies inside the mask.
+Reported for the channel-mean map ("aggregate"), averaged over channels ("per channel"), and for the
+single best channel by mass (chosen on the same images, so optimistic). The uniform map is the
+baseline: its mass inside = the mask's area share, its pointing accuracy (random argmax) the same.
+
+    python -m benchmarks.heads_interpretability RUN_DIR [RUN_DIR ...]
+    python -m benchmarks.heads_interpretability            # runs of heads_accuracy (seed 0) if present,
+                                                          # else trains short runs into benchmarks/runs/
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import ROOT, RUNS, md_table, write_results
+from core import checkpoint as ckpt
+from core.data import build_datasets
+
+HEADS = ["gap", "grouping", "gsp", "csa"]
+
+
+def default_runs(epochs: int, max_per_class: int) -> list[Path]:
+    """Seed-0 runs of heads_accuracy (most epochs) when they exist; otherwise train short ones."""
+    from benchmarks.heads_accuracy import config_for, train_one
+
+    runs = []
+    for head in HEADS:
+        found = sorted(RUNS.glob(f"acc_{head}_e*_s0"), key=lambda p: int(p.name.split("_e")[1].split("_")[0]))
+        found = [p for p in found if (p / ckpt.METRICS).exists()]
+        if found:
+            runs.append(found[-1])
+            continue
+        out = RUNS / f"acc_{head}_e{epochs}_s0"
+        train_one(config_for(head, epochs, 0, max_per_class, "cpu", []), out)
+        runs.append(out)
+    return runs
+
+
+def score_maps(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, np.ndarray]:
+    """maps B×K×h×w, masks B×H×W bool -> per image and channel: mass inside (B×K), pointing hit (B×K)."""
+    up = F.interpolate(maps.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False).clamp_min(0)
+    total = up.sum((2, 3))                                            # B×K
+    valid = total > 0
+    dist = up / total.clamp_min(1e-12)[..., None, None]
+    m = masks[:, None].float()
+    mass = (dist * m).sum((2, 3))
+    flat = up.flatten(2).argmax(-1)                                   # B×K
+    hit = m.flatten(2).expand(-1, up.size(1), -1).gather(2, flat[..., None])[..., 0]
+    mass[~valid], hit[~valid] = float("nan"), float("nan")            # e.g. GSP prototypes before warm-up
+    return {"mass": mass.numpy(), "hit": hit.numpy()}
+
+
+def _summarise(per_channel: dict[str, np.ndarray], aggregate: dict[str, np.ndarray]) -> dict:
+    mass, hit = per_channel["mass"], per_channel["hit"]              # N×K
+    channel_mass = np.nanmean(mass, 0)
+    best = int(np.nanargmax(channel_mass)) if np.isfinite(channel_mass).any() else -1
+    return {"channels": int(mass.shape[1]),
+            "aggregate_mass": float(np.nanmean(aggregate["mass"])), "aggregate_pointing": float(np.nanmean(aggregate["hit"])),
+            "per_channel_mass": float(np.nanmean(mass)), "per_channel_pointing": float(np.nanmean(hit)),
+            "best_channel": best,
+            "best_channel_mass": float(channel_mass[best]) if best >= 0 else float("nan"),
+            "best_channel_pointing": float(np.nanmean(hit[:, best])) if best >= 0 else float("nan")}
+
+
+@torch.no_grad()
+def evaluate_run(run: Path, n_images: int, batch: int = 64) -> dict:
+    model, cfg = ckpt.load_run(run)
+    splits = build_datasets(cfg.data, seed=cfg.train.seed)
+    test = splits.test
+    idx = np.linspace(0, len(test) - 1, min(n_images, len(test))).round().astype(int)  # spread over classes
+    per_channel: dict[str, list] = {}
+    aggregate: dict[str, list] = {}
+    area = []
+    blocks = [b for b in model.block_modules() if hasattr(b, "reconstructed_map")]
+    for start in range(0, len(idx), batch):
+        part = idx[start:start + batch]
+        x = torch.stack([test[int(i)][0] for i in part])
+        masks = torch.from_numpy(np.stack([test.annotation(int(i))["mask"] for i in part]))
+        area.append(masks.float().mean((1, 2)).numpy())
+        explanation = model.explain(x)
+        maps = dict(explanation.maps)
+        for block in blocks:                                           # per-pixel map, queried on the object
+            ys, xs = [], []
+            for mk in masks:
+                yy, xx = np.nonzero(mk.numpy())
+                c = np.argmin((yy - yy.mean()) ** 2 + (xx - xx.mean()) ** 2)   # mask pixel nearest the centroid
+                ys.append(int(yy[c])), xs.append(int(xx[c]))
+            try:
+                per_image = [block.reconstructed_map(r, c, image_hw=tuple(masks.shape[-2:]))[j]
+                             for j, (r, c) in enumerate(zip(ys, xs))]
+            except RuntimeError:                                       # e.g. a non-local map too large to keep
+                continue
+            maps[f"{block.name}_query_at_object"] = torch.stack(per_image)
+        for name, tensor in maps.items():
+            s = score_maps(tensor, masks)
+            per_channel.setdefault(name, []).append(s)
+            aggregate.setdefault(name, []).append(score_maps(tensor.float().mean(1, keepdim=True), masks))
+    cat = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in ("mass", "hit")}
+    area = np.concatenate(area)
+    result = {"run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
+              "head": cfg.model.head, "blocks": [b.name for b in cfg.model.blocks], "images": int(len(idx)),
+              "uniform_mass": float(area.mean()), "uniform_pointing": float(area.mean()),
+              "maps": {name: _summarise(cat(per_channel[name]), cat(aggregate[name])) for name in per_channel}}
+    return result
+
+
+def markdown(results: list[dict], n_images: int) -> str:
+    rows = []
+    for r in results:
+        label = r["head"] + (" + " + ", ".join(r["blocks"]) if r["blocks"] else "")
+        rows.append([label, "uniform (baseline)", 1, f"{r['uniform_mass']:.3f}", "–", "–",
+                     f"{r['uniform_pointing']:.3f}", "–"])
+        for name, s in r["maps"].items():
+            rows.append([label, f"`{name}`", s["channels"], f"{s['aggregate_mass']:.3f}", f"{s['per_channel_mass']:.3f}",
+                         f"{s['best_channel_mass']:.3f} (#{s['best_channel']})", f"{s['aggregate_pointing']:.3f}",
+                         f"{s['best_channel_pointing']:.3f}"])
+    runs = ", ".join(f"`{r['run']}`" for r in results)
+    return ("# Interpretability: attention on the target object (shapes test images)\n\n"
+            f"{n_images} test images (unseen classes) per run, maps upsampled bilinearly to 64×64 and normalised per "
+            "channel. *Mass inside* = share of the map's mass inside the target mask; *pointing* = argmax inside "
+            "the mask. Aggregate = the channel-mean map; best channel picked by mass on the same images "
+            "(optimistic). Uniform: mass = mask area share, pointing = chance. "
+            f"Runs: {runs}.\n\n"
+            + md_table(["model", "map", "K", "mass (aggregate)", "mass (per channel)", "mass (best channel)",
+                        "pointing (aggregate)", "pointing (best channel)"], rows))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", type=Path, help="run directories (default: see above)")
+    p.add_argument("--images", type=int, default=320, help="test images per run")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of the short runs trained when none exist")
+    p.add_argument("--max-per-class", type=int, default=20, help="train images per class of those runs")
+    p.add_argument("--name", default="heads_interpretability")
+    args = p.parse_args(argv)
+    runs = args.runs or default_runs(args.epochs, args.max_per_class)
+    results = []
+    for run in runs:
+        print(f"scoring {run}", flush=True)
+        results.append(evaluate_run(Path(run).resolve(), args.images))
+    write_results(args.name, {"images": args.images, "results": results}, markdown(results, args.images))
+    print(markdown(results, args.images))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Pure figure builders (plotly / numpy images): no Streamlit, no model, testable on their own."""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from matplotlib import colormaps
+from PIL import Image
+
+# 48 distinct colours for per-class colouring (the shapes set has 32 test classes); cycles beyond
+PALETTE = qualitative.Dark24 + qualitative.Light24
+CORRECT_COLOURS = {"top-1 correct": "#2ca02c", "top-1 wrong": "#d62728"}
+
+
+def embedding_map(coords: np.ndarray, ids: np.ndarray, categories: list[str], hover: list[str],
+                  colours: dict[str, str] | None = None, title: str = "", height: int = 560) -> go.Figure:
+    """One WebGL trace per category. customdata carries item ids as Python lists, because
+    numpy-backed customdata comes back from the browser as {'0': v} and point indices count
+    within a trace (research/dashboard.md §3.3)."""
+    fig = go.Figure()
+    categories = np.asarray(categories)
+    hover = np.asarray(hover)
+    names = list(dict.fromkeys(categories.tolist()))  # first-seen order: stable between reruns
+    for i, name in enumerate(names):
+        m = categories == name
+        colour = (colours or {}).get(name, PALETTE[i % len(PALETTE)])
+        fig.add_trace(go.Scattergl(
+            x=coords[m, 0].tolist(), y=coords[m, 1].tolist(), mode="markers", name=str(name),
+            customdata=ids[m].tolist(), text=hover[m].tolist(), hovertemplate="%{text}<extra></extra>",
+            marker=dict(size=6, color=colour, opacity=0.85, line=dict(width=0))))
+    fig.update_layout(dragmode="lasso", height=height, margin=dict(l=10, r=10, t=30 if title else 10, b=10),
+                      title=title or None, uirevision="map", legend=dict(itemsizing="constant"),
+                      xaxis=dict(showticklabels=False, title=None), yaxis=dict(showticklabels=False, title=None))
+    return fig
+
+
+def _resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map to (width, height)."""
+    img = Image.fromarray(np.asarray(values, dtype=np.float32), mode="F")
+    return np.asarray(img.resize(size, Image.BILINEAR), dtype=np.float32)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, opacity: float = 0.5, signed: bool = False,
+            scale: float | None = None) -> np.ndarray:
+    """Blend a map (any h×w) over an H×W×3 uint8 image.
+
+    Unsigned maps use a sequential colormap scaled to [min, max] (or [0, scale]); signed maps
+    (attributions, differences) use a diverging one centred on 0 so red = pushed up, blue = down.
+    """
+    h, w = image.shape[:2]
+    heat = _resize(heat, (w, h))
+    if signed:
+        bound = scale or float(np.abs(heat).max()) or 1.0
+        norm = 0.5 + 0.5 * np.clip(heat / bound, -1, 1)
+        rgb = colormaps["RdBu_r"](norm)[..., :3]
+    else:
+        lo, hi = (0.0, scale) if scale else (float(heat.min()), float(heat.max()))
+        norm = np.clip((heat - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(heat)
+        rgb = colormaps["inferno"](norm)[..., :3]
+    blended = (1 - opacity) * image.astype(np.float32) / 255 + opacity * rgb
+    return (np.clip(blended, 0, 1) * 255).round().astype(np.uint8)
+
+
+def enlarge(image: np.ndarray, side: int = 160) -> np.ndarray:
+    """Upscale small images (64 px shapes) with nearest neighbour so pixels stay crisp."""
+    h, w = image.shape[:2]
+    if max(h, w) >= side:
+        return image
+    f = max(1, side // max(h, w))
+    return np.asarray(Image.fromarray(image).resize((w * f, h * f), Image.NEAREST))
+
+
+def mark_cell(image: np.ndarray, row: int, col: int, grid_h: int, grid_w: int,
+              colour=(0, 229, 255)) -> np.ndarray:
+    """Outline one feature-grid cell on an image (e.g. the query position of a self-attention map)."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    y0, y1 = int(row * h / grid_h), max(int((row + 1) * h / grid_h) - 1, int(row * h / grid_h))
+    x0, x1 = int(col * w / grid_w), max(int((col + 1) * w / grid_w) - 1, int(col * w / grid_w))
+    for t in range(max(1, min(h, w) // 80)):  # about 2 px on a 160 px panel
+        out[y0:y1 + 1, [min(x0 + t, w - 1), max(x1 - t, 0)]] = colour
+        out[[min(y0 + t, h - 1), max(y1 - t, 0)], x0:x1 + 1] = colour
+    return out
+
+
+def group_terms(terms: dict[str, np.ndarray], height: int = 300) -> go.Figure:
+    """Grouped bars: for each compared image (legend), its similarity term in each embedding group."""
+    k = len(next(iter(terms.values()))) if terms else 0
+    fig = go.Figure([go.Bar(name=label, x=[f"group {g}" for g in range(k)], y=np.asarray(t, float).tolist())
+                     for label, t in terms.items()])
+    fig.update_layout(barmode="group", height=height, margin=dict(l=10, r=10, t=10, b=10),
+                      yaxis_title="dot product over the group's dims")
+    return fig
+
+
+def learner_partition(sizes: list[int], height: int = 160) -> go.Figure:
+    """The embedding's dims split into learners (subspaces), as one stacked bar."""
+    fig = go.Figure([go.Bar(y=["learners"], x=[size], name=f"learner {j} ({size} dims)", orientation="h",
+                            text=[f"learner {j}: {size} dims"], textposition="inside")
+                     for j, size in enumerate(sizes)])
+    fig.update_layout(barmode="stack", height=height, margin=dict(l=10, r=10, t=10, b=10), xaxis_title="embedding dims")
+    return fig
+
+
+def metric_curve(epochs: list[int], values: list, name: str, marker_epoch: int | None = None,
+                 height: int = 240) -> go.Figure:
+    fig = go.Figure(go.Scatter(x=list(epochs), y=list(values), mode="lines+markers", name=name))
+    if marker_epoch is not None:
+        fig.add_vline(x=marker_epoch, line_dash="dot")
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), xaxis_title="epoch", yaxis_title=name)
+    return fig
+
+
+def histogram(values, title: str, xaxis_title: str, nbins: int = 40, height: int = 300) -> go.Figure:
+    fig = go.Figure(go.Histogram(x=np.asarray(values, dtype=float).tolist(), nbinsx=nbins, marker_color="#4c78a8"))
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10), bargap=0.05,
+                      xaxis_title=xaxis_title, yaxis_title="queries")
+    return fig
+
+
+def history_curves(history, columns: list[str], title: str, height: int = 300) -> go.Figure:
+    """Line per column of a history DataFrame (one row per epoch)."""
+    fig = go.Figure()
+    for col in columns:
+        if col in history:
+            fig.add_trace(go.Scatter(x=history["epoch"].tolist(), y=history[col].tolist(), mode="lines+markers", name=col))
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="epoch")
+    return fig
+
+
+def _data_uri(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def patch_picker(image: np.ndarray, grid_h: int, grid_w: int, selected: tuple[int, int] | None = None,
+                 height: int = 360) -> go.Figure:
+    """The image with a clickable marker at every feature-patch centre (heatmaps emit no selection
+    events in Streamlit, scatter points do). customdata = [row, col]."""
+    rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
+    xs, ys = (cols.ravel() + 0.5) / grid_w, (rows.ravel() + 0.5) / grid_h
+    ids = (rows.ravel() * grid_w + cols.ravel()).tolist()
+    fig = go.Figure(go.Scatter(x=xs.tolist(), y=ys.tolist(), mode="markers", customdata=ids,
+                               text=[f"row {r}, col {c}" for r, c in zip(rows.ravel(), cols.ravel())],
+                               hovertemplate="%{text}<extra></extra>",
+                               marker=dict(size=max(6, 200 // max(grid_h, grid_w)), color="rgba(255,255,255,0.25)",
+                                           line=dict(width=1, color="rgba(0,0,0,0.6)"))))
+    if selected is not None:
+        r, c = selected
+        fig.add_trace(go.Scatter(x=[(c + 0.5) / grid_w], y=[(r + 0.5) / grid_h], mode="markers", hoverinfo="skip",
+                                 marker=dict(size=max(10, 320 // max(grid_h, grid_w)), symbol="square-open",
+                                             color="#00e5ff", line=dict(width=3))))
+    fig.add_layout_image(dict(source=_data_uri(image), xref="x", yref="y", x=0, y=0, sizex=1, sizey=1,
+                              sizing="stretch", layer="below"))
+    fig.update_layout(height=height, width=height, margin=dict(l=0, r=0, t=0, b=0), showlegend=False,
+                      dragmode=False, clickmode="event+select",
+                      xaxis=dict(range=[0, 1], visible=False, fixedrange=True),
+                      yaxis=dict(range=[1, 0], visible=False, fixedrange=True, scaleanchor="x"))
+    return fig

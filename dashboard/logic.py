@@ -1,0 +1,243 @@
+"""Plain logic behind the pages: retrieval tables, selections, metrics of subsets, uploads.
+
+No Streamlit here, so every function is testable on its own; `dashboard/state.py` caches the
+expensive ones and the pages only render what these return.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+def knn(query, reference, k, exclude_self):
+    """core.evaluate.knn, imported on first use: it pulls in faiss and scikit-learn (seconds on a busy
+    machine), which the first paint of the map does not need."""
+    from core.evaluate import knn as exact_knn
+    return exact_knn(query, reference, k, exclude_self)
+
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+MAX_UPLOAD_PIXELS = 40_000_000      # e.g. 8000×5000; larger images are almost surely a mistake
+MAX_UPLOAD_SIDE = 12_000
+
+
+class UploadError(ValueError):
+    """An uploaded file that cannot be used as a query; the message says why and what to do."""
+
+
+# ---- retrieval over the run's artifacts ------------------------------------------------------
+@dataclass
+class RetrievalTable:
+    """Leave-one-out retrieval of every item against all others (cosine, exact)."""
+    neighbours: np.ndarray         # N×k item ids, best first
+    similarities: np.ndarray       # N×k cosine similarities
+    hits: np.ndarray               # N×k bool, neighbour shares the query's class
+    relevant: np.ndarray           # N: R, the number of other items of the query's class
+    r_precision: np.ndarray        # N (nan where R = 0)
+    map_at_r: np.ndarray           # N (nan where R = 0)
+    first_match_rank: np.ndarray   # N: 1-based rank of the first true match; k + 1 when not within k
+
+    @property
+    def top1_correct(self) -> np.ndarray:
+        return self.hits[:, 0]
+
+
+def retrieval_table(embeddings: np.ndarray, labels: np.ndarray, k_min: int = 16) -> RetrievalTable:
+    """k covers the largest class (what MAP@R needs) and at least `k_min` neighbours to show."""
+    labels = np.asarray(labels)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    relevant = counts[inverse] - 1
+    k = int(min(len(labels) - 1, max(k_min, relevant.max(initial=1))))
+    sims, idx = knn(embeddings, embeddings, k, exclude_self=True)
+    hits = labels[idx] == labels[:, None]
+    within_r = np.arange(k)[None, :] < relevant[:, None]
+    hits_r = hits & within_r
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r_prec = np.where(relevant > 0, hits_r.sum(1) / relevant, np.nan)
+        precision_at_i = np.cumsum(hits_r, 1) / np.arange(1, k + 1)[None, :]
+        map_r = np.where(relevant > 0, (precision_at_i * hits_r).sum(1) / relevant, np.nan)
+    first = np.where(hits.any(1), hits.argmax(1) + 1, k + 1)
+    return RetrievalTable(idx, sims, hits, relevant, r_prec, map_r, first)
+
+
+def selection_metrics(table: RetrievalTable, selected: np.ndarray) -> dict[str, tuple[float, float]]:
+    """R@1 and MAP@R of the selected queries and of the rest (each against the full set)."""
+    mask = np.zeros(len(table.relevant), bool)
+    mask[np.asarray(selected, dtype=int)] = True
+    valid = table.relevant > 0
+
+    def mean(values, m):
+        m = m & valid
+        return float(np.mean(values[m])) if m.any() else float("nan")
+    top1 = table.top1_correct.astype(float)
+    return {"R@1": (mean(top1, mask), mean(top1, ~mask)),
+            "MAP@R": (mean(table.map_at_r, mask), mean(table.map_at_r, ~mask))}
+
+
+def hardest_failures(table: RetrievalTable, n: int = 10) -> np.ndarray:
+    """Queries whose top-1 is wrong, lowest R-precision first (ties: most confident mistake first)."""
+    wrong = np.flatnonzero(~table.top1_correct & (table.relevant > 0))
+    order = np.lexsort((-table.similarities[wrong, 0], table.r_precision[wrong]))
+    return wrong[order][:n]
+
+
+def nearest_true_match(table: RetrievalTable, embeddings: np.ndarray, labels: np.ndarray, query: int) -> int | None:
+    """The most similar other item of the query's class (searched beyond the table's k if needed)."""
+    hits = np.flatnonzero(table.hits[query])
+    if len(hits):
+        return int(table.neighbours[query, hits[0]])
+    same = np.flatnonzero((np.asarray(labels) == labels[query]) & (np.arange(len(labels)) != query))
+    if not len(same):
+        return None
+    return int(same[np.argmax(embeddings[same] @ embeddings[query])])
+
+
+def rank_of(embeddings: np.ndarray, query: int, item: int) -> int:
+    """1-based rank of `item` among every other item, by cosine to the query (exact, beyond any k)."""
+    sims = embeddings @ embeddings[query]
+    sims[query] = -np.inf
+    return int((sims > sims[item]).sum()) + 1
+
+
+# ---- per-group (subspace) similarity --------------------------------------------------------
+def group_terms(query: np.ndarray, other: np.ndarray, groups: list[slice]) -> np.ndarray:
+    """Dot products over each group slice; they sum to the cosine when the slices tile the embedding."""
+    return np.asarray([float(query[g] @ other[g]) for g in groups])
+
+
+def dominant_group(embeddings: np.ndarray, neighbour: np.ndarray, groups: list[slice]) -> np.ndarray:
+    """Per item, the group contributing most to its similarity with its top-1 neighbour."""
+    other = embeddings[neighbour]
+    terms = np.stack([(embeddings[:, g] * other[:, g]).sum(1) for g in groups], 1)
+    return terms.argmax(1)
+
+
+def group_knn(embeddings: np.ndarray, query: np.ndarray, group: slice, k: int,
+              exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k in one group's subspace (both sides re-normalised within the slice)."""
+    def unit(x):
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    sims = unit(embeddings[:, group]) @ unit(query[group])
+    if exclude is not None:
+        sims[exclude] = -np.inf
+    order = np.argsort(-sims, kind="stable")[:k]
+    return order, sims[order]
+
+
+def search(embeddings: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k items for an embedding that is not in the set (e.g. an uploaded image)."""
+    sims, idx = knn(query[None].astype(np.float32), embeddings, k, exclude_self=False)
+    return idx[0], sims[0]
+
+
+# ---- comparing two runs on the same items ----------------------------------------------------
+def jaccard_topk(neighbours_a: np.ndarray, neighbours_b: np.ndarray, k: int) -> np.ndarray:
+    """Per query, |A∩B| / |A∪B| of the two top-k neighbour sets."""
+    out = np.empty(len(neighbours_a))
+    for i, (a, b) in enumerate(zip(neighbours_a[:, :k], neighbours_b[:, :k])):
+        sa, sb = set(a.tolist()), set(b.tolist())
+        out[i] = len(sa & sb) / max(len(sa | sb), 1)
+    return out
+
+
+def disagreements(rank_a: np.ndarray, rank_b: np.ndarray, jaccard: np.ndarray, n: int = 10) -> np.ndarray:
+    """Queries where two runs disagree most: largest |rank change|, then smallest overlap."""
+    order = np.lexsort((jaccard, -np.abs(rank_b - rank_a)))
+    return order[:n]
+
+
+# ---- embedding-map helpers ------------------------------------------------------------------
+def stratified_sample(labels: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
+    """At most `max_points` indices, the same share of every class (at least one each), sorted."""
+    labels = np.asarray(labels)
+    if len(labels) <= max_points:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    share = max_points / len(labels)
+    keep = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        take = max(1, int(round(share * len(members))))
+        keep.append(rng.choice(members, min(take, len(members)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def interleave_classes(ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Reorder ids round-robin over their classes, so the first few of a big selection show its variety."""
+    ids = np.asarray(ids)
+    if not len(ids):
+        return ids
+    lab = np.asarray(labels)[ids]
+    rank = np.zeros(len(ids), int)          # position of each id within its class
+    for c in np.unique(lab):
+        members = np.flatnonzero(lab == c)
+        rank[members] = np.arange(len(members))
+    return ids[np.lexsort((lab, rank))]
+
+
+def decode_customdata(value):
+    """Plotly returns customdata as a scalar, a list, or (numpy-backed traces) a {'0': v} dict."""
+    if isinstance(value, dict):
+        value = value.get("0", next(iter(value.values()), None))
+    elif isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return None if value is None else int(value)
+
+
+def _polygon_members(coords: np.ndarray, xs, ys) -> np.ndarray:
+    from matplotlib.path import Path
+    return Path(np.column_stack([xs, ys])).contains_points(coords)
+
+
+def selected_ids(event, coords: np.ndarray | None = None, use_geometry: bool = False) -> np.ndarray:
+    """Item ids of a plotly selection event (plain dict in tests, attribute-dict in the app).
+
+    With `use_geometry` (the map shows a sample of the points), box and lasso shapes select
+    server-side over the full coordinates, so metrics cover every point inside the shape.
+    """
+    selection = (event or {}).get("selection", {}) if hasattr(event, "get") else {}
+    if use_geometry and coords is not None and (selection.get("box") or selection.get("lasso")):
+        inside = np.zeros(len(coords), bool)
+        for box in selection.get("box") or []:
+            (x0, x1), (y0, y1) = sorted(box["x"][:2]), sorted(box["y"][:2])
+            inside |= (coords[:, 0] >= x0) & (coords[:, 0] <= x1) & (coords[:, 1] >= y0) & (coords[:, 1] <= y1)
+        for lasso in selection.get("lasso") or []:
+            inside |= _polygon_members(coords, lasso["x"], lasso["y"])
+        return np.flatnonzero(inside)
+    ids = [decode_customdata(p.get("customdata")) for p in selection.get("points") or []]
+    return np.unique(np.asarray([i for i in ids if i is not None], dtype=int))
+
+
+# ---- images ----------------------------------------------------------------------------------
+def to_uint8(image) -> np.ndarray:
+    """A 3×H×W float tensor/array in [0, 1] -> H×W×3 uint8 for display."""
+    arr = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3):
+        arr = np.moveaxis(arr, 0, -1)
+    return (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+
+
+def validate_upload(data: bytes, name: str = "upload") -> Image.Image:
+    """The uploaded bytes as an RGB image, or UploadError saying what is wrong."""
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise UploadError(f"{name} is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB. "
+                          f"Resize or re-encode it (e.g. as JPEG) and upload again.")
+    if not data:
+        raise UploadError(f"{name} is empty. Upload a PNG or JPEG image.")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > MAX_UPLOAD_PIXELS or max(width, height) > MAX_UPLOAD_SIDE:
+                raise UploadError(f"{name} is {width}×{height} pixels, too large to embed here (limit "
+                                  f"{MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels, {MAX_UPLOAD_SIDE} px a side). "
+                                  f"Downscale it and upload again.")
+            return img.convert("RGB")     # decodes fully, so truncated files fail here
+    except UploadError:
+        raise
+    except Image.DecompressionBombError:
+        raise UploadError(f"{name} declares an enormous image size; it is refused. Upload a normal photo.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise UploadError(f"{name} is not a readable image ({type(err).__name__}). Upload a PNG, JPEG, "
+                          f"BMP or WebP file.") from None

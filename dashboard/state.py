@@ -1,0 +1,365 @@
+"""The only place that caches, and the names of the session-state keys every page shares.
+
+- `st.cache_resource`: models, data sets, background jobs (shared objects, never mutated);
+- `st.cache_data`: derived arrays (artifacts, retrieval tables, maps, attributions).
+Every cache key carries the run directory plus the mtime of the file it derives from, so a
+retrained run invalidates its entries. Errors are raised as `CheckpointError` / `DatasetError`
+with a message saying what to do; `dashboard/ui.py` turns them into `st.error`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+
+from core import checkpoint as ckpt
+from core.checkpoint import CheckpointError
+from dashboard import logic
+
+# The dashboard runs one image at a time. With several intra-op threads, PyTorch's workers spin while
+# other processes hold the cores, and a 10 ms forward took 200-500 ms on the shared 2-core machine;
+# one thread is as fast when idle and stays fast under load. Training runs in its own process.
+torch.set_num_threads(int(os.environ.get("METRICLENS_TORCH_THREADS", "1")))
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RUNS = REPO / "checkpoints"
+
+# session-state keys (plain values, not widget keys, so they survive page switches)
+RUN, COMPARE, QUERY, UPLOAD = "run", "compare_run", "query", "upload_query"
+EXTRA_ROOT, DATA_ROOTS, PAIR = "extra_runs_root", "data_root_overrides", "cross_pair"
+
+
+# ---- finding runs ------------------------------------------------------------------------------
+def run_roots() -> list[Path]:
+    roots = [DEFAULT_RUNS]
+    roots += [Path(p) for p in os.environ.get("METRICLENS_RUNS", "").split(os.pathsep) if p.strip()]
+    extra = st.session_state.get(EXTRA_ROOT)
+    if extra:
+        roots.append(Path(extra).expanduser())
+    return list(dict.fromkeys(r.resolve() for r in roots))
+
+
+def _candidate_runs(root: Path) -> list[Path]:
+    """A folder that is a run, or the runs inside it. A folder with config.json counts even without
+    weights, so selecting a half-written run explains itself instead of silently missing."""
+    if (root / ckpt.CONFIG).exists():
+        return [root]
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / ckpt.CONFIG).exists())
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _summary(run_dir: str, metrics_mtime: float, config_mtime: float) -> dict:
+    path = Path(run_dir)
+    out = {"path": run_dir, "name": path.name, "head": "?", "backbone": "?", "complete": False, "metrics": {}}
+    try:
+        cfg = ckpt.load_config(path)
+        out.update(head=cfg.model.head, backbone=cfg.model.backbone, data=cfg.data.name,
+                   description=cfg.description)
+    except CheckpointError as err:
+        out["problem"] = str(err)
+    if metrics_mtime:
+        try:
+            metrics = json.loads((path / ckpt.METRICS).read_text())
+            out["metrics"] = metrics.get("test", {})
+            out["best_epoch"] = metrics.get("best_epoch")
+        except (OSError, ValueError):
+            out["problem"] = f"{path / ckpt.METRICS} is damaged"
+    out["complete"] = bool(metrics_mtime) and (path / ckpt.ARTIFACTS / "embeddings.npy").exists()
+    return out
+
+
+def discover_runs() -> list[dict]:
+    """Every run under the roots, with its key metrics (read once per metrics.json version)."""
+    seen, runs = set(), []
+    for root in run_roots():
+        for run in _candidate_runs(root):
+            key = str(run.resolve())
+            if key not in seen:
+                seen.add(key)
+                runs.append(_summary(key, _mtime(run / ckpt.METRICS), _mtime(run / ckpt.CONFIG)))
+    return runs
+
+
+def summary(run_dir: str) -> dict:
+    """One run's entry of the run list (name, head, test metrics from metrics.json)."""
+    path = Path(run_dir)
+    return _summary(run_dir, _mtime(path / ckpt.METRICS), _mtime(path / ckpt.CONFIG))
+
+
+@st.cache_resource
+def warm_up() -> threading.Thread:
+    """Import what the first interactions need (faiss and scikit-learn for retrieval, Captum for
+    attribution) in the background once the first page is drawn, so no click pays for it."""
+    def work():
+        import captum.attr  # noqa: F401
+        import core.data  # noqa: F401
+        import core.evaluate  # noqa: F401
+    thread = threading.Thread(target=work, name="warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+# ---- models and artifacts ---------------------------------------------------------------------
+@st.cache_resource(show_spinner="Loading the model…", max_entries=8)
+def _load_model(run_dir: str, weights_mtime: float):
+    return ckpt.load_run(run_dir)
+
+
+def load_model(run_dir: str):
+    """(model in eval mode, RunConfig); shared across sessions, so treat it as read-only."""
+    return _load_model(run_dir, _mtime(Path(run_dir) / ckpt.WEIGHTS))
+
+
+@dataclass
+class Artifacts:
+    embeddings: np.ndarray     # N×D, L2-normalised
+    labels: np.ndarray         # N
+    items: list[dict]          # per item: split, index, path, class_name
+    groups: list[slice]        # embedding dims of each group/subspace
+
+    @property
+    def class_names(self) -> list[str]:
+        return [it.get("class_name", str(l)) for it, l in zip(self.items, self.labels)]
+
+
+def _artifact_stamp(run_dir: str) -> float:
+    return _mtime(Path(run_dir) / ckpt.ARTIFACTS / "embeddings.npy")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _artifacts(run_dir: str, stamp: float, groups: tuple[tuple[int, int], ...]) -> Artifacts:
+    art = Path(run_dir) / ckpt.ARTIFACTS
+    missing = [n for n in ("embeddings.npy", "labels.npy", "items.json") if not (art / n).exists()]
+    if missing:
+        raise CheckpointError(
+            f"{art} lacks {', '.join(missing)}: the run has not finished (training writes them at the end). "
+            f"Run its training command again to finish it (it resumes), e.g. "
+            f"`python -m core train --config {Path(run_dir) / ckpt.CONFIG} --out {run_dir}`.")
+    try:
+        emb = np.load(art / "embeddings.npy").astype(np.float32)
+        labels = np.load(art / "labels.npy")
+        items = json.loads((art / "items.json").read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{art} holds a damaged file ({err}); retrain the run to rewrite its artifacts") from None
+    if not (len(emb) == len(labels) == len(items)):
+        raise CheckpointError(f"{art} is inconsistent: {len(emb)} embeddings, {len(labels)} labels, {len(items)} "
+                              f"items. Retrain or re-evaluate the run to rewrite its artifacts.")
+    slices = [slice(a, b) for a, b in groups] or [slice(0, emb.shape[1])]
+    if slices[-1].stop > emb.shape[1]:
+        raise CheckpointError(f"{art}/embeddings.npy has {emb.shape[1]} dims but the model's groups need "
+                              f"{slices[-1].stop}: the artifacts belong to another model. Retrain the run.")
+    return Artifacts(emb, labels, items, slices)
+
+
+def artifacts(run_dir: str) -> Artifacts:
+    model, _ = load_model(run_dir)
+    groups = tuple((g.start or 0, g.stop) for g in model.head.groups)
+    return _artifacts(run_dir, _artifact_stamp(run_dir), groups)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _retrieval(run_dir: str, stamp: float) -> logic.RetrievalTable:
+    art = artifacts(run_dir)
+    return logic.retrieval_table(art.embeddings, art.labels)
+
+
+def retrieval(run_dir: str) -> logic.RetrievalTable:
+    return _retrieval(run_dir, _artifact_stamp(run_dir))
+
+
+# ---- 2-D coordinates and the background UMAP job -----------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=32)
+def _coords(run_dir: str, method: str, stamp: float) -> np.ndarray:
+    from core.projection import ensure_coords
+    return ensure_coords(run_dir, method)
+
+
+def coords(run_dir: str, method: str) -> np.ndarray | None:
+    """Coordinates if they are on disk (PCA is always computed at once); None while UMAP is missing."""
+    path = Path(run_dir) / ckpt.ARTIFACTS / f"coords_{method}.npy"
+    if method != "pca" and not path.exists():
+        return None
+    return _coords(run_dir, method, _mtime(path) or _artifact_stamp(run_dir))
+
+
+@st.cache_resource
+def _umap_jobs() -> dict:
+    return {}
+
+
+def start_umap(run_dir: str) -> dict:
+    """Compute a run's UMAP coordinates in a background *process* (`python -m core umap RUN_DIR`,
+    lowered priority) and return its record {started, process, log, error}. The page polls for the
+    file. A thread was tried first: numba's ~40 s of compilation then starved the UI's own thread
+    (the PCA map took 38 s to appear on the busy 2-core machine); a nice'd process does not."""
+    import subprocess
+    import sys
+
+    jobs = _umap_jobs()
+    job = jobs.get(run_dir)
+    if job is None:
+        # the log goes to the git-ignored cache, never into a (possibly shipped) run directory
+        log = REPO / ".cache" / "umap_logs" / f"{abs(hash(run_dir)):x}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as fh:
+            process = subprocess.Popen([sys.executable, "-m", "core", "umap", run_dir], cwd=REPO, stdout=fh,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                       preexec_fn=(lambda: os.nice(10)) if hasattr(os, "nice") else None)
+        job = jobs[run_dir] = {"started": time.time(), "process": process, "log": log, "error": None}
+    elif job["process"].poll() not in (None, 0) and not job["error"]:
+        job["error"] = _log_tail(job["log"])
+    return job
+
+
+def _log_tail(path: Path, chars: int = 600) -> str:
+    try:
+        return Path(path).read_text(errors="replace")[-chars:].strip()
+    except OSError:
+        return "(no log)"
+
+
+# ---- data, images and explanations --------------------------------------------------------------
+@st.cache_resource(show_spinner="Preparing the data set…", max_entries=8)
+def _splits(run_dir: str, data_root: str | None):
+    from core.data import build_datasets
+
+    _, cfg = load_model(run_dir)
+    data_cfg = cfg.with_overrides([f"data.root={data_root}"]).data if data_root else cfg.data
+    return build_datasets(data_cfg, seed=cfg.train.seed)
+
+
+def data_root_override(run_dir: str) -> str | None:
+    return (st.session_state.get(DATA_ROOTS) or {}).get(run_dir)
+
+
+def splits(run_dir: str):
+    """The run's data splits (raises DatasetError when the data folder moved)."""
+    return _splits(run_dir, data_root_override(run_dir))
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def _model_input(run_dir: str, item: int, stamp: float, data_root: str | None) -> np.ndarray:
+    meta = artifacts(run_dir).items[item]
+    dataset = getattr(splits(run_dir), meta.get("split", "test"))
+    return dataset[int(meta["index"])][0].numpy()
+
+
+def model_input(run_dir: str, item: int) -> np.ndarray:
+    """Item `item` of the artifacts as the model sees it: 3×H×W float in [0, 1]."""
+    return _model_input(run_dir, int(item), _artifact_stamp(run_dir), data_root_override(run_dir))
+
+
+def image(run_dir: str, item: int) -> np.ndarray:
+    return logic.to_uint8(model_input(run_dir, item))
+
+
+def upload_input(run_dir: str, pil_image) -> np.ndarray:
+    from core.data import build_transform
+    _, cfg = load_model(run_dir)
+    return build_transform(cfg.data, train=False)(pil_image).numpy()
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def explain_input(run_dir: str, pixels: np.ndarray, stamp: float) -> dict:
+    """Embedding, every named map (K×h×w numpy) and group slices for one model input."""
+    model, _ = load_model(run_dir)
+    with torch.inference_mode():
+        out = model.explain(torch.from_numpy(pixels)[None].float())
+    return {"embedding": out.embedding[0].float().numpy(),
+            "maps": {name: m[0].float().numpy() for name, m in out.maps.items()},
+            "groups": [(g.start or 0, g.stop) for g in out.groups]}
+
+
+def explain_item(run_dir: str, item: int) -> dict:
+    return explain_input(run_dir, model_input(run_dir, item), _mtime(Path(run_dir) / ckpt.WEIGHTS))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _map_shapes(run_dir: str, stamp: float) -> dict[str, tuple[int, int, int]]:
+    """name -> (K, h, w) of every map the model exposes, from a blank input (needs no data set)."""
+    model, cfg = load_model(run_dir)
+    size = cfg.data.image_size
+    with torch.inference_mode():
+        maps = model.explain(torch.full((1, 3, size, size), 0.5)).maps
+    return {name: tuple(m.shape[1:]) for name, m in maps.items()}
+
+
+def map_shapes(run_dir: str) -> dict[str, tuple[int, int, int]]:
+    return _map_shapes(run_dir, weights_stamp(run_dir))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _map_channel_mass(run_dir: str, stamp: float, data_root: str | None) -> dict[str, np.ndarray]:
+    """Per item and map with K > 1 channels: the mass of each channel (N×K), for 'dominant channel'."""
+    model, _ = load_model(run_dir)
+    n = len(artifacts(run_dir).items)
+    out: dict[str, list] = {}
+    with torch.inference_mode():
+        for start in range(0, n, 64):
+            batch = torch.from_numpy(np.stack([model_input(run_dir, i) for i in range(start, min(n, start + 64))]))
+            for name, m in model.explain(batch).maps.items():
+                if m.shape[1] > 1:
+                    out.setdefault(name, []).append(m.float().flatten(2).sum(-1).numpy())
+    return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+def map_channel_mass(run_dir: str) -> dict[str, np.ndarray]:
+    return _map_channel_mass(run_dir, _artifact_stamp(run_dir), data_root_override(run_dir))
+
+
+@st.cache_data(show_spinner="Attributing the similarity…", max_entries=256)
+def attribution(run_dir: str, query: np.ndarray, reference: np.ndarray, method: str, stamp: float) -> np.ndarray:
+    """Captum attribution of cos(model(query pixels), reference embedding) (see core/attribution.py)."""
+    from core.attribution import similarity_attribution
+    model, _ = load_model(run_dir)
+    return similarity_attribution(model, torch.from_numpy(query), torch.from_numpy(reference), method)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def features(run_dir: str, items: tuple[int, ...], stamp: float) -> np.ndarray:
+    """Backbone features at the pooled stage for some items, B×C×h×w (for the Learn page's demos)."""
+    model, _ = load_model(run_dir)
+    batch = torch.from_numpy(np.stack([model_input(run_dir, i) for i in items]))
+    with torch.inference_mode():
+        return model.forward_features(batch).float().numpy()
+
+
+def annotation(run_dir: str, item: int) -> dict:
+    """The data set's annotation of an item (shapes: class, attributes, target mask and box)."""
+    meta = artifacts(run_dir).items[item]
+    return getattr(splits(run_dir), meta.get("split", "test")).annotation(int(meta["index"]))
+
+
+@st.cache_data(show_spinner="Drawing a shapes image…")
+def shapes_demo_image() -> np.ndarray:
+    """A fixed image of the procedural shapes set, 3×H×W in [0, 1], for when no run is loaded."""
+    from core.data import shapes
+    data = shapes.load(shapes.ShapesSpec(test_per_class=2), "test")
+    return (data.images[0].astype(np.float32) / 255.0).transpose(2, 0, 1)
+
+
+def weights_stamp(run_dir: str) -> float:
+    return _mtime(Path(run_dir) / ckpt.WEIGHTS)
+
+
+# ---- training jobs (subprocesses that outlive a rerun) -----------------------------------------
+@st.cache_resource
+def training_jobs() -> dict:
+    """name -> dashboard.jobs.TrainJob, shared by every session of this server."""
+    return {}

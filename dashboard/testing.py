@@ -1,0 +1,139 @@
+"""Runs for the dashboard's tests and latency benchmark: the shipped checkpoints/, or tiny fresh ones.
+
+A clean clone ships finished runs in checkpoints/; the tests and the benchmark use the first of
+them. When there are none (a fresh checkout before `make checkpoints`), or with
+METRICLENS_TEST_FRESH_RUNS=1, tiny shapes runs are trained into a scratch folder (~10 s each), so
+the suite still runs end to end.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from core import checkpoint as ckpt
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "checkpoints"
+TINY_OVERRIDES = ["train.epochs=1", "data.max_per_class=8", "data.shapes.test_per_class=8",
+                  "data.shapes.train_per_class=8",
+                  "model.embed_dim=32", "train.batch_size=32"]
+
+
+def is_finished(run: Path) -> bool:
+    art = Path(run) / ckpt.ARTIFACTS
+    return ckpt.is_run_dir(run) and (Path(run) / ckpt.METRICS).exists() and all(
+        (art / name).exists() for name in ("embeddings.npy", "labels.npy", "items.json"))
+
+
+def shipped_runs() -> list[Path]:
+    return [run for run in ckpt.list_runs(SHIPPED) if is_finished(run)]
+
+
+def same_data(a: Path, b: Path) -> bool:
+    import numpy as np
+    la, lb = (np.load(Path(r) / ckpt.ARTIFACTS / "labels.npy") for r in (a, b))
+    return la.shape == lb.shape and bool((la == lb).all())
+
+
+def train_tiny(out: Path, seed: int = 0, config: str = "shapes_gap.yaml", epochs: int = 1) -> Path:
+    """A shapes run with 8 images per class (epochs 0: the model as built, evaluated): enough for
+    every page to render."""
+    from core.config import RunConfig
+    from core.train import train
+
+    out = Path(out)
+    if not is_finished(out):
+        cfg = RunConfig.load(REPO / "configs" / config).with_overrides(
+            TINY_OVERRIDES + [f"train.seed={seed}", f"train.epochs={epochs}", f"name={out.name}"])
+        train(cfg, out)
+    return out
+
+
+def demo_runs(scratch: Path, count: int = 2) -> list[Path]:
+    """`count` finished runs on the same test data: shipped ones if there are enough, else tiny ones."""
+    shipped = [] if os.environ.get("METRICLENS_TEST_FRESH_RUNS") else shipped_runs()
+    if shipped:
+        first = shipped[0]
+        runs = [first] + [r for r in shipped[1:] if same_data(first, r)]
+        if len(runs) >= count:
+            return runs[:count]
+    return [train_tiny(Path(scratch) / f"tiny_{i}", seed=i) for i in range(count)]
+
+
+# ---- a real server and browser (tests/test_browser.py, benchmarks/dashboard_latency.py) ------------
+CHROMIUM = "/usr/bin/chromium"
+# root runner: no sandbox; closed network: no background traffic (research/dashboard.md §3.6)
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, env: dict | None = None):
+    """`streamlit run app.py` on 127.0.0.1:port (loopback only); the caller stops it."""
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
+           "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"]
+    log = open(os.environ.get("METRICLENS_SERVER_LOG", os.devnull), "a")  # set it to see server errors
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def wait_healthy(port: int, proc, timeout: float = 60.0) -> None:
+    import time
+    import urllib.request
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1) as r:
+                if r.read() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError("streamlit did not become healthy")
+
+
+def stop_server(proc) -> None:
+    import subprocess
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def settle(page, timeout: float = 60_000, debounce: bool = True) -> None:
+    """Wait until Streamlit has finished the rerun that a click or a drag started. `debounce=False`
+    when the rerun is known to have started (e.g. its output is already on the page)."""
+    if debounce:
+        page.wait_for_timeout(250)  # the frontend debounces before it sends the rerun
+    page.locator("[data-testid='stApp'][data-test-connection-state='CONNECTED']").wait_for(state="attached", timeout=timeout)
+    page.locator("[data-testid='stApp'][data-test-script-state='notRunning']").wait_for(state="attached", timeout=timeout)
+
+
+def images_loaded(page, timeout: float = 60_000) -> None:
+    page.wait_for_function("Array.from(document.querySelectorAll('[data-testid=stImage] img'))"
+                           ".every(i => i.complete && i.naturalWidth > 0)", timeout=timeout)
+
+
+def lasso(page, chart_index: int = 0, radius_share: float = 0.3, centre=(0.5, 0.5), release: bool = True) -> None:
+    """A closed lasso in a plot area (inside .nsewdrag: a drag started on the chart's margins selects nothing).
+    `release=False` leaves the mouse button down, so a caller can time the release alone."""
+    import math
+    box = page.locator(".stPlotlyChart .nsewdrag").nth(chart_index).bounding_box()
+    cx, cy = box["x"] + box["width"] * centre[0], box["y"] + box["height"] * centre[1]
+    r = radius_share * min(box["width"], box["height"])
+    page.mouse.move(cx + r, cy)
+    page.mouse.down()
+    for i in range(1, 37):
+        a = 2 * math.pi * i / 36
+        page.mouse.move(cx + r * math.cos(a), cy + r * math.sin(a), steps=2)
+    if release:
+        page.mouse.up()

@@ -1,0 +1,187 @@
+"""Streamlit pieces shared by the pages: the current run and query, image grids, error panels."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+
+from core.checkpoint import CheckpointError
+from dashboard import figures, logic, state
+
+# page name -> script, relative to app.py (st.navigation and st.switch_page both take these)
+PAGES = {
+    "explore": "dashboard/pages/explore.py",
+    "retrieval": "dashboard/pages/retrieval.py",
+    "attention": "dashboard/pages/attention.py",
+    "cross": "dashboard/pages/cross.py",
+    "compare": "dashboard/pages/compare.py",
+    "train": "dashboard/pages/train.py",
+    "learn": "dashboard/pages/learn.py",
+}
+
+
+def dataset_error_type() -> type[Exception]:
+    """core.data's DatasetError, imported on demand: core.data loads torchvision (about a second),
+    which drawing the map from a run's artifacts does not need."""
+    from core.data.folders import DatasetError
+    return DatasetError
+
+
+def require_run() -> str:
+    """The selected run directory, or a message saying how to get one (and stop the page)."""
+    run = st.session_state.get(state.RUN)
+    if not run:
+        st.info("No run selected. Pick one in the sidebar, point the sidebar at a folder of runs, or train one "
+                "on the **Train** page (`python -m core train --config configs/shapes_gap.yaml --out checkpoints/NAME`).")
+        st.stop()
+    return run
+
+
+def load_or_stop(run: str):
+    """(model, cfg, artifacts) of the run, or a clear st.error and a stopped page."""
+    try:
+        model, cfg = state.load_model(run)
+        return model, cfg, state.artifacts(run)
+    except CheckpointError as err:
+        st.error(f"**This run cannot be used:** {err}")
+        st.stop()
+
+
+def dataset_error(err: Exception, run: str) -> None:
+    """Explain a moved data folder and offer to point this run at its new place."""
+    st.error(f"**The run's images cannot be read:** {err}\n\nMaps and metrics from the run's artifacts still "
+             f"work. To see images, move the data back, or give its new folder here (kept for this session).")
+    new_root = st.text_input("Data folder for this run", key=f"data_root_{abs(hash(run))}",
+                             placeholder="/path/to/the/dataset/root")
+    if new_root:
+        st.session_state.setdefault(state.DATA_ROOTS, {})[run] = new_root
+
+
+def images_or_error(run: str, ids) -> list[np.ndarray] | None:
+    """Display images of items; None (after an st.error) when the data set is unreachable."""
+    try:
+        return [state.image(run, int(i)) for i in ids]
+    except dataset_error_type() as err:
+        dataset_error(err, run)
+        return None
+
+
+def image_grid(images: list[np.ndarray], captions: list[str], columns: int = 8, side: int = 120) -> None:
+    for start in range(0, len(images), columns):
+        cols = st.columns(columns)
+        for col, img, cap in zip(cols, images[start:start + columns], captions[start:start + columns]):
+            col.image(figures.enlarge(img, side), caption=cap, width="stretch")
+
+
+def image_wall(images: list[np.ndarray], captions: list[str], width: int = 112) -> None:
+    """Many thumbnails in one element (one st.image call): far fewer browser nodes than a grid of
+    columns, which keeps a big selection's grid quick to draw."""
+    st.image([figures.enlarge(img, width) for img in images], caption=captions, width=width)
+
+
+@dataclass
+class Query:
+    pixels: np.ndarray           # 3×H×W in [0, 1], as the model sees it
+    embedding: np.ndarray        # D
+    item: int | None             # artifact item id; None for an uploaded image
+    label: int | None
+    caption: str
+
+
+def current_query(run: str, art: state.Artifacts) -> Query | None:
+    """The shared query: an uploaded image when one is active, else an item of the run's test set."""
+    upload = st.session_state.get(state.UPLOAD)
+    if upload is not None and upload.get("run") == run:
+        pixels = upload["pixels"]
+        out = state.explain_input(run, pixels, state.weights_stamp(run))
+        return Query(pixels, out["embedding"], None, None, f"uploaded: {upload['name']}")
+    item = int(st.session_state.get(state.QUERY, 0) or 0)
+    item = min(max(item, 0), len(art.items) - 1)
+    st.session_state[state.QUERY] = item
+    try:
+        pixels = state.model_input(run, item)
+    except dataset_error_type() as err:
+        dataset_error(err, run)
+        return None
+    return Query(pixels, art.embeddings[item], item, int(art.labels[item]),
+                 f"#{item} · {art.items[item].get('class_name', art.labels[item])}")
+
+
+def query_picker(art: state.Artifacts, key: str) -> None:
+    """Item number + class shown; writes the shared query (and leaves upload mode)."""
+    widget = f"{key}_query"
+    st.session_state[widget] = int(st.session_state.get(state.QUERY, 0) or 0)
+
+    def changed():
+        st.session_state[state.QUERY] = int(st.session_state[widget])
+        st.session_state[state.UPLOAD] = None
+        st.session_state.pop("attention_neighbour", None)  # it belonged to the previous query
+    st.number_input(f"Query item (0–{len(art.items) - 1})", 0, len(art.items) - 1, key=widget, step=1,
+                    on_change=changed, help="Any test item; pick one from the map, the failures list or here.")
+
+
+def go_to(page: str, query: int | None = None, **session) -> None:
+    """Set the shared query (and any other session values) and switch page."""
+    if query is not None:
+        st.session_state[state.QUERY] = int(query)
+        st.session_state[state.UPLOAD] = None
+    st.session_state.update(session)
+    st.switch_page(PAGES[page])
+
+
+def int_slider(container, label: str, low: int, high: int, default: int, key: str, **kwargs) -> int:
+    """An integer slider whose range may collapse to one value (tiny data, a 1×1 grid, one logged
+    epoch): then there is nothing to choose and no widget (Streamlit refuses min == max)."""
+    if high <= low:
+        return low
+    return container.slider(label, low, high, min(max(default, low), high), key=key, **kwargs)
+
+
+def metric_pair(label: str, selected: float, rest: float) -> None:
+    fmt = (lambda v: "—" if np.isnan(v) else f"{v:.3f}")
+    delta = None if np.isnan(selected) or np.isnan(rest) else f"{selected - rest:+.3f} vs rest"
+    st.metric(f"{label} of the selection", fmt(selected), delta, help=f"rest of the set: {fmt(rest)}")
+
+
+def item_caption(art: state.Artifacts, item: int, similarity: float | None = None, match: bool | None = None) -> str:
+    mark = "" if match is None else ("✓ " if match else "✗ ")
+    sim = "" if similarity is None else f" · {similarity:.3f}"
+    return f"{mark}#{item} {art.items[item].get('class_name', '')}{sim}"
+
+
+def neighbours_row(run: str, art: state.Artifacts, ids, sims, query_label: int | None, columns: int = 8) -> bool:
+    """Neighbour images with cosine and ✓/✗ class match. Returns False when images are unreachable."""
+    imgs = images_or_error(run, ids)
+    if imgs is None:
+        return False
+    caps = [item_caption(art, int(i), float(s), None if query_label is None else bool(art.labels[i] == query_label))
+            for i, s in zip(ids, sims)]
+    image_grid(imgs, caps, columns)
+    return True
+
+
+def describe_map(name: str, maps: np.ndarray) -> str:
+    from core.registry import MAP_DESCRIPTIONS
+    # blocks may suffix their maps with where they sit ("csa_base@stage3"); the description is per kind
+    desc = MAP_DESCRIPTIONS.get(name, MAP_DESCRIPTIONS.get(name.split("@")[0], "no description registered for this map"))
+    k, h, w = maps.shape
+    return f"**{name}** — {desc} ({k} channel{'s' if k > 1 else ''}, {h}×{w} positions)"
+
+
+def upload_widget(run: str, key: str) -> None:
+    """Upload an image as the query; invalid files give a clear error, never a traceback."""
+    file = st.file_uploader("Upload a query image (PNG/JPEG, ≤ 10 MB)", key=key,
+                            type=["png", "jpg", "jpeg", "bmp", "webp", "gif"])
+    if file is None:
+        return
+    data = file.getvalue()
+    try:
+        pil = logic.validate_upload(data, file.name)
+    except logic.UploadError as err:
+        st.error(f"**Upload refused:** {err}")
+        return
+    upload = st.session_state.get(state.UPLOAD) or {}
+    if upload.get("name") != file.name or upload.get("size") != len(data) or upload.get("run") != run:
+        st.session_state[state.UPLOAD] = {"name": file.name, "size": len(data), "run": run,
+                                          "pixels": state.upload_input(run, pil)}

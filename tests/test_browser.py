@@ -1,0 +1,116 @@
+"""The dashboard in a real browser: headless Debian Chromium driven by Playwright.
+
+Starts `streamlit run app.py` on 127.0.0.1 (free port), opens every page, lassoes points on the
+map, follows a retrieval to its explanation, uploads a file that is not an image, clicks a patch,
+and saves screenshots under test-output/screenshots/ (git-ignored). Skipped without /usr/bin/chromium
+(`make browser` installs it; never `playwright install`, which downloads).
+"""
+from __future__ import annotations
+
+import os
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from dashboard.testing import (CHROMIUM, LAUNCH_ARGS, demo_runs, free_port, images_loaded, lasso, settle,
+                               start_server, stop_server, wait_healthy)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "test-output" / "screenshots"
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing (apt-get install chromium)")]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    runs = [str(r.resolve()) for r in demo_runs(tmp_path_factory.mktemp("browser_runs"), 2)]
+    env = dict(os.environ, METRICLENS_AUTO_UMAP="0",
+               METRICLENS_RUNS=os.pathsep.join(sorted({str(Path(r).parent) for r in runs})))
+    port = free_port()
+    proc = start_server(port, env)
+    try:
+        wait_healthy(port, proc)
+        yield f"http://127.0.0.1:{port}", runs
+    finally:
+        stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        yield b
+        b.close()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def test_every_page_in_chromium(server, browser):
+    base, runs = server
+    link = "?" + urllib.parse.urlencode({"run": runs[0], "compare": runs[1], "query": 3})
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+
+    # Explore: the map, then a lasso -> grid of images and metrics of the selection
+    page.goto(base + "/" + link)
+    page.locator(".stPlotlyChart .nsewdrag").first.wait_for(timeout=90_000)
+    settle(page)
+    shot(page, "01_explore")
+    lasso(page)
+    page.get_by_text("Selection:", exact=False).first.wait_for(timeout=60_000)
+    page.locator("[data-testid='stImage'] img").first.wait_for(timeout=60_000)  # the grid of the selection
+    settle(page)
+    assert page.get_by_text("R@1 of the selection").count() == 1
+    images_loaded(page)
+    shot(page, "02_explore_lasso")
+
+    # Explore -> Retrieval for an item of the selection
+    page.get_by_role("button", name="Neighbours →").click()
+    page.get_by_text("Top 8 neighbours", exact=False).wait_for(timeout=60_000)
+    settle(page)
+    assert page.get_by_text("Hardest failures").count() >= 1
+    shot(page, "03_retrieval")
+
+    # an upload that is not an image: a clear error, no traceback
+    page.get_by_text("Upload an image").click()
+    settle(page)
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(
+        files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"this is not a png"}])
+    page.get_by_text("Upload refused", exact=False).wait_for(timeout=30_000)
+    assert page.locator("[data-testid='stException']").count() == 0
+    shot(page, "04_retrieval_bad_upload")
+    page.get_by_text("A test image").click()
+    settle(page)
+
+    # a retrieval click: explain the similarity on the Attention page
+    page.get_by_role("button", name="Explain in Attention →").click()
+    page.get_by_text("What moved the similarity", exact=False).wait_for(timeout=60_000)
+    settle(page)
+    shot(page, "05_attention")
+
+    # Cross-image: click a patch of A
+    page.goto(base + "/cross" + link)
+    page.get_by_text("Click a patch of A", exact=False).wait_for(timeout=60_000)
+    settle(page)
+    if page.get_by_text("not available in this build", exact=False).count() == 0:
+        picker = page.locator(".stPlotlyChart .nsewdrag").first.bounding_box()
+        page.mouse.click(picker["x"] + picker["width"] * 0.2, picker["y"] + picker["height"] * 0.2)
+        settle(page)
+    shot(page, "06_cross")
+
+    for name, marker in [("compare", "The same query in both runs"), ("train", "Start training"),
+                         ("learn", "GSP — generalized sum pooling")]:
+        page.goto(f"{base}/{name}{link}")
+        page.get_by_text(marker, exact=False).first.wait_for(timeout=60_000)
+        settle(page)
+        assert page.locator("[data-testid='stException']").count() == 0, name
+        shot(page, f"07_{name}")
+    assert not errors, errors

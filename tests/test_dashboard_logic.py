@@ -1,0 +1,191 @@
+"""The dashboard's plain logic, figures, demos, training jobs and Captum attribution (no Streamlit)."""
+from __future__ import annotations
+
+import io
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.evaluate import retrieval_metrics
+from dashboard import figures, jobs, learn_demos, logic
+
+
+def toy_embeddings(n_classes=6, per_class=7, dim=16, noise=0.6, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, dim))
+    labels = np.repeat(np.arange(n_classes), per_class)
+    emb = centres[labels] + noise * rng.normal(size=(len(labels), dim))
+    return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def test_retrieval_table_matches_core_metrics():
+    emb, labels = toy_embeddings()
+    table = logic.retrieval_table(emb, labels)
+    core = retrieval_metrics(emb, labels)
+    assert table.top1_correct.mean() == pytest.approx(core["recall@1"])
+    assert np.nanmean(table.map_at_r) == pytest.approx(core["map_at_r"])
+    assert np.nanmean(table.r_precision) == pytest.approx(core["r_precision"])
+    assert (table.neighbours != np.arange(len(labels))[:, None]).all()  # never the query itself
+    first = table.first_match_rank
+    assert ((first == 1) == table.top1_correct).all()
+
+
+def test_selection_metrics_split_selected_and_rest():
+    emb, labels = toy_embeddings()
+    table = logic.retrieval_table(emb, labels)
+    selected = np.arange(10)
+    out = logic.selection_metrics(table, selected)
+    assert out["R@1"][0] == pytest.approx(table.top1_correct[:10].mean())
+    assert out["R@1"][1] == pytest.approx(table.top1_correct[10:].mean())
+    assert out["MAP@R"][0] == pytest.approx(np.mean(table.map_at_r[:10]))
+
+
+def test_hardest_failures_are_wrong_and_sorted():
+    emb, labels = toy_embeddings(noise=1.5)
+    table = logic.retrieval_table(emb, labels)
+    worst = logic.hardest_failures(table, 5)
+    assert len(worst) and not table.top1_correct[worst].any()
+    assert np.all(np.diff(table.r_precision[worst]) >= 0)
+    true = logic.nearest_true_match(table, emb, labels, int(worst[0]))
+    assert labels[true] == labels[worst[0]] and true != worst[0]
+    rank = logic.rank_of(emb, int(worst[0]), true)
+    if rank <= table.neighbours.shape[1]:
+        assert rank == table.first_match_rank[worst[0]]
+    assert rank > 1
+
+
+def test_group_terms_sum_to_cosine_and_group_knn():
+    emb, labels = toy_embeddings(dim=12)
+    groups = [slice(0, 4), slice(4, 8), slice(8, 12)]
+    terms = logic.group_terms(emb[0], emb[1], groups)
+    assert terms.sum() == pytest.approx(float(emb[0] @ emb[1]), abs=1e-6)
+    dom = logic.dominant_group(emb, logic.retrieval_table(emb, labels).neighbours[:, 0], groups)
+    assert set(dom.tolist()) <= {0, 1, 2}
+    ids, sims = logic.group_knn(emb, emb[0], groups[1], 5, exclude=0)
+    assert 0 not in ids and np.all(np.diff(sims) <= 1e-7)
+
+
+def test_jaccard_and_disagreements():
+    a = np.array([[1, 2, 3], [4, 5, 6]])
+    b = np.array([[1, 2, 3], [7, 8, 9]])
+    assert logic.jaccard_topk(a, b, 3).tolist() == [1.0, 0.0]
+    order = logic.disagreements(np.array([1, 1, 5]), np.array([1, 9, 4]), np.array([1.0, 0.2, 0.5]), 2)
+    assert order.tolist() == [1, 2]
+
+
+def test_stratified_sample_keeps_every_class():
+    labels = np.repeat(np.arange(50), [1] + [999] * 49)
+    keep = logic.stratified_sample(labels, 5000)
+    assert len(keep) <= 5100 and set(labels[keep]) == set(range(50))
+    assert logic.stratified_sample(labels[:100], 5000).tolist() == list(range(100))
+
+
+def test_interleave_classes_round_robin():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    assert logic.interleave_classes(np.arange(6), labels).tolist() == [0, 3, 5, 1, 4, 2]
+
+
+def test_selected_ids_decodes_every_customdata_form_and_geometry():
+    event = {"selection": {"points": [{"customdata": 5}, {"customdata": [7]}, {"customdata": {"0": 9}}, {}],
+                           "box": [], "lasso": []}}
+    assert logic.selected_ids(event).tolist() == [5, 7, 9]
+    coords = np.array([[0, 0], [1, 1], [2, 2], [5, 5]], dtype=float)
+    box = {"selection": {"points": [], "box": [{"x": [0.5, 2.5], "y": [2.5, 0.5]}], "lasso": []}}
+    assert logic.selected_ids(box, coords, use_geometry=True).tolist() == [1, 2]
+    lasso = {"selection": {"points": [], "box": [], "lasso": [{"x": [-1, 1.5, 1.5, -1], "y": [-1, -1, 1.5, 1.5]}]}}
+    assert logic.selected_ids(lasso, coords, use_geometry=True).tolist() == [0, 1]
+    assert logic.selected_ids(None).tolist() == []
+
+
+def png_bytes(size=(32, 24)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 10, 10)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_validate_upload_accepts_images_and_refuses_the_rest():
+    assert logic.validate_upload(png_bytes()).size == (32, 24)
+    with pytest.raises(logic.UploadError, match="not a readable image"):
+        logic.validate_upload(b"hello, I am a text file", "notes.txt")
+    with pytest.raises(logic.UploadError, match="limit is 10 MB"):
+        logic.validate_upload(b"\0" * (logic.MAX_UPLOAD_BYTES + 1), "big.png")
+    with pytest.raises(logic.UploadError, match="too large|enormous"):
+        logic.validate_upload(png_bytes((13_000, 2)), "wide.png")
+    with pytest.raises(logic.UploadError, match="not a readable image"):
+        logic.validate_upload(png_bytes()[:60], "truncated.png")
+
+
+def test_figures_overlay_and_map():
+    img = np.zeros((64, 64, 3), np.uint8)
+    out = figures.overlay(img, np.random.rand(8, 8), 0.5)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    assert figures.overlay(img, np.zeros((8, 8)) - 1, 0.5, signed=True).shape == (64, 64, 3)
+    fig = figures.embedding_map(np.random.rand(5, 2), np.arange(5), list("aabbc"), list("vwxyz"))
+    assert [t.type for t in fig.data] == ["scattergl"] * 3
+    assert fig.data[0].customdata == (0, 1)
+    picker = figures.patch_picker(img, 4, 4, (1, 2))
+    assert len(picker.data[0].x) == 16
+
+
+def test_learn_demos():
+    feats = np.random.default_rng(0).normal(size=(8, 6, 6)).astype(np.float32)
+    protos = learn_demos.kmeans(learn_demos.unit(feats.reshape(8, -1), 0).T, 3)
+    keep, plan = learn_demos.gsp_transport(feats, protos, mu=1.0)
+    assert np.allclose(keep, 1.0, atol=1e-4)  # μ = 1: GSP is average pooling
+    keep, plan = learn_demos.gsp_transport(feats, protos, mu=0.3)
+    assert keep.mean() == pytest.approx(1.0, abs=1e-3) and keep.min() >= -1e-5 and plan.shape == (3, 6, 6)
+    maps = learn_demos.grouping_attention(feats, protos)
+    assert np.allclose(maps.reshape(3, -1).sum(1), 1.0)
+    demo = learn_demos.csa_demo(feats, 36, 2, 3)
+    assert demo["rebuilt"].sum() == pytest.approx(1.0, abs=1e-5) and 0 <= demo["agreement"] <= 1
+    assert learn_demos.pixel_features(np.random.rand(3, 64, 64)).shape == (6, 8, 8)
+    payload = {"epochs": [{"epoch": 0, "learners": [64]}, {"epoch": 1, "learners": [40, 24]}],
+               "events": [{"applied_epoch": 1}]}
+    assert learn_demos.dsl_state_at(payload, 0)["events"] == []
+    assert learn_demos.dsl_state_at(payload, 1)["learners"] == [40, 24]
+
+
+def test_training_job_progress_and_cancel(tmp_path):
+    script = ("import sys, time\n"
+              "sys.stderr.write('epoch 2/4 loss 0.5:  50%|#####     | 8/16 [00:01<00:01]\\r')\n"
+              "sys.stderr.flush()\n"
+              "try:\n    print('READY'.lower(), flush=True)\n    time.sleep(60)\n"
+              "except KeyboardInterrupt:\n    print('interrupted'); sys.exit(130)\n")
+    job = jobs.TrainJob.start("fake", tmp_path / "fake", [sys.executable, "-c", script])
+    deadline = time.time() + 20
+    while "ready" not in job.log_tail().splitlines() and time.time() < deadline:  # handler installed
+        time.sleep(0.1)
+    assert job.status == "running"
+    fraction, message = job.progress()
+    assert fraction == pytest.approx((1 + 0.5) / 4) and "epoch 2/4" in message
+    job.cancel(grace=10)
+    assert job.status == "cancelled" and job.returncode == 130
+    assert "interrupted" in job.log_tail()
+    assert jobs.validate_name("good_name-1") is None and jobs.validate_name("../escape")
+    cmd = jobs.train_command("configs/shapes_gap.yaml", "out", 2, 1, ["train.lr=0.01"])
+    assert cmd[1:4] == ["-m", "core", "train"] and "train.lr=0.01" in cmd
+
+
+def test_similarity_attribution_completeness():
+    from core.attribution import SimilarityToReference, similarity_attribution, why_not_true_match
+    from core.config import ModelConfig
+    from core.models.embedder import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="convnet", head="gap", embed_dim=16)).eval()
+    x, ref = torch.rand(3, 32, 32), torch.randn(16)
+    ig = similarity_attribution(model, x, ref, "integrated_gradients", n_steps=32)
+    wrapped = SimilarityToReference(model, ref)
+    with torch.no_grad():
+        gain = float(wrapped(x[None]) - wrapped(torch.zeros(1, 3, 32, 32)))
+    assert ig.shape == (32, 32) and ig.sum() == pytest.approx(gain, abs=0.05)
+    cam = similarity_attribution(model, x, ref, "gradcam")
+    assert cam.shape == (4, 4) and np.isfinite(cam).all()
+    diff = why_not_true_match(model, x, ref, torch.randn(16))
+    assert np.allclose(diff["difference"], diff["to_neighbour"] - diff["to_true_match"])
+    with torch.inference_mode():  # the caller's inference mode must not break attribution
+        assert np.isfinite(similarity_attribution(model, x, ref, "gradcam")).all()

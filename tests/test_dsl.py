@@ -1,0 +1,262 @@
+"""DSL head: forward/maps, splits (partition, kept weights, optimiser moments), the growth rule on a
+scripted validation metric, clustering helpers, save/load, real shapes training steps, one short
+trainer run with growth (slow)."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from core import checkpoint as ckpt
+from core.config import ModelConfig, RunConfig, TrainConfig
+from core.losses import build_criterion
+from core.models.embedder import build_model
+from core.models.heads.dsl import (DSLHead, drop_singleton_classes, min_cost_reassign,
+                                   taylor_candidates)
+from heads_testing import shapes_batch
+
+D = 64
+
+
+def make_head(**kw) -> DSLHead:
+    torch.manual_seed(0)
+    return DSLHead(16, D, **kw)
+
+
+def assert_partition(head: DSLHead) -> None:
+    dims = [i for g in head.groups for i in range(g.start, g.stop)]
+    assert dims == list(range(D)), head.learners           # contiguous, ordered, no overlap, no gap
+    assert all(g.stop > g.start for g in head.groups)
+
+
+def force_taylor(head: DSLHead, important: list[int]) -> None:
+    """Taylor sums where exactly `important` neurons score high (the rest low but non-zero)."""
+    head.taylor_sum.fill_(0.01)
+    head.taylor_sum[torch.tensor(important)] = torch.linspace(1.0, 0.8, len(important), dtype=torch.float64)
+    head.taylor_count = 1
+
+
+def test_forward_maps_and_embedding():
+    head = make_head(learners=3)
+    features = torch.randn(5, 16, 6, 7)
+    out = head.eval()(features)
+    assert out.embedding.shape == (5, D) and torch.allclose(out.embedding.norm(dim=1), torch.ones(5), atol=1e-5)
+    for g in head.groups:  # every learner has the same share of the unit norm
+        assert torch.allclose(out.embedding[:, g].norm(dim=1), torch.full((5,), 3 ** -0.5), atol=1e-5)
+    a = out.maps["dsl_attention"]
+    assert a.shape == (5, 1, 6, 7) and (a > 0).all() and (a < 1).all()
+    assert "dsl_learner_attention" not in out.maps
+    assert_partition(head)
+    convs = [m for m in head.attention.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(16, 2, (3, 3)), (2, 1, (3, 3)), (1, 1, (3, 3))]
+
+
+def test_per_learner_attention_is_opt_in():
+    head = make_head(learners=2, per_learner_attention=True, max_learners=4)
+    out = head.eval()(torch.randn(3, 16, 5, 5))
+    assert out.maps["dsl_learner_attention"].shape == (3, 2, 5, 5)
+    assert out.maps["dsl_attention"].shape == (3, 1, 5, 5)
+    assert head.position_embeddings(torch.randn(3, 16, 5, 5)).shape == (3, D, 5, 5)
+
+
+def test_splits_keep_a_partition_and_the_kept_weights():
+    head = make_head()
+    params = [head.proj.weight, head.proj.bias]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    (head.train()(torch.randn(4, 16, 5, 5)).embedding.sum()).backward()
+    opt.step()  # Adam moments exist
+    trainer = SimpleNamespace(optimizer=opt, cfg=SimpleNamespace(train=SimpleNamespace(seed=0)))
+    rng = np.random.default_rng(0)
+    for step in range(4):
+        a, b = head.learners[-1]
+        keep = sorted(rng.choice(np.arange(a, b), size=max(5, (b - a) // 3), replace=False).tolist(), reverse=True)
+        w, bias = head.proj.weight.detach().clone(), head.proj.bias.detach().clone()
+        moments = {k: v.clone() for k, v in opt.state[head.proj.weight].items() if torch.is_tensor(v) and v.dim() == 2}
+        others = head.learners[:-1]
+        event = head.apply_split({"keep": keep, "decided_epoch": step}, trainer, epoch=step + 1)
+        assert_partition(head)
+        assert len(head.learners) == step + 2
+        cut = a + len(keep)
+        assert head.learners[-2:] == [(a, cut), (cut, b)]
+        # kept neurons: the same weights, biases and Adam moments, now at the front of the learner
+        assert torch.equal(head.proj.weight[a:cut], w[keep]) and torch.equal(head.proj.bias[a:cut], bias[keep])
+        for key, before in moments.items():
+            assert torch.equal(opt.state[head.proj.weight][key][a:cut], before[keep]), key
+            assert (opt.state[head.proj.weight][key][cut:b] == 0).all()
+        # earlier learners untouched; the new learner re-initialised
+        for s, e in others:
+            assert torch.equal(head.proj.weight[s:e], w[s:e])
+        assert not torch.equal(head.proj.weight[cut:b], w[cut:b])
+        assert event["learners_after"][-1] == list(range(cut, b)) and event["moved"][str(a)] == keep[0]
+    assert len(head.events) == 4
+
+
+def test_invalid_split_is_refused():
+    head = make_head()
+    with pytest.raises(ValueError, match="invalid split"):
+        head.apply_split({"keep": list(range(D))})
+    with pytest.raises(ValueError, match="invalid split"):
+        head.apply_split({"keep": [3, 3, 4]})
+
+
+def run_schedule(head: DSLHead, values, key="val_nmi", important: int = 12):
+    """The trainer's hook order with a scripted metric; returns the epochs after which a split was decided."""
+    decided = []
+    for epoch, value in enumerate(values):
+        head.on_epoch_start(None, epoch)
+        a, b = head.learners[-1]
+        force_taylor(head, list(range(a, b))[:important])
+        head.on_epoch_end(None, epoch, {} if value is None else {key: value})
+        if head.pending is not None:
+            decided.append(epoch)
+    return decided
+
+
+def test_growth_follows_the_rule_on_a_scripted_metric():
+    head = make_head(patience=3, finetune_epoch=12)
+    values = [0.50, 0.60, 0.60, 0.55, 0.58, 0.59, 0.59, 0.61, 0.6, 0.6, 0.5, 0.62, 0.1, 0.1, 0.1, 0.1, 0.1]
+    # e4: 4 ≥ best 1 + 3; then explore is off until the new best at e7; e10 ≥ 7 + 3; best at e11, but
+    # e ≥ 12 is fine-tuning, so no growth after it however long the metric stalls
+    assert run_schedule(head, values) == [4, 10]
+    assert len(head.learners) == 3 and [e["decided_epoch"] for e in head.events] == [4, 10]
+    assert [e["applied_epoch"] for e in head.events] == [5, 11]
+    assert head.events[0]["best_epoch"] == 1 and head.events[0]["value"] == pytest.approx(0.58)
+    assert_partition(head)
+    assert [row["growth"] for row in head.epoch_log][12].startswith("fine-tuning")
+
+
+def test_no_growth_before_patience_or_without_validation_metric():
+    head = make_head(patience=10, finetune_epoch=100)
+    assert run_schedule(head, [0.5] + [0.4] * 9) == []          # 9 epochs after the best: still patient
+    test_only = make_head(patience=1, finetune_epoch=100)
+    assert run_schedule(test_only, [0.5, 0.4, 0.3], key="test_nmi") == []   # test classes never drive growth
+    assert test_only.epoch_log[-1]["growth"].startswith("no val_nmi")
+
+
+def test_too_few_important_neurons_or_a_small_learner_do_not_split():
+    head = make_head(patience=1, finetune_epoch=100)
+    assert run_schedule(head, [0.5, 0.4, 0.4], important=3) == []        # 3 < min_candidates
+    assert head.explore and "important neurons" in head.epoch_log[-1]["growth"]
+    small = make_head(patience=1, finetune_epoch=100, learners=6)              # last learner: 64 - 5·11 = 9 ≤ 10
+    assert run_schedule(small, [0.5, 0.4]) == [] and "needs > 10" in small.epoch_log[-1]["growth"]
+
+
+def test_taylor_hook_accumulates_a_times_grad():
+    head = make_head(learners=2)
+    head.train()
+    out = head(torch.randn(6, 16, 4, 4))
+    weights = torch.randn(D)
+    (out.embedding * weights).sum().backward()          # ∂L/∂a = weights
+    expected = (out.embedding.detach().double() * weights.double()).sum(0)
+    assert torch.allclose(head.taylor_sum, expected) and head.taylor_count == 6
+    keep, scores = taylor_candidates(expected, slice(32, 64), 0.5)
+    assert all(32 <= i < 64 for i in keep) and scores == sorted(scores, reverse=True) and scores[0] == 1.0
+
+
+def test_cluster_reassignment_and_singletons():
+    prev = np.array([0, 0, 0, 1, 1, 1, -1])
+    curr = np.array([1, 1, 0, 0, 0, 0, 1])          # same clusters, ids swapped (one point moved)
+    assert min_cost_reassign(prev, curr, 2).tolist() == [0, 0, 1, 1, 1, 1, 0]
+    grown = np.array([2, 2, 2, 0, 0, 1, 1])         # k grew to 3: the unmatched cluster takes the new id 2
+    assert min_cost_reassign(prev, grown, 3).tolist() == [0, 0, 0, 1, 1, 2, 2]
+    labels = np.array([5, 5, 6, 7, 7, 8, 8])
+    assert drop_singleton_classes(np.array([0, 0, 0, 1, 1, 1, 1]), labels).tolist() == [0, 0, -1, 1, 1, 1, 1]
+
+
+def test_save_load_round_trip_reproduces_embeddings_and_learners(tmp_path):
+    cfg = RunConfig(model=ModelConfig(head="dsl", embed_dim=D, head_args={"patience": 1}))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, num_classes=4)
+    model.head.apply_split({"keep": list(range(10, 20)), "decided_epoch": 3}, None, epoch=4)
+    model.head.apply_split({"keep": list(range(40, 47)), "decided_epoch": 6}, None, epoch=7)
+    cfg.save(tmp_path / ckpt.CONFIG)
+    ckpt.save_weights(tmp_path, model, 4, epoch=7)
+    loaded, _ = ckpt.load_run(tmp_path)
+    x = torch.rand(3, 3, 64, 64)
+    model.eval()
+    assert loaded.head.learners == model.head.learners == [(0, 10), (10, 17), (17, 64)]
+    assert loaded.head.groups == model.head.groups
+    assert torch.allclose(loaded(x), model(x), atol=1e-6)
+    assert [e["decided_epoch"] for e in loaded.head.events] == [3, 6]
+
+
+def test_training_steps_on_real_shapes_batches_lower_each_learner_loss():
+    x, y, _ = shapes_batch(n_classes=4, per_class=4)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(head="dsl", embed_dim=32, head_args={"learners": 2}), num_classes=4)
+    criterion = build_criterion(TrainConfig(loss="margin"), 4, 32)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    history = {0: [], 1: []}
+    for step in range(16):
+        tag = step % 2                                    # batches of cluster 0 and 1 interleaved
+        model.head.on_batch_start(None, tag)
+        out = model(x, with_features=True)[0]
+        loss = sum(model.head.loss(out, y, criterion).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history[tag].append(float(loss.detach()))
+    for tag, h in history.items():
+        assert np.mean(h[-2:]) < 0.9 * np.mean(h[:2]), (tag, h)
+    model.head.on_batch_start(None, None)                 # untagged (fine-tuning): the whole vector
+    assert torch.isfinite(model.head.loss(model(x, with_features=True)[0], y, criterion)["dml"])
+
+
+@pytest.mark.slow
+def test_trainer_grows_learners_and_the_run_directory_replays_them(tmp_path):
+    from core.train import Trainer
+
+    cfg = RunConfig.load("configs/shapes_dsl.yaml").with_overrides([
+        "data.max_per_class=10", "data.shapes.test_per_class=6", "train.batch_size=32", "train.epochs=4",
+        "model.embed_dim=32", "model.head_args.finetune_epoch=3", "model.head_args.min_split_size=4",
+        "model.head_args.min_candidates=2", "model.head_args.threshold=0.3", "model.head_args.learners=2"])
+    trainer = Trainer(cfg, tmp_path)
+    # scripted validation: NMI only falls (growth after epoch 1), MAP@R only rises (the last epoch is kept)
+    trainer.validate = lambda: {"val_nmi": 0.9 - 0.1 * trainer.epoch, "val_map_at_r": 0.1 * (trainer.epoch + 1)}
+    seen_tags = []
+    real = trainer.model.head.on_batch_start
+    trainer.model.head.on_batch_start = lambda t, tag: (seen_tags.append(tag), real(t, tag))
+    trainer.fit()
+    assert set(seen_tags) >= {0, 1, 2, None}              # per-cluster batches (K grew to 3), then fine-tuning
+    replay = json.loads((tmp_path / "dsl_events.json").read_text())
+    assert [row["epoch"] for row in replay["epochs"]] == [0, 1, 2, 3] and replay["finetune_epoch"] == 3
+    assert [(e["decided_epoch"], e["applied_epoch"]) for e in replay["events"]] == [(1, 2)]
+    assert replay["events"][0]["learners_before"] == [list(range(16)), list(range(16, 32))]
+    assert [i for s in replay["learners"] for i in s] == list(range(32)) and len(replay["learners"]) == 3
+    assert (tmp_path / "dsl_clusters.npy").exists()
+    loaded, _ = ckpt.load_run(tmp_path)
+    assert [[a, b] for a, b in loaded.head.learners] == replay["groups"]
+
+
+@pytest.mark.slow
+def test_interrupted_dsl_run_resumes_to_the_same_weights_and_learners(tmp_path):
+    from core.train import Trainer
+
+    cfg = RunConfig.load("configs/shapes_dsl.yaml").with_overrides([
+        "data.max_per_class=8", "data.shapes.test_per_class=4", "train.batch_size=32", "train.epochs=5",
+        "model.head_args.finetune_epoch=4",
+        "model.embed_dim=32", "model.head_args.min_split_size=4", "model.head_args.min_candidates=2",
+        "model.head_args.threshold=0.3"])
+
+    def scripted(trainer):  # growth decided after epoch 1, applied before epoch 2; epoch 3 resumes with saved clusters
+        trainer.validate = lambda: {"val_nmi": 0.9 - 0.1 * trainer.epoch, "val_map_at_r": 0.1 * trainer.epoch}
+        return trainer
+
+    scripted(Trainer(cfg, tmp_path / "straight")).fit()
+
+    def interrupt_in_last_epoch(step, total, message):
+        if message.startswith("epoch 4/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        scripted(Trainer(cfg, tmp_path / "resumed", progress=interrupt_in_last_epoch)).fit()
+    scripted(Trainer(cfg, tmp_path / "resumed")).fit()
+    a = ckpt.load_resume(tmp_path / "straight" / ckpt.RESUME)
+    b = ckpt.load_resume(tmp_path / "resumed" / ckpt.RESUME)
+    assert a["head_state"]["learners"] == b["head_state"]["learners"] and len(a["head_state"]["learners"]) == 2
+    for key, value in a["model"].items():
+        assert torch.allclose(value, b["model"][key], atol=1e-6), key
