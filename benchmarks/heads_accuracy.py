@@ -110,8 +110,8 @@ def main(argv=None) -> int:
     md = ("# Head accuracy on shapes unseen classes\n\n"
           f"Test split = unseen (shape, colour) combinations; mean ± sample std over seeds {args.seeds}; {budget}. "
           "Same convnet backbone, data, multi-similarity loss + miner and schedule for every head "
-          "(configs/shapes_<head>.yaml); best epoch picked on validation MAP@R; `--max-per-class` also caps "
-          f"the test images per class.{extra}{cos_note}\n\n"
+          "(configs/shapes_<head>.yaml); best epoch picked on validation MAP@R; `--max-per-class` caps the train "
+          f"images per class (the test set is never capped).{extra}{cos_note}\n\n"
           + md_table(["head", "R@1", "MAP@R", "ΔR@1 vs GAP", "seeds"], rows))
     write_results(args.name, {"budget": budget, "epochs": args.epochs, "seeds": seeds,
                               "max_per_class": args.max_per_class, "summary": summary, "runs": per_run},

@@ -45,7 +45,7 @@ class DataConfig:
     csv: str | None = None           # csv data: path,label[,split] file
     csv_label_column: str = "label"
     csv_split_column: str = "split"
-    max_per_class: int | None = None  # cap images per class (quick experiments)
+    max_per_class: int | None = None  # cap train/val images per class (quick runs); test is never capped
     shapes: dict[str, Any] = field(default_factory=dict)  # shapes generator knobs (see core/data/shapes.py)
 
 

@@ -139,7 +139,7 @@ def _shapes_splits(cfg: DataConfig, seed: int) -> DataSplits:
     train_tf, test_tf = build_transform(cfg, True), build_transform(cfg, False)
     idx = _cap_per_class(np.arange(len(train_data.labels)), train_data.labels, cfg.max_per_class)
     val_mask = _val_class_mask(train_data.labels[idx], cfg.val_classes, seed)
-    test_idx = _cap_per_class(np.arange(len(test_data.labels)), test_data.labels, cfg.max_per_class)
+    test_idx = np.arange(len(test_data.labels))  # the evaluation protocol is never capped
     return DataSplits(
         train=ShapesDataset(train_data, idx[~val_mask], train_tf),
         val=ShapesDataset(train_data, idx[val_mask], test_tf) if val_mask.any() else None,
@@ -170,8 +170,8 @@ def _file_splits(cfg: DataConfig, seed: int) -> DataSplits:
     elif (splits == "").any():
         raise DatasetError("some records have a split and others do not; give every row a split or none")
 
-    def make(mask, train):
-        idx = _cap_per_class(np.flatnonzero(mask), labels, cfg.max_per_class)
+    def make(mask, train, cap=None):
+        idx = _cap_per_class(np.flatnonzero(mask), labels, cap)
         return ImageListDataset(list(paths[idx]), labels[idx], class_names, build_transform(cfg, train))
 
     train_mask = splits == "train"
@@ -182,8 +182,8 @@ def _file_splits(cfg: DataConfig, seed: int) -> DataSplits:
     query_mask, gallery_mask = splits == "query", splits == "gallery"
     test_mask = splits == "test"
     return DataSplits(
-        train=make(train_mask & ~val_mask, True),
-        val=make(val_mask, False) if val_mask.any() else None,
+        train=make(train_mask & ~val_mask, True, cfg.max_per_class),
+        val=make(val_mask, False, cfg.max_per_class) if val_mask.any() else None,
         test=make(test_mask, False) if test_mask.any() else None,
         query=make(query_mask, False) if query_mask.any() else None,
         gallery=make(gallery_mask, False) if gallery_mask.any() else None,
