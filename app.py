@@ -42,12 +42,18 @@ def run_key(summary: dict, runs: list[dict]) -> str:
     return summary["name"] if len(same) == 1 else summary["path"]
 
 
-def read_deep_link(runs: list[dict], current_page: str) -> None:
-    """Once per session: take run, query, comparison run and page from the URL."""
+def read_deep_link(runs: list[dict], current_page: str) -> list[dict]:
+    """Once per session: take run, query, comparison run and page from the URL. A run given as a path
+    outside the listed folders is added as 'another folder'. Returns the (possibly longer) run list."""
     if st.session_state.get("_deep_link_read"):
-        return
+        return runs
     st.session_state["_deep_link_read"] = True
     params = st.query_params
+    linked = Path(params.get("run") or "").expanduser()
+    if params.get("run") and linked.is_absolute() and (linked / "config.json").exists() \
+            and str(linked.resolve()) not in {r["path"] for r in runs}:
+        st.session_state[state.EXTRA_ROOT] = str(linked)
+        runs = state.discover_runs()
     by_key = {run_key(r, runs): r["path"] for r in runs} | {r["path"]: r["path"] for r in runs}
     if params.get("run") in by_key:
         st.session_state[state.RUN] = by_key[params["run"]]
@@ -60,6 +66,7 @@ def read_deep_link(runs: list[dict], current_page: str) -> None:
     page = params.get("page")
     if page in PAGES and page != current_page:
         st.switch_page(PAGES[page])
+    return runs
 
 
 def write_deep_link(runs: list[dict], current_page: str) -> None:
@@ -117,7 +124,7 @@ def sidebar_run_picker(runs: list[dict]) -> None:
 runs = state.discover_runs()
 page = st.navigation(list(PAGES.values()))
 current = next(key for key, p in PAGES.items() if p.title == page.title)
-read_deep_link(runs, current)
+runs = read_deep_link(runs, current)
 sidebar_run_picker(runs)
 write_deep_link(runs, current)
 try:

@@ -4,7 +4,7 @@
     python -m benchmarks.cub100                    # tabulates existing runs only
 
 Runs: runs/cub100_frozen (configs/cub100_frozen_effnet.yaml, no training) and runs/cub100_ft
-(configs/cub100_finetune_effnet.yaml; on a CPU the short schedule `--cpu-epochs 2 --cpu-per-class 24`).
+(configs/cub100_finetune_effnet.yaml; on a CPU the short schedule `--cpu-epochs 1 --cpu-per-class 24`).
 With a GPU, `--heads gap,grouping,gsp` fine-tunes each head (model.head=...) side by side.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--train", action="store_true")
     p.add_argument("--heads", default="gap")
-    p.add_argument("--cpu-epochs", type=int, default=2)
+    p.add_argument("--cpu-epochs", type=int, default=1)
     p.add_argument("--cpu-per-class", type=int, default=24)
     args = p.parse_args(argv)
     gpu = torch.cuda.is_available()

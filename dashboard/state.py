@@ -161,9 +161,10 @@ def _artifacts(run_dir: str, stamp: float, groups: tuple[tuple[int, int], ...]) 
         raise CheckpointError(f"{art} is inconsistent: {len(emb)} embeddings, {len(labels)} labels, {len(items)} "
                               f"items. Retrain or re-evaluate the run to rewrite its artifacts.")
     slices = [slice(a, b) for a, b in groups] or [slice(0, emb.shape[1])]
-    if slices[-1].stop > emb.shape[1]:
-        raise CheckpointError(f"{art}/embeddings.npy has {emb.shape[1]} dims but the model's groups need "
-                              f"{slices[-1].stop}: the artifacts belong to another model. Retrain the run.")
+    if slices[-1].stop != emb.shape[1]:
+        raise CheckpointError(f"{art}/embeddings.npy has {emb.shape[1]} dims but the model embeds into "
+                              f"{slices[-1].stop}: the artifacts belong to another model. Retrain the run "
+                              f"(or re-run its training command, which rewrites them).")
     return Artifacts(emb, labels, items, slices)
 
 
@@ -195,7 +196,12 @@ def coords(run_dir: str, method: str) -> np.ndarray | None:
     path = Path(run_dir) / ckpt.ARTIFACTS / f"coords_{method}.npy"
     if method != "pca" and not path.exists():
         return None
-    return _coords(run_dir, method, _mtime(path) or _artifact_stamp(run_dir))
+    out = _coords(run_dir, method, _mtime(path) or _artifact_stamp(run_dir))
+    n = len(artifacts(run_dir).labels)
+    if len(out) != n:
+        raise CheckpointError(f"{path} has {len(out)} points for {n} embeddings: it is left from older "
+                              f"embeddings. Delete it; the dashboard computes it again.")
+    return out
 
 
 @st.cache_resource
@@ -213,7 +219,9 @@ def start_umap(run_dir: str) -> dict:
 
     jobs = _umap_jobs()
     job = jobs.get(run_dir)
-    if job is None:
+    finished = job is not None and job["process"].poll() is not None
+    stale = finished and job["process"].returncode == 0 and coords(run_dir, "umap") is None  # retrained since
+    if job is None or stale:
         # the log goes to the git-ignored cache, never into a (possibly shipped) run directory
         log = REPO / ".cache" / "umap_logs" / f"{abs(hash(run_dir)):x}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +230,7 @@ def start_umap(run_dir: str) -> dict:
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                        preexec_fn=(lambda: os.nice(10)) if hasattr(os, "nice") else None)
         job = jobs[run_dir] = {"started": time.time(), "process": process, "log": log, "error": None}
-    elif job["process"].poll() not in (None, 0) and not job["error"]:
+    elif finished and job["process"].returncode != 0 and not job["error"]:
         job["error"] = _log_tail(job["log"])
     return job
 

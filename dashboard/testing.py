@@ -49,6 +49,9 @@ def train_tiny(out: Path, seed: int = 0, config: str = "shapes_gap.yaml", epochs
     return out
 
 
+_TINY: dict[int, list[Path]] = {}  # tiny runs made in this process (one pytest session shares them)
+
+
 def demo_runs(scratch: Path, count: int = 2) -> list[Path]:
     """`count` finished runs on the same test data: shipped ones if there are enough, else tiny ones."""
     shipped = [] if os.environ.get("METRICLENS_TEST_FRESH_RUNS") else shipped_runs()
@@ -57,7 +60,10 @@ def demo_runs(scratch: Path, count: int = 2) -> list[Path]:
         runs = [first] + [r for r in shipped[1:] if same_data(first, r)]
         if len(runs) >= count:
             return runs[:count]
-    return [train_tiny(Path(scratch) / f"tiny_{i}", seed=i) for i in range(count)]
+    cached = _TINY.get(count)
+    if not cached or not all(is_finished(r) for r in cached):
+        _TINY[count] = [train_tiny(Path(scratch) / f"tiny_{i}", seed=i) for i in range(count)]
+    return _TINY[count]
 
 
 # ---- a real server and browser (tests/test_browser.py, benchmarks/dashboard_latency.py) ------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -44,7 +45,7 @@ def load_or_stop(run: str):
         model, cfg = state.load_model(run)
         return model, cfg, state.artifacts(run)
     except CheckpointError as err:
-        st.error(f"**This run cannot be used:** {err}")
+        st.error(f"**Run {Path(run).name} cannot be used:** {err}")
         st.stop()
 
 

@@ -213,6 +213,17 @@ def test_deep_link_sets_page_run_and_query(runs):
     assert at.query_params["page"] == "retrieval" and at.query_params["query"] == "5"
 
 
+def test_deep_link_to_a_run_outside_the_listed_folders(runs, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(runs[0], elsewhere, ignore=shutil.ignore_patterns("resume.pt"))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["run"] = str(elsewhere)
+    at.run()
+    assert not at.exception
+    assert at.session_state["run"] == str(elsewhere.resolve())
+    assert at.query_params["run"] == "elsewhere"
+
+
 def test_damaged_run_gives_clear_error(runs, tmp_path):
     broken = tmp_path / "broken_run"
     shutil.copytree(runs[0], broken, ignore=shutil.ignore_patterns("resume.pt"))
@@ -225,6 +236,13 @@ def test_damaged_run_gives_clear_error(runs, tmp_path):
     shutil.copy(Path(runs[0]) / "weights.safetensors", broken / "weights.safetensors")
     at = open_app(str(broken), extra_runs_root=str(broken))
     assert any("does not match its config.json" in e.value for e in at.error)
+    shutil.copy(Path(runs[0]) / "config.json", broken / "config.json")
+    np.save(broken / "artifacts" / "embeddings.npy", np.zeros((len(artifacts(runs[0])[1]), 3), np.float32))
+    at = open_app(str(broken), extra_runs_root=str(broken))
+    assert any("belong to another model" in e.value for e in at.error)
+    (broken / "artifacts" / "items.json").unlink()
+    at = open_app(str(broken), extra_runs_root=str(broken))
+    assert any("lacks items.json" in e.value for e in at.error)
 
 
 def test_moved_dataset_keeps_map_and_explains(runs, tmp_path):
@@ -321,3 +339,21 @@ def test_explore_without_umap_shows_pca_at_once(runs, tmp_path):
     assert spec["layout"]["title"]["text"].startswith("PCA of")
     assert any(b.label == "Compute UMAP" for b in at.button)
     assert not (bare / "artifacts" / "coords_umap.npy").exists()
+
+
+def test_uploaded_query_on_retrieval_and_attention(runs):
+    from PIL import Image
+
+    from core.checkpoint import load_config
+    from core.data import build_transform
+
+    image = Image.fromarray((np.random.default_rng(0).random((80, 100, 3)) * 255).astype(np.uint8))
+    pixels = build_transform(load_config(runs[0]).data, train=False)(image).numpy()  # as ui.upload_widget stores it
+    at = open_app(runs[0], upload_query={"name": "mine.png", "size": 1, "run": runs[0], "pixels": pixels})
+    at.switch_page("dashboard/pages/retrieval.py").run()
+    assert not at.exception
+    captions = [c.caption for img in at.get("image") for c in img.proto.imgs]
+    assert any("uploaded: mine.png" in c for c in captions)
+    assert "query" not in at.query_params  # an upload has no item number to link to
+    at.switch_page("dashboard/pages/attention.py").run()
+    assert not at.exception and "What moved the similarity" in texts(at)

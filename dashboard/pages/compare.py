@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.checkpoint import CheckpointError
 from dashboard import figures, logic, state, ui
 
 st.title("Compare two runs")
@@ -27,11 +26,7 @@ st.selectbox("Compare the sidebar run (A) with (B)", paths, key="compare_widget"
 run_b = st.session_state[state.COMPARE]
 
 _, _, art_a = ui.load_or_stop(run_a)
-try:
-    _, _, art_b = ui.load_or_stop(run_b)
-except CheckpointError as err:  # load_or_stop stops the page itself; this is belt and braces
-    st.error(str(err))
-    st.stop()
+_, _, art_b = ui.load_or_stop(run_b)
 name_a, name_b = Path(run_a).name, labels[run_b]
 if len(art_a.labels) != len(art_b.labels) or not np.array_equal(art_a.labels, art_b.labels):
     st.error(f"**{name_a}** and **{name_b}** were evaluated on different test data ({len(art_a.labels)} vs "
