@@ -90,8 +90,9 @@ def test_test_time_embeddings_are_identical_and_the_branch_is_never_called(monke
         assert torch.equal(with_cia(x), plain(x))
         a, b = with_cia.explain(x), plain.explain(x)
     assert torch.equal(a.embedding, b.embedding) and a.maps.keys() == b.maps.keys()
-    e_cia, _ = embed_dataset(with_cia, splits.test, batch_size=64)
-    e_plain, _ = embed_dataset(plain, splits.test, batch_size=64)
+    test_images = torch.utils.data.Subset(splits.test, range(0, len(splits.test), 10))
+    e_cia, _ = embed_dataset(with_cia, test_images, batch_size=64)
+    e_plain, _ = embed_dataset(plain, test_images, batch_size=64)
     assert np.array_equal(e_cia, e_plain) and not calls
 
 
