@@ -21,7 +21,6 @@ conditioning, S from the last layer, both directions. All are config keys of `mo
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
