@@ -135,7 +135,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}); the file is damaged") from None
     num_classes = json.loads(meta.get("num_classes", "null"))
-    model = build_model(cfg.model, num_classes=num_classes)
+    try:
+        model = build_model(cfg.model, num_classes=num_classes)
+    except (ValueError, KeyError, TypeError) as err:  # e.g. an edited config.json with impossible sizes
+        raise CheckpointError(f"{run_dir / CONFIG} describes a model that cannot be built: {err}") from None
     model.head.load_extra_state(json.loads(meta.get("head_state", "{}")))  # may resize (DSL learners)
     load_state_into(model, state, str(path))
     return model.to(device).eval(), cfg

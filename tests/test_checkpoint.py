@@ -70,3 +70,10 @@ def test_missing_and_damaged_files_say_what_is_wrong(tmp_path, tiny_cfg):
     (tmp_path / ckpt.CONFIG).write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         ckpt.load_run(tmp_path)
+
+
+def test_unbuildable_config_is_a_checkpoint_error(tmp_path, tiny_cfg):
+    _run_dir(tmp_path, tiny_cfg)
+    tiny_cfg.with_overrides(["model.head=nope"]).save(tmp_path / ckpt.CONFIG)
+    with pytest.raises(CheckpointError, match="cannot be built.*unknown head 'nope'"):
+        ckpt.load_run(tmp_path)

@@ -231,7 +231,7 @@ def test_damaged_run_gives_clear_error(runs, tmp_path):
     at = open_app(str(broken), extra_runs_root=str(broken))
     assert any("cannot be used" in e.value and "damaged" in e.value for e in at.error)
     config = json.loads((broken / "config.json").read_text())
-    config["model"]["embed_dim"] = 7  # weights no longer match the config
+    config["model"]["embed_dim"] += 8  # weights no longer match the config (still a buildable model)
     (broken / "config.json").write_text(json.dumps(config))
     shutil.copy(Path(runs[0]) / "weights.safetensors", broken / "weights.safetensors")
     at = open_app(str(broken), extra_runs_root=str(broken))
