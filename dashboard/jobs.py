@@ -36,6 +36,10 @@ def validate_name(name: str) -> str | None:
     return None
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class TrainJob:
     name: str
@@ -60,8 +64,11 @@ class TrainJob:
         log.write(f"$ {' '.join(command)}\n")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # own session: a Ctrl-C in the server's terminal does not reach the child, and vice versa
+        # a server started from a non-interactive shell with `&` inherits SIGINT as *ignored*; restore
+        # the default so Cancel's SIGINT reaches the trainer and it stops cleanly (exit 130)
         job.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                       stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                       preexec_fn=_default_sigint)
         log.close()  # the child holds its own copy of the descriptor
         return job
 
