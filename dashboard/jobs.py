@@ -102,26 +102,28 @@ class TrainJob:
             except subprocess.TimeoutExpired:
                 self.process.kill()
 
-    def log_tail(self, max_chars: int = 4000) -> str:
-        """The end of the log with progress-bar redraws collapsed to their last state."""
+    def _read_log_end(self, n_bytes: int) -> str | None:
+        """The last `n_bytes` of the log as text (None while the log does not exist yet)."""
         try:
             with open(self.log_path, "rb") as fh:
                 fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - 65536))
-                text = fh.read().decode("utf-8", "replace")
+                fh.seek(max(0, fh.tell() - n_bytes))
+                return fh.read().decode("utf-8", "replace")
         except OSError:
+            return None
+
+    def log_tail(self, max_chars: int = 4000) -> str:
+        """The end of the log with progress-bar redraws collapsed to their last state."""
+        text = self._read_log_end(65536)
+        if text is None:
             return ""
         lines = [line.rsplit("\r", 1)[-1] for line in text.replace("\r\n", "\n").split("\n")]
         return "\n".join(line for line in lines if line.strip())[-max_chars:]
 
     def progress(self) -> tuple[float, str]:
         """(fraction done, message) from the last progress-bar line in the log."""
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - 16384))
-                text = fh.read().decode("utf-8", "replace")
-        except OSError:
+        text = self._read_log_end(16384)
+        if text is None:
             return 0.0, "starting…"
         matches = list(PROGRESS.finditer(text))
         if not matches:
