@@ -29,10 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def write_readme(out: Path, summary: dict) -> None:
     lines = ["# Shipped demo runs\n",
-             f"Made by `python -m benchmarks.make_checkpoints` (`make checkpoints`) on {platform.machine()}, "
-             f"{os.cpu_count()} CPU cores, Python {sys.version.split()[0]}, seeded (train.seed 0). Test metrics are on "
-             "the 32 unseen shapes classes (960 images). Times include UMAP; the load-average column says how busy "
-             "the shared machine was (2.0 = both cores taken by other work).\n",
+             "The dashboard (`make run`) opens on these run directories: one per method, each with its weights "
+             "(safetensors), config, metrics, training history and dashboard artifacts (test embeddings, labels, PCA "
+             "and UMAP coordinates). No optimiser state: it is not needed to explore and would triple the size.\n",
+             f"Made by `python -m benchmarks.make_checkpoints` (`make checkpoints`) in one command on "
+             f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}, seeded (train.seed 0), "
+             "each config's full schedule. Test metrics are on the 32 unseen shapes classes (960 images; chance "
+             "R@1 = 0.031). Times include UMAP; the load-average column says how busy the machine was "
+             "(training itself keeps both cores busy, ≈ 2; more means other work shared the machine; shapes_gap includes the one-off numba compilation of UMAP).\n",
              "| run | epochs | train + UMAP (s) | load avg | size (MiB) | R@1 | MAP@R | NMI | made |",
              "|---|---|---|---|---|---|---|---|---|"]
     for method in [m for m in METHODS if m in summary]:
