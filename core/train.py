@@ -65,6 +65,27 @@ def _config_diff(a: dict, b: dict, prefix="") -> list[str]:
     return keys
 
 
+class TrainingStep(torch.nn.Module):
+    """The forward of one training step, model and loss terms together. DistributedDataParallel wraps this,
+    not the bare model, so that it sees every parameter a step uses, also those used only after the
+    embedding: head losses (GSP's ZSR class embeddings, per-group margins), CSA's deep supervision, the
+    CIA branch and learnable loss parameters (proxies)."""
+
+    def __init__(self, model: Embedder, criterion: DMLCriterion):
+        super().__init__()
+        self.model, self.criterion = model, criterion
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, features = self.model(x, with_features=True)
+        terms = self.model.head.loss(out, y, self.criterion)
+        for block in self.model.block_modules():  # e.g. CSA deep-supervision heads
+            if hasattr(block, "loss"):
+                terms.update(block.loss(y, self.criterion))
+        if self.model.cia is not None:  # training-only cross-image attention branch
+            terms.update(self.model.cia.loss(out, features, y, self.criterion))
+        return terms
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: str | Path, progress: Progress | None = None,
                  splits: DataSplits | None = None):
@@ -95,10 +116,10 @@ class Trainer:
         self.epoch = 0                # next epoch to run
         self.best = {"epoch": -1, "value": -math.inf}
         self.history: list[dict] = []
-        self.train_model = self.model
+        self.training_step: torch.nn.Module = TrainingStep(self.model, self.criterion)
         if self.distributed:
-            self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            self.training_step = torch.nn.parallel.DistributedDataParallel(
+                self.training_step, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -187,17 +208,10 @@ class Trainer:
 
     # ---- loop -------------------------------------------------------------------------------
     def compute_losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, features = self.train_model(x, with_features=True)
-        terms = self.model.head.loss(out, y, self.criterion)
-        for block in self.model.block_modules():  # e.g. CSA deep-supervision heads
-            if hasattr(block, "loss"):
-                terms.update(block.loss(y, self.criterion))
-        if self.model.cia is not None:  # training-only cross-image attention branch
-            terms.update(self.model.cia.loss(out, features, y, self.criterion))
-        return terms
+        return self.training_step(x, y)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        self.train_model.train()
+        self.training_step.train()
         seed_everything(self.cfg.train.seed * 100_003 + epoch)
         loader = self.train_loader(epoch)
         sums: dict[str, float] = {}

@@ -28,3 +28,29 @@ def test_torchrun_two_processes_matches_single_process(tmp_path):
     # each rank saw half the batches of a global batch twice as large: comparable, not identical
     assert b["test"]["recall@1"] > 2 * chance
     assert abs(a["test"]["recall@1"] - b["test"]["recall@1"]) < 0.25
+
+
+@pytest.mark.slow
+def test_torchrun_trains_parameters_used_after_the_embedding(tmp_path):
+    """GSP's ZSR class embeddings, CSA's deep-supervision head and the CIA branch are used only in the loss,
+    after the embedding: DDP must see them (it wraps the whole training step, not the bare model), or its
+    backward fails (a parameter marked unused in forward gets a gradient) or leaves them unsynchronised."""
+    from safetensors.numpy import load_file
+
+    from core.config import BlockConfig, RunConfig
+
+    cfg = RunConfig.load("configs/shapes_gsp.yaml")
+    cfg.model.blocks = [BlockConfig("csa", "stage2", {"groups": 2, "num_bases": 4})]
+    cfg.model.cia = RunConfig.load("configs/shapes_cia.yaml").model.cia
+    cfg.save(tmp_path / "all.json")
+    out = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "core", "train", "--out", str(out), "--config", str(tmp_path / "all.json"),
+                           "--epochs", "1", "data.max_per_class=8", "data.shapes.test_per_class=4",
+                           "model.embed_dim=16", "train.batch_size=32"],
+                          capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", **__import__("os").environ})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = load_file(out / "weights.safetensors")
+    for prefix in ("cia.", "head.zsr", "blocks."):
+        assert any(k.startswith(prefix) for k in weights), (prefix, sorted(weights)[:20])
+    assert all(np.isfinite(v).all() for v in weights.values())

@@ -157,13 +157,22 @@ class CrossImageAttention(nn.Module):
 
     def conditional_criterion(self, criterion):
         """(loss, miner) for S: copies of the trainer's (or the configured) PML objects with the distance
-        swapped. Learnable loss state (a learnable β) is copied once and not trained here."""
+        swapped. Learnable loss state (a learnable β) is copied once and not trained here. Under torchrun
+        the trainer's objects gather embeddings across ranks; S only covers the rank's own batch (its
+        pairs are cross-attended locally), so the unwrapped local loss/miner is used and DDP averages
+        the gradients."""
         if self._cond is None:
+            from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
+
             from core.losses import MINERS, build_loss
 
             loss = build_loss(self.loss_name, self.loss_args, 0, self.embed_dim) if self.loss_name else criterion.loss
+            if isinstance(loss, DistributedLossWrapper):
+                loss = loss.loss
             if self.miner_name == "same":
                 miner = getattr(criterion, "miner", None)
+                if isinstance(miner, DistributedMinerWrapper):
+                    miner = miner.miner
             elif self.miner_name:
                 if self.miner_name not in MINERS:
                     raise ValueError(f"unknown model.cia.miner {self.miner_name!r}; available: same, null, "
