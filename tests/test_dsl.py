@@ -14,8 +14,8 @@ from core import checkpoint as ckpt
 from core.config import ModelConfig, RunConfig, TrainConfig
 from core.losses import build_criterion
 from core.models.embedder import build_model
-from core.models.heads.dsl import (DSLHead, drop_singleton_classes, min_cost_reassign,
-                                   taylor_candidates)
+from core.models.heads.dsl import DSLHead, taylor_candidates
+from core.models.heads.dsl_clusters import drop_singleton_classes, min_cost_reassign
 from heads_testing import shapes_batch
 
 D = 64

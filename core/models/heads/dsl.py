@@ -30,6 +30,7 @@ Training (§2.2, official `train.py`): divide and conquer plus dynamic learner a
 A split decided at the end of epoch e is applied at the start of epoch e+1, so the weights the
 trainer saves at epoch e are the ones it evaluated. Every split is written to
 RUN_DIR/dsl_events.json (atomically; also kept in `extra_state`) for the dashboard to replay.
+The clustering and per-cluster batching are plain functions in `dsl_clusters.py`.
 
 `per_learner_attention: true` (NOT in the paper or the official code): one attention map per
 learner, from a shared trunk and a final conv with `max_learners` output channels, so no parameter
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.models.heads.base import Head, HeadOutput
+from core.models.heads.dsl_clusters import kmeans_clusters, round_robin_cluster_batches
 from core.registry import register_head, register_map
 
 log = logging.getLogger(__name__)
@@ -76,39 +78,6 @@ class SpatialAttention(nn.Module):
 
     def forward(self, features):                        # B×C×h×w -> B×maps×h×w in (0, 1)
         return torch.sigmoid(self.layers(features))
-
-
-def min_cost_reassign(previous: np.ndarray, current: np.ndarray, k: int) -> np.ndarray:
-    """Relabel `current` cluster ids (0..k-1) to overlap most with `previous` (−1 = unassigned).
-
-    Hungarian assignment on the negative overlap counts; clusters left unmatched (k grew) take the
-    smallest ids the previous clustering did not use, in order.
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    k_prev = int(previous.max()) + 1 if (previous >= 0).any() else 0
-    overlap = np.zeros((k, max(k_prev, 1)), np.int64)
-    both = (previous >= 0) & (current >= 0)
-    np.add.at(overlap, (current[both], previous[both]), 1)
-    rows, cols = linear_sum_assignment(-overlap[:, :k_prev]) if k_prev else (np.array([], int), np.array([], int))
-    mapping = dict(zip(rows.tolist(), cols.tolist()))
-    free = iter(i for i in range(k) if i not in mapping.values())
-    for c in range(k):
-        if c not in mapping:
-            mapping[c] = next(free)
-    lut = np.asarray([mapping[c] for c in range(k)])
-    return np.where(current >= 0, lut[np.clip(current, 0, None)], -1)
-
-
-def drop_singleton_classes(assign: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """A class with a single sample inside a cluster leaves that cluster (official `clustering.py`)."""
-    assign = assign.copy()
-    for c in np.unique(assign[assign >= 0]):
-        in_c = assign == c
-        classes, counts = np.unique(labels[in_c], return_counts=True)
-        for lone in classes[counts == 1]:
-            assign[in_c & (labels == lone)] = -1
-    return assign
 
 
 def taylor_candidates(score_sum: torch.Tensor, learner: slice, threshold: float) -> tuple[list[int], list[float]]:
@@ -319,18 +288,10 @@ class DSLHead(Head):
         return self._assign_k if self.assign is not None else 0
 
     def recluster(self, trainer, epoch: int) -> None:
-        import faiss
-
-        pen = self._train_penultimate(trainer)
         k = len(self.learners)
-        km = faiss.Kmeans(pen.shape[1], k, niter=self.kmeans_niter, nredo=self.kmeans_nredo,
-                          seed=int(trainer.cfg.train.seed) * 1000 + epoch + 1, verbose=False,
-                          min_points_per_centroid=1, max_points_per_centroid=1_000_000)
-        km.train(pen)
-        assign = km.index.search(pen, 1)[1][:, 0].astype(np.int64)
-        if self.assign is not None:
-            assign = min_cost_reassign(self.assign, assign, k)
-        self.assign = drop_singleton_classes(assign, np.asarray(trainer.splits.train.labels))
+        self.assign = kmeans_clusters(self._train_penultimate(trainer), k, np.asarray(trainer.splits.train.labels),
+                                      previous=self.assign, niter=self.kmeans_niter, nredo=self.kmeans_nredo,
+                                      seed=int(trainer.cfg.train.seed) * 1000 + epoch + 1)
         self.assign_epoch, self._assign_k = epoch, k
         sizes = np.bincount(self.assign[self.assign >= 0], minlength=k).tolist()
         log.info("dsl: epoch %d re-clustered the train set into %d clusters of sizes %s", epoch, k, sizes)
@@ -357,28 +318,9 @@ class DSLHead(Head):
         return torch.cat(out).numpy()
 
     def cluster_batches(self, trainer, epoch: int) -> list[tuple[list[int], int]]:
-        """Class-balanced batches per cluster (MPerClassSampler), interleaved round-robin; shorter
-        clusters cycle (official `merge`). A cluster with fewer than two classes is skipped."""
-        from pytorch_metric_learning.samplers import MPerClassSampler
-
         t = trainer.cfg.train
-        labels = np.asarray(trainer.splits.train.labels)
-        streams: list[list[list[int]]] = []
-        for c in range(len(self.learners)):
-            idx = np.flatnonzero(self.assign == c)
-            n_classes = len(np.unique(labels[idx]))
-            if n_classes < 2:
-                streams.append([])
-                continue
-            batch = min(t.batch_size, n_classes * t.m_per_class)
-            batch -= batch % t.m_per_class
-            np.random.seed((t.seed * 100_003 + epoch * 101 + c + 1) % 2**32)  # the sampler draws from np.random
-            sampler = MPerClassSampler(labels[idx], t.m_per_class, batch_size=batch,
-                                       length_before_new_iter=max(len(idx), batch))
-            order = idx[np.asarray(list(iter(sampler)), dtype=np.int64)]
-            streams.append([order[i:i + batch].tolist() for i in range(0, len(order) - batch + 1, batch)])
-        longest = max((len(s) for s in streams), default=0)
-        return [(s[j % len(s)], c) for j in range(longest) for c, s in enumerate(streams) if s]
+        return round_robin_cluster_batches(self.assign, np.asarray(trainer.splits.train.labels), len(self.learners),
+                                           t.batch_size, t.m_per_class, seed=(t.seed * 100_003 + epoch * 101) % 2**32)
 
     def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None:
         value = metrics.get(f"val_{self.growth_metric}")
