@@ -17,6 +17,7 @@ baseline: its mass inside = the mask's area share, its pointing accuracy (random
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,9 @@ def evaluate_run(run: Path, n_images: int, batch: int = 64) -> dict:
             aggregate.setdefault(name, []).append(score_maps(tensor.float().mean(1, keepdim=True), masks))
     cat = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in ("mass", "hit")}
     area = np.concatenate(area)
+    trained = json.loads((run / ckpt.METRICS).read_text())
     result = {"run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
+              "trained": f"{trained.get('epochs', '?')} epochs on {trained.get('device', '?')}",
               "head": cfg.model.head, "blocks": [b.name for b in cfg.model.blocks], "images": int(len(idx)),
               "uniform_mass": float(area.mean()), "uniform_pointing": float(area.mean()),
               "maps": {name: _summarise(cat(per_channel[name]), cat(aggregate[name])) for name in per_channel}}
@@ -125,7 +128,7 @@ def markdown(results: list[dict], n_images: int) -> str:
             rows.append([label, f"`{name}`", s["channels"], f"{s['aggregate_mass']:.3f}", f"{s['per_channel_mass']:.3f}",
                          f"{s['best_channel_mass']:.3f} (#{s['best_channel']})", f"{s['aggregate_pointing']:.3f}",
                          f"{s['best_channel_pointing']:.3f}"])
-    runs = ", ".join(f"`{r['run']}`" for r in results)
+    runs = ", ".join(f"`{r['run']}` ({r.get('trained', '?')})" for r in results)
     return ("# Interpretability: attention on the target object (shapes test images)\n\n"
             f"{n_images} test images (unseen classes) per run, maps upsampled bilinearly to 64×64 and normalised per "
             "channel. *Mass inside* = share of the map's mass inside the target mask; *pointing* = argmax inside "

@@ -14,16 +14,18 @@ at the same stage). Writes benchmarks/results/heads_speed.{json,md}.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks.common import md_table, write_results
-from core.config import BlockConfig, ModelConfig, TrainConfig
-from core.losses import build_criterion
-from core.models.embedder import build_model
+from core.config import BlockConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+from core.data import build_datasets
 
 BACKBONES = {  # image size, shallow stage for CSA / non-local (and its side at that size)
     "convnet": dict(image=64, stage="stage2", where="16×16"),
@@ -54,32 +56,37 @@ def _sync(device: torch.device) -> None:
 
 
 class Case:
-    def __init__(self, backbone: str, variant: str, batch: int, device: torch.device, amp: bool):
+    """One variant: a real `Trainer` (model, criterion, optimiser, `compute_losses`) on a fixed random batch,
+    so this benchmark times exactly the step that training runs (as benchmarks/dsl_cia_speed.py does)."""
+
+    def __init__(self, backbone: str, variant: str, batch: int, device: torch.device, amp: bool,
+                 splits, run_dir: Path):
+        from core.train import Trainer
+
+        cfg = RunConfig(model=model_config(backbone, variant),
+                        train=TrainConfig(loss="multi_similarity", miner="multi_similarity", optimizer="adamw",
+                                          lr=1e-4, device=str(device), amp=amp))
         torch.manual_seed(0)
-        self.variant, self.device, self.amp = variant, device, amp and device.type == "cuda"
-        self.model = build_model(model_config(backbone, variant), num_classes=batch // 4).to(device)
-        self.criterion = build_criterion(TrainConfig(loss="multi_similarity", miner="multi_similarity"),
-                                         batch // 4, self.model.head.out_dim).to(device)
-        self.opt = torch.optim.AdamW(list(self.model.parameters()) + list(self.criterion.parameters()), lr=1e-4)
+        self.variant = variant
+        self.trainer = Trainer(cfg, run_dir / f"{backbone}_{variant}", splits=splits)
+        self.device, self.model = self.trainer.device, self.trainer.model
         size = BACKBONES[backbone]["image"]
-        self.x = torch.rand(batch, 3, size, size, device=device)
-        self.y = torch.arange(batch // 4, device=device).repeat_interleave(4)
+        self.x = torch.rand(batch, 3, size, size, device=self.device)
+        self.y = torch.arange(batch // 4, device=self.device).repeat_interleave(4)
         self.params = sum(p.numel() for p in self.model.parameters())
 
     def train_step(self) -> tuple[float, float]:
         """(wall seconds, CPU seconds of this process) of one training step."""
-        self.model.train()
+        t = self.trainer
+        t.model.train()
         _sync(self.device)
         start, cpu = time.perf_counter(), time.process_time()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = self.model(self.x, with_features=True)[0]
-            terms = self.model.head.loss(out, self.y, self.criterion)
-            for block in self.model.block_modules():
-                terms.update(block.loss(self.y, self.criterion))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.use_amp):
+            terms = t.compute_losses(self.x, self.y)
         loss = sum(terms.values())
-        self.opt.zero_grad(set_to_none=True)
+        t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.opt.step()
+        t.optimizer.step()
         _sync(self.device)
         return time.perf_counter() - start, time.process_time() - cpu
 
@@ -88,7 +95,7 @@ class Case:
         self.model.eval()
         _sync(self.device)
         start, cpu = time.perf_counter(), time.process_time()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.trainer.use_amp):
             self.model(self.x)
         _sync(self.device)
         return time.perf_counter() - start, time.process_time() - cpu
@@ -101,8 +108,8 @@ def _summary(times: list[float]) -> dict:
 
 
 def bench_backbone(backbone: str, batch: int, variants: list[str], repeats: int, warmup: int,
-                   device: torch.device, amp: bool) -> dict:
-    cases = {v: Case(backbone, v, batch, device, amp) for v in variants}
+                   device: torch.device, amp: bool, splits, run_dir: Path) -> dict:
+    cases = {v: Case(backbone, v, batch, device, amp, splits, run_dir) for v in variants}
     times = {(kind, clock): {v: [] for v in variants} for kind in ("train", "infer") for clock in ("wall", "cpu")}
     for r in range(warmup + repeats):
         for v, case in cases.items():             # interleaved: every round times each variant once
@@ -170,12 +177,15 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     variants = args.variants.split(",")
+    splits = build_datasets(DataConfig(), seed=0)  # only sizes the class-indexed parameters; inputs are random
+    run_dir = Path(tempfile.mkdtemp(prefix="heads_speed_"))
     results = {}
     for backbone in args.backbones.split(","):
         batch = args.batch if backbone == "convnet" else args.resnet_batch
         print(f"{backbone}: batch {batch} on {device}", flush=True)
         results[backbone] = bench_backbone(backbone, batch, variants, args.repeats, args.warmup, device,
-                                           amp=not args.no_amp)
+                                           amp=not args.no_amp, splits=splits, run_dir=run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
     out = write_results(args.name, {"results": results, "repeats": args.repeats, "warmup": args.warmup},
                         markdown(results, args), device=str(device))
     print((out.with_suffix(".md")).read_text())

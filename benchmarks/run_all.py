@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark, then assemble BENCHMARKS.md (tables + PNG plots).
 
-    python -m benchmarks.run_all               # run everything (about an hour on 2 CPU cores), then assemble
+    python -m benchmarks.run_all               # run everything (about 75 minutes on 2 CPU cores; a GPU adds its own rows), then assemble
     python -m benchmarks.run_all --assemble    # only rebuild BENCHMARKS.md from benchmarks/results/
 
 Each benchmark writes benchmarks/results/<name>.json (machine, date, exact command) and <name>.md;
@@ -16,6 +16,8 @@ import subprocess
 import sys
 from datetime import date
 
+import numpy as np
+
 from benchmarks.common import RESULTS, ROOT
 
 STEPS = [  # (results name, command)
@@ -24,10 +26,46 @@ STEPS = [  # (results name, command)
     ("heads_accuracy", ["-m", "benchmarks.heads_accuracy"]),
     ("dsl_cia_accuracy", ["-m", "benchmarks.dsl_cia_accuracy"]),
     ("heads_interpretability", ["-m", "benchmarks.heads_interpretability"]),
-    ("cub100", ["-m", "benchmarks.cub100", "--train"]),
+    ("cub100", ["-m", "benchmarks.cub100", "--train"]),  # with a GPU: + --heads gap,grouping,gsp,cia
     ("dashboard_latency", ["-m", "benchmarks.dashboard_latency"]),
 ]
+# With a GPU, `make bench` also measures these (written as <name>_cuda and shown after the CPU table).
+GPU_STEPS = [
+    ("heads_speed_cuda", ["-m", "benchmarks.heads_speed", "--device", "cuda", "--backbones", "convnet,resnet50",
+                          "--resnet-batch", "32", "--repeats", "15", "--warmup", "3", "--name", "heads_speed_cuda"]),
+    ("dsl_cia_speed_cuda", ["-m", "benchmarks.dsl_cia_speed", "--device", "cuda", "--repeats", "30", "--clock", "wall",
+                            "--threads", "0", "--name", "dsl_cia_speed_cuda"]),
+    ("heads_accuracy_cuda", ["-m", "benchmarks.heads_accuracy", "--device", "cuda", "--epochs", "12",
+                             "--max-per-class", "0", "--name", "heads_accuracy_cuda"]),
+    ("dsl_cia_accuracy_cuda", ["-m", "benchmarks.dsl_cia_accuracy", "--device", "cuda", "--methods", "gap,dsl,cia,gap_margin",
+                               "--name", "dsl_cia_accuracy_cuda"]),
+]
 PLOTS = RESULTS / "plots"
+
+
+def _accuracy_summary() -> tuple[dict, str]:
+    """R@1 mean/std per method from the accuracy benchmarks: the GPU runs (the configs' full schedule) when
+    both were measured there, else the CPU ones. Returns ({method: (mean, std)}, description)."""
+    for suffix in ("_cuda", ""):
+        paths = [RESULTS / f"{name}{suffix}.json" for name in ("heads_accuracy", "dsl_cia_accuracy")]
+        if all(p.exists() for p in paths):
+            break
+    else:
+        paths = [p for p in (RESULTS / "heads_accuracy.json", RESULTS / "dsl_cia_accuracy.json") if p.exists()]
+    summary, described = {}, []
+    for path in paths:
+        data = json.loads(path.read_text())
+        for method, s in data.get("summary", {}).items():
+            if method in summary:
+                continue
+            if "recall@1_mean" in s:
+                summary[method] = (s["recall@1_mean"], s.get("recall@1_std", 0.0))
+            elif isinstance(s.get("recall@1"), list) and s["recall@1"]:
+                r1 = np.asarray(s["recall@1"], dtype=float)
+                summary[method] = (float(r1.mean()), float(r1.std(ddof=1)) if len(r1) > 1 else 0.0)
+        described.append(f"{path.stem}: {data.get('epochs', '?')} epochs, {len(data.get('seeds', []))} seeds, "
+                         f"{data['machine'].get('gpu', data['machine']['device'])}")
+    return summary, "; ".join(described)
 
 
 def plot_accuracy() -> str | None:
@@ -35,21 +73,19 @@ def plot_accuracy() -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = {}
-    for name in ("heads_accuracy", "dsl_cia_accuracy"):
-        path = RESULTS / f"{name}.json"
-        if path.exists():
-            for method, s in json.loads(path.read_text()).get("summary", {}).items():
-                if "recall@1_mean" in s and method not in summary:
-                    summary[method] = s
+    summary, described = _accuracy_summary()
     if not summary:
         return None
     names = list(summary)
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.bar(names, [summary[n]["recall@1_mean"] for n in names], yerr=[summary[n].get("recall@1_std", 0) for n in names],
-           color=["#888"] + ["#3a7"] * (len(names) - 1), capsize=4)
-    ax.set_ylabel("R@1, unseen classes"); ax.set_title("shapes: R@1 per method (mean ± std over seeds)")
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    ax.bar(names, [summary[n][0] for n in names], yerr=[summary[n][1] for n in names],
+           color=["#888" if n == "gap" else "#3a7" for n in names], capsize=4)
+    ax.axhline(1 / 32, color="#c33", lw=1, ls="--", label="chance (1/32)")
+    ax.set_ylabel("R@1, unseen classes")
+    ax.set_title("shapes: R@1 per method (mean ± std over seeds)", fontsize=10)
+    ax.text(0, -0.22, described, transform=ax.transAxes, fontsize=6, va="top")
     ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig.savefig(PLOTS / "accuracy.png", dpi=120)
@@ -70,12 +106,13 @@ def plot_attention_in_object() -> str | None:
         bars.setdefault("uniform", res["uniform_mass"])
         for map_name, m in res["maps"].items():
             if "aggregate_mass" in m:
-                bars[f"{res['head']}:{map_name}"] = m["aggregate_mass"]
+                bars[f"{' + '.join([res['head'], *res.get('blocks', [])])}: {map_name}"] = m["aggregate_mass"]
     if len(bars) < 2:
         return None
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
     ax.barh(list(bars), list(bars.values()), color=["#888"] + ["#37a"] * (len(bars) - 1))
     ax.set_xlabel("share of attention mass inside the target object")
+    ax.set_title("mass inside the object (channel-mean map)", fontsize=10)
     fig.tight_layout()
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig.savefig(PLOTS / "attention_in_object.png", dpi=120)
@@ -92,10 +129,14 @@ def assemble() -> None:
     for plot in (plot_accuracy(), plot_attention_in_object()):
         if plot:
             parts.append(f"![{plot.split('/')[-1]}]({plot})\n")
-    for name, _ in STEPS:
+    for name, cmd in STEPS:
         md = RESULTS / f"{name}.md"
         parts.append(re.sub(r"^(#+) ", r"#\1 ", md.read_text(), flags=re.M) if md.exists()
-                     else f"## {name}\n\nNot measured yet: run `python {' '.join(dict(STEPS)[name])}`.\n")
+                     else f"## {name}\n\nNot measured yet: run `python {' '.join(cmd)}`.\n")
+        gpu = RESULTS / f"{name}_cuda.md"  # the same benchmark on a GPU (`--device cuda --name {name}_cuda`)
+        if gpu.exists():
+            text = re.sub(r"^(#+) ", r"#\1 ", gpu.read_text(), flags=re.M)
+            parts.append(re.sub(r"^## (.*)$", r"## \1 — GPU", text, count=1, flags=re.M))
     (ROOT / "BENCHMARKS.md").write_text("\n\n".join(parts))
 
 
@@ -104,7 +145,12 @@ def main(argv=None) -> int:
     p.add_argument("--assemble", action="store_true", help="only rebuild BENCHMARKS.md from existing results")
     args = p.parse_args(argv)
     if not args.assemble:
-        for name, cmd in STEPS:
+        import torch
+
+        gpu = torch.cuda.is_available()
+        for name, cmd in STEPS + (GPU_STEPS if gpu else []):
+            if name == "cub100" and gpu:
+                cmd = cmd + ["--heads", "gap,grouping,gsp,cia"]
             print(f"== {name}: python {' '.join(cmd)}", flush=True)
             subprocess.run([sys.executable, *cmd], cwd=ROOT, check=False)
     assemble()
