@@ -91,7 +91,8 @@ def sidebar_run_picker(runs: list[dict]) -> None:
             paths = [r["path"] for r in runs]
             if st.session_state.get(state.RUN) not in paths:
                 complete = [r["path"] for r in runs if r["complete"]]
-                st.session_state[state.RUN] = (complete or paths)[0]
+                opening = [p for p in complete if Path(p).name == state.OPENING_RUN]
+                st.session_state[state.RUN] = (opening or complete or paths)[0]
             st.session_state["w_run"] = st.session_state[state.RUN]
             labels = {r["path"]: run_label(r) for r in runs}
 

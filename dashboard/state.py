@@ -30,6 +30,8 @@ torch.set_num_threads(int(os.environ.get("METRICLENS_TORCH_THREADS", "1")))
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = REPO / "checkpoints"
+# The run the dashboard opens on when present: per-group attention gives every page something to show.
+OPENING_RUN = os.environ.get("METRICLENS_OPEN_RUN", "shapes_grouping")
 
 # session-state keys (plain values, not widget keys, so they survive page switches)
 RUN, COMPARE, QUERY, UPLOAD = "run", "compare_run", "query", "upload_query"

@@ -96,8 +96,11 @@ def test_every_page_in_chromium(server, browser):
     settle(page)
     shot(page, "05_attention")
 
-    # Cross-image: click a patch of A
-    page.goto(base + "/cross" + link)
+    # Cross-image: click a patch of A (on a run with a trained CIA branch when one is listed: learned maps)
+    import json
+    cross_run = next((r for r in runs if json.loads((Path(r) / "config.json").read_text())["model"].get("cia")),
+                     runs[0])
+    page.goto(base + "/cross?" + urllib.parse.urlencode({"run": cross_run, "query": 3}))
     page.get_by_text("Click a patch of A", exact=False).wait_for(timeout=60_000)
     settle(page)
     if page.get_by_text("not available in this build", exact=False).count() == 0:

@@ -213,6 +213,24 @@ def test_deep_link_sets_page_run_and_query(runs):
     assert at.query_params["page"] == "retrieval" and at.query_params["query"] == "5"
 
 
+def test_opens_on_the_opening_run_and_lists_every_run_with_metrics(runs, tmp_path, monkeypatch):
+    """With no link, the dashboard opens on OPENING_RUN if present (else the first finished run) and the
+    sidebar lists every run with its test metrics."""
+    from dashboard.state import OPENING_RUN
+
+    folder = tmp_path / "runs"
+    for name in ("a_first", OPENING_RUN):
+        shutil.copytree(runs[0], folder / name, ignore=shutil.ignore_patterns("resume.pt"))
+    monkeypatch.setenv("METRICLENS_RUNS", str(folder))
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception
+    listed = " | ".join(at.sidebar.selectbox[0].options)  # labels: "name · head/backbone · R@1 …"
+    assert "a_first" in listed and OPENING_RUN in listed, listed
+    assert Path(at.session_state["run"]).name == OPENING_RUN
+    recall = json.loads((Path(runs[0]) / "metrics.json").read_text())["test"]["recall@1"]
+    assert f"R@1 **{recall:.3f}**" in texts(at)
+
+
 def test_deep_link_to_a_run_outside_the_listed_folders(runs, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(runs[0], elsewhere, ignore=shutil.ignore_patterns("resume.pt"))
