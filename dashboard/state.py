@@ -71,7 +71,8 @@ def _summary(run_dir: str, metrics_mtime: float, config_mtime: float) -> dict:
     out = {"path": run_dir, "name": path.name, "head": "?", "backbone": "?", "complete": False, "metrics": {}}
     try:
         cfg = ckpt.load_config(path)
-        out.update(head=cfg.model.head, backbone=cfg.model.backbone, data=cfg.data.name,
+        method = " + ".join([cfg.model.head, *(b.name for b in cfg.model.blocks), *(["cia"] if cfg.model.cia else [])])
+        out.update(head=cfg.model.head, method=method, backbone=cfg.model.backbone, data=cfg.data.name,
                    description=cfg.description)
     except CheckpointError as err:
         out["problem"] = str(err)

@@ -224,7 +224,7 @@ def test_opens_on_the_opening_run_and_lists_every_run_with_metrics(runs, tmp_pat
     monkeypatch.setenv("METRICLENS_RUNS", str(folder))
     at = AppTest.from_file(APP, default_timeout=120).run()
     assert not at.exception
-    listed = " | ".join(at.sidebar.selectbox[0].options)  # labels: "name · head/backbone · R@1 …"
+    listed = " | ".join(at.sidebar.selectbox[0].options)  # labels: "name · method/backbone · R@1 …"
     assert "a_first" in listed and OPENING_RUN in listed, listed
     assert Path(at.session_state["run"]).name == OPENING_RUN
     recall = json.loads((Path(runs[0]) / "metrics.json").read_text())["test"]["recall@1"]
