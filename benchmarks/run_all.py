@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark, then assemble BENCHMARKS.md (tables + PNG plots).
 
-    python -m benchmarks.run_all               # run everything (about 75 minutes on 2 CPU cores; a GPU adds its own rows), then assemble
+    python -m benchmarks.run_all               # run everything (about an hour on 2 CPU cores: accuracy runs and cub100 dominate; a GPU adds its own rows), then assemble
     python -m benchmarks.run_all --assemble    # only rebuild BENCHMARKS.md from benchmarks/results/
 
 Each benchmark writes benchmarks/results/<name>.json (machine, date, exact command) and <name>.md;
