@@ -38,6 +38,9 @@ def cmd_train(args) -> int:
     cfg = cfg.with_overrides(overrides)
     if not cfg.name:
         cfg.name = Path(args.out).name
+    changed = [o for o in overrides if o.startswith(("data.", "model."))]
+    if changed:  # the config's description would otherwise describe another data set or model
+        cfg.description = f"{cfg.description} (overridden: {', '.join(changed)})".strip()
     metrics = train(cfg, args.out, progress=_progress_bar())
     if metrics:
         print(json.dumps({"run": args.out, "best_epoch": metrics["best_epoch"], "test": metrics["test"]}, indent=2))

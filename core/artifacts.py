@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from core import checkpoint as ckpt
-from core.evaluate import all_metrics, embed_dataset
+from core.evaluate import embed_dataset, score
 
 
 def eval_parts(splits) -> list[tuple[str, object]]:
@@ -24,13 +24,7 @@ def eval_parts(splits) -> list[tuple[str, object]]:
 def embed_and_score(model, splits, device="cpu", recall_ks=(1, 2, 4, 8)):
     """Embed the evaluation parts once; return (metrics, {part: (dataset, emb, labels)})."""
     parts = {name: (ds, *embed_dataset(model, ds, device=device)) for name, ds in eval_parts(splits)}
-    if "test" in parts:
-        _, emb, lab = parts["test"]
-        metrics = all_metrics(emb, lab, recall_ks)
-    else:
-        (_, q, ql), (_, g, gl) = parts["query"], parts["gallery"]
-        metrics = all_metrics(None, None, recall_ks, query_gallery=(q, ql, g, gl))
-    return metrics, parts
+    return score(parts, recall_ks), parts
 
 
 def write_artifacts(run_dir: Path, parts: dict) -> None:

@@ -33,6 +33,12 @@ class CheckpointError(RuntimeError):
     """A run directory that cannot be used as it is; the message says what is wrong and what to do."""
 
 
+# mkstemp creates files readable by their owner only; a run folder should get the permissions any new
+# file gets (e.g. 0644), so a dashboard run by another user can read it. Read once, at import.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,6 +46,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -135,12 +135,16 @@ class RunConfig:
             parts = key.strip().split(".")
             for part in parts[:-1]:
                 if not isinstance(node, dict) or part not in node:
-                    raise ValueError(f"unknown config key {key!r}")
+                    raise ValueError(f"unknown config key {key!r}" + _known_keys(node))
                 node = node[part]
             if not isinstance(node, dict) or (parts[-1] not in node and not _is_free_dict(key)):
-                raise ValueError(f"unknown config key {key!r}")
+                raise ValueError(f"unknown config key {key!r}" + _known_keys(node))
             node[parts[-1]] = parse_yaml(value)
         return RunConfig.from_dict(raw)
+
+
+def _known_keys(node: Any) -> str:
+    return f" (known here: {', '.join(sorted(node))})" if isinstance(node, dict) and node else ""
 
 
 _FREE_DICTS = ("model.head_args", "train.loss_args", "train.miner_args", "data.shapes", "model.cia")
@@ -169,8 +173,25 @@ def _build(cls, raw: Any, where: str):
             kwargs[name] = [b if isinstance(b, BlockConfig) else _build(BlockConfig, b, f"{where}blocks.")
                             for b in (value or [])]
         else:
-            kwargs[name] = value
+            kwargs[name] = _checked_scalar(value, str(f.type), f"{where}{name}")
     return cls(**kwargs)
+
+
+_SCALARS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
+
+
+def _checked_scalar(value: Any, annotation: str, key: str) -> Any:
+    """A number, flag or string where the field wants one (ints widen to float), else a clear error:
+    `train.lr=abc` must not surface later as a TypeError deep inside the optimiser."""
+    base, _, optional = annotation.partition(" | ")
+    if base not in _SCALARS or (value is None and optional == "None"):
+        return value
+    ok = isinstance(value, _SCALARS[base]) and not (base != "bool" and isinstance(value, bool))
+    if not ok:
+        wanted = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}[base]
+        raise ValueError(f"config key {key} must be {wanted}" + (" or null" if optional == "None" else "")
+                         + f", got {value!r}")
+    return float(value) if base == "float" else value
 
 
 def _dataclass_type(cls, f: dataclasses.Field):

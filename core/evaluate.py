@@ -7,11 +7,15 @@ MAP@R = (1/R) Σ_{i≤R} P(i)·1[i-th neighbour is same-class].
 """
 from __future__ import annotations
 
+import logging
+
 import faiss
 import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 from torch.utils.data import DataLoader
+
+log = logging.getLogger(__name__)
 
 
 def knn(query: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -99,17 +103,40 @@ def embed_dataset(model, dataset, batch_size: int = 128, device: str | torch.dev
     return torch.cat(embs).numpy(), torch.cat(labels).numpy()
 
 
+def readable(dataset, n: int) -> np.ndarray:
+    """Mask of the items whose own image was read. An unreadable image is served by another image of its
+    class (so an epoch never crashes); in an evaluation that copy would find itself and inflate the
+    metrics, so such items are left out of them. `dataset.bad` is filled while embedding (in-process)."""
+    keep = np.ones(n, bool)
+    bad = [i for i in getattr(dataset, "bad", ()) if 0 <= i < n]
+    if bad:
+        keep[bad] = False
+        log.warning("%d unreadable image(s) left out of the metrics, e.g. %s", len(bad),
+                    ", ".join(str(dataset.path(i)) for i in sorted(bad)[:3]))
+    return keep
+
+
+def score(parts: dict, recall_ks=(1, 2, 4, 8)) -> dict[str, float]:
+    """Metrics of embedded evaluation parts {name: (dataset, emb, labels)}: `test` (every item a query
+    against the others) or `query` + `gallery`; unreadable items are left out (see `readable`)."""
+    kept = {name: (emb[m], lab[m]) for name, (ds, emb, lab) in parts.items() for m in [readable(ds, len(lab))]}
+    if "test" in kept:
+        return all_metrics(*kept["test"], recall_ks)
+    return all_metrics(None, None, recall_ks, query_gallery=(*kept["query"], *kept["gallery"]))
+
+
 def evaluate_splits(model, splits, device="cpu", recall_ks=(1, 2, 4, 8), which: str = "test",
                     batch_size: int = 128, progress=None) -> dict[str, float]:
     """Metrics on `which` ∈ {test, val}; for a query/gallery data set, test means query->gallery."""
+    def embedded(ds):
+        return (ds, *embed_dataset(model, ds, batch_size, device, progress=progress))
+
     if which == "val":
         if splits.val is None:
             raise ValueError("no validation part: set data.val_classes > 0")
-        emb, lab = embed_dataset(model, splits.val, batch_size, device, progress=progress)
-        return all_metrics(emb, lab, recall_ks)
-    if splits.test is not None:
-        emb, lab = embed_dataset(model, splits.test, batch_size, device, progress=progress)
-        return all_metrics(emb, lab, recall_ks)
-    q, ql = embed_dataset(model, splits.query, batch_size, device, progress=progress)
-    g, gl = embed_dataset(model, splits.gallery, batch_size, device, progress=progress)
-    return all_metrics(None, None, recall_ks, query_gallery=(q, ql, g, gl))
+        parts = {"test": embedded(splits.val)}  # scored as a test set: every item a query against the others
+    elif splits.test is not None:
+        parts = {"test": embedded(splits.test)}
+    else:
+        parts = {"query": embedded(splits.query), "gallery": embedded(splits.gallery)}
+    return score(parts, recall_ks)

@@ -103,6 +103,12 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.splits = splits or build_datasets(cfg.data, seed=cfg.train.seed)
         self.num_classes = self.splits.num_train_classes
+        if self.num_classes < 2 and cfg.train.epochs > 0:
+            raise TrainingError(f"only {self.num_classes} train class: metric learning needs pairs of images from "
+                                "at least 2 classes (and unseen test classes); add classes to the data set")
+        if self.splits.val is None and cfg.data.val_classes > 0 and cfg.train.epochs > 0:
+            log.warning("only %d train classes: too few to hold some out for validation (needs 4), so no best "
+                        "epoch is chosen: the last epoch is kept", self.num_classes)
         self.model: Embedder = build_model(cfg.model, num_classes=self.num_classes).to(self.device)
         # proxy losses index proxies by label, and train labels are global ids (not contiguous)
         label_slots = int(self.splits.train.labels.max()) + 1

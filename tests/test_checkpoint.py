@@ -30,6 +30,20 @@ def test_crash_mid_save_keeps_previous_file(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through mkstemp (owner-only); the final file gets 0666 minus the umask, as a plain
+    open() would, so a dashboard served by another user can read the run."""
+    import os
+    import stat
+
+    ckpt.save_weights(tmp_path, _model(), 4, epoch=0)
+    ckpt.atomic_write_text(tmp_path / "note.json", "{}")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in (ckpt.WEIGHTS, "note.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
+
+
 def test_resume_file_with_pickled_code_is_refused(tmp_path):
     path = tmp_path / ckpt.RESUME
     torch.save({"epoch": 1, "hook": json.loads}, path)  # a function: loading it needs unpickling code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,6 +249,29 @@ def test_corrupt_image_is_skipped_with_warning(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(bad in m for m in warnings)
     assert splits.test.bad == {splits.test.paths.index(bad)}
+
+
+def test_unreadable_test_image_is_left_out_of_the_metrics(tmp_path, caplog):
+    """Its stand-in is another test image of its class, whose copy would be a perfect match: scoring it
+    would inflate R@1. The metrics are those of the readable items only."""
+    from core.config import ModelConfig
+    from core.evaluate import all_metrics, embed_dataset, evaluate_splits, score
+    from core.models.embedder import build_model
+
+    expected = make_cub(tmp_path)
+    bad = next(p for p, (_, split) in expected.items() if split == "test")
+    Path(bad).write_bytes(b"this is not a jpeg" * 10)
+    splits = build_datasets(_cfg("cub200", tmp_path))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="convnet", embed_dim=16), num_classes=4).eval()
+    emb, lab = embed_dataset(model, splits.test)
+    position = splits.test.paths.index(bad)
+    with caplog.at_level(logging.WARNING, logger="core.evaluate"):
+        metrics = score({"test": (splits.test, emb, lab)})
+    keep = np.arange(len(lab)) != position
+    assert metrics == all_metrics(emb[keep], lab[keep])
+    assert any("left out of the metrics" in r.getMessage() and bad in r.getMessage() for r in caplog.records)
+    assert evaluate_splits(model, splits) == metrics  # the public entry point leaves it out too
 
 
 # ---- generic folder (ImageFolder) and csv -----------------------------------------------------------

@@ -71,6 +71,11 @@ def test_cli_train_then_evaluate(tmp_path):
     assert set(metrics) == {"recall@1", "recall@5", "r_precision", "map_at_r", "nmi"}
     saved = json.loads((run / ckpt.METRICS).read_text())["test"]
     assert metrics["recall@1"] == pytest.approx(saved["recall@1"])
+    description = json.loads((run / ckpt.CONFIG).read_text())["description"]
+    assert description.endswith("(overridden: data.max_per_class=8, data.shapes.test_per_class=8, model.embed_dim=16)")
+    again = subprocess.run([sys.executable, "-m", "core", "train", "--config", "configs/shapes_gap.yaml",
+                            "--out", str(run), "--epochs", "1", *args], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]  # the same command again: same config, nothing to redo
     bad = subprocess.run([sys.executable, "-m", "core", "evaluate", str(tmp_path / "missing")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
@@ -80,3 +85,39 @@ def test_proxy_anchor_trains_with_global_class_ids(tmp_path, tiny_cfg):
     cfg = tiny_cfg.with_overrides(["train.loss=proxy_anchor", "train.miner=null", "train.epochs=1"])
     metrics = train(cfg, tmp_path)   # shapes train labels go up to 62 with only 26 train classes
     assert np.isfinite(metrics["test"]["map_at_r"])
+
+
+def _folder(root, n_classes: int, per_class: int = 4):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(n_classes):
+        (root / f"class_{c}").mkdir(parents=True)
+        for k in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / f"class_{c}" / f"{k}.png")
+    return root
+
+
+def _folder_cfg(root):
+    from core.config import RunConfig
+
+    return RunConfig().with_overrides(["data.name=folder", f"data.root={root}", "data.image_size=16",
+                                       "model.embed_dim=8", "train.epochs=1", "train.batch_size=8"])
+
+
+def test_one_train_class_is_refused_with_a_clear_error(tmp_path):
+    """Two classes split into one train and one test class: nothing to learn a metric from."""
+    cfg = _folder_cfg(_folder(tmp_path / "two", 2))
+    with pytest.raises(TrainingError, match="at least 2 classes"):
+        Trainer(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_too_few_classes_for_validation_warns_and_keeps_the_last_epoch(tmp_path, caplog):
+    import logging
+
+    cfg = _folder_cfg(_folder(tmp_path / "six", 6)).with_overrides(["train.epochs=2"])  # 3 train classes
+    with caplog.at_level(logging.WARNING, logger="core.train"):
+        metrics = train(cfg, tmp_path / "run")
+    assert any("too few to hold some out for validation" in r.getMessage() for r in caplog.records)
+    assert metrics["best_epoch"] == 1

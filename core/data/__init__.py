@@ -67,11 +67,13 @@ class ShapesDataset(LabelledDataset):
 
 
 class ImageListDataset(LabelledDataset):
-    """Images read from disk. A missing, corrupt or truncated file is reported once (with its path)
-    and replaced by the next readable image of the same class, so an epoch never crashes."""
+    """Images read from disk. A missing, corrupt or truncated file is reported with its path (once per
+    loader process) and replaced by the next readable image of the same class, so an epoch never
+    crashes; evaluation leaves such items out of the metrics (`core.evaluate.readable`)."""
 
     def __init__(self, paths: list[str], labels: np.ndarray, class_names: dict[int, str], transform):
-        self.paths, self.labels, self.class_names, self.transform = paths, labels, class_names, transform
+        self.paths = [str(p) for p in paths]  # plain str: numpy strings print as np.str_('...') in messages
+        self.labels, self.class_names, self.transform = labels, class_names, transform
         self.bad: set[int] = set()
         self._same_class = {int(l): np.flatnonzero(labels == l) for l in np.unique(labels)}
 

@@ -5,8 +5,11 @@ Both produce `Record`s; `core.data.build_datasets` turns them into class-disjoin
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -59,11 +62,17 @@ def csv_records(csv_path: str | None, root: str | None, label_column: str = "lab
     with open(file, newline="") as fh:
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
-        for needed in ("path", label_column):
-            if needed not in columns:
-                raise DatasetError(f"csv data: {str(file)!r} has no column {needed!r} (columns: {', '.join(columns)}); "
-                                   f"set data.csv_label_column to the label column")
+        if "path" not in columns:
+            raise DatasetError(f"csv data: {str(file)!r} has no column 'path' (columns: {', '.join(columns)}); the "
+                               "image paths must be in a column named path")
+        if label_column not in columns:
+            raise DatasetError(f"csv data: {str(file)!r} has no column {label_column!r} (columns: {', '.join(columns)}); "
+                               f"set data.csv_label_column (and data.csv_split_column if the split column is not "
+                               f"named {split_column!r})")
         has_split = split_column in columns
+        if not has_split:
+            log.warning("csv data: no column %r in %s: the first half of the sorted classes train, the second half "
+                     "test (set data.csv_split_column to use a split column)", split_column, file)
         records = []
         for row in reader:
             path = Path(row["path"])

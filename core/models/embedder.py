@@ -105,9 +105,11 @@ def build_model(cfg: ModelConfig, num_classes: int | None = None) -> Embedder:
         if spec.after not in backbone.channels:
             raise ValueError(f"block {spec.name!r}: stage {spec.after!r} is not a stage of {cfg.backbone}; "
                              f"choose one of {', '.join(backbone.stage_names)}")
-        block = BLOCKS.get(spec.name)(backbone.channels[spec.after], name=f"{spec.name}_{spec.after}", **spec.args)
+        block = BLOCKS.build(spec.name, backbone.channels[spec.after], name=f"{spec.name}_{spec.after}",
+                             config_key="model.blocks[].args", **spec.args)
         blocks.setdefault(spec.after, []).append(block)
-    head = HEADS.get(cfg.head)(backbone.channels[stage], cfg.embed_dim, num_classes=num_classes, **cfg.head_args)
+    head = HEADS.build(cfg.head, backbone.channels[stage], cfg.embed_dim, num_classes=num_classes,
+                       config_key="model.head_args", **cfg.head_args)
     model = Embedder(backbone, head, stage, blocks, frozen_bn=cfg.frozen_bn, freeze_backbone=cfg.freeze_backbone)
     if cfg.cia is not None:
         from core.models.cross_attention import build_cia
