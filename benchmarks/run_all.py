@@ -43,17 +43,14 @@ GPU_STEPS = [
 PLOTS = RESULTS / "plots"
 
 
-def _accuracy_summary() -> tuple[dict, str]:
-    """R@1 mean/std per method from the accuracy benchmarks: the GPU runs (the configs' full schedule) when
-    both were measured there, else the CPU ones. Returns ({method: (mean, std)}, description)."""
-    for suffix in ("_cuda", ""):
-        paths = [RESULTS / f"{name}{suffix}.json" for name in ("heads_accuracy", "dsl_cia_accuracy")]
-        if all(p.exists() for p in paths):
-            break
-    else:
-        paths = [p for p in (RESULTS / "heads_accuracy.json", RESULTS / "dsl_cia_accuracy.json") if p.exists()]
+def _accuracy_summary(suffix: str) -> tuple[dict, str]:
+    """R@1 (mean, std) per method from heads_accuracy<suffix> + dsl_cia_accuracy<suffix>, and a label
+    naming their schedule and machine."""
     summary, described = {}, []
-    for path in paths:
+    for name in ("heads_accuracy", "dsl_cia_accuracy"):
+        path = RESULTS / f"{name}{suffix}.json"
+        if not path.exists():
+            continue
         data = json.loads(path.read_text())
         for method, s in data.get("summary", {}).items():
             if method in summary:
@@ -63,29 +60,33 @@ def _accuracy_summary() -> tuple[dict, str]:
             elif isinstance(s.get("recall@1"), list) and s["recall@1"]:
                 r1 = np.asarray(s["recall@1"], dtype=float)
                 summary[method] = (float(r1.mean()), float(r1.std(ddof=1)) if len(r1) > 1 else 0.0)
-        described.append(f"{path.stem}: {data.get('epochs', '?')} epochs, {len(data.get('seeds', []))} seeds, "
-                         f"{data['machine'].get('gpu', data['machine']['device'])}")
-    return summary, "; ".join(described)
+        described.append(f"{data.get('epochs', '?')} epochs")
+    machine = "H100, bf16" if suffix == "_cuda" else "CPU, fp32"
+    return summary, f"{machine} ({', '.join(sorted(set(described)))})"
 
 
 def plot_accuracy() -> str | None:
+    """Grouped bars: R@1 per method on each machine the accuracy benchmarks ran on (3 seeds each)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary, described = _accuracy_summary()
-    if not summary:
+    series = [(label, summary) for summary, label in (_accuracy_summary(""), _accuracy_summary("_cuda")) if summary]
+    if not series:
         return None
-    names = list(summary)
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    ax.bar(names, [summary[n][0] for n in names], yerr=[summary[n][1] for n in names],
-           color=["#888" if n == "gap" else "#3a7" for n in names], capsize=4)
+    names = list(dict.fromkeys(m for _, summary in series for m in summary))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for k, ((label, summary), colour) in enumerate(zip(series, ["#3a7", "#37a"])):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(names))]
+        ax.bar(xs, [summary.get(n, (np.nan, 0))[0] for n in names], width,
+               yerr=[summary.get(n, (0, 0))[1] for n in names], color=colour, capsize=3, label=label)
     ax.axhline(1 / 32, color="#c33", lw=1, ls="--", label="chance (1/32)")
+    ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("R@1, unseen classes")
-    ax.set_title("shapes: R@1 per method (mean ± std over seeds)", fontsize=10)
-    ax.text(0, -0.22, described, transform=ax.transAxes, fontsize=6, va="top")
+    ax.set_title("shapes: R@1 per method, mean ± std over 3 seeds (dsl, gap_margin: margin loss)", fontsize=10)
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper right", ncol=3)
     fig.tight_layout()
     PLOTS.mkdir(parents=True, exist_ok=True)
     fig.savefig(PLOTS / "accuracy.png", dpi=120)

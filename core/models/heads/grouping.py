@@ -23,7 +23,8 @@ Choices (⚠️AMB in methods.md §5.6, and what this code base needs):
   At initialisation every query attends almost uniformly over the shared values, so the k groups
   start nearly identical (cos ≈ 1, diversity term ≈ 37, i.e. 0.75 after weighting, as large as the
   DML loss); the term falls to ~0 once the groups separate. Measured on shapes (benchmarks/results/
-  grouping_diversity_*.md and heads_accuracy.md; 3 epochs, 20 images per class, 3 seeds), mean cosine
+  grouping_diversity_*.md and that day's 3-epoch heads_accuracy run; 3 epochs, 20 images per class,
+  3 seeds, on an early protocol that also capped the test classes at 20 images), mean cosine
   between the groups of a test image / R@1: λ 0 -> 0.83 / 0.486 ± 0.032, λ 0.005 -> 0.18 /
   0.456 ± 0.047, λ 0.02 -> 0.04 / 0.440 ± 0.068. So 0.02 makes the groups diverse (without it they
   stay near copies of one another); R@1 drifts down slightly as λ grows, within one standard
