@@ -7,6 +7,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -58,3 +59,37 @@ def md_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# ---- timing one training step / one inference, shared by the speed benchmarks -----------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_training_step(trainer, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one training step as `Trainer.train_epoch` runs it:
+    `compute_losses` under the trainer's autocast, backward, optimiser step."""
+    trainer.model.train()
+    sync(trainer.device)
+    start, cpu = time.perf_counter(), time.process_time()
+    with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.use_amp):
+        terms = trainer.compute_losses(x, y)
+    loss = sum(terms.values())
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    trainer.optimizer.step()
+    sync(trainer.device)
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+@torch.no_grad()
+def timed_inference(trainer, x: torch.Tensor) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one eval-mode forward of the batch under the trainer's autocast."""
+    trainer.model.eval()
+    sync(trainer.device)
+    start, cpu = time.perf_counter(), time.process_time()
+    with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.use_amp):
+        trainer.model(x)
+    sync(trainer.device)
+    return time.perf_counter() - start, time.process_time() - cpu

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import md_table, write_results
+from benchmarks.common import md_table, timed_inference, timed_training_step, write_results
 from core.config import RunConfig
 from core.data import build_datasets
 
@@ -49,10 +49,6 @@ def variant_config(variant: str, device: str) -> RunConfig:
     return RunConfig.load(ROOT / "configs" / f"{name}.yaml").with_overrides(overrides)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 class Case:
     def __init__(self, variant: str, splits, run_dir: Path, device: str, batch: tuple[torch.Tensor, torch.Tensor]):
@@ -67,30 +63,13 @@ class Case:
         self.step = 0
 
     def train_step(self) -> tuple[float, float]:
-        t, head = self.trainer, self.trainer.model.head
-        t.model.train()
-        head.on_batch_start(t, self.step % 2 if self.variant == "dsl" else None)  # clusters 0, 1, 0, ...
+        t = self.trainer
+        t.model.head.on_batch_start(t, self.step % 2 if self.variant == "dsl" else None)  # clusters 0, 1, 0, ...
         self.step += 1
-        _sync(self.device)
-        start, cpu = time.perf_counter(), time.process_time()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.use_amp):
-            terms = t.compute_losses(self.x, self.y)
-        loss = sum(terms.values())
-        t.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        t.optimizer.step()
-        _sync(self.device)
-        return time.perf_counter() - start, time.process_time() - cpu
+        return timed_training_step(t, self.x, self.y)
 
-    @torch.no_grad()
     def infer_step(self) -> tuple[float, float]:
-        model = self.trainer.model
-        model.eval()
-        _sync(self.device)
-        start, cpu = time.perf_counter(), time.process_time()
-        model(self.x)
-        _sync(self.device)
-        return time.perf_counter() - start, time.process_time() - cpu
+        return timed_inference(self.trainer, self.x)
 
 
 def _summary(times: list[float]) -> dict:

@@ -17,13 +17,12 @@ import argparse
 import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import md_table, write_results
+from benchmarks.common import md_table, timed_inference, timed_training_step, write_results
 from core.config import BlockConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from core.data import build_datasets
 
@@ -50,10 +49,6 @@ def model_config(backbone: str, variant: str) -> ModelConfig:
     return cfg
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 class Case:
     """One variant: a real `Trainer` (model, criterion, optimiser, `compute_losses`) on a fixed random batch,
@@ -77,28 +72,10 @@ class Case:
 
     def train_step(self) -> tuple[float, float]:
         """(wall seconds, CPU seconds of this process) of one training step."""
-        t = self.trainer
-        t.model.train()
-        _sync(self.device)
-        start, cpu = time.perf_counter(), time.process_time()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.use_amp):
-            terms = t.compute_losses(self.x, self.y)
-        loss = sum(terms.values())
-        t.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        t.optimizer.step()
-        _sync(self.device)
-        return time.perf_counter() - start, time.process_time() - cpu
+        return timed_training_step(self.trainer, self.x, self.y)
 
-    @torch.no_grad()
     def infer_step(self) -> tuple[float, float]:
-        self.model.eval()
-        _sync(self.device)
-        start, cpu = time.perf_counter(), time.process_time()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.trainer.use_amp):
-            self.model(self.x)
-        _sync(self.device)
-        return time.perf_counter() - start, time.process_time() - cpu
+        return timed_inference(self.trainer, self.x)
 
 
 def _summary(times: list[float]) -> dict:
