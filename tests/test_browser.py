@@ -48,6 +48,10 @@ def browser():
 
 
 def shot(page, name: str) -> None:
+    """Screenshot once the page has drawn: its images decoded and no placeholder skeleton left (charts,
+    tables and images render after the script run ends, so a settled page can still be half drawn)."""
+    images_loaded(page)
+    page.wait_for_function("document.querySelectorAll('[data-testid=stSkeleton]').length === 0", timeout=60_000)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"))
 
