@@ -1,7 +1,7 @@
 """Do the attention maps look at the target object? Scored on shapes test images against their masks.
 
 For every map a trained run exposes (`Embedder.explain`: grouping `group_attention`, GSP `keep` and
-`prototypes`, CSA `csa_base`/`csa_weights`, plus CSA's per-pixel map queried at the object's centre):
+`prototypes`, CSA `csa_base`/`csa_weights`; for CSA read the best base map, "mass (best channel)"):
 each channel is upsampled bilinearly to the image size, clipped at 0 and normalised to a
 distribution over pixels, then scored by
   * mass inside: the share of the map's mass that falls inside the target mask;
@@ -83,7 +83,6 @@ def evaluate_run(run: Path, n_images: int, batch: int = 64) -> dict:
     per_channel: dict[str, list] = {}
     aggregate: dict[str, list] = {}
     area = []
-    blocks = [b for b in model.block_modules() if hasattr(b, "reconstructed_map")]
     for start in range(0, len(idx), batch):
         part = idx[start:start + batch]
         x = torch.stack([test[int(i)][0] for i in part])
@@ -91,18 +90,6 @@ def evaluate_run(run: Path, n_images: int, batch: int = 64) -> dict:
         area.append(masks.float().mean((1, 2)).numpy())
         explanation = model.explain(x)
         maps = dict(explanation.maps)
-        for block in blocks:                                           # per-pixel map, queried on the object
-            ys, xs = [], []
-            for mk in masks:
-                yy, xx = np.nonzero(mk.numpy())
-                c = np.argmin((yy - yy.mean()) ** 2 + (xx - xx.mean()) ** 2)   # mask pixel nearest the centroid
-                ys.append(int(yy[c])), xs.append(int(xx[c]))
-            try:
-                per_image = [block.reconstructed_map(r, c, image_hw=tuple(masks.shape[-2:]))[j]
-                             for j, (r, c) in enumerate(zip(ys, xs))]
-            except RuntimeError:                                       # e.g. a non-local map too large to keep
-                continue
-            maps[f"{block.name}_query_at_object"] = torch.stack(per_image)
         for name, tensor in maps.items():
             s = score_maps(tensor, masks)
             per_channel.setdefault(name, []).append(s)

@@ -43,9 +43,9 @@ def model_config(backbone: str, variant: str) -> ModelConfig:
         cfg.head_args = {"memory_size": 0, "num_prototypes": 64,   # prototypes ready: time the transport, not GAP
                          "grad": "unroll" if variant == "gsp_unroll" else "analytic"}
     elif variant == "csa":
-        cfg.blocks = [BlockConfig("csa", stage, {"groups": 4, "num_bases": 8})]
+        cfg.blocks = [BlockConfig("csa", stage, {})]          # official defaults: 2 groups × 32 bases, side branch
     elif variant == "nonlocal":
-        cfg.blocks = [BlockConfig("nonlocal", stage, {"groups": 1})]
+        cfg.blocks = [BlockConfig("nonlocal", stage, {})]
     return cfg
 
 

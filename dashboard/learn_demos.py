@@ -1,8 +1,9 @@
 """Didactic, stand-alone versions of the pooling methods for the Learn page (numpy/torch, no Streamlit).
 
 They run on any feature map (a trained model's, or plain pixel colours when no run exists), so the
-page keeps working without the methods' own runs. They illustrate the mechanism; they are not the
-trained heads (those live in core/models and are shown when their runs are present).
+page keeps working without the methods' own runs. They illustrate the mechanism with untrained settings
+(CSA runs its real block, `csa_block_on`); the trained heads live in core/models and are shown when
+their runs are present.
 """
 from __future__ import annotations
 
@@ -79,21 +80,50 @@ def gsp_transport(features: np.ndarray, prototypes: np.ndarray, mu: float, gamma
     return keep.reshape(h, w), (pi * n).reshape(len(prototypes), h, w)
 
 
-def csa_demo(features: np.ndarray, num_bases: int, row: int, col: int, temperature: float = 0.1,
-             seed: int = 0) -> dict[str, np.ndarray]:
-    """Compressed self-attention on one feature map: M base vectors (k-means centres), their base maps,
-    and the query position's map rebuilt from them, next to full self-attention for comparison."""
+def csa_block_on(features: np.ndarray, bases: np.ndarray):
+    """The CSA block itself (core.models.blocks.csa), set up to run on a C×h×w feature map untrained.
+
+    A trained block learns its query conv and base vectors; here the features are repeated 4× along the
+    channels so that the block's query conv (C -> C/4) can return them centred, and the M base vectors are
+    given (one group). The value and output convs pass the features through, γ = 1."""
+    from core.models.blocks.csa import CompressedSelfAttention2d
+
+    c = features.shape[0]
+    block = CompressedSelfAttention2d(4 * c, groups=1, num_bases=len(bases), deep_supervision=False).eval()
+    mean = torch.from_numpy(features.reshape(c, -1).mean(1)).float()
+    state = block.state_dict()
+    state["attention.query.weight"] = torch.eye(c).repeat(1, 4)[..., None, None] / 4
+    state["attention.query.bias"] = -mean
+    state["attention.bases"] = torch.from_numpy(np.asarray(bases, dtype=np.float32))
+    for conv in ("value", "out"):
+        state[f"attention.{conv}.weight"] = torch.eye(4 * c)[..., None, None]
+        state[f"attention.{conv}.bias"] = torch.zeros(4 * c)
+    state["gamma"] = torch.ones(1)
+    block.load_state_dict(state)
+    return block
+
+
+def csa_demo(features: np.ndarray, num_bases: int, row: int, col: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Compressed self-attention on one feature map, computed by the CSA block (`csa_block_on`) with its M
+    base vectors set to k-means centres of the centred features: the base maps, the query position's
+    adaptive weights and the attention it effectively uses (Σ_m W[m, i]·A[m]), next to full self-attention
+    with the same cosine × scale logits between positions."""
+    from core.models.blocks.csa import attention_at
+
     c, h, w = features.shape
-    x = unit(features.reshape(c, -1), 0)                         # C×N
-    bases = unit(kmeans(x.T, num_bases, seed=seed), 1)           # M×C
-    base_maps = softmax(bases @ x / temperature, 1)              # M×N: where each base vector attends
-    weights = softmax(bases @ x / temperature, 0)                # M×N: each position's mix of the bases
+    x = features.reshape(c, -1)
+    centred = unit(x - x.mean(1, keepdims=True), 0)              # what the block's query conv produces, C×N
+    bases = kmeans(centred.T, num_bases, seed=seed)              # M×C
+    block = csa_block_on(features, bases)
+    with torch.no_grad():
+        _, maps = block(torch.from_numpy(np.tile(features, (4, 1, 1)))[None].float(), return_maps=True)
+        rebuilt = attention_at(maps, row, col)[0, 0].numpy()
+    scale = block.attention.scale
     i = row * w + col
-    rebuilt = weights[:, i] @ base_maps                          # N
-    full = softmax(x[:, i] @ x / temperature, 0)                 # N: exact self-attention of position i
-    agreement = float(np.minimum(rebuilt, full).sum())           # overlap of two distributions, 1 = identical
-    return {"base_maps": base_maps.reshape(-1, h, w), "weights": weights[:, i], "rebuilt": rebuilt.reshape(h, w),
-            "full": full.reshape(h, w), "agreement": agreement}
+    full = softmax(scale * centred[:, i] @ centred, 0)          # N: exact self-attention of position i
+    agreement = float(np.minimum(rebuilt.ravel(), full).sum())    # overlap of two distributions, 1 = identical
+    return {"base_maps": maps["csa_base"][0].numpy(), "weights": maps["csa_weights"][0, :, row, col].numpy(),
+            "rebuilt": rebuilt, "full": full.reshape(h, w), "agreement": agreement}
 
 
 def dsl_state_at(payload: dict, epoch_index: int) -> dict:

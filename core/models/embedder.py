@@ -52,14 +52,22 @@ class Embedder(nn.Module):
                 bn.eval()
         return self
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pixels in [0, 1], B×3×H×W -> features B×C×h×w at the feature stage."""
+    def forward_features(self, x: torch.Tensor, return_maps: bool = False):
+        """Pixels in [0, 1], B×3×H×W -> features B×C×h×w at the feature stage.
+
+        With `return_maps`, (features, maps): the maps every block returns (blocks take `return_maps` and
+        then give (output, {name: B×K×h×w})). A name two blocks share gets "@stage" on the later one."""
         x = self.backbone.normalize(x)
+        maps: dict[str, torch.Tensor] = {}
         for stage in self.stage_order:
             x = self.backbone.stages[stage](x)
             for block in self.blocks[stage] if stage in self.blocks else ():
-                x = block(x)
-        return x
+                if not return_maps:
+                    x = block(x)
+                    continue
+                x, block_maps = block(x, return_maps=True)
+                maps.update({(f"{k}@{stage}" if k in maps else k): v for k, v in block_maps.items()})
+        return (x, maps) if return_maps else x
 
     def forward_head(self, features: torch.Tensor) -> HeadOutput:
         return self.head(features)
@@ -76,11 +84,9 @@ class Embedder(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            features = self.forward_features(x)
+            features, block_maps = self.forward_features(x, return_maps=True)  # returned, never stored
             out = self.forward_head(features)
-            maps = dict(out.maps)
-            for block in self.block_modules():  # blocks record their maps in eval mode
-                maps.update(getattr(block, "last_maps", {}) or {})
+            maps = {**out.maps, **block_maps}
             return Explanation(out.embedding, maps, self.head.groups, dict(out.extras))
         finally:
             self.train(was_training)

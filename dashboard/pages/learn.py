@@ -15,6 +15,7 @@ import torch
 
 from core.checkpoint import CheckpointError
 from core.data.folders import DatasetError
+from core.models.blocks.csa import attention_at
 from dashboard import figures, learn_demos, logic, state, ui
 
 st.title("How the methods pool")
@@ -146,26 +147,38 @@ st.caption("Keep map: 1 = average pooling's weight, 0 = ignored, up to 1/μ = fu
 
 # ---- CSA ------------------------------------------------------------------------------------------
 st.header("CSA — compressed self-attention")
-st.markdown("Self-attention lets every position look at every other (an N×N map). CSA compresses it: M **base "
-            "vectors** summarise the image, each gets one base attention map, and a position's own map is rebuilt "
-            "as a mix of the M base maps with weights that depend on the position. Cost falls from N² to N·M. Pick a "
-            "query position and compare the rebuilt map with exact self-attention as M grows.")
+st.markdown("Self-attention lets every position look at every other (an N×N map). CSA compresses it: M learned "
+            "**base vectors** per channel group each get one base attention map (softmax over positions of "
+            "14 × the cosine between the base vector and each position's query), and each position mixes the M "
+            "outputs with **adaptive weights** from the *same* cosines (softmax over the bases). A position thus "
+            "effectively attends to Σ_m W[m]·A[m]. Cost falls from N² to N·M. Below, the CSA block itself runs on "
+            "this image with untrained settings: its base vectors are k-means centres of the features (a trained "
+            "run learns them). Pick a query position and compare with exact self-attention as M grows.")
 c1, c2, c3 = st.columns(3)
 m_bases = c1.slider("Base vectors M", 1, 8, 4, key="learn_bases")
 row = ui.int_slider(c2, "Query row", 0, H - 1, H // 2, key="learn_row")
 col = ui.int_slider(c3, "Query column", 0, W - 1, W // 2, key="learn_col")
 demo = learn_demos.csa_demo(feats, m_bases, row, col)
 panels(list(demo["base_maps"]), [f"base map {j} (weight {demo['weights'][j]:.2f})" for j in range(m_bases)])
-panels([demo["rebuilt"], demo["full"]], [f"rebuilt from the M base maps for ({row}, {col})",
+panels([demo["rebuilt"], demo["full"]], [f"CSA: Σ weight × base map for ({row}, {col})",
                                          f"exact self-attention of ({row}, {col})"], mark=(row, col))
-st.caption(f"Overlap of the rebuilt and the exact map: {demo['agreement']:.0%} (100% = identical).")
+st.caption(f"Overlap of CSA's map and the exact one: {demo['agreement']:.0%} (100% = identical).")
 csa_run = run_with(lambda cfg: any(b.name == "csa" for b in cfg.model.blocks))
 if csa_run and pixels.shape[1] == state.load_model(csa_run)[1].data.image_size:
     out = state.explain_input(csa_run, pixels, state.weights_stamp(csa_run))
     for name, maps in out["maps"].items():
-        if name.split("@")[0] == "csa_base":
-            st.markdown(f"Trained run **{Path(csa_run).name}** — {ui.describe_map(name, maps)}")
-            panels(list(maps[:12]), [f"{name}[{j}]" for j in range(min(12, len(maps)))])
+        if name.split("@")[0] != "csa_base":
+            continue
+        trained = {"csa_base": torch.from_numpy(maps)[None],
+                   "csa_weights": torch.from_numpy(out["maps"][name.replace("csa_base", "csa_weights")])[None]}
+        r, c = row * maps.shape[1] // H, col * maps.shape[2] // W          # the query cell on the block's grid
+        own = attention_at(trained, r, c)[0].numpy()                       # G×h×w
+        mix = trained["csa_weights"][0, :, r, c]
+        top = mix.argsort(descending=True)[:6].tolist()                    # the base maps it draws on most
+        st.markdown(f"Trained run **{Path(csa_run).name}** — {ui.describe_map(name, maps)}")
+        captions = ([f"trained: what ({row}, {col}) attends to, group {g}" for g in range(len(own))]
+                    + [f"{name}[{j}] (weight {float(mix[j]):.2f})" for j in top])
+        panels(list(own) + [maps[j] for j in top], captions, mark=(row, col))
 else:
     train_hint("shapes_csa.yaml", "the maps above are the stand-alone demo only.")
 

@@ -1,49 +1,52 @@
-"""Compressed self-attention (CSA, Chen et al., AAAI 2020) and full non-local self-attention.
+"""Compressed self-attention (CSA, Chen et al., AAAI 2020), rebuilt after the first author's code.
 
-No official code exists; this is the reconstruction of methods.md §3.1 (🧠/⚠️ there). Per channel
-group g (G groups of c = C/G channels, c' = c/reduction), with M ≪ N = h·w base vectors:
+Follows `czyczyyzc/Compressed_Self-Attention` at eaafd9d (2021-01-02), `PCB_CSA/reid/models/reSAnet.py`:
+class `SelfAttn2` (the block) and `ResNet` (its placement and deep-supervision side branches). Written
+from reading that code, none copied (their last revision, b163238, unchanged at HEAD). Measured against it by
+`benchmarks/fidelity/csa.py` (copied weights, identical inputs, main block and side branch, C 64 at 16×16 and
+C 256 at 96×32): in float64 outputs, base maps and adaptive weights agree to ≤ 6e-16 and all gradients to
+≤ 2e-14 (relative 4e-16); in float32 the forward is bit-identical and gradients agree to 3e-7 relative
+(BENCHMARKS.md, "Fidelity: CSA").
 
-    S_g  B×M×N  assignment of positions to base vectors (rows sum to 1 over positions)
-    b_g = X_g S_gᵀ                         base vectors (weighted means), c×M
-    A_g = softmax_N(θ(b_g)ᵀ φ(X_g) / √c')  base attention maps, M×N
-    O_g = v(X_g) A_gᵀ                      elementary outputs, c'×M
-    W_g  M×N adaptive weights: softmax_M(φ(b_g)ᵀ θ(X_g) / √c')  (weights="sim", default)
-                               or S_g renormalised over M          (weights="assign")
-    Y_g = O_g W_g                          so Y_g[:, i] = Σ_j Â[i, j] v(x_j), Â = W_gᵀ A_g (never built)
-    Z = X + BN(Conv1x1(concat_g Y_g)),     BN γ = 0 at init: the block starts as the identity.
+The block, for X: B×C×h×w (N = h·w positions), G groups of M base vectors each:
 
-θ, φ, v are grouped 1×1 convolutions (with bias, as in non-local blocks); θ(b) = θ(X)Sᵀ exactly
-because the rows of S sum to 1. Cost O(N·M·C) instead of O(N²·C).
+    q   = unit(Conv1x1_q(X))                 B×C/4×N, one query conv shared by all groups, L2 over channels
+    w   = unit(bases)                        (G·M)×C/4, learned base vectors (orthogonal init)
+    L   = 14 · wᵀq                           B×G×M×N, one cosine × scale logit matrix
+    A   = softmax over positions (L)         base attention maps: where base vector m of group g looks
+    W   = softmax over bases (L)             adaptive weights: how position n mixes its group's M outputs
+    O_g = V_g Aᵀ_g                           V = Conv1x1_v(X), C -> C, split into G groups of C/G channels
+    Y_g = O_g W_g                            so Y_g[:, n] = Σ_j (Σ_m W[m, n] A[m, j]) V_g[:, j]
+    Z   = X + γ · Conv1x1_out(Y)             γ a scalar, 0 at init: the block starts as the identity.
 
-⚠️AMB choices (constructor args / config keys, methods.md §3.5):
-- `base="assign"` (default, recommended): S = softmax_N(W_s X_g), a learned bias-free grouped
-  1×1 conv C -> G·M; `"pool"`: adaptive average pooling to an r×(M/r) grid (CSALR-style);
-  `"kmeans"`: per-image hard k-means on X_g (`kmeans_iters` Lloyd steps from the pool grid,
-  no gradient through the assignment); `"identity"`: S = I (needs M = N), which makes CSA with
-  `weights="assign"` exactly full self-attention (the `nonlocal` block) — a test, and a reference;
-- `weights="sim"` (default) or `"assign"`;
-- defaults G 4, M 8 (`TODO(verify-PDF)` in the brief), reduction 2 (non-local's c/2), scaling
-  1/√c' in both softmaxes (the `nonlocal` block uses the same scaling, so the two compare exactly);
-- deep supervision (`deep_supervision: true`): GAP -> BN -> Linear(C -> `ds_dim`) -> L2 on the block
-  output, trained with the run's DML criterion, weighted by `ds_weight` (pair-based losses only:
-  proxy losses are sized for the head's embedding).
+A and W come from the same logits (tied): a position looks where the bases it resembles look. Cost
+O(N·M·C) instead of O(N²·C). Deep supervision (`deep_supervision`, on by default as in their network)
+adds a *separate* CSA side branch on the block's input, without residual or γ (their `SelfAttn2(C)` with
+gamma=None, i.e. Conv1x1_out(Y) alone), followed by GAP -> Linear(C -> `ds_dim`, no bias) -> L2 and the
+run's DML criterion, weighted by `ds_weight`. Its gradient reaches the backbone below from the first step.
+`main_path: false` keeps only the side branch (their layer2/layer3 branches, which have no main block).
 
-Training note: with the zero-initialised gate the attention weights (θ, φ, v, assignment) only get
-gradient once BN γ has grown, and at initialisation all base maps are near-uniform. After the short
-3-epoch shapes runs of benchmarks/heads_accuracy the gate is still small (|γ| ≈ 0.004) and the base
-maps of a group differ by < 1 %, so per-pixel maps barely depend on the query yet; budget longer
-training (or a larger lr) before reading CSA maps.
+Remaining differences from the official code (all measured or by construction):
+- their network is a PCB ResNet-50 for person re-ID trained with softmax cross-entropy (6 part classifiers
+  + a global one + 3 side-branch classifiers, summed with weight 1 each); ours plugs into any backbone
+  before any head and trains every branch with the run's DML loss (pair-based losses: the side embedding
+  has `ds_dim` dimensions, so proxy losses sized for the head do not fit);
+- their side branches end in a 1×1 conv (C -> 256, no bias) and a linear classifier; ours in a linear map
+  to `ds_dim` and L2 normalisation (the DML embedding);
+- their optimiser (SGD 0.1, ×0.1 for backbone and attention parameters) is not ours: the run's train config
+  applies to the block like to any head parameter;
+- their main block sits inside ResNet-50 layer1 (between blocks 1 and 2 in one version, after layer1 in
+  the last) with side branches after layers 1–3; here placement is the config's (`after: stage`).
 
-Maps (eval mode only, in `last_maps`): `csa_base` B×(G·M)×h×w (each map sums to 1 over positions)
-and `csa_weights` B×(G·M)×h×w (for each position and group, the M weights sum to 1). Keys carry
-`map_suffix` (e.g. "@stage3") when a model holds several CSA blocks; look descriptions up by the
-part before "@". After `Embedder.explain(x)`, `block.reconstructed_map(row, col)` gives the
-attention map of query position (row, col) per group, B×G×h×w (sums to 1 over positions); the
-`nonlocal` block offers the same method with its exact N×N attention, for side-by-side views.
+Maps, returned by `forward(x, return_maps=True)` (nothing is stored on the module):
+`csa_base` B×(G·M)×h×w (each sums to 1 over positions) and `csa_weights` B×(G·M)×h×w (at every position
+the M weights of a group sum to 1). `attention_at(maps, row, col)` gives the attention that one position
+effectively uses, Σ_m W[m, n]·A[m], per group (B×G×h×w).
+
+`nonlocal`: the full N×N self-attention of the same file (`SelfAttn`, the paper's "+SA" baseline):
+query/key convs C -> C/8, value C -> C, unscaled dot-product softmax, γ residual.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -55,165 +58,112 @@ register_map("csa_base", "CSA base attention maps: where each of the M base vect
                          "attends (G·M maps, each a distribution over positions)")
 register_map("csa_weights", "CSA adaptive weights: how strongly each position's output draws on each base map "
                             "(G·M maps; at every position the M weights of a group sum to 1)")
+register_map("nonlocal_received", "Full self-attention: the attention each position receives, averaged over all "
+                                  "query positions (one map, a distribution over positions)")
 
-_MAX_KEPT_ATTENTION = 2 ** 25  # elements of the N×N attention a `nonlocal` block keeps for inspection
 
+class CompressedAttention(nn.Module):
+    """The CSA operation without residual: Conv1x1_out(Y) and the maps (their `SelfAttn2`, gamma=None)."""
 
-class _GroupedAttention(nn.Module):
-    """Shared parts of CSA and non-local: grouped θ/φ/v projections, zero-init residual, deep supervision."""
-
-    def __init__(self, channels: int, name: str = "", groups: int = 4, reduction: int = 2,
-                 deep_supervision: bool = False, ds_dim: int = 64, ds_weight: float = 1.0, map_suffix: str = ""):
+    def __init__(self, channels: int, groups: int, num_bases: int, scale: float):
         super().__init__()
-        if channels % groups:
-            raise ValueError(f"{name or type(self).__name__}: channels {channels} not divisible by groups {groups}")
-        self.name, self.channels, self.groups, self.map_suffix = name, channels, groups, map_suffix
-        self.inner = max(1, channels // groups // reduction)               # c'
-        width = groups * self.inner
-        self.theta = nn.Conv2d(channels, width, 1, groups=groups)
-        self.phi = nn.Conv2d(channels, width, 1, groups=groups)
-        self.value = nn.Conv2d(channels, width, 1, groups=groups)
-        self.out = nn.Conv2d(width, channels, 1, bias=False)
-        self.bn = nn.BatchNorm2d(channels)
-        nn.init.zeros_(self.bn.weight)                                   # Z = X at initialisation
-        self.ds_weight = ds_weight
-        self.ds_head = (nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(channels),
-                                      nn.Linear(channels, ds_dim)) if deep_supervision else None)
-        self._ds_embedding: torch.Tensor | None = None
-        self.last_maps: dict[str, torch.Tensor] = {}
+        if channels % 4 or channels % groups:
+            raise ValueError(f"csa: channels {channels} must be divisible by 4 (query width C/4) and by groups {groups}")
+        self.groups, self.num_bases, self.scale = groups, num_bases, scale
+        self.query = nn.Conv2d(channels, channels // 4, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        self.bases = nn.Parameter(torch.empty(groups * num_bases, channels // 4))
+        nn.init.orthogonal_(self.bases)
 
-    def _split(self, t: torch.Tensor) -> torch.Tensor:                  # B×(G·c)×h×w -> B×G×c×N
-        return t.reshape(t.size(0), self.groups, -1, t.size(2) * t.size(3))
-
-    def attend(self, x: torch.Tensor) -> torch.Tensor:                  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:                 # B×C×h×w
-        b, _, h, w = x.shape
-        y = self.attend(x)                                               # B×G×c'×N
-        z = x + self.bn(self.out(y.reshape(b, -1, h, w)))
-        if self.ds_head is not None and self.training:
-            self._ds_embedding = F.normalize(self.ds_head(z), dim=-1)
-        return z
-
-    def loss(self, labels: torch.Tensor, criterion) -> dict[str, torch.Tensor]:
-        """Deep supervision: the run's criterion on this block's auxiliary embedding (last forward)."""
-        emb, self._ds_embedding = self._ds_embedding, None
-        if emb is None:
-            return {}
-        return {f"{self.name or 'block'}_deep_supervision": self.ds_weight * criterion(emb, labels)}
-
-    @staticmethod
-    def _grid_index(row: int, col: int, hw: tuple[int, int], image_hw: tuple[int, int] | None) -> int:
-        h, w = hw
-        if image_hw is not None:                                         # image pixel -> feature cell
-            row, col = int(row * h / image_hw[0]), int(col * w / image_hw[1])
-        if not (0 <= row < h and 0 <= col < w):
-            raise IndexError(f"query position ({row}, {col}) outside the {h}×{w} feature grid")
-        return row * w + col
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, c, h, w = x.shape
+        g, m = self.groups, self.num_bases
+        q = F.normalize(self.query(x).flatten(2), dim=1)                       # B×C'×N
+        bases = F.normalize(self.bases, dim=1).view(g, m, -1)                  # G×M×C'
+        logits = torch.einsum("gmc,bcn->bgmn", bases, q) * self.scale          # B×G×M×N
+        base_maps, weights = logits.softmax(-1), logits.softmax(2)             # over positions | over bases
+        v = self.value(x).view(b, g, c // g, h * w)                            # B×G×(C/G)×N
+        elementary = torch.einsum("bgcn,bgmn->bgcm", v, base_maps)             # O: B×G×(C/G)×M
+        y = torch.einsum("bgcm,bgmn->bgcn", elementary, weights)               # Y: B×G×(C/G)×N
+        return self.out(y.reshape(b, c, h, w)), base_maps, weights
 
 
 @register_block("csa")
-class CompressedSelfAttention2d(_GroupedAttention):
-    def __init__(self, channels: int, name: str = "csa", groups: int = 4, num_bases: int = 8, reduction: int = 2,
-                 base: str = "assign", weights: str = "sim", kmeans_iters: int = 3, **kwargs):
-        super().__init__(channels, name=name, groups=groups, reduction=reduction, **kwargs)
-        if base not in ("assign", "pool", "kmeans", "identity"):
-            raise ValueError(f"csa base must be assign, pool, kmeans or identity, got {base!r}")
-        if weights not in ("sim", "assign"):
-            raise ValueError(f"csa weights must be sim or assign, got {weights!r}")
-        self.num_bases, self.base, self.weights, self.kmeans_iters = num_bases, base, weights, kmeans_iters
-        self.assign = nn.Conv2d(channels, groups * num_bases, 1, groups=groups, bias=False) if base == "assign" else None
-        self._pool_cache: dict[tuple, torch.Tensor] = {}
-        self._last: tuple[torch.Tensor, torch.Tensor, tuple[int, int]] | None = None
+class CompressedSelfAttention2d(nn.Module):
+    def __init__(self, channels: int, name: str = "csa", groups: int = 2, num_bases: int = 32, scale: float = 14.0,
+                 deep_supervision: bool = True, ds_dim: int = 64, ds_weight: float = 1.0, main_path: bool = True):
+        super().__init__()
+        if not (main_path or deep_supervision):
+            raise ValueError(f"{name}: main_path=false needs deep_supervision=true (the block would do nothing)")
+        self.name = name
+        self.attention = CompressedAttention(channels, groups, num_bases, scale) if main_path else None
+        self.gamma = nn.Parameter(torch.zeros(1)) if main_path else None
+        self.side = CompressedAttention(channels, groups, num_bases, scale) if deep_supervision else None
+        self.side_embed = nn.Linear(channels, ds_dim, bias=False) if deep_supervision else None
+        self.ds_weight = ds_weight
+        # the side embedding of the last *training* forward, consumed by `loss` in the same step (the trainer's
+        # contract: forward, then block.loss). Never set in eval mode, so explanations cannot see it.
+        self._ds_embedding: torch.Tensor | None = None
 
-    # ---- S: positions -> base vectors ---------------------------------------------------------
-    def _pool_assignment(self, h: int, w: int, device, dtype) -> torch.Tensor:
-        """M×N averaging weights of adaptive average pooling to an r×(M/r) grid (r the largest divisor ≤ √M)."""
-        key = (h, w, device, dtype)
-        if key not in self._pool_cache:
-            m = self.num_bases
-            r = max(d for d in range(1, int(math.isqrt(m)) + 1) if m % d == 0)
-            basis = torch.eye(h * w, device=device, dtype=dtype).view(h * w, 1, h, w)
-            self._pool_cache[key] = F.adaptive_avg_pool2d(basis, (r, m // r)).view(h * w, m).T.contiguous()
-        return self._pool_cache[key]
-
-    def assignment(self, x: torch.Tensor) -> torch.Tensor:
-        """S: B×G×M×N, each row a distribution over positions."""
-        b, c, h, w = x.shape
-        n, g, m = h * w, self.groups, self.num_bases
-        if self.base == "assign":
-            return self._split(self.assign(x)).softmax(-1)
-        if self.base == "identity":
-            if m != n:
-                raise ValueError(f"csa base='identity' needs num_bases == h·w ({n}), got {m}")
-            return torch.eye(n, device=x.device, dtype=x.dtype).expand(b, g, n, n)
-        pool = self._pool_assignment(h, w, x.device, x.dtype).expand(b, g, m, n)
-        if self.base == "pool":
-            return pool
-        with torch.no_grad():                                            # kmeans: hard Lloyd steps per image
-            feats = self._split(x).detach()                              # B×G×c×N
-            hard = pool
-            for _ in range(self.kmeans_iters):
-                centers = torch.einsum("bgcn,bgmn->bgcm", feats, hard)
-                dist = (centers.square().sum(2)[..., None] - 2 * torch.einsum("bgcm,bgcn->bgmn", centers, feats))
-                onehot = F.one_hot(dist.argmin(2), m).transpose(-1, -2).to(x.dtype)   # B×G×M×N
-                size = onehot.sum(-1, keepdim=True)
-                hard = torch.where(size > 0, onehot / size.clamp_min(1), pool)       # empty cluster: keep its cell
-            return hard
-
-    # ---- attention --------------------------------------------------------------------------
-    def attend(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_maps: bool = False):
+        """Z (B×C×h×w); with `return_maps`, (Z, {"csa_base", "csa_weights"}) as described in the module doc."""
+        if self.side is not None and self.training:
+            side = self.side(x)[0]
+            self._ds_embedding = F.normalize(self.side_embed(side.mean((2, 3))), dim=-1)
+        if self.attention is None:
+            return (x, {}) if return_maps else x
+        out, base_maps, weights = self.attention(x)
+        z = x + self.gamma * out
+        if not return_maps:
+            return z
         b, _, h, w = x.shape
-        q, k, v = self._split(self.theta(x)), self._split(self.phi(x)), self._split(self.value(x))  # B×G×c'×N
-        s = self.assignment(x).to(q.dtype)                                # B×G×M×N
-        scale = 1.0 / math.sqrt(self.inner)
-        q_base = torch.einsum("bgcn,bgmn->bgcm", q, s)                    # θ(b) = θ(X)Sᵀ
-        attn = (torch.einsum("bgcm,bgcn->bgmn", q_base, k) * scale).softmax(-1)   # A: B×G×M×N
-        elementary = torch.einsum("bgcn,bgmn->bgcm", v, attn)             # O: B×G×c'×M
-        if self.weights == "sim":
-            k_base = torch.einsum("bgcn,bgmn->bgcm", k, s)                # φ(b)
-            mix = (torch.einsum("bgcm,bgcn->bgmn", k_base, q) * scale).softmax(2)   # W: B×G×M×N
-        else:
-            mix = s / s.sum(2, keepdim=True).clamp_min(1e-12)
-        if not self.training:
-            gm = self.groups * attn.size(2)
-            self._last = (attn.detach(), mix.detach(), (h, w))
-            self.last_maps = {f"csa_base{self.map_suffix}": attn.detach().reshape(b, gm, h, w),
-                              f"csa_weights{self.map_suffix}": mix.detach().reshape(b, gm, h, w)}
-        return torch.einsum("bgcm,bgmn->bgcn", elementary, mix)           # Y: B×G×c'×N
+        return z, {"csa_base": base_maps.reshape(b, -1, h, w), "csa_weights": weights.reshape(b, -1, h, w)}
 
-    def reconstructed_map(self, row: int, col: int, image_hw: tuple[int, int] | None = None) -> torch.Tensor:
-        """Attention of query position (row, col) from the last eval forward: Σ_m W[m, i]·A[m], B×G×h×w.
+    def loss(self, labels: torch.Tensor, criterion) -> dict[str, torch.Tensor]:
+        """Deep supervision: the run's criterion on the side branch's embedding (last training forward)."""
+        emb, self._ds_embedding = self._ds_embedding, None
+        if emb is None:
+            return {}
+        return {f"{self.name}_deep_supervision": self.ds_weight * criterion(emb, labels)}
 
-        (row, col) are feature-grid coordinates, or image pixels when `image_hw` (H, W) is given."""
-        if self._last is None:
-            raise RuntimeError(f"{self.name}: no maps yet; run the model in eval mode (Embedder.explain) first")
-        attn, mix, (h, w) = self._last
-        i = self._grid_index(row, col, (h, w), image_hw)
-        return torch.einsum("bgm,bgmn->bgn", mix[..., i], attn).reshape(attn.size(0), self.groups, h, w)
+
+def attention_at(maps: dict[str, torch.Tensor], row: int, col: int,
+                 image_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """The attention position (row, col) effectively uses, Σ_m W[m, n]·A[m], per group: B×G×h×w (sums to 1).
+
+    `maps` as returned by the block (or `Embedder.explain`); (row, col) on the feature grid, or image
+    pixels when `image_hw` (H, W) is given. G is read off the weights: a group's M weights sum to 1."""
+    base, weights = maps["csa_base"], maps["csa_weights"]
+    b, gm, h, w = base.shape
+    if image_hw is not None:                                                   # image pixel -> feature cell
+        row, col = int(row * h / image_hw[0]), int(col * w / image_hw[1])
+    if not (0 <= row < h and 0 <= col < w):
+        raise IndexError(f"position ({row}, {col}) outside the {h}×{w} feature grid")
+    groups = int(round(float(weights[0, :, row, col].sum())))
+    mix = weights[:, :, row, col].reshape(b, groups, gm // groups)             # B×G×M
+    return torch.einsum("bgm,bgmhw->bghw", mix, base.reshape(b, groups, gm // groups, h, w))
 
 
 @register_block("nonlocal")
-class NonLocal2d(_GroupedAttention):
-    """Full N×N self-attention with the same grouping, projections, scaling and residual as CSA."""
+class NonLocal2d(nn.Module):
+    """Full N×N self-attention, their `SelfAttn` (the "+SA" baseline CSA compresses)."""
 
-    def __init__(self, channels: int, name: str = "nonlocal", groups: int = 1, reduction: int = 2, **kwargs):
-        super().__init__(channels, name=name, groups=groups, reduction=reduction, **kwargs)
-        self._last: tuple[torch.Tensor, tuple[int, int]] | None = None
+    def __init__(self, channels: int, name: str = "nonlocal"):
+        super().__init__()
+        if channels < 8:
+            raise ValueError(f"{name}: needs at least 8 channels (query width C/8), got {channels}")
+        self.name = name
+        self.query = nn.Conv2d(channels, channels // 8, 1)
+        self.key = nn.Conv2d(channels, channels // 8, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
 
-    def attend(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        q, k, v = self._split(self.theta(x)), self._split(self.phi(x)), self._split(self.value(x))
-        attn = (torch.einsum("bgci,bgcj->bgij", q, k) / math.sqrt(self.inner)).softmax(-1)  # B×G×N×N
-        if not self.training:
-            self._last = (attn.detach(), (h, w)) if attn.numel() <= _MAX_KEPT_ATTENTION else None
-        return torch.einsum("bgij,bgcj->bgci", attn, v)
-
-    def reconstructed_map(self, row: int, col: int, image_hw: tuple[int, int] | None = None) -> torch.Tensor:
-        """Exact attention row of query position (row, col) from the last eval forward, B×G×h×w."""
-        if self._last is None:
-            raise RuntimeError(f"{self.name}: no attention kept; run a (small) eval forward first")
-        attn, (h, w) = self._last
-        i = self._grid_index(row, col, (h, w), image_hw)
-        return attn[:, :, i].reshape(attn.size(0), self.groups, h, w)
+    def forward(self, x: torch.Tensor, return_maps: bool = False):
+        b, c, h, w = x.shape
+        q, k, v = self.query(x).flatten(2), self.key(x).flatten(2), self.value(x).flatten(2)   # B×c×N
+        attn = torch.einsum("bci,bcj->bij", q, k).softmax(-1)                   # B×N×N, row i: where i looks
+        z = x + self.gamma * torch.einsum("bcj,bij->bci", v, attn).reshape(b, c, h, w)
+        if not return_maps:
+            return z
+        return z, {"nonlocal_received": attn.mean(1).reshape(b, 1, h, w)}
