@@ -71,7 +71,6 @@ def test_maps_shapes_and_normalisation(groups, num_bases):
     torch.testing.assert_close(base.sum((2, 3)), torch.ones(b, groups * num_bases))               # over positions
     torch.testing.assert_close(weights.view(b, groups, num_bases, h, w).sum(2), torch.ones(b, groups, h, w))
     assert {"csa_base", "csa_weights"} <= set(MAP_DESCRIPTIONS)
-    assert not hasattr(block, "last_maps")
 
 
 def test_weights_are_tied_to_the_base_maps():
