@@ -1,14 +1,15 @@
 """Do the attention maps look at the target object? Scored on shapes test images against their masks.
 
 For every map a trained run exposes (`Embedder.explain`: grouping `group_attention`, GSP `keep` and
-`prototypes`, CSA `csa_base`/`csa_weights`; for CSA read the best base map, "mass (best channel)"):
+`prototypes`, CSA `csa_base`/`csa_weights`, plus `csa_at_object`: the attention CSA's object-centre
+position uses, per group, from those maps with `attention_at`):
 each channel is upsampled bilinearly to the image size, clipped at 0 and normalised to a
 distribution over pixels, then scored by
   * mass inside: the share of the map's mass that falls inside the target mask;
   * pointing game: whether the map's argmax pixel lies inside the mask.
 Reported for the channel-mean map ("aggregate"), averaged over channels ("per channel"), and for the
-single best channel by mass (chosen on the same images, so optimistic). The uniform map is the
-baseline: its mass inside = the mask's area share, its pointing accuracy (random argmax) the same.
+single best channel by mass (chosen on the same images, so optimistic; "held out": chosen on the even
+images and scored on the odd ones). The uniform map is the baseline: its mass inside = the mask's area share, its pointing accuracy (random argmax) the same.
 
     python -m benchmarks.heads_interpretability RUN_DIR [RUN_DIR ...]
     python -m benchmarks.heads_interpretability            # runs of heads_accuracy (seed 0) if present,
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from benchmarks.common import ROOT, RUNS, md_table, write_results
 from core import checkpoint as ckpt
 from core.data import build_datasets
+from core.models.blocks.csa import attention_at
 
 HEADS = ["gap", "grouping", "gsp", "csa"]
 
@@ -66,12 +68,22 @@ def _summarise(per_channel: dict[str, np.ndarray], aggregate: dict[str, np.ndarr
     mass, hit = per_channel["mass"], per_channel["hit"]              # N×K
     channel_mass = np.nanmean(mass, 0)
     best = int(np.nanargmax(channel_mass)) if np.isfinite(channel_mass).any() else -1
+    even = np.nanmean(mass[0::2], 0)
+    held = int(np.nanargmax(even)) if np.isfinite(even).any() else -1
     return {"channels": int(mass.shape[1]),
             "aggregate_mass": float(np.nanmean(aggregate["mass"])), "aggregate_pointing": float(np.nanmean(aggregate["hit"])),
             "per_channel_mass": float(np.nanmean(mass)), "per_channel_pointing": float(np.nanmean(hit)),
             "best_channel": best,
             "best_channel_mass": float(channel_mass[best]) if best >= 0 else float("nan"),
-            "best_channel_pointing": float(np.nanmean(hit[:, best])) if best >= 0 else float("nan")}
+            "best_channel_pointing": float(np.nanmean(hit[:, best])) if best >= 0 else float("nan"),
+            "best_channel_mass_held_out": float(np.nanmean(mass[1::2, held])) if held >= 0 else float("nan")}
+
+
+def _centre(mask: torch.Tensor) -> tuple[int, int]:
+    """The mask pixel nearest the mask's centroid."""
+    yy, xx = np.nonzero(mask.numpy())
+    c = np.argmin((yy - yy.mean()) ** 2 + (xx - xx.mean()) ** 2)
+    return int(yy[c]), int(xx[c])
 
 
 @torch.no_grad()
@@ -90,6 +102,11 @@ def evaluate_run(run: Path, n_images: int, batch: int = 64) -> dict:
         area.append(masks.float().mean((1, 2)).numpy())
         explanation = model.explain(x)
         maps = dict(explanation.maps)
+        for name in [n for n in maps if n.split("@")[0] == "csa_base"]:     # CSA: what the object's centre attends to
+            pair = {"csa_base": maps[name], "csa_weights": maps[name.replace("csa_base", "csa_weights")]}
+            maps[name.replace("csa_base", "csa_at_object")] = torch.cat(
+                [attention_at({k: v[j:j + 1] for k, v in pair.items()}, *_centre(mk), image_hw=tuple(mk.shape))
+                 for j, mk in enumerate(masks)])
         for name, tensor in maps.items():
             s = score_maps(tensor, masks)
             per_channel.setdefault(name, []).append(s)
@@ -113,14 +130,15 @@ def markdown(results: list[dict], n_images: int) -> str:
                      f"{r['uniform_pointing']:.3f}", "–"])
         for name, s in r["maps"].items():
             rows.append([label, f"`{name}`", s["channels"], f"{s['aggregate_mass']:.3f}", f"{s['per_channel_mass']:.3f}",
-                         f"{s['best_channel_mass']:.3f} (#{s['best_channel']})", f"{s['aggregate_pointing']:.3f}",
+                         f"{s['best_channel_mass']:.3f} (#{s['best_channel']}; held out {s['best_channel_mass_held_out']:.3f})", f"{s['aggregate_pointing']:.3f}",
                          f"{s['best_channel_pointing']:.3f}"])
     runs = ", ".join(f"`{r['run']}` ({r.get('trained', '?')})" for r in results)
     return ("# Interpretability: attention on the target object (shapes test images)\n\n"
             f"{n_images} test images (unseen classes) per run, maps upsampled bilinearly to 64×64 and normalised per "
             "channel. *Mass inside* = share of the map's mass inside the target mask; *pointing* = argmax inside "
             "the mask. Aggregate = the channel-mean map; best channel picked by mass on the same images "
-            "(optimistic). Uniform: mass = mask area share, pointing = chance. "
+            "(optimistic; held out: picked on the even images, scored on the odd ones). `csa_at_object`: the "
+            "attention CSA's object-centre position uses, per group. Uniform: mass = mask area share, pointing = chance. "
             f"Runs: {runs}.\n\n"
             + md_table(["model", "map", "K", "mass (aggregate)", "mass (per channel)", "mass (best channel)",
                         "pointing (aggregate)", "pointing (best channel)"], rows))
