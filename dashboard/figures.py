@@ -10,31 +10,82 @@ from plotly.colors import qualitative
 from matplotlib import colormaps
 from PIL import Image
 
-# 48 distinct colours for per-class colouring (the shapes set has 32 test classes); cycles beyond
-PALETTE = qualitative.Dark24 + qualitative.Light24
+# Ten clearly different hues (tab10); past ten categories the marker symbol changes too, so 32 classes
+# get 32 distinct (hue, symbol) pairs instead of 32 near-identical hues
+DISTINCT = qualitative.D3
+SYMBOLS = ["circle", "square", "diamond", "triangle-up", "cross", "x", "star", "hexagon", "pentagon", "triangle-down"]
 CORRECT_COLOURS = {"top-1 correct": "#2ca02c", "top-1 wrong": "#d62728"}
+# class names that say their colour and shape (the shapes set: "green circle") are drawn that way
+NAMED_COLOURS = {"red": "#d62728", "green": "#2ca02c", "blue": "#1f5fd6", "cyan": "#17becf", "magenta": "#d020c8",
+                 "yellow": "#e6c200", "orange": "#ff7f0e", "white": "#f4f4f4", "black": "#222222",
+                 "purple": "#7b3fbf", "pink": "#f48fb1", "brown": "#8c564b", "grey": "#8a8a8a", "gray": "#8a8a8a"}
+NAMED_SYMBOLS = {"circle": "circle", "ring": "circle-open", "square": "square", "diamond": "diamond",
+                 "cross": "cross", "star": "star", "hexagon": "hexagon", "triangle": "triangle-up",
+                 "pentagon": "pentagon", "x": "x"}
+LEGEND_BELOW = 12        # more legend entries than this go in rows under the map instead of a scrolling column
+
+
+def _word(name: str, words: dict) -> str | None:
+    return next((words[t] for t in str(name).lower().replace("_", " ").split() if t in words), None)
+
+
+def category_styles(names: list[str], colours: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    """name -> (colour, marker symbol). Explicit `colours` win; names that all carry a colour word use
+    it (and a shape word, when they all have one, picks the symbol); otherwise ten distinct hues, then
+    a new symbol for each further ten."""
+    names = list(names)
+    named = all(_word(n, NAMED_COLOURS) for n in names)
+    shaped = named and all(_word(n, NAMED_SYMBOLS) for n in names)
+    out = {}
+    for i, name in enumerate(names):
+        colour = (colours or {}).get(name) or (_word(name, NAMED_COLOURS) if named else DISTINCT[i % len(DISTINCT)])
+        symbol = _word(name, NAMED_SYMBOLS) if shaped else SYMBOLS[(i // len(DISTINCT)) % len(SYMBOLS)]
+        out[name] = (colour, symbol)
+    return out
 
 
 def embedding_map(coords: np.ndarray, ids: np.ndarray, categories: list[str], hover: list[str],
-                  colours: dict[str, str] | None = None, title: str = "", height: int = 560) -> go.Figure:
+                  colours: dict[str, str] | None = None, title: str = "", height: int = 560,
+                  selected=None) -> go.Figure:
     """One WebGL trace per category. customdata carries item ids as Python lists, because
     numpy-backed customdata comes back from the browser as {'0': v} and point indices count
-    within a trace (research/dashboard.md §3.3)."""
+    within a trace (research/dashboard.md §3.3). `selected` item ids are drawn as plotly's selection
+    (the others faded), so a selection kept across a recolouring stays visible."""
     fig = go.Figure()
     categories = np.asarray(categories)
     hover = np.asarray(hover)
+    ids = np.asarray(ids)
     names = list(dict.fromkeys(categories.tolist()))  # first-seen order: stable between reruns
-    for i, name in enumerate(names):
+    styles = category_styles(names, colours)
+    chosen = np.isin(ids, np.asarray(list(selected), dtype=int)) if selected is not None and len(selected) else None
+    for name in names:
         m = categories == name
-        colour = (colours or {}).get(name, PALETTE[i % len(PALETTE)])
-        fig.add_trace(go.Scattergl(
+        colour, symbol = styles[name]
+        light = colour.lower() in ("#f4f4f4", "#ffffff", "white")  # a white marker needs an outline on white
+        trace = go.Scattergl(
             x=coords[m, 0].tolist(), y=coords[m, 1].tolist(), mode="markers", name=str(name),
             customdata=ids[m].tolist(), text=hover[m].tolist(), hovertemplate="%{text}<extra></extra>",
-            marker=dict(size=6, color=colour, opacity=0.85, line=dict(width=0))))
-    fig.update_layout(dragmode="lasso", height=height, margin=dict(l=10, r=10, t=30 if title else 10, b=10),
-                      title=title or None, uirevision="map", legend=dict(itemsizing="constant"),
+            marker=dict(size=7, color=colour, symbol=symbol, opacity=0.85,
+                        line=dict(width=1 if light or symbol.endswith("-open") else 0, color="#555" if light else colour)))
+        if chosen is not None:
+            trace.update(selectedpoints=np.flatnonzero(chosen[m]).tolist(),
+                         selected=dict(marker=dict(opacity=1.0)), unselected=dict(marker=dict(opacity=0.12)))
+        fig.add_trace(trace)
+    legend = dict(itemsizing="constant")
+    if len(names) > LEGEND_BELOW:  # rows under the map: every entry visible without scrolling
+        legend.update(orientation="h", yanchor="top", y=-0.02, x=0, font=dict(size=11))
+    fig.update_layout(dragmode="lasso", height=height + (22 * ((len(names) + 5) // 6) if len(names) > LEGEND_BELOW else 0),
+                      margin=dict(l=10, r=10, t=30 if title else 10, b=10),
+                      title=title or None, uirevision="map", legend=legend, meta="metriclens-map",
                       xaxis=dict(showticklabels=False, title=None), yaxis=dict(showticklabels=False, title=None))
     return fig
+
+
+def colour_bar(low: float, high: float, signed: bool = False, width: int = 320, height: int = 14) -> np.ndarray:
+    """The colour scale `overlay` uses, as a small horizontal image (low on the left, high on the right)."""
+    ramp = np.tile(np.linspace(0, 1, width, dtype=np.float32), (height, 1))
+    rgb = colormaps["RdBu_r" if signed else "inferno"](ramp)[..., :3]
+    return (rgb * 255).round().astype(np.uint8)
 
 
 def _resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:

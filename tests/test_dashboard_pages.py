@@ -104,6 +104,67 @@ def test_explore_colour_by_correctness_and_open_item(runs):
     assert at.title[0].value == "Retrieval"
 
 
+def inject(at: AppTest, ids) -> None:
+    """A selection as the browser sends it (AppTest cannot drive plotly; research/dashboard.md §3.5)."""
+    at.session_state["explore_map"] = {"selection": {"points": [{"customdata": int(i)} for i in ids],
+                                                     "point_indices": list(ids), "box": [], "lasso": []}}
+    at.run()
+    assert not at.exception
+
+
+def selected_on_map(at: AppTest) -> set[int]:
+    """Item ids the map draws as selected (selectedpoints of each trace, mapped through customdata)."""
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    return {t["customdata"][j] for t in spec["data"] for j in (t.get("selectedpoints") or [])}
+
+
+def test_explore_selection_survives_recolouring_and_projection(runs):
+    """Issue 13, defect 2: select, then recolour or re-project: the same items stay selected (grid, metrics
+    and the map's highlight), a new selection replaces them, and a double-click (id -1) clears."""
+    picked = [2, 9, 30]
+    n = len(artifacts(runs[0])[1])
+    at = open_app(runs[0])
+    inject(at, picked)
+    assert f"Selection: {len(picked)} of {n} items" in texts(at)
+    at.selectbox(key="explore_colour").set_value("top-1 neighbour correct").run()
+    assert not at.exception
+    assert f"Selection: {len(picked)} of {n} items" in texts(at)
+    assert selected_on_map(at) == set(picked)
+    at.radio(key="explore_projection").set_value("PCA").run()
+    assert f"Selection: {len(picked)} of {n} items" in texts(at) and selected_on_map(at) == set(picked)
+    inject(at, [5])  # a click on one point, passed on by the click bridge
+    assert f"Selection: 1 of {n} items" in texts(at) and selected_on_map(at) == {5}
+    inject(at, [-1])  # the bridge's double-click
+    assert "Selection:" not in texts(at) and "click one" in texts(at)
+
+
+def test_explore_legend_matches_class_names_and_stays_distinct(runs):
+    """Issue 13, defect 6: on shapes the class 'green circle' is a green circle; a generic many-class legend
+    uses ten distinct hues times symbols, never 32 near-identical hues."""
+    import colorsys
+
+    from dashboard import figures
+
+    hues = {"red": 0, "orange": 30, "yellow": 50, "green": 120, "cyan": 185, "blue": 220, "magenta": 300}
+    symbols = {"circle": "circle", "ring": "circle-open", "square": "square", "diamond": "diamond", "cross": "cross",
+               "star": "star", "hexagon": "hexagon", "triangle": "triangle-up"}
+    at = open_app(runs[0])
+    traces = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    if all(t["name"].split()[0] in {*hues, "white"} for t in traces):  # the shapes data set
+        for t in traces:
+            colour, shape = t["name"].split()[0], t["name"].split()[-1]
+            rgb = [int(t["marker"]["color"][i:i + 2], 16) / 255 for i in (1, 3, 5)]
+            hue, _, saturation = colorsys.rgb_to_hls(*rgb)
+            if colour == "white":
+                assert saturation < 0.15 and sum(rgb) > 2.5, t["name"]
+            else:
+                assert min(abs(hue * 360 - hues[colour]), 360 - abs(hue * 360 - hues[colour])) < 25, t["name"]
+            assert t["marker"].get("symbol") == symbols[shape], t["name"]
+    styles = figures.category_styles([f"class {i}" for i in range(32)])
+    assert len(set(styles.values())) == 32
+    assert {c for c, _ in styles.values()} <= set(figures.DISTINCT)
+
+
 # ---- Retrieval ----------------------------------------------------------------------------------------
 def test_retrieval_neighbours_and_failure_to_attention(runs):
     emb, labels = artifacts(runs[0])

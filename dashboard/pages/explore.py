@@ -1,6 +1,7 @@
 """Explore: the test embeddings on a 2-D map; select points to see their images and metrics."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -12,6 +13,40 @@ from dashboard import figures, logic, state, ui
 
 MAX_POINTS = 20_000      # above this the map shows a stratified sample; metrics still use every point
 GRID_LIMIT = 40
+SELECTION, SEEN = "explore_selection", "explore_map_seen"   # kept ids; the chart value last seen
+# Streamlit's chart forces clickmode='event' while the drag mode is lasso or box, so a click on a point selects
+# nothing and its plotly_click reaches no handler. This passes the clicked point on as a one-point selection
+# (and a double-click as a "clear" marker, id -1, since a kept selection is not the chart's own value).
+CLICK_BRIDGE = """<script>
+(function () {
+  const win = window.parent && window.parent.document ? window.parent : window;
+  if (win.__metriclensClickBridge) return;
+  win.__metriclensClickBridge = true;
+  const point = (p) => ({curveNumber: p.curveNumber, pointNumber: p.pointNumber, pointIndex: p.pointIndex,
+                         x: p.x, y: p.y, customdata: p.customdata});
+  win.setInterval(function () {
+    win.document.querySelectorAll(".js-plotly-plot").forEach(function (gd) {
+      if (gd.__metriclensClick || !gd.layout || gd.layout.meta !== "metriclens-map" || !gd.on) return;
+      gd.__metriclensClick = true;
+      gd.on("plotly_click", function (ev) {
+        if (!ev || !ev.points || !ev.points.length) return;
+        if (String((gd._fullLayout || {}).clickmode || "").indexOf("select") >= 0) return;  // selects by itself
+        gd.emit("plotly_selected", {points: [point(ev.points[0])], selections: []});
+      });
+      gd.on("plotly_doubleclick", function () {
+        gd.emit("plotly_selected", {points: [{curveNumber: -1, pointNumber: -1, pointIndex: -1, customdata: -1}],
+                                    selections: []});
+      });
+    });
+  }, 400);
+})();
+</script>"""
+
+
+def event_key(event) -> str:
+    """The chart value as text, to tell a new selection, click or clear from the value seen last run."""
+    selection = event.get("selection") if hasattr(event, "get") else None
+    return json.dumps(selection, sort_keys=True, default=str)
 
 st.title("Explore the embedding")
 run = ui.require_run()
@@ -86,23 +121,41 @@ else:
 
 shown = logic.stratified_sample(art.labels, MAX_POINTS)
 sampled = len(shown) < n
+
+# ---- selection: kept by item id, apart from the figure, so recolouring or re-projecting keeps it ----------
+# The chart's value is read before the chart is drawn: it belongs to the figure of the previous run (the one
+# the user lassoed, clicked or double-clicked). A changed figure is a new chart whose value starts empty, so
+# only a value that differs from the one seen after the last draw is a user action.
+kept = st.session_state.get(SELECTION)
+if not kept or kept.get("run") != run:
+    kept = {"run": run, "ids": []}
+before = st.session_state.get("explore_map")
+if event_key(before) != st.session_state.get(SEEN):
+    drawn_on = st.session_state.get("explore_coords_seen")
+    drawn_on = coords if drawn_on is None or len(drawn_on) != n else drawn_on
+    picked = logic.selected_ids(before, drawn_on, use_geometry=sampled)
+    kept = {"run": run, "ids": [] if (picked < 0).any() else picked[picked < n].tolist()}  # -1: double-click clear
+st.session_state[SELECTION] = kept
+selected = np.asarray(kept["ids"], dtype=int)
+
 hover = [f"#{i} {names[i]}" for i in shown]
-fig = figures.embedding_map(coords[shown], shown, categories[shown], hover, colours,
+fig = figures.embedding_map(coords[shown], shown, categories[shown], hover, colours, selected=selected,
                             title=f"{shown_projection} of {n} test embeddings" + (f" ({len(shown)} shown)" if sampled else ""))
 if len(set(categories.tolist())) > 40:  # a legend that long only scrolls
     fig.update_layout(showlegend=False)
 event = st.plotly_chart(fig, key="explore_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
                         width="stretch", config={"displaylogo": False})
+st.session_state[SEEN] = event_key(event)
+st.session_state["explore_coords_seen"] = coords  # a lasso's polygon is in the coordinates it was drawn on
+st.html(CLICK_BRIDGE, unsafe_allow_javascript=True)
 if sampled:
     st.caption(f"The map shows a stratified sample of {len(shown)} of {n} points; box and lasso select over all "
                f"{n} points, and every metric uses the full set.")
 
-# ---- selection ----------------------------------------------------------------------------------------
-selected = logic.selected_ids(event, coords, use_geometry=sampled)
-selected = selected[(selected >= 0) & (selected < n)]
 if not len(selected):
-    st.info("Lasso or box-select points on the map (or click one) to see their images and the retrieval metrics of "
-            "the selection against the rest. Double-click the map to clear.")
+    st.info("Lasso or box-select points on the map, or click one, to see their images and the retrieval metrics of "
+            "the selection against the rest. The selection stays when you recolour or switch the projection; "
+            "double-click the map to clear it.")
     test = state.summary(run).get("metrics") or {}
     if test:
         m1, m2 = st.columns(2)
@@ -119,7 +172,11 @@ if not len(selected):
 
 table = state.retrieval(run)
 metrics = logic.selection_metrics(table, selected)
-st.subheader(f"Selection: {len(selected)} of {n} items")
+s1, s2 = st.columns([4, 1])
+s1.subheader(f"Selection: {len(selected)} of {n} items")
+if s2.button("Clear selection", key="explore_clear"):
+    st.session_state[SELECTION] = {"run": run, "ids": []}
+    st.rerun()
 m1, m2, m3 = st.columns([1, 1, 2])
 with m1:
     ui.metric_pair("R@1", *metrics["R@1"])
