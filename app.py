@@ -61,6 +61,8 @@ def read_deep_link(runs: list[dict], current_page: str) -> list[dict]:
         st.session_state["_deep_link_problem"] = f"run {params['run']!r} from the link was not found"
     if params.get("compare") in by_key:
         st.session_state[state.COMPARE] = by_key[params["compare"]]
+    elif params.get("compare"):  # the Compare page says so instead of comparing with another run
+        st.session_state["_deep_link_missing_compare"] = params["compare"][:80]
     if (params.get("query") or "").isdigit():
         st.session_state[state.QUERY] = int(params["query"])
     page = params.get("page")

@@ -97,9 +97,7 @@ def current_query(run: str, art: state.Artifacts) -> Query | None:
         pixels = upload["pixels"]
         out = state.explain_input(run, pixels, state.weights_stamp(run))
         return Query(pixels, out["embedding"], None, None, f"uploaded: {upload['name']}")
-    item = int(st.session_state.get(state.QUERY, 0) or 0)
-    item = min(max(item, 0), len(art.items) - 1)
-    st.session_state[state.QUERY] = item
+    item = query_item(len(art.items))
     try:
         pixels = state.model_input(run, item)
     except dataset_error_type() as err:
@@ -109,10 +107,25 @@ def current_query(run: str, art: state.Artifacts) -> Query | None:
                  f"#{item} · {art.items[item].get('class_name', art.labels[item])}")
 
 
+def query_item(n: int) -> int:
+    """The shared query as an item of a set of `n`, the same on every page: a number out of range (e.g.
+    `query=999999` in a link) is clamped to the nearest item, written back and said once."""
+    raw = st.session_state.get(state.QUERY, 0)
+    try:
+        item = int(raw or 0)
+    except (TypeError, ValueError):
+        item = 0
+    shown = min(max(item, 0), n - 1)
+    if shown != item:
+        st.warning(f"Query item {item} does not exist: this run's test items are 0–{n - 1}. Showing #{shown}.")
+    st.session_state[state.QUERY] = shown
+    return shown
+
+
 def query_picker(art: state.Artifacts, key: str) -> None:
     """Item number + class shown; writes the shared query (and leaves upload mode)."""
     widget = f"{key}_query"
-    st.session_state[widget] = int(st.session_state.get(state.QUERY, 0) or 0)
+    st.session_state[widget] = query_item(len(art.items))  # the box shows the item the page shows
 
     def changed():
         st.session_state[state.QUERY] = int(st.session_state[widget])

@@ -274,6 +274,37 @@ def test_deep_link_sets_page_run_and_query(runs):
     assert at.query_params["page"] == "retrieval" and at.query_params["query"] == "5"
 
 
+@pytest.mark.parametrize("page", ["retrieval", "attention", "cross", "compare"])
+def test_out_of_range_query_is_clamped_alike_on_every_page(runs, page):
+    """Issue 13, defect 4: `query=999999` shows the last item on every page (not a modulo on some), the
+    input box reads the item shown, and a warning says so."""
+    n = len(artifacts(runs[0])[1])
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update(page=page, run=runs[0], compare=runs[1], query="999999")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["query"] == n - 1
+    assert any(f"Showing #{n - 1}" in w.value for w in at.warning)
+    if page == "cross":
+        assert at.session_state["cross_pair"]["a"] == n - 1
+    else:
+        box = at.number_input(key=f"{page}_query")
+        assert box.value == n - 1
+        captions = [c.caption for img in at.get("image") for c in img.proto.imgs]
+        assert any(c.startswith((f"#{n - 1} ", f"query #{n - 1} ")) for c in captions), captions[:3]
+
+
+def test_bad_compare_link_says_so_instead_of_another_run(runs):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update(page="compare", run=runs[0], compare="no_such_run")
+    at.run()
+    assert not at.exception
+    assert any("no_such_run" in w.value and "Pick run B" in w.value for w in at.warning)
+    assert "The same query in both runs" not in texts(at)  # nothing compared with a run the user did not ask for
+    at.selectbox(key="compare_widget").set_value(runs[1]).run()
+    assert not at.exception and "The same query in both runs" in texts(at)
+
+
 def test_opens_on_the_opening_run_and_lists_every_run_with_metrics(runs, tmp_path, monkeypatch):
     """With no link, the dashboard opens on OPENING_RUN if present (else the first finished run) and the
     sidebar lists every run with its test metrics."""

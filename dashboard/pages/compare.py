@@ -17,12 +17,33 @@ if not others:
             "another seed or head), or add a folder of runs in the sidebar.")
     st.stop()
 paths = [r["path"] for r in others]
-if st.session_state.get(state.COMPARE) not in paths:
-    st.session_state[state.COMPARE] = paths[0]
-st.session_state["compare_widget"] = st.session_state[state.COMPARE]
 labels = {r["path"]: r["name"] for r in others}
+# a run named in the link (or picked earlier) that is not a finished, listed run is said, never replaced
+# silently by another one: B stays empty until the user picks it
+missing = st.session_state.pop("_deep_link_missing_compare", None)
+wanted = st.session_state.get(state.COMPARE)
+if missing is None and wanted not in (None, run_a) and wanted not in paths:
+    missing = wanted
+if missing is not None:
+    st.warning(f"Run B {Path(str(missing)).name[:80]!r} is not a finished run in the run list, so nothing is "
+               f"compared yet. Pick run B below.")
+    st.session_state[state.COMPARE] = None
+    st.session_state["_compare_wait"] = True
+elif st.session_state.get(state.COMPARE) not in paths and not st.session_state.get("_compare_wait"):
+    st.session_state[state.COMPARE] = paths[0]  # first visit, or B became the sidebar run: the first other run
+st.session_state["compare_widget"] = st.session_state[state.COMPARE]
+
+
+def chose() -> None:
+    st.session_state[state.COMPARE] = st.session_state["compare_widget"]
+    st.session_state["_compare_wait"] = False
+
+
 st.selectbox("Compare the sidebar run (A) with (B)", paths, key="compare_widget", format_func=labels.get,
-             on_change=lambda: st.session_state.update({state.COMPARE: st.session_state["compare_widget"]}))
+             on_change=chose, placeholder="pick run B")
+if st.session_state[state.COMPARE] not in paths:
+    st.info("Pick run B above to compare it with the sidebar run.")
+    st.stop()
 run_b = st.session_state[state.COMPARE]
 
 _, _, art_a = ui.load_or_stop(run_a)
@@ -63,7 +84,7 @@ st.caption(f"B ranks the first true match sooner for {better} queries and later 
 # ---- the same query in both ---------------------------------------------------------------------
 st.subheader("The same query in both runs")
 ui.query_picker(art_a, "compare")
-q = int(st.session_state.get(state.QUERY, 0) or 0) % len(art_a.labels)
+q = ui.query_item(len(art_a.labels))
 query_img = ui.images_or_error(run_a, [q])
 if query_img is None:
     st.stop()

@@ -22,7 +22,7 @@ except ImportError as err:
     st.stop()
 
 # ---- the pair: defaults to the shared query and its top-1 neighbour -----------------------------------
-query = int(st.session_state.get(state.QUERY, 0) or 0) % n
+query = ui.query_item(n)  # clamped like every page (it was taken modulo n here)
 pair = st.session_state.get(state.PAIR)
 if not pair or pair.get("query") != query or pair.get("run") != run:
     pair = {"run": run, "query": query, "a": query, "b": int(table.neighbours[query, 0])}
