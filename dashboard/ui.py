@@ -146,10 +146,20 @@ def go_to(page: str, query: int | None = None, **session) -> None:
 
 def int_slider(container, label: str, low: int, high: int, default: int, key: str, **kwargs) -> int:
     """An integer slider whose range may collapse to one value (tiny data, a 1×1 grid, one logged
-    epoch): then there is nothing to choose and no widget (Streamlit refuses min == max)."""
+    epoch): then there is nothing to choose and no widget (Streamlit refuses min == max).
+
+    Its value is kept under a plain session key and handed to the widget on every run: a slider skipped
+    by one run (e.g. Retrieval while no upload is there yet) loses its widget state, and the browser then
+    drew the default (8) while the page still used the old value (1)."""
     if high <= low:
         return low
-    return container.slider(label, low, high, min(max(default, low), high), key=key, **kwargs)
+    kept = f"_kept_{key}"
+    st.session_state[key] = min(max(int(st.session_state.get(kept, default)), low), high)
+
+    def changed():
+        st.session_state[kept] = st.session_state[key]
+    container.slider(label, low, high, key=key, on_change=changed, **kwargs)
+    return int(st.session_state[key])
 
 
 def metric_pair(label: str, selected: float, rest: float) -> None:

@@ -206,6 +206,78 @@ def test_attention_maps_split_and_attribution(runs):
     assert not at.exception
 
 
+def column_rows(at: AppTest) -> list[tuple[int, list[str]]]:
+    """Every st.columns row of the page: (number of columns, image captions inside it)."""
+    rows = []
+
+    def walk(node):
+        kids = getattr(node, "children", None) or {}
+        cols = [c for c in kids.values() if type(c).__name__ == "Column"]
+        if cols:
+            caps = [c.caption for col in cols for el in col.children.values()
+                    if getattr(el, "type", "") == "image" for c in el.proto.imgs]
+            rows.append((len(cols), caps))
+        for child in kids.values():
+            walk(child)
+    walk(at.main)
+    return rows
+
+
+def test_attention_rows_stay_readable_and_footer_matches_panels(runs):
+    """Issue 13, defect 5: with 8 neighbours the panels wrap into rows of at most 5 (one row of 10 columns broke
+    captions mid-word), every map row has a colour bar, and the attribution footer describes the third
+    panel only when it is drawn."""
+    from dashboard import logic
+
+    emb, labels = artifacts(runs[0])
+    table = logic.retrieval_table(emb, labels)
+    correct = int(np.flatnonzero(table.top1_correct)[0])   # its top-1 is its nearest true match: 2 panels
+    at = open_app(runs[0], "attention", query=correct)
+    at.slider(key="attention_k").set_value(8).run()
+    assert not at.exception
+    image_rows = [n for n, caps in column_rows(at) if caps]
+    assert image_rows and max(image_rows) <= 5, image_rows
+    bars = [c.caption for img in at.get("image") for c in img.proto.imgs if c.caption.startswith("colour scale")]
+    map_rows = 0 if "exposes no attention maps" in texts(at) else 1
+    assert len(bars) >= map_rows + 1 and any("(red)" in b for b in bars), bars  # each map row + the attribution
+    footer = next(c.value for c in at.caption if c.value.startswith("Red pushed"))
+    assert "third panel" not in footer and "nearest true match" in footer
+    wrong = int(np.flatnonzero(~table.top1_correct & (table.relevant > 0))[0])  # target != true match: 3 panels
+    at.session_state["query"] = wrong
+    at.run()
+    footer = next(c.value for c in at.caption if c.value.startswith("Red pushed"))
+    assert "third panel" in footer
+
+
+def test_retrieval_k_survives_upload_mode_and_compare_keeps_thumbnails_small(runs):
+    """Issue 13, defect 5: k = 1, then upload mode (the slider is not drawn meanwhile), then an upload: the
+    slider as sent to the browser reads 1, the k shown. Compare with k = 1 keeps the 8-column grid."""
+    from PIL import Image
+
+    from core.checkpoint import load_config
+    from core.data import build_transform
+
+    at = open_app(runs[0], "retrieval")
+    at.slider(key="retrieval_k").set_value(1).run()
+    at.radio(key="retrieval_source").set_value("Upload an image").run()
+    assert not at.slider  # no upload yet: the page stops before the slider
+    image = Image.fromarray((np.random.default_rng(0).random((80, 100, 3)) * 255).astype(np.uint8))
+    pixels = build_transform(load_config(runs[0]).data, train=False)(image).numpy()
+    at.session_state["upload_query"] = {"name": "mine.png", "size": 1, "run": runs[0], "pixels": pixels}
+    at.run()
+    slider = at.slider(key="retrieval_k").proto
+    shown = list(slider.value) if slider.set_value else list(slider.default)  # what the browser draws
+    assert shown == [1]
+    neighbour_rows = [caps for _, caps in column_rows(at) if caps and " · " in caps[0]]
+    assert len(neighbour_rows[0]) == 1
+
+    at = open_app(runs[0], "compare", compare_run=runs[1])
+    at.slider(key="compare_k").set_value(1).run()
+    assert not at.exception
+    rows = [n for n, caps in column_rows(at) if caps and caps[0][:1] in "✓✗"]
+    assert rows and all(n == 8 for n in rows), rows  # one thumbnail in one of 8 columns, not a full-width one
+
+
 # ---- Cross-image ------------------------------------------------------------------------------------
 def test_cross_image_maps_and_patch_click(runs):
     at = open_app(runs[0], "cross", query=3)

@@ -19,7 +19,7 @@ with c1:
         st.caption("Query: the uploaded image (pick a test item on the Retrieval page to leave upload mode).")
     else:
         ui.query_picker(art, "attention")
-k = c2.slider("Neighbours", 1, 8, 4, key="attention_k")
+k = ui.int_slider(c2, "Neighbours", 1, 8, 4, key="attention_k")
 opacity = c3.slider("Map opacity", 0.0, 1.0, 0.5, 0.05, key="attention_opacity")
 
 query = ui.current_query(run, art)
@@ -53,10 +53,21 @@ def caption(i: int, pos: int) -> str:
     return tag + ui.item_caption(art, i, sim, None if query.label is None else bool(art.labels[i] == query.label))
 
 
+PER_ROW = 5  # every panel the same size, and wide enough that a caption breaks between words, not inside them
+
+
 def image_row(panels: list[np.ndarray], captions: list[str]) -> None:
-    cols = st.columns(max(len(panels), 5))  # at least 5 columns, so every panel has the same size
-    for col, img, cap in zip(cols, panels, captions):
-        col.image(figures.enlarge(img, 160), caption=cap, width="stretch")
+    for start in range(0, len(panels), PER_ROW):
+        cols = st.columns(PER_ROW)
+        for col, img, cap in zip(cols, panels[start:start + PER_ROW], captions[start:start + PER_ROW]):
+            col.image(figures.enlarge(img, 160), caption=cap, width="stretch")
+
+
+def colour_bar(low: float, high: float, signed: bool = False) -> None:
+    """The row's colour scale, so a bright panel reads as a value, not just 'more'."""
+    text = (f"colour scale: −{high:.3g} (blue) · 0 · +{high:.3g} (red), shared by the row" if signed
+            else f"colour scale: {low:.3g} (dark) → {high:.3g} (bright), shared by the row")
+    st.image(figures.colour_bar(low, high, signed), caption=text, width=320)
 
 
 all_images = [query_image] + images
@@ -85,6 +96,7 @@ for name, qmap in query_out["maps"].items():
         label = f"{name}[{ch}]" if qmap.shape[0] > 1 else name
         image_row([figures.overlay(img, m, opacity, scale=scale) for img, m in zip(all_images, maps)],
                   [f"{label} · {c}" for c in all_captions])
+        colour_bar(0.0, scale or 0.0)
 
 # ---- similarity split into per-group terms -------------------------------------------------------
 st.subheader("Which group made them similar")
@@ -117,11 +129,19 @@ caps = ["query → similarity to the target", "target → similarity to the quer
 if true_match is not None and target != true_match and query.item is not None:
     to_true = state.attribution(run, query.pixels, art.embeddings[true_match], method, stamp)
     diff = to_target - to_true
-    panels.append(figures.overlay(query_image, diff, opacity, signed=True))
+    bound = max(bound or 0.0, float(np.abs(diff).max())) or None   # one scale for all three panels
+    panels = [figures.overlay(query_image, to_target, opacity, signed=True, scale=bound),
+              figures.overlay(target_image, from_target, opacity, signed=True, scale=bound),
+              figures.overlay(query_image, diff, opacity, signed=True, scale=bound)]
     caps.append(f"why #{target} rather than the true match #{true_match}")
     panels.append(images[columns_ids.index(true_match)])
     caps.append(f"true match {ui.item_caption(art, true_match, float(art.embeddings[true_match] @ query.embedding))}")
 image_row(panels, caps)
-st.caption("Red pushed the similarity up, blue pulled it down (a diverging scale centred on 0). The third panel is "
-           "the query's attribution towards the chosen image minus towards its nearest true match: red regions "
-           "drew the query to the chosen image more than to its true match.")
+colour_bar(0.0, bound or 0.0, signed=True)
+footer = "Red pushed the similarity up, blue pulled it down (a diverging scale centred on 0)."
+if len(panels) > 2:  # describe the difference panel only when it is drawn
+    footer += (" The third panel is the query's attribution towards the chosen image minus towards its nearest true "
+               "match: red regions drew the query to the chosen image more than to its true match.")
+elif query.item is not None and target == true_match:
+    footer += " The chosen image is the query's nearest true match, so there is no 'rather than the true match' panel."
+st.caption(footer)

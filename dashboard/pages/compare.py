@@ -94,8 +94,9 @@ with right:
     for name, run, art, table in [(f"A: {name_a}", run_a, art_a, table_a), (f"B: {name_b}", run_b, art_b, table_b)]:
         st.markdown(f"**{name}** — first true match at rank {table.first_match_rank[q]}, "
                     f"R-precision {table.r_precision[q]:.2f}")
+        # eight columns whatever k: with k columns, k = 1 stretched one thumbnail over the whole width
         ui.neighbours_row(run, art, table.neighbours[q, :k], table.similarities[q, :k], int(art.labels[q]),
-                          columns=min(k, 8))
+                          columns=8)
 
 # ---- where they disagree most -------------------------------------------------------------------
 st.subheader("Queries where they disagree most")
