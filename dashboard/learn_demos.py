@@ -61,6 +61,24 @@ def grouping_attention(features: np.ndarray, queries: np.ndarray, temperature: f
     return softmax(logits, 1).reshape(len(queries), h, w)
 
 
+RELATIVE_SCALE = 8.0   # attention maps shown as weight × positions: 1 = uniform, bright = 8× uniform or more
+
+
+def relative_to_uniform(maps: np.ndarray) -> np.ndarray:
+    """Softmax maps (k×h×w, each summing to 1) as multiples of the uniform weight 1/(h·w). On the fixed scale
+    [0, RELATIVE_SCALE] a flat map stays dim and a peaked one bright, so the temperature's effect shows;
+    per-panel min–max scaling stretched every map to full contrast and hid it."""
+    maps = np.asarray(maps, dtype=np.float32)
+    return maps * (maps.shape[-1] * maps.shape[-2])
+
+
+def keep_scale(keep: np.ndarray) -> float:
+    """Top of the colour scale for a GSP keep map: its largest weight, at least average pooling's 1. The fixed
+    1/μ (the most a position can get) left small-μ maps nearly black, because the smoothed transport
+    spreads over many positions and none comes near 1/μ."""
+    return max(float(np.max(keep)), 1.0)
+
+
 def gsp_transport(features: np.ndarray, prototypes: np.ndarray, mu: float, gamma: float = 5.0,
                   iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """GSP's partial transport of the positions to the prototypes (core.models.optimal_transport).

@@ -333,6 +333,39 @@ def test_learn_page_knobs(runs):
     assert not at.exception
 
 
+def test_learn_knobs_show_their_effect_and_dsl_opens_on_the_kept_epoch(runs):
+    """Issue 13, defect 7: a small μ's keep map uses the colour range (the fixed 1/μ top left it dark); the
+    grouping demo's temperature changes what is drawn (per-panel min–max made every temperature look alike);
+    the DSL replay opens on the epoch whose weights the run kept."""
+    from dashboard import learn_demos
+
+    pixels = np.random.default_rng(0).random((3, 64, 64)).astype(np.float32)
+    pixels[:, 20:40, 20:40] = [[[0.9]], [[0.1]], [[0.1]]]               # a red square on noise
+    feats = learn_demos.pixel_features(pixels)
+    protos = learn_demos.kmeans(learn_demos.unit(feats.reshape(feats.shape[0], -1), 0).T, 4, seed=1)
+    keep, _ = learn_demos.gsp_transport(feats, protos, 0.05, 5.0)
+    assert keep.max() / learn_demos.keep_scale(keep) > 0.99             # brightest position at the top
+    assert keep.max() * 0.05 < 0.5                                       # on the 1/μ scale it sat below half
+    queries = learn_demos.kmeans(learn_demos.unit(feats.reshape(feats.shape[0], -1), 0).T, 3, seed=0)
+
+    def brightest(t):  # the displayed top of each panel on the page's fixed scale
+        shown = learn_demos.relative_to_uniform(learn_demos.grouping_attention(feats, queries, t))
+        return np.minimum(shown.reshape(3, -1).max(1) / learn_demos.RELATIVE_SCALE, 1.0)
+    assert brightest(0.5).max() < 0.5 * brightest(0.02).max()  # min–max scaling drew both at 1
+
+    at = open_app(runs[0], "learn")
+    body = texts(at) + " ".join(c.caption for img in at.get("image") for c in img.proto.imgs)
+    assert "× uniform" in body and "brightest" in body
+    dsl = ROOT / "checkpoints" / "shapes_dsl"
+    if not (dsl / "dsl_events.json").exists():
+        pytest.skip("no shipped DSL run to replay")
+    best = json.loads((dsl / "metrics.json").read_text())["best_epoch"]
+    logged = [e["epoch"] for e in json.loads((dsl / "dsl_events.json").read_text())["epochs"]]
+    slider = next(s for s in at.slider if s.key.startswith("learn_dsl_epoch"))
+    assert logged[slider.value] == best
+    assert any(f"Epoch {best} (the kept weights)" in c.value for c in at.caption)
+
+
 # ---- deep links and bad input --------------------------------------------------------------------------
 def test_deep_link_sets_page_run_and_query(runs):
     at = AppTest.from_file(APP, default_timeout=120)

@@ -94,7 +94,11 @@ k = g1.slider("Number of groups k", 1, 6, 3, key="learn_groups")
 temperature = g2.select_slider("Softmax temperature", [0.02, 0.05, 0.1, 0.2, 0.5], 0.1, key="learn_group_temp")
 queries = learn_demos.kmeans(learn_demos.unit(feats.reshape(C, -1), 0).T, k, seed=0)
 attention = learn_demos.grouping_attention(feats, queries, temperature)
-panels(list(attention), [f"group {g} (stand-alone)" for g in range(len(attention))])
+relative = learn_demos.relative_to_uniform(attention)
+panels(list(relative), [f"group {g} (stand-alone), peak {m.max():.1f}× uniform" for g, m in enumerate(relative)],
+       scale=learn_demos.RELATIVE_SCALE)
+st.caption(f"Colour: a position's weight relative to the uniform 1/(h·w), on a fixed scale 0 → "
+           f"{learn_demos.RELATIVE_SCALE:g}× (the same for every temperature, so a flat map stays dim).")
 grouping_run = run_with(lambda cfg: cfg.model.head == "grouping")
 if grouping_run and pixels.shape[1] == state.load_model(grouping_run)[1].data.image_size:
     out = state.explain_input(grouping_run, pixels, state.weights_stamp(grouping_run))
@@ -124,7 +128,7 @@ if gsp_run and pixels.shape[1] == state.load_model(gsp_run)[1].data.image_size:
     keep = next((m[0, 0].numpy() for m in out.maps.values() if m.shape[1] == 1), None)
     st.markdown(f"Trained run **{Path(gsp_run).name}**: its prototypes and projection, with your μ and γ.")
     if keep is not None:
-        panels([keep], [f"keep map, μ={mu:.2f}"], scale=max(1.0 / mu, 1.0))
+        panels([keep], [f"keep map, μ={mu:.2f}, brightest {keep.max():.2f}"], scale=learn_demos.keep_scale(keep))
 else:
     train_hint("shapes_gsp.yaml", "the maps below come from the stand-alone transport, not trained prototypes.")
     prototypes = learn_demos.kmeans(learn_demos.unit(feats.reshape(C, -1), 0).T, 4, seed=1)
@@ -141,9 +145,11 @@ else:
                 st.caption("Stand-alone prototypes: k-means centres of the features on the target object (from the "
                            "shapes mask) — a trained GSP learns such prototypes from the labels instead.")
     keep, plan = learn_demos.gsp_transport(feats, prototypes, mu, gamma)
-    panels([keep], [f"keep map, μ={mu:.2f}"], scale=max(1.0 / mu, 1.0))
+    panels([keep], [f"keep map, μ={mu:.2f}, brightest {keep.max():.2f}"], scale=learn_demos.keep_scale(keep))
     panels(list(plan), [f"transport to prototype {j}" for j in range(len(plan))])
-st.caption("Keep map: 1 = average pooling's weight, 0 = ignored, up to 1/μ = fully transported.")
+st.caption("Keep map: 1 = average pooling's weight, 0 = ignored, up to 1/μ = fully transported. Colour: 0 → the "
+           "map's brightest weight (at least 1), so a small μ's few kept positions stand out; the caption gives "
+           "that weight.")
 
 # ---- CSA ------------------------------------------------------------------------------------------
 st.header("CSA — compressed self-attention")
@@ -194,13 +200,20 @@ if events_path is not None and events_path.exists():
     payload = json.loads(events_path.read_text())
     epochs = payload.get("epochs") or []
     if epochs:
-        step = ui.int_slider(st, "Replay up to logged epoch", 0, len(epochs) - 1, len(epochs) - 1, key="learn_dsl_epoch")
+        # open on the epoch whose weights the run kept (metrics.json best_epoch), not the last one logged
+        best = state.summary(dsl_run).get("best_epoch")
+        logged = [e["epoch"] for e in epochs]
+        opening = logged.index(best) if best in logged else len(epochs) - 1
+        step = ui.int_slider(st, "Replay up to logged epoch", 0, len(epochs) - 1, opening,
+                             key=f"learn_dsl_epoch_{Path(dsl_run).name}",
+                             help=f"opens on epoch {logged[opening]}, the one whose weights the run kept")
         now = learn_demos.dsl_state_at(payload, step)
         st.plotly_chart(figures.learner_partition(now["learners"]), key="learn_dsl_bar", width="stretch")
         metric = payload.get("growth_metric", "nmi")
         st.plotly_chart(figures.metric_curve([e["epoch"] for e in epochs], [e.get(metric) for e in epochs],
                                              f"val {metric}", now["epoch"]), key="learn_dsl_curve", width="stretch")
-        st.caption(f"Epoch {now['epoch']}: {len(now['learners'])} learner(s), phase {now['row'].get('phase', '?')}; "
+        kept_note = " (the kept weights)" if now["epoch"] == best else ""
+        st.caption(f"Epoch {now['epoch']}{kept_note}: {len(now['learners'])} learner(s), phase {now['row'].get('phase', '?')}; "
                    f"{len(now['events'])} split(s) so far. {now['row'].get('growth', '')}")
     else:
         st.info(f"{events_path} has no epochs logged yet.")
