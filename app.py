@@ -32,8 +32,9 @@ def run_label(summary: dict) -> str:
     if not m:
         status = "unfinished" if not summary.get("problem") else "damaged"
         return f"{summary['name']} · {summary.get('head', '?')} · {status}"
-    return (f"{summary['name']} · {summary.get('method', '?')}/{summary.get('backbone', '?')} · "
-            f"R@1 {m.get('recall@1', float('nan')):.3f}")  # the sidebar shows the rest of the metrics below
+    # R@1 right after the name: the select box cuts long labels at its width, and the method is the part to lose
+    return (f"{summary['name']} · R@1 {m.get('recall@1', float('nan')):.3f} · "
+            f"{summary.get('method', '?')}/{summary.get('backbone', '?')}")  # the rest of the metrics show below
 
 
 def run_key(summary: dict, runs: list[dict]) -> str:
@@ -92,6 +93,10 @@ def sidebar_run_picker(runs: list[dict]) -> None:
         else:
             paths = [r["path"] for r in runs]
             if st.session_state.get(state.RUN) not in paths:
+                if st.session_state.get(state.RUN):  # say so rather than silently open another run
+                    st.session_state["_deep_link_problem"] = (
+                        f"Run {Path(st.session_state[state.RUN]).name!r} is not in the run list (moved, deleted or "
+                        f"in a folder this session does not list); opened another run instead.")
                 complete = [r["path"] for r in runs if r["complete"]]
                 opening = [p for p in complete if Path(p).name == state.OPENING_RUN]
                 st.session_state[state.RUN] = (opening or complete or paths)[0]

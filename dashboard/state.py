@@ -45,6 +45,7 @@ def run_roots() -> list[Path]:
     extra = st.session_state.get(EXTRA_ROOT)
     if extra:
         roots.append(Path(extra).expanduser())
+    roots += trained_runs()
     return list(dict.fromkeys(r.resolve() for r in roots))
 
 
@@ -374,3 +375,10 @@ def weights_stamp(run_dir: str) -> float:
 def training_jobs() -> dict:
     """name -> dashboard.jobs.TrainJob, shared by every session of this server."""
     return {}
+
+
+def trained_runs() -> list[Path]:
+    """The run folders of this server's training jobs, listed in every session wherever they were saved: the
+    folder the Train page adds for a run outside the run roots is this session's only, so after a reload or
+    in a new tab the finished run was missing from the list (issue 13, defect 3)."""
+    return [Path(job.run_dir) for job in list(training_jobs().values())]

@@ -546,6 +546,45 @@ def test_finished_job_opens_its_run(runs, tmp_path):
         state.training_jobs().pop(str(done), None)
 
 
+def test_run_trained_outside_checkpoints_is_listed_in_a_new_session(runs, tmp_path):
+    """Issue 13, defect 3: a run trained from the dashboard into a folder outside the run roots is listed after a
+    reload or in a new tab (a new session, without the folder the Train page added), and opening it opens
+    exactly that run; a run that vanished is said, not silently swapped."""
+    import sys
+    import time
+
+    from dashboard import jobs, state
+
+    done = tmp_path / "elsewhere" / "trained_here"
+    shutil.copytree(runs[1], done, ignore=shutil.ignore_patterns("resume.pt"))
+    job = jobs.TrainJob.start("trained_here", done, [sys.executable, "-c", "print('epoch 1/1 done')"])
+    while job.status == "running":
+        time.sleep(0.05)
+    state.training_jobs()[str(done)] = job
+    try:
+        at = AppTest.from_file(APP, default_timeout=120).run()  # a fresh session: no extra folder
+        assert not at.exception
+        listed = at.sidebar.selectbox(key="w_run").options
+        assert any(o.startswith("trained_here · ") for o in listed), listed
+        at.session_state["run"] = str(done.resolve())  # what "Explore it →" sets
+        at.switch_page("dashboard/pages/explore.py").run()
+        assert at.session_state["run"] == str(done.resolve())
+        assert at.title[0].value == "Explore the embedding" and not at.warning
+    finally:
+        state.training_jobs().pop(str(done), None)
+    at = open_app(str(tmp_path / "gone_run"))
+    assert any("gone_run" in w.value and "not in the run list" in w.value for w in at.sidebar.warning)
+    assert at.session_state["run"] != str(tmp_path / "gone_run")
+
+
+def test_run_picker_label_puts_recall_before_the_method(runs):
+    """Issue 13, defect 6: the sidebar's select box cuts long labels; R@1 comes right after the name."""
+    at = open_app(runs[0])
+    for label in at.sidebar.selectbox(key="w_run").options:
+        if "R@1" in label:
+            assert label.split(" · ")[1].startswith("R@1 "), label
+
+
 def test_explore_without_umap_shows_pca_at_once(runs, tmp_path):
     bare = tmp_path / "no_umap_run"
     shutil.copytree(runs[0], bare, ignore=shutil.ignore_patterns("resume.pt", "coords_umap.npy"))
