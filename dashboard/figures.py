@@ -69,7 +69,7 @@ def embedding_map(coords: np.ndarray, ids: np.ndarray, categories: list[str], ho
                         line=dict(width=1 if light or symbol.endswith("-open") else 0, color="#555" if light else colour)))
         if chosen is not None:
             trace.update(selectedpoints=np.flatnonzero(chosen[m]).tolist(),
-                         selected=dict(marker=dict(opacity=1.0)), unselected=dict(marker=dict(opacity=0.12)))
+                         selected=dict(marker=dict(opacity=1.0)), unselected=dict(marker=dict(opacity=0.25)))
         fig.add_trace(trace)
     legend = dict(itemsizing="constant")
     if len(names) > LEGEND_BELOW:  # rows under the map: every entry visible without scrolling

@@ -317,8 +317,20 @@ def map_shapes(run_dir: str) -> dict[str, tuple[int, int, int]]:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _map_channel_mass(run_dir: str, stamp: float, data_root: str | None) -> dict[str, np.ndarray]:
-    """Per item and map with K > 1 channels: the mass of each channel (N×K), for 'dominant channel'."""
+def _map_channel_mass(run_dir: str, stamp: float, data_root: str | None, weights: float,
+                      _progress=None) -> dict[str, np.ndarray]:
+    """Per item and map with K > 1 channels: the mass of each channel (N×K), for 'dominant channel'.
+    A full pass over the test images (seconds to tens of seconds), so it reports progress and is kept on
+    disk in the git-ignored .cache/, keyed by the run and the mtimes of its weights and embeddings."""
+    import hashlib
+
+    key = hashlib.sha1(f"{run_dir}|{stamp}|{weights}|{data_root}".encode()).hexdigest()[:16]
+    cached = REPO / ".cache" / "channel_mass" / f"{key}.npz"
+    try:
+        with np.load(cached) as saved:
+            return {name: saved[name] for name in saved.files}
+    except (OSError, ValueError):
+        pass
     model, _ = load_model(run_dir)
     n = len(artifacts(run_dir).items)
     out: dict[str, list] = {}
@@ -328,11 +340,23 @@ def _map_channel_mass(run_dir: str, stamp: float, data_root: str | None) -> dict
             for name, m in model.explain(batch).maps.items():
                 if m.shape[1] > 1:
                     out.setdefault(name, []).append(m.float().flatten(2).sum(-1).numpy())
-    return {name: np.concatenate(parts) for name, parts in out.items()}
+            if _progress is not None:
+                _progress(min(n, start + 64), n)
+    result = {name: np.concatenate(parts) for name, parts in out.items()}
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npz")
+        np.savez(tmp, **result)
+        tmp.replace(cached)  # whole or absent, never half-written
+    except OSError:
+        pass  # a read-only checkout recomputes next time
+    return result
 
 
-def map_channel_mass(run_dir: str) -> dict[str, np.ndarray]:
-    return _map_channel_mass(run_dir, _artifact_stamp(run_dir), data_root_override(run_dir))
+def map_channel_mass(run_dir: str, progress=None) -> dict[str, np.ndarray]:
+    """`progress(done, total)` is called while the maps are computed (not on a cache hit)."""
+    return _map_channel_mass(run_dir, _artifact_stamp(run_dir), data_root_override(run_dir),
+                             weights_stamp(run_dir), _progress=progress)
 
 
 @st.cache_data(show_spinner="Attributing the similarity…", max_entries=256)

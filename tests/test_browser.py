@@ -121,3 +121,57 @@ def test_every_page_in_chromium(server, browser):
         assert page.locator("[data-testid='stException']").count() == 0, name
         shot(page, f"07_{name}")
     assert not errors, errors
+
+
+POINT_ON_SCREEN = """() => {
+  const gd = Array.from(document.querySelectorAll('.js-plotly-plot')).find(g => g.layout && g.layout.meta === 'metriclens-map');
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+  // the point farthest from its nearest other point: a click there hits it alone
+  let best = null;
+  const all = gd.data.flatMap(t => t.x.map((x, i) => [x, t.y[i], t.customdata[i]]));
+  for (const [x, y, id] of all.slice(0, 400)) {
+    const px = box.left + xa._offset + xa.l2p(x), py = box.top + ya._offset + ya.l2p(y);
+    let gap = Infinity;
+    for (const [x2, y2] of all) {
+      const d = Math.hypot(box.left + xa._offset + xa.l2p(x2) - px, box.top + ya._offset + ya.l2p(y2) - py);
+      if (d > 0 && d < gap) gap = d;
+    }
+    if (!best || gap > best.gap) best = {x: px, y: py, id: id, gap: gap};
+  }
+  return best;
+}"""
+
+
+def test_explore_click_selects_and_selection_survives_recolouring(server, browser):
+    """Issue 13, defects 1 and 2 in the real page: a click on a point selects that item (Streamlit forces
+    clickmode='event' under lasso, so the page passes the click on itself); changing "Colour by" keeps it;
+    a double-click clears it."""
+    base, runs = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(base + "/?" + urllib.parse.urlencode({"run": runs[0]}))
+    page.locator(".stPlotlyChart .nsewdrag").first.wait_for(timeout=90_000)
+    settle(page)
+    page.wait_for_timeout(1000)  # the click bridge attaches within 0.4 s of the chart's first draw
+    point = page.evaluate(POINT_ON_SCREEN)
+    page.mouse.move(point["x"], point["y"])
+    page.wait_for_timeout(300)
+    page.mouse.click(point["x"], point["y"])
+    page.get_by_text("Selection: 1 of", exact=False).wait_for(timeout=60_000)
+    settle(page)
+    images_loaded(page)
+    assert page.get_by_text(f"#{point['id']} ", exact=False).count() >= 1  # the clicked item, in the grid
+    shot(page, "08_explore_click")
+
+    page.locator("[data-testid='stSelectbox']").filter(has_text="Colour by").click()
+    page.get_by_role("option", name="top-1 neighbour correct").click()
+    settle(page)
+    page.get_by_text("Selection: 1 of", exact=False).wait_for(timeout=60_000)
+    shot(page, "09_explore_recoloured_keeps_selection")
+
+    plot = page.locator(".stPlotlyChart .nsewdrag").first.bounding_box()
+    page.mouse.dblclick(plot["x"] + 5, plot["y"] + 5)
+    page.get_by_text("or click one", exact=False).wait_for(timeout=60_000)
+    assert page.get_by_text("Selection:", exact=False).count() == 0
+    assert not errors, errors

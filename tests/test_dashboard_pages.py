@@ -165,6 +165,40 @@ def test_explore_legend_matches_class_names_and_stays_distinct(runs):
     assert {c for c, _ in styles.values()} <= set(figures.DISTINCT)
 
 
+def test_dominant_channel_reports_progress_and_is_kept_on_disk(runs, tmp_path, monkeypatch):
+    """Issue 13, defect 8: "Colour by dominant channel" (a pass over every test image) shows progress and is
+    computed once per run: a new server process (empty memory cache) reads it back from .cache/."""
+    import streamlit as st
+
+    from dashboard import state
+
+    monkeypatch.setattr(state, "REPO", tmp_path)  # the disk cache goes under tmp_path/.cache
+    st.cache_data.clear()  # an earlier test may hold the masses in memory
+    multi = next((r for r in runs if any(s[0] > 1 for s in state.map_shapes(r).values())), None)
+    if multi is None:
+        pytest.skip("no run with multi-channel maps")
+    at = open_app(multi)
+    option = next(o for o in at.selectbox(key="explore_colour").options if o.startswith("dominant ") and "channel" in o)
+    at.selectbox(key="explore_colour").set_value(option).run()
+    assert not at.exception
+    names = {t["name"] for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
+    assert names and all(" channel " in n for n in names)
+    files = list((tmp_path / ".cache" / "channel_mass").glob("*.npz"))
+    assert len(files) == 1
+    calls = []
+    st.cache_data.clear()  # as a restarted server: only the disk copy is left
+    first = state._map_channel_mass(multi, state._artifact_stamp(multi), None, state.weights_stamp(multi),
+                                    _progress=lambda done, total: calls.append((done, total)))
+    assert not calls  # read back, not recomputed
+    with np.load(files[0]) as saved:
+        assert set(saved.files) == set(first)
+    files[0].unlink()
+    st.cache_data.clear()
+    state._map_channel_mass(multi, state._artifact_stamp(multi), None, state.weights_stamp(multi),
+                            _progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1][0] == calls[-1][1] == len(artifacts(multi)[1])
+
+
 # ---- Retrieval ----------------------------------------------------------------------------------------
 def test_retrieval_neighbours_and_failure_to_attention(runs):
     emb, labels = artifacts(runs[0])

@@ -33,7 +33,7 @@ CLICK_BRIDGE = """<script>
         if (String((gd._fullLayout || {}).clickmode || "").indexOf("select") >= 0) return;  // selects by itself
         gd.emit("plotly_selected", {points: [point(ev.points[0])], selections: []});
       });
-      gd.on("plotly_doubleclick", function () {
+      gd.on("plotly_deselect", function () {  // a double-click in lasso/box mode
         gd.emit("plotly_selected", {points: [{curveNumber: -1, pointNumber: -1, pointIndex: -1, customdata: -1}],
                                     selections: []});
       });
@@ -112,8 +112,13 @@ elif colour_by == "dominant group":
 else:
     map_name = colour_by.removeprefix("dominant ").removesuffix(" channel")
     try:
-        with st.spinner("Computing the maps of every test image…"):
-            mass = state.map_channel_mass(run)[map_name]
+        bar = st.empty()
+
+        def progress(done: int, total: int) -> None:
+            bar.progress(done / total, text=f"Computing the {map_name} maps of every test image: {done} of {total} "
+                                            f"(once per run; kept in .cache/ for next time)")
+        mass = state.map_channel_mass(run, progress)[map_name]
+        bar.empty()
         categories = np.asarray([f"{map_name} channel {k}" for k in mass.argmax(1)])
     except ui.dataset_error_type() as err:
         ui.dataset_error(err, run)
