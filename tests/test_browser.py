@@ -145,7 +145,7 @@ POINT_ON_SCREEN = """() => {
 def test_explore_click_selects_and_selection_survives_recolouring(server, browser):
     """Issue 13, defects 1 and 2 in the real page: a click on a point selects that item (Streamlit forces
     clickmode='event' under lasso, so the page passes the click on itself); changing "Colour by" keeps it;
-    a double-click clears it."""
+    "Clear selection" clears it."""
     base, runs = server
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
     errors: list[str] = []
@@ -167,11 +167,11 @@ def test_explore_click_selects_and_selection_survives_recolouring(server, browse
     page.locator("[data-testid='stSelectbox']").filter(has_text="Colour by").click()
     page.get_by_role("option", name="top-1 neighbour correct").click()
     settle(page)
+    page.locator(".stPlotlyChart .legendtext", has_text="top-1 correct").first.wait_for(timeout=60_000)  # redrawn
     page.get_by_text("Selection: 1 of", exact=False).wait_for(timeout=60_000)
     shot(page, "09_explore_recoloured_keeps_selection")
-
-    plot = page.locator(".stPlotlyChart .nsewdrag").first.bounding_box()
-    page.mouse.dblclick(plot["x"] + 5, plot["y"] + 5)
+    page.get_by_role("button", name="Clear selection").click()
     page.get_by_text("or click one", exact=False).wait_for(timeout=60_000)
+    settle(page)
     assert page.get_by_text("Selection:", exact=False).count() == 0
     assert not errors, errors
