@@ -102,7 +102,10 @@ def _interactions(page, base: str, run: str, repeats: int, first_query: int) -> 
     settle(page, 120_000)
     centres = [(0.35, 0.4), (0.6, 0.55), (0.45, 0.65), (0.55, 0.35), (0.4, 0.5)]
     for i in range(repeats):
-        page.mouse.dblclick(*_plot_point(page, 0.02, 0.02))  # clear the previous selection
+        clear = page.get_by_role("button", name="Clear selection")  # the selection is kept until cleared
+        if clear.count():
+            clear.click()
+            page.get_by_text("or click one", exact=False).wait_for(timeout=60_000)
         settle(page)
         # the drawing of the lasso is the user's gesture; latency runs from releasing the button
         lasso(page, radius_share=0.22, centre=centres[i % len(centres)], release=False)
