@@ -15,8 +15,9 @@ MAX_POINTS = 20_000      # above this the map shows a stratified sample; metrics
 GRID_LIMIT = 40
 SELECTION, SEEN = "explore_selection", "explore_map_seen"   # kept ids; the chart value last seen
 # Streamlit's chart forces clickmode='event' while the drag mode is lasso or box, so a click on a point selects
-# nothing and its plotly_click reaches no handler. This passes the clicked point on as a one-point selection
-# (and a double-click as a "clear" marker, id -1, since a kept selection is not the chart's own value).
+# nothing and its plotly_click reaches no handler. This passes the clicked point on as a one-point selection,
+# and a double-click on to the Clear button (a kept selection is not the chart's own value, which Streamlit's
+# double-click would reset).
 CLICK_BRIDGE = """<script>
 (function () {
   const win = window.parent && window.parent.document ? window.parent : window;
@@ -34,6 +35,10 @@ CLICK_BRIDGE = """<script>
         gd.emit("plotly_selected", {points: [point(ev.points[0])], selections: []});
       });
       gd.on("plotly_deselect", function () {  // a double-click in lasso/box mode
+        // the page's own Clear button when it is there (the kept selection is not the chart's value, and a
+        // marker sent through a chart that was just redrawn could miss); else a "clear" marker, id -1
+        const clear = Array.from(win.document.querySelectorAll("button")).find(b => b.innerText.trim() === "Clear selection");
+        if (clear) { clear.click(); return; }
         gd.emit("plotly_selected", {points: [{curveNumber: -1, pointNumber: -1, pointIndex: -1, customdata: -1}],
                                     selections: []});
       });
