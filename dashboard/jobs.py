@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import csv
-import json
 import signal
 import subprocess
 import sys
@@ -63,18 +61,18 @@ def spawn(command: list[str], log, nice: int = 0, env: dict | None = None) -> su
 
 
 def kept_after_stop(run_dir: Path) -> str:
-    """What a stopped run directory holds, read from its files (so Cancel never claims more than is there)."""
+    """What a stopped run directory holds, read from its files (so Cancel never claims more than is there).
+    resume.pt is the last file an epoch writes (history.csv comes just before), so it decides."""
     from core import checkpoint as ckpt
 
     run_dir = Path(run_dir)
+    if not (run_dir / ckpt.RESUME).exists():
+        return "No epoch had completed, so nothing was kept: starting the same job again begins from scratch."
     try:
-        with open(run_dir / ckpt.HISTORY, newline="") as fh:
-            epochs = [int(float(row["epoch"])) for row in csv.DictReader(fh)]
-    except (OSError, ValueError, KeyError):
-        epochs = []
-    if not epochs or not (run_dir / ckpt.RESUME).exists():
-        return ("No epoch had completed, so nothing was kept: starting the same job again begins from scratch.")
-    parts = [f"{len(epochs)} completed epoch(s) are kept: resume.pt holds epoch {epochs[-1] + 1} "
+        last = int(ckpt.load_resume(run_dir / ckpt.RESUME)["epoch"])
+    except (ckpt.CheckpointError, KeyError, TypeError, ValueError) as err:
+        return f"resume.pt cannot be read ({err}); delete it to start the run afresh."
+    parts = [f"{last + 1} completed epoch(s) are kept: resume.pt holds epoch {last + 1} "
              f"(start the same job again to resume after it)"]
     try:
         from safetensors import safe_open

@@ -236,16 +236,12 @@ def test_other_sessions_see_busy_but_not_the_job(runs, tmp_path, monkeypatch):
 
 
 def test_cancel_says_what_was_kept(runs, tmp_path):
-    import csv
+    import torch
 
     run = tmp_path / "stopped"
     shutil.copytree(runs[0], run, ignore=shutil.ignore_patterns("resume.pt", "metrics.json", "artifacts"))
-    with open(run / "history.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, ["epoch", "loss"])
-        writer.writeheader()
-        writer.writerows({"epoch": e, "loss": 1.0 / (e + 1)} for e in range(3))
-    assert "nothing was kept" in jobs.kept_after_stop(run)  # history without resume.pt: cannot resume
-    (run / "resume.pt").write_bytes(b"")
+    assert "nothing was kept" in jobs.kept_after_stop(run)  # history.csv alone cannot resume
+    torch.save({"epoch": 2, "model": {}}, run / "resume.pt")
     from safetensors import safe_open
     with safe_open(str(run / "weights.safetensors"), "pt") as fh:
         best = int(fh.metadata()["epoch"])
@@ -324,6 +320,7 @@ def test_killed_trainer_loses_no_completed_epoch(tmp_path):
     """SIGKILL (no clean stop) after the first epoch: every file a reader sees is whole, the run is listed
     as unfinished, and the same command resumes after the kept epoch."""
     from core import checkpoint as ckpt
+    from dashboard.state import summary as state_summary
     from dashboard.testing import TINY_OVERRIDES
 
     out = tmp_path / "killed"
@@ -332,17 +329,20 @@ def test_killed_trainer_loses_no_completed_epoch(tmp_path):
     with open(tmp_path / "log", "w") as log:
         child = jobs.spawn(command, log)
     deadline = time.time() + 180
-    while not (out / ckpt.HISTORY).exists() and time.time() < deadline and child.returncode is None:
+    while not (out / ckpt.RESUME).exists() and time.time() < deadline and child.returncode is None:
         time.sleep(0.05)
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
-    assert (out / ckpt.HISTORY).exists(), (tmp_path / "log").read_text()[-2000:]
+    assert (out / ckpt.RESUME).exists(), (tmp_path / "log").read_text()[-2000:]
     before = (out / ckpt.HISTORY).read_text().splitlines()
     assert not (out / ckpt.METRICS).exists(), "killed too late: the run had finished"
-    ckpt.load_config(out), ckpt.load_run(out), ckpt.load_resume(out / ckpt.RESUME)  # all whole
+    ckpt.load_config(out), ckpt.load_run(out)  # whole
+    kept = ckpt.load_resume(out / ckpt.RESUME)["epoch"] + 1
+    assert len(before) >= 1 + kept
+    assert not state_summary(out)["complete"]  # listed as unfinished, never read as a finished run
     leftovers = [p.name for p in out.rglob("*") if p.name.endswith(".tmp") and not p.name.startswith(".")]
     assert not leftovers, leftovers  # only dot-named temporaries may remain, and nothing reads them
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     after = (out / ckpt.HISTORY).read_text().splitlines()
-    assert len(after) == 4 and after[:len(before)] == before  # header + 3 epochs, the kept ones unchanged
+    assert len(after) == 4 and after[:1 + kept] == before[:1 + kept]  # header + 3 epochs, the kept ones unchanged
