@@ -13,6 +13,7 @@ waiter thread the moment it ends (`spawn`), so no finished process lingers as a 
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -48,16 +49,39 @@ def _child_setup(nice: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     if nice and hasattr(os, "nice"):
         os.nice(nice)
+    # Linux: SIGINT when the thread that started us ends, i.e. when the server dies however it dies (the
+    # spawning thread lives until the child ends). The trainer then stops cleanly after its last completed
+    # epoch, instead of training on unseen by the next server and outside its job limit.
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGINT))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def spawn(command: list[str], log, nice: int = 0, env: dict | None = None) -> subprocess.Popen:
     """Start a child in its own session (a Ctrl-C in the server's terminal does not reach it) with
-    stdout and stderr to `log`, and a daemon thread that waits for it: the exit status is collected
-    as soon as it ends, even when no page ever polls it again (else it stays a zombie)."""
-    process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               env=env, start_new_session=True, preexec_fn=lambda: _child_setup(nice))
-    threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()
-    return process
+    stdout and stderr to `log`. A daemon thread starts it and then waits for it: the exit status is
+    collected as soon as it ends, even when no page ever polls it again (else it stays a zombie), and
+    the child is told to stop if the server dies (see _child_setup)."""
+    started: queue.Queue = queue.Queue(maxsize=1)
+
+    def start_and_wait():
+        try:
+            process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                       preexec_fn=lambda: _child_setup(nice))
+        except BaseException as err:  # noqa: BLE001 (handed to the caller)
+            started.put(err)
+            return
+        started.put(process)
+        process.wait()
+
+    threading.Thread(target=start_and_wait, name="child-waiter", daemon=True).start()
+    result = started.get()
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def kept_after_stop(run_dir: Path) -> str:

@@ -346,3 +346,26 @@ def test_killed_trainer_loses_no_completed_epoch(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     after = (out / ckpt.HISTORY).read_text().splitlines()
     assert len(after) == 4 and after[:1 + kept] == before[:1 + kept]  # header + 3 epochs, the kept ones unchanged
+
+
+def test_children_stop_cleanly_when_the_server_dies(tmp_path):
+    """A server killed with SIGKILL: its training child gets SIGINT (the trainer's clean stop after the
+    last completed epoch) instead of training on, unseen by the next server and outside its limits."""
+    child = ("import signal, sys, time, pathlib\n"
+             "def stop(*_): pathlib.Path(sys.argv[1]).write_text('SIGINT'); sys.exit(130)\n"
+             "signal.signal(signal.SIGINT, stop)\n"
+             "pathlib.Path(sys.argv[1] + '.ready').write_text('ok')\n"
+             "time.sleep(60)\n")
+    mark = tmp_path / "stopped"
+    server = ("import sys, time; from dashboard import jobs\n"
+              f"jobs.spawn([sys.executable, '-c', {child!r}, {str(mark)!r}], open({str(tmp_path / 'log')!r}, 'w'))\n"
+              "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", server], cwd=ROOT)
+    deadline = time.time() + 30
+    while not Path(str(mark) + ".ready").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    while not mark.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert mark.exists() and mark.read_text() == "SIGINT", "the child outlived its server"
