@@ -28,6 +28,7 @@ STEPS = [  # (results name, command)
     ("heads_interpretability", ["-m", "benchmarks.heads_interpretability"]),
     ("cub100", ["-m", "benchmarks.cub100", "--train"]),  # with a GPU: + --heads gap,grouping,gsp,cia
     ("dashboard_latency", ["-m", "benchmarks.dashboard_latency"]),
+    ("dashboard_load", ["-m", "benchmarks.dashboard_load"]),
 ]
 # With a GPU, `make bench` also measures these (written as <name>_cuda and shown after the CPU table).
 GPU_STEPS = [
