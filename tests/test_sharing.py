@@ -306,12 +306,14 @@ def test_model_cache_loads_once_and_evicts_least_recently_used():
 
 
 def test_state_keeps_no_global_torch_settings_or_salted_keys():
-    code = ("import torch; n = torch.get_num_threads(); torch.set_num_threads(2); import dashboard.state as s; "
+    from dashboard import state
+
+    code = ("import torch; torch.set_num_threads(2); import dashboard.state as s; "
             "assert torch.get_num_threads() == 2, 'importing state changed the thread count'; print(s.digest('x'))")
-    out = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONHASHSEED=seed)) for seed in ("1", "2")]
-    assert all(o.returncode == 0 for o in out), out[0].stderr[-2000:]
-    assert out[0].stdout == out[1].stdout  # the same key in every server process
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONHASHSEED="1"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == state.digest("x")  # the same key in another process (another hash seed)
 
 
 # ---- crash safety --------------------------------------------------------------------------------------
@@ -324,7 +326,7 @@ def test_killed_trainer_loses_no_completed_epoch(tmp_path):
     from dashboard.testing import TINY_OVERRIDES
 
     out = tmp_path / "killed"
-    overrides = [o for o in TINY_OVERRIDES if not o.startswith("train.epochs")] + ["data.shapes.train_per_class=24"]
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("train.epochs")]
     command = jobs.train_command(str(ROOT / "configs" / "shapes_gap.yaml"), str(out), 3, 0, overrides)
     with open(tmp_path / "log", "w") as log:
         child = jobs.spawn(command, log)
