@@ -52,11 +52,20 @@ def _child_setup(nice: int) -> None:
     # Linux: SIGINT when the thread that started us ends, i.e. when the server dies however it dies (the
     # spawning thread lives until the child ends). The trainer then stops cleanly after its last completed
     # epoch, instead of training on unseen by the next server and outside its job limit.
+    if _PRCTL is not None:
+        _PRCTL(1, int(signal.SIGINT))  # PR_SET_PDEATHSIG
+
+
+def _find_prctl():
+    """libc's prctl, looked up in the parent: no dlopen between fork and exec."""
     try:
         import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGINT))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _find_prctl()
 
 
 def spawn(command: list[str], log, nice: int = 0, env: dict | None = None) -> subprocess.Popen:
