@@ -371,3 +371,28 @@ def test_children_stop_cleanly_when_the_server_dies(tmp_path):
     while not mark.exists() and time.time() < deadline:
         time.sleep(0.05)
     assert mark.exists() and mark.read_text() == "SIGINT", "the child outlived its server"
+
+
+def test_killed_server_mid_umap_leaves_no_process_and_no_half_file(runs, tmp_path):
+    """The server dies while its UMAP child computes: the child stops too, and the run folder holds either
+    no UMAP coordinates or whole ones (written atomically), never a partial file the map would read."""
+    run = tmp_path / "umap_run"
+    shutil.copytree(runs[0], run, ignore=shutil.ignore_patterns("resume.pt", "coords_umap.npy"))
+    server = ("import sys; from dashboard import state\n"
+              f"print(state.start_umap({str(run)!r})['process'].pid, flush=True)\n"
+              "import time; time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", server], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    child = int(proc.stdout.readline())
+    time.sleep(1)  # inside its imports (torch, numba, UMAP: seconds), long before the fit ends
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10  # unsignalled, the child would import and fit on for far longer
+    while _state_of(child) not in (None, "Z") and time.time() < deadline:
+        time.sleep(0.1)
+    assert _state_of(child) in (None, "Z"), "the UMAP child outlived its server"
+    coords = run / "artifacts" / "coords_umap.npy"
+    if coords.exists():  # it finished before the signal: then the file is whole
+        import numpy as np
+        assert len(np.load(coords)) == len(np.load(run / "artifacts" / "labels.npy"))
+    assert not [p.name for p in run.rglob("*") if p.name.endswith(".tmp") and not p.name.startswith(".")]
