@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-fast browser checkpoints bench clean
+.PHONY: setup run share test test-fast browser checkpoints bench clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,18 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium missing: run 'sudo apt-get install -y chromium' for the browser tests (they skip without it)"; fi; }
 
+# loopback by default: only this machine can open the dashboard. `make share` (or
+# METRICLENS_ADDRESS=0.0.0.0 make run) serves the network, in teaching mode unless METRICLENS_MODE=full.
+ADDRESS := $(or $(METRICLENS_ADDRESS),127.0.0.1)
+PORT    := $(or $(METRICLENS_PORT),8501)
+
 run: setup
-	$(VENV)/bin/streamlit run app.py --server.headless true --browser.gatherUsageStats false
+	@$(PY) -m dashboard.access --address $(ADDRESS) --port $(PORT)
+	$(VENV)/bin/streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) \
+	  --server.headless true --browser.gatherUsageStats false
+
+share:
+	@$(MAKE) --no-print-directory run METRICLENS_ADDRESS=0.0.0.0
 
 test: setup browser
 	$(PY) -m pytest -q

@@ -3,18 +3,32 @@
 The entrypoint is the frame around every page: the sidebar run picker, deep links
 (`?page=attention&run=shapes_gap&query=12&compare=shapes_grouping`, read on load and written on
 change) and the navigation over dashboard/pages. Known bad input (a damaged run, a moved data
-set) ends as a clear st.error, never a traceback.
+set) ends as a clear st.error, never a traceback. In teaching mode (dashboard/access.py) there is
+no Train page and no folder box, and a link opens only runs of the allow-list `state.discover_runs`.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import streamlit as st
+import torch
 
 from core.checkpoint import CheckpointError
 from dashboard import state, ui
 
-st.set_page_config(page_title="MetricLens", page_icon=":material/travel_explore:", layout="wide")
+# The dashboard runs one image at a time. With several intra-op threads, PyTorch's workers spin while
+# other processes hold the cores, and a 10 ms forward took 200-500 ms on the shared 2-core machine;
+# one thread is as fast when idle and stays fast under load. Training runs in its own process.
+torch.set_num_threads(int(os.environ.get("METRICLENS_TORCH_THREADS", "1")))
+
+# a local file: an emoji or :material: page icon makes the browser fetch the favicon from a CDN
+st.set_page_config(page_title="MetricLens", page_icon=str(state.REPO / "static" / "favicon.png"), layout="wide")
+try:
+    TEACHING = state.teaching()
+except ValueError as err:  # a mistyped METRICLENS_MODE: say so instead of guessing a mode
+    st.error(str(err))
+    st.stop()
 
 # Material icons ship with Streamlit's frontend, so they render even where no emoji font is installed
 TITLES = {"explore": ("Explore", ":material/scatter_plot:"), "retrieval": ("Retrieval", ":material/image_search:"),
@@ -24,7 +38,7 @@ TITLES = {"explore": ("Explore", ":material/scatter_plot:"), "retrieval": ("Retr
 # the default page lives at "/" (Streamlit ignores its url_path); the others at /retrieval, /attention, ...
 PAGES = {key: st.Page(ui.PAGES[key], title=title, icon=icon, default=key == "explore",
                       **({} if key == "explore" else {"url_path": key}))
-         for key, (title, icon) in TITLES.items()}
+         for key, (title, icon) in TITLES.items() if not (TEACHING and key == "train")}
 
 
 def run_label(summary: dict) -> str:
@@ -44,22 +58,26 @@ def run_key(summary: dict, runs: list[dict]) -> str:
 
 
 def read_deep_link(runs: list[dict], current_page: str) -> list[dict]:
-    """Once per session: take run, query, comparison run and page from the URL. A run given as a path
-    outside the listed folders is added as 'another folder'. Returns the (possibly longer) run list."""
+    """Once per session: take run, query, comparison run and page from the URL. Runs are looked up by
+    name (or listed path) in the discovered runs: a link's text never reaches the file system, except
+    outside teaching mode, where an absolute path to a run folder is added as 'another folder' (as if
+    typed into the folder box). Returns the (possibly longer) run list."""
     if st.session_state.get("_deep_link_read"):
         return runs
     st.session_state["_deep_link_read"] = True
     params = st.query_params
-    linked = Path(params.get("run") or "").expanduser()
-    if params.get("run") and linked.is_absolute() and (linked / "config.json").exists() \
-            and str(linked.resolve()) not in {r["path"] for r in runs}:
-        st.session_state[state.EXTRA_ROOT] = str(linked)
-        runs = state.discover_runs()
+    listed = {r["path"] for r in runs}
+    if not TEACHING and params.get("run") and params["run"] not in listed:
+        linked = Path(params["run"]).expanduser()
+        if linked.is_absolute() and (linked / "config.json").exists() and str(linked.resolve()) not in listed:
+            st.session_state[state.EXTRA_ROOT] = str(linked)
+            runs = state.discover_runs()
     by_key = {run_key(r, runs): r["path"] for r in runs} | {r["path"]: r["path"] for r in runs}
     if params.get("run") in by_key:
         st.session_state[state.RUN] = by_key[params["run"]]
     elif params.get("run"):
-        st.session_state["_deep_link_problem"] = f"run {params['run']!r} from the link was not found"
+        st.session_state["_deep_link_problem"] = (f"run {params['run'][:80]!r} from the link is not one of the "
+                                                  f"listed runs")
     if params.get("compare") in by_key:
         st.session_state[state.COMPARE] = by_key[params["compare"]]
     elif params.get("compare"):  # the Compare page says so instead of comparing with another run
@@ -88,7 +106,11 @@ def write_deep_link(runs: list[dict], current_page: str) -> None:
 def sidebar_run_picker(runs: list[dict]) -> None:
     with st.sidebar:
         st.markdown("### :material/travel_explore: MetricLens")
-        if not runs:
+        if TEACHING:
+            st.caption(":material/school: Teaching mode: read-only, the runs the host chose.")
+        if not runs and TEACHING:
+            st.warning("No runs found. The host lists runs by starting the server with METRICLENS_RUNS=folder.")
+        elif not runs:
             st.warning("No runs found. Train one on the **Train** page, or give a folder of runs below.")
         else:
             paths = [r["path"] for r in runs]
@@ -107,7 +129,7 @@ def sidebar_run_picker(runs: list[dict]) -> None:
                 st.session_state[state.RUN] = st.session_state["w_run"]
                 st.session_state[state.UPLOAD] = None
             st.selectbox("Run", paths, key="w_run", format_func=labels.get, on_change=picked,
-                         help="Runs in checkpoints/, in $METRICLENS_RUNS and in the folder below")
+                         help="Runs in checkpoints/ and in $METRICLENS_RUNS" + ("" if TEACHING else " and in the folder below"))
             summary = next(r for r in runs if r["path"] == st.session_state[state.RUN])
             metrics = summary.get("metrics") or {}
             if metrics:
@@ -115,9 +137,12 @@ def sidebar_run_picker(runs: list[dict]) -> None:
                                        [("R@1", "recall@1"), ("MAP@R", "map_at_r"), ("NMI", "nmi")] if key in metrics))
             if summary.get("problem"):
                 st.error(summary["problem"])
-            st.caption(f"`{summary['path']}`" + (f" — {summary['description']}" if summary.get("description") else ""))
+            where = summary["name"] if TEACHING else summary["path"]  # a visitor needs no server paths
+            st.caption(f"`{where}`" + (f" — {summary['description']}" if summary.get("description") else ""))
         if st.session_state.get("_deep_link_problem"):
             st.warning(st.session_state.pop("_deep_link_problem"))
+        if TEACHING:
+            return
         st.session_state["w_extra_root"] = st.session_state.get(state.EXTRA_ROOT) or ""
         st.text_input("Another folder of runs", key="w_extra_root", placeholder="/path/to/runs",
                       on_change=lambda: st.session_state.update({state.EXTRA_ROOT: st.session_state["w_extra_root"]}))

@@ -28,6 +28,7 @@ STEPS = [  # (results name, command)
     ("heads_interpretability", ["-m", "benchmarks.heads_interpretability"]),
     ("cub100", ["-m", "benchmarks.cub100", "--train"]),  # with a GPU: + --heads gap,grouping,gsp,cia
     ("dashboard_latency", ["-m", "benchmarks.dashboard_latency"]),
+    ("dashboard_load", ["-m", "benchmarks.dashboard_load"]),
 ]
 # With a GPU, `make bench` also measures these (written as <name>_cuda and shown after the CPU table).
 GPU_STEPS = [
@@ -138,6 +139,9 @@ def assemble() -> None:
         if gpu.exists():
             text = re.sub(r"^(#+) ", r"#\1 ", gpu.read_text(), flags=re.M)
             parts.append(re.sub(r"^## (.*)$", r"## \1 — GPU", text, count=1, flags=re.M))
+    # fidelity against the official code: hand-written per method (the scripts need a checkout of that code)
+    for md in sorted((ROOT / "benchmarks" / "fidelity").glob("*.md")):
+        parts.append(md.read_text())  # written as "## Fidelity: <method>" sections
     (ROOT / "BENCHMARKS.md").write_text("\n\n".join(parts))
 
 

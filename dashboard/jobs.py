@@ -4,14 +4,21 @@ The UI never trains in its own process (Streamlit calls from worker threads fail
 must not kill training). The child writes its progress bar and log to RUN_DIR/train.log; the
 page polls that file and history.csv. Cancel sends SIGINT, which the CLI turns into a clean stop
 after which the last completed epoch stays in resume.pt; starting the same job again resumes.
+
+Jobs are shared by one server but owned by a browser session (`JobBoard`): only the owner sees
+the job's panel and may cancel or restart it; other sessions see that the machine is busy. The
+board admits one running job per session and `limit` per server. Every child is reaped by a
+waiter thread the moment it ends (`spawn`), so no finished process lingers as a zombie.
 """
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +43,82 @@ def validate_name(name: str) -> str | None:
     return None
 
 
-def _default_sigint() -> None:
+def _child_setup(nice: int) -> None:
+    # a server started from a non-interactive shell with `&` inherits SIGINT as *ignored*; restore
+    # the default so Cancel's SIGINT reaches the trainer and it stops cleanly (exit 130)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
+    # Linux: SIGINT when the thread that started us ends, i.e. when the server dies however it dies (the
+    # spawning thread lives until the child ends). The trainer then stops cleanly after its last completed
+    # epoch, instead of training on unseen by the next server and outside its job limit.
+    if _PRCTL is not None:
+        _PRCTL(1, int(signal.SIGINT))  # PR_SET_PDEATHSIG
+
+
+def _find_prctl():
+    """libc's prctl, looked up in the parent: no dlopen between fork and exec."""
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _find_prctl()
+
+
+def spawn(command: list[str], log, nice: int = 0, env: dict | None = None) -> subprocess.Popen:
+    """Start a child in its own session (a Ctrl-C in the server's terminal does not reach it) with
+    stdout and stderr to `log`. A daemon thread starts it and then waits for it: the exit status is
+    collected as soon as it ends, even when no page ever polls it again (else it stays a zombie), and
+    the child is told to stop if the server dies (see _child_setup)."""
+    started: queue.Queue = queue.Queue(maxsize=1)
+
+    def start_and_wait():
+        try:
+            process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                       preexec_fn=lambda: _child_setup(nice))
+        except BaseException as err:  # noqa: BLE001 (handed to the caller)
+            started.put(err)
+            return
+        started.put(process)
+        process.wait()
+
+    threading.Thread(target=start_and_wait, name="child-waiter", daemon=True).start()
+    result = started.get()
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def kept_after_stop(run_dir: Path) -> str:
+    """What a stopped run directory holds, read from its files (so Cancel never claims more than is there).
+    resume.pt is the last file an epoch writes (history.csv comes just before), so it decides."""
+    from core import checkpoint as ckpt
+
+    run_dir = Path(run_dir)
+    if not (run_dir / ckpt.RESUME).exists():
+        return "No epoch had completed, so nothing was kept: starting the same job again begins from scratch."
+    try:
+        last = int(ckpt.load_resume(run_dir / ckpt.RESUME)["epoch"])
+    except (ckpt.CheckpointError, KeyError, TypeError, ValueError) as err:
+        return f"resume.pt cannot be read ({err}); delete it to start the run afresh."
+    parts = [f"{last + 1} completed epoch(s) are kept: resume.pt holds epoch {last + 1} "
+             f"(start the same job again to resume after it)"]
+    try:
+        from safetensors import safe_open
+        with safe_open(str(run_dir / ckpt.WEIGHTS), "pt") as fh:
+            best = int((fh.metadata() or {}).get("epoch", "-2"))
+        parts.append("weights.safetensors holds the untrained starting weights" if best == -1 else
+                     f"weights.safetensors holds the best weights so far (epoch {best + 1})" if best >= 0 else
+                     "weights.safetensors does not say which epoch it holds")
+    except Exception:  # missing or unreadable: say so rather than guess
+        parts.append("there are no best weights yet (weights.safetensors is missing or unreadable)")
+    if not (run_dir / ckpt.METRICS).exists():
+        parts.append("test metrics and artifacts are not written until the run finishes")
+    return "; ".join(parts) + "."
 
 
 @dataclass
@@ -50,26 +131,21 @@ class TrainJob:
     finished: float | None = None
     cancelled: bool = False
     announced: bool = False     # the page has rerun once since the job ended (to list the new run)
+    owner: str = ""             # the browser session that started it; only it may cancel or restart
+    kept: str = ""              # after a cancel: what the run directory holds (see kept_after_stop)
 
     @property
     def log_path(self) -> Path:
         return self.run_dir / LOG_NAME
 
     @classmethod
-    def start(cls, name: str, run_dir: Path, command: list[str]) -> "TrainJob":
+    def start(cls, name: str, run_dir: Path, command: list[str], owner: str = "") -> "TrainJob":
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        job = cls(name, run_dir, command)
-        log = open(job.log_path, "a", buffering=1)
-        log.write(f"$ {' '.join(command)}\n")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        # own session: a Ctrl-C in the server's terminal does not reach the child, and vice versa
-        # a server started from a non-interactive shell with `&` inherits SIGINT as *ignored*; restore
-        # the default so Cancel's SIGINT reaches the trainer and it stops cleanly (exit 130)
-        job.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                       preexec_fn=_default_sigint)
-        log.close()  # the child holds its own copy of the descriptor
+        job = cls(name, run_dir, command, owner=owner)
+        with open(job.log_path, "a", buffering=1) as log:  # the child holds its own copy of the descriptor
+            log.write(f"$ {' '.join(command)}\n")
+            job.process = spawn(command, log, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         return job
 
     @property
@@ -87,10 +163,11 @@ class TrainJob:
             return "cancelled"
         return "finished" if code == 0 else "failed"
 
-    def cancel(self, grace: float = 20.0) -> None:
-        """SIGINT (clean stop, keeps the last completed epoch); terminate if it does not stop in time."""
+    def cancel(self, grace: float = 20.0) -> str:
+        """SIGINT (clean stop, keeps the last completed epoch); terminate if it does not stop in time.
+        Returns what the run directory then holds (also kept in `self.kept`)."""
         if self.returncode is not None:
-            return
+            return self.kept
         self.cancelled = True
         self.process.send_signal(signal.SIGINT)
         try:
@@ -101,6 +178,9 @@ class TrainJob:
                 self.process.wait(5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
+        self.kept = kept_after_stop(self.run_dir)
+        return self.kept
 
     def _read_log_end(self, n_bytes: int) -> str | None:
         """The last `n_bytes` of the log as text (None while the log does not exist yet)."""
@@ -133,3 +213,53 @@ class TrainJob:
         if done >= 1.0:
             return done, f"all {epochs} epochs done; scoring the test set and writing the artifacts…"
         return done, f"epoch {epoch}/{epochs}, step {step}/{steps}"
+
+
+class JobLimit(RuntimeError):
+    """A job that may not start now; the message says why and what to do."""
+
+
+class JobBoard:
+    """The server's training jobs (run_dir -> TrainJob), each owned by one browser session. Starting
+    is checked and recorded under one lock, so two sessions clicking at once cannot both pass a limit."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.jobs: dict[str, TrainJob] = {}
+        self.lock = threading.Lock()
+
+    def running(self) -> list[TrainJob]:
+        return [job for job in list(self.jobs.values()) if job.status == "running"]
+
+    def mine(self, owner: str) -> dict[str, TrainJob]:
+        return {key: job for key, job in list(self.jobs.items()) if job.owner == owner}
+
+    def others_running(self, owner: str) -> list[TrainJob]:
+        return [job for job in self.running() if job.owner != owner]
+
+    def start(self, owner: str, name: str, run_dir: Path, command: list[str]) -> TrainJob:
+        key = str(run_dir)
+        with self.lock:
+            running = self.running()
+            if any(job.owner == owner for job in running):
+                raise JobLimit("You already have a training job running; one per session. Cancel it or wait "
+                               "until it finishes.")
+            if any(str(job.run_dir) == key for job in running):
+                raise JobLimit(f"{run_dir} is being trained by another session; pick another run name.")
+            if len(running) >= self.limit:
+                raise JobLimit(f"The server is busy: {len(running)} training job(s) running, the most it runs at "
+                               f"once (METRICLENS_MAX_JOBS={self.limit}). Try again when one finishes.")
+            job = self.jobs[key] = TrainJob.start(name, Path(run_dir), command, owner)
+        return job
+
+    def restart(self, owner: str, key: str) -> TrainJob:
+        job = self.jobs[key]
+        if job.owner != owner:
+            raise JobLimit("This job belongs to another session.")
+        return self.start(owner, job.name, job.run_dir, job.command)
+
+    def cancel(self, owner: str, key: str) -> str:
+        job = self.jobs[key]
+        if job.owner != owner:
+            raise JobLimit("This job belongs to another session; only the session that started it can cancel it.")
+        return job.cancel()

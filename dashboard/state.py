@@ -1,17 +1,25 @@
 """The only place that caches, and the names of the session-state keys every page shares.
 
-- `st.cache_resource`: models, data sets, background jobs (shared objects, never mutated);
+- models: one copy per run for every session, in a least-recently-used cache bounded by
+  METRICLENS_MODEL_BUDGET_MB (see `ModelCache`); models are read-only and keep no per-request state;
+- `st.cache_resource`: data sets, background jobs (shared objects, never mutated);
 - `st.cache_data`: derived arrays (artifacts, retrieval tables, maps, attributions).
 Every cache key carries the run directory plus the mtime of the file it derives from, so a
 retrained run invalidates its entries. Errors are raised as `CheckpointError` / `DatasetError`
 with a message saying what to do; `dashboard/ui.py` turns them into `st.error`.
+Which runs a session may open (teaching mode: only those under the run roots fixed at start) is
+decided here too: `discover_runs` is the allow-list every run name from a link is resolved against.
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import os
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,15 +29,10 @@ import torch
 
 from core import checkpoint as ckpt
 from core.checkpoint import CheckpointError
-from dashboard import logic
+from dashboard import access, jobs, logic
 
-# The dashboard runs one image at a time. With several intra-op threads, PyTorch's workers spin while
-# other processes hold the cores, and a 10 ms forward took 200-500 ms on the shared 2-core machine;
-# one thread is as fast when idle and stays fast under load. Training runs in its own process.
-torch.set_num_threads(int(os.environ.get("METRICLENS_TORCH_THREADS", "1")))
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_RUNS = REPO / "checkpoints"
+REPO = access.REPO
+DEFAULT_RUNS = access.DEFAULT_RUNS
 # The run the dashboard opens on when present: per-group attention gives every page something to show.
 OPENING_RUN = os.environ.get("METRICLENS_OPEN_RUN", "shapes_grouping")
 
@@ -38,15 +41,30 @@ RUN, COMPARE, QUERY, UPLOAD = "run", "compare_run", "query", "upload_query"
 EXTRA_ROOT, DATA_ROOTS, PAIR = "extra_runs_root", "data_root_overrides", "cross_pair"
 
 
-# ---- finding runs ------------------------------------------------------------------------------
+def digest(text: str) -> str:
+    """A stable short name for a path (file names, widget keys): `hash()` of a str is salted per process."""
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def session_owner() -> str:
+    """This browser session's id, for the jobs it starts (kept in its session state)."""
+    return st.session_state.setdefault("_session_owner", uuid.uuid4().hex)
+
+
+# ---- teaching mode and finding runs -------------------------------------------------------------
+def teaching() -> bool:
+    """Read-only teaching mode: METRICLENS_MODE=demo, or by default whenever the server is shared."""
+    return access.mode(st.get_option("server.address")) == "demo"
+
+
 def run_roots() -> list[Path]:
-    roots = [DEFAULT_RUNS]
-    roots += [Path(p) for p in os.environ.get("METRICLENS_RUNS", "").split(os.pathsep) if p.strip()]
-    extra = st.session_state.get(EXTRA_ROOT)
+    roots = access.configured_roots()
+    extra = None if teaching() else st.session_state.get(EXTRA_ROOT)
     if extra:
-        roots.append(Path(extra).expanduser())
-    roots += trained_runs()
-    return list(dict.fromkeys(r.resolve() for r in roots))
+        roots.append(Path(extra).expanduser().resolve())
+    if not teaching():  # runs trained from this dashboard, wherever they were saved (no training when teaching)
+        roots += [run.resolve() for run in trained_runs()]
+    return list(dict.fromkeys(roots))
 
 
 def _candidate_runs(root: Path) -> list[Path]:
@@ -89,11 +107,15 @@ def _summary(run_dir: str, metrics_mtime: float, config_mtime: float) -> dict:
 
 
 def discover_runs() -> list[dict]:
-    """Every run under the roots, with its key metrics (read once per metrics.json version)."""
+    """Every run under the roots, with its key metrics (read once per metrics.json version). In teaching
+    mode a run whose real path leaves its root (a symlink pointing elsewhere) is not listed."""
     seen, runs = set(), []
+    strict = teaching()
     for root in run_roots():
         for run in _candidate_runs(root):
             key = str(run.resolve())
+            if strict and not Path(key).is_relative_to(root):
+                continue
             if key not in seen:
                 seen.add(key)
                 runs.append(_summary(key, _mtime(run / ckpt.METRICS), _mtime(run / ckpt.CONFIG)))
@@ -120,14 +142,72 @@ def warm_up() -> threading.Thread:
 
 
 # ---- models and artifacts ---------------------------------------------------------------------
-@st.cache_resource(show_spinner="Loading the model…", max_entries=8)
-def _load_model(run_dir: str, weights_mtime: float):
-    return ckpt.load_run(run_dir)
+class ModelCache:
+    """One loaded copy per run for every session: run_dir -> (weights mtime, model, cfg, bytes). A
+    retrained run replaces its own entry; past `budget` bytes of parameters and buffers the least
+    recently used runs are dropped (the newest always stays, whatever its size). Two sessions asking
+    for the same missing run wait for one load instead of loading it twice."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.entries: OrderedDict[str, tuple] = OrderedDict()
+        self.lock = threading.Lock()
+        self.loading: dict[str, threading.Lock] = {}
+
+    def _hit(self, run_dir: str, stamp: float):
+        entry = self.entries.get(run_dir)
+        if entry is None or entry[0] != stamp:
+            return None
+        self.entries.move_to_end(run_dir)
+        return entry[1], entry[2]
+
+    def has(self, run_dir: str, stamp: float) -> bool:
+        with self.lock:
+            return self._hit(run_dir, stamp) is not None
+
+    def get(self, run_dir: str, stamp: float, load):
+        with self.lock:
+            hit = self._hit(run_dir, stamp)
+            if hit:
+                return hit
+            gate = self.loading.setdefault(run_dir, threading.Lock())
+        with gate:
+            with self.lock:  # loaded by another session while this one waited
+                hit = self._hit(run_dir, stamp)
+            if hit:
+                return hit
+            model, cfg = load()
+            size = sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
+            with self.lock:
+                self.entries[run_dir] = (stamp, model, cfg, size)
+                self.entries.move_to_end(run_dir)
+                while len(self.entries) > 1 and self.loaded_bytes() > self.budget:
+                    self.entries.popitem(last=False)
+        return model, cfg
+
+    def loaded_bytes(self) -> int:
+        return sum(entry[3] for entry in self.entries.values())
+
+
+def model_budget_mb() -> int:
+    """METRICLENS_MODEL_BUDGET_MB (default 1024): parameter memory of the models kept loaded at once.
+    The shipped shapes runs take about 5 MB each, a ResNet-50 run about 100 MB."""
+    return int(os.environ.get("METRICLENS_MODEL_BUDGET_MB", "1024"))
+
+
+@st.cache_resource
+def model_cache() -> ModelCache:
+    return ModelCache(model_budget_mb() * 2**20)
 
 
 def load_model(run_dir: str):
-    """(model in eval mode, RunConfig); shared across sessions, so treat it as read-only."""
-    return _load_model(run_dir, _mtime(Path(run_dir) / ckpt.WEIGHTS))
+    """(model in eval mode, RunConfig); one copy shared by every session, so treat it as read-only."""
+    cache, stamp = model_cache(), _mtime(Path(run_dir) / ckpt.WEIGHTS)
+    load = (lambda: ckpt.load_run(run_dir))
+    if cache.has(run_dir, stamp):
+        return cache.get(run_dir, stamp, load)
+    with st.spinner("Loading the model…"):
+        return cache.get(run_dir, stamp, load)
 
 
 @dataclass
@@ -218,22 +298,19 @@ def start_umap(run_dir: str) -> dict:
     lowered priority) and return its record {started, process, log, error}. The page polls for the
     file. A thread was tried first: numba's ~40 s of compilation then starved the UI's own thread
     (the PCA map took 38 s to appear on the busy 2-core machine); a nice'd process does not."""
-    import subprocess
     import sys
 
-    jobs = _umap_jobs()
-    job = jobs.get(run_dir)
+    umap_jobs = _umap_jobs()
+    job = umap_jobs.get(run_dir)
     finished = job is not None and job["process"].poll() is not None
     stale = finished and job["process"].returncode == 0 and coords(run_dir, "umap") is None  # retrained since
     if job is None or stale:
         # the log goes to the git-ignored cache, never into a (possibly shipped) run directory
-        log = REPO / ".cache" / "umap_logs" / f"{abs(hash(run_dir)):x}.log"
+        log = REPO / ".cache" / "umap_logs" / f"{digest(run_dir)}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w") as fh:
-            process = subprocess.Popen([sys.executable, "-m", "core", "umap", run_dir], cwd=REPO, stdout=fh,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                       preexec_fn=(lambda: os.nice(10)) if hasattr(os, "nice") else None)
-        job = jobs[run_dir] = {"started": time.time(), "process": process, "log": log, "error": None}
+        with open(log, "w") as fh:  # jobs.spawn reaps the process when it ends, whether polled or not
+            process = jobs.spawn([sys.executable, "-m", "core", "umap", run_dir], fh, nice=10)
+        job = umap_jobs[run_dir] = {"started": time.time(), "process": process, "log": log, "error": None}
     elif finished and job["process"].returncode != 0 and not job["error"]:
         job["error"] = _log_tail(job["log"])
     return job
@@ -257,7 +334,8 @@ def _splits(run_dir: str, data_root: str | None):
 
 
 def data_root_override(run_dir: str) -> str | None:
-    return (st.session_state.get(DATA_ROOTS) or {}).get(run_dir)
+    """The data folder this session gave for a run whose data moved (never in teaching mode)."""
+    return None if teaching() else (st.session_state.get(DATA_ROOTS) or {}).get(run_dir)
 
 
 def splits(run_dir: str):
@@ -396,13 +474,13 @@ def weights_stamp(run_dir: str) -> float:
 
 # ---- training jobs (subprocesses that outlive a rerun) -----------------------------------------
 @st.cache_resource
-def training_jobs() -> dict:
-    """name -> dashboard.jobs.TrainJob, shared by every session of this server."""
-    return {}
+def training_jobs() -> jobs.JobBoard:
+    """Every training job of this server; each belongs to the session that started it."""
+    return jobs.JobBoard(access.max_jobs())
 
 
 def trained_runs() -> list[Path]:
     """The run folders of this server's training jobs, listed in every session wherever they were saved: the
     folder the Train page adds for a run outside the run roots is this session's only, so after a reload or
-    in a new tab the finished run was missing from the list (issue 13, defect 3)."""
-    return [Path(job.run_dir) for job in list(training_jobs().values())]
+    in a new tab (a new session) the finished run was missing from the list (issue 13, defect 3)."""
+    return [Path(job.run_dir) for job in list(training_jobs().jobs.values())]

@@ -51,9 +51,13 @@ def load_or_stop(run: str):
 
 def dataset_error(err: Exception, run: str) -> None:
     """Explain a moved data folder and offer to point this run at its new place."""
+    if state.teaching():  # no folder box for visitors: the host moves the data back
+        st.error(f"**The run's images cannot be read:** {err}\n\nMaps and metrics from the run's artifacts "
+                 f"still work. The host of this shared dashboard can move the data back.")
+        return
     st.error(f"**The run's images cannot be read:** {err}\n\nMaps and metrics from the run's artifacts still "
              f"work. To see images, move the data back, or give its new folder here (kept for this session).")
-    new_root = st.text_input("Data folder for this run", key=f"data_root_{abs(hash(run))}",
+    new_root = st.text_input("Data folder for this run", key=f"data_root_{state.digest(run)}",
                              placeholder="/path/to/the/dataset/root")
     if new_root:
         st.session_state.setdefault(state.DATA_ROOTS, {})[run] = new_root

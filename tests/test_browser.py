@@ -177,3 +177,34 @@ def test_explore_click_selects_and_selection_survives_recolouring(server, browse
     settle(page)
     assert page.get_by_text("Selection:", exact=False).count() == 0
     assert not errors, errors
+def test_nothing_is_fetched_from_the_network(server, browser):
+    """Every request but loopback is aborted (as on a machine without internet): no page may miss a
+    favicon, font, icon or script, and none may even try to reach another host."""
+    base, runs = server
+    outside, failed = [], []
+
+    def only_loopback(route):
+        host = urllib.parse.urlsplit(route.request.url).hostname
+        if host in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1200})
+    context.route("**/*", only_loopback)
+    page = context.new_page()
+    page.on("requestfailed", lambda request: failed.append(f"{request.url}: {request.failure}"))
+    link = "?" + urllib.parse.urlencode({"run": runs[0], "query": 3})
+    for name, marker in [("", "Lasso or box-select"), ("retrieval", "Hardest failures"),
+                         ("attention", "What moved the similarity"), ("learn", "GSP — generalized sum pooling")]:
+        page.goto(f"{base}/{name}{link}")
+        page.get_by_text(marker, exact=False).first.wait_for(timeout=90_000)
+        settle(page)
+        images_loaded(page)
+        page.wait_for_load_state("networkidle")
+    icon = page.evaluate("Array.from(document.querySelectorAll('link[rel~=icon]')).map(l => l.href)")
+    context.close()
+    assert icon and all(href.startswith(base) for href in icon), icon  # the local favicon
+    assert not outside, f"requests to other hosts: {outside}"
+    assert not failed, failed

@@ -523,7 +523,7 @@ def test_train_page_runs_lists_and_cancels_a_job(runs, tmp_path):
         "data.max_per_class=8 data.shapes.test_per_class=8 data.shapes.train_per_class=8 model.embed_dim=16")
     at.button[0].click().run()
     assert not at.exception and not at.error
-    job = state.training_jobs()[str(tmp_path / "tiny_job")]
+    job = state.training_jobs().jobs[str(tmp_path / "tiny_job")]
     deadline = time.time() + 120
     while not (tmp_path / "tiny_job" / "history.csv").exists() and time.time() < deadline:
         assert job.status == "running", job.log_tail()
@@ -534,7 +534,7 @@ def test_train_page_runs_lists_and_cancels_a_job(runs, tmp_path):
     at.button(key=f"cancel_{tmp_path / 'tiny_job'}").click().run()
     assert job.status == "cancelled"
     assert (tmp_path / "tiny_job" / "resume.pt").exists()  # the last completed epoch is kept
-    assert any("Cancelled" in w.value for w in at.warning)
+    assert any("Cancelled" in w.value and "completed epoch(s) are kept" in w.value for w in at.warning)
 
 
 @pytest.mark.slow
@@ -565,19 +565,19 @@ def test_finished_job_opens_its_run(runs, tmp_path):
 
     done = tmp_path / "finished_run"
     shutil.copytree(runs[1], done, ignore=shutil.ignore_patterns("resume.pt"))
-    job = jobs.TrainJob.start("finished_run", done, [sys.executable, "-c", "print('epoch 1/1 done')"])
+    job = jobs.TrainJob.start("finished_run", done, [sys.executable, "-c", "print('epoch 1/1 done')"], owner="me")
     while job.status == "running":
         time.sleep(0.05)
-    state.training_jobs()[str(done)] = job
+    state.training_jobs().jobs[str(done)] = job
     try:
-        at = open_app(runs[0], "train", extra_runs_root=str(tmp_path))
+        at = open_app(runs[0], "train", extra_runs_root=str(tmp_path), _session_owner="me")
         assert any("Done" in s.value for s in at.success)
         at.button(key=f"explore_{done}").click().run()
         assert not at.exception
         assert at.title[0].value == "Explore the embedding"
         assert at.session_state["run"] == str(done.resolve())
     finally:
-        state.training_jobs().pop(str(done), None)
+        state.training_jobs().jobs.pop(str(done), None)
 
 
 def test_run_trained_outside_checkpoints_is_listed_in_a_new_session(runs, tmp_path):
@@ -591,10 +591,10 @@ def test_run_trained_outside_checkpoints_is_listed_in_a_new_session(runs, tmp_pa
 
     done = tmp_path / "elsewhere" / "trained_here"
     shutil.copytree(runs[1], done, ignore=shutil.ignore_patterns("resume.pt"))
-    job = jobs.TrainJob.start("trained_here", done, [sys.executable, "-c", "print('epoch 1/1 done')"])
+    job = jobs.TrainJob.start("trained_here", done, [sys.executable, "-c", "print('epoch 1/1 done')"], owner="other tab")
     while job.status == "running":
         time.sleep(0.05)
-    state.training_jobs()[str(done)] = job
+    state.training_jobs().jobs[str(done)] = job
     try:
         at = AppTest.from_file(APP, default_timeout=120).run()  # a fresh session: no extra folder
         assert not at.exception
@@ -605,7 +605,7 @@ def test_run_trained_outside_checkpoints_is_listed_in_a_new_session(runs, tmp_pa
         assert at.session_state["run"] == str(done.resolve())
         assert at.title[0].value == "Explore the embedding" and not at.warning
     finally:
-        state.training_jobs().pop(str(done), None)
+        state.training_jobs().jobs.pop(str(done), None)
     at = open_app(str(tmp_path / "gone_run"))
     assert any("gone_run" in w.value and "not in the run list" in w.value for w in at.sidebar.warning)
     assert at.session_state["run"] != str(tmp_path / "gone_run")

@@ -1,4 +1,7 @@
-"""Train: a form over a config -> `python -m core train` in a subprocess, with live progress and curves."""
+"""Train: a form over a config -> `python -m core train` in a subprocess, with live progress and curves.
+
+A job belongs to the browser session that started it: only that session sees its panel and may
+cancel or restart it; others see that the machine is busy. Not part of the teaching mode."""
 from __future__ import annotations
 
 import os
@@ -13,6 +16,9 @@ from core.registry import BACKBONES, HEADS
 from dashboard import figures, jobs, state, ui
 
 st.title("Train a model")
+if state.teaching():  # app.py leaves the page out of the navigation; this guards a direct call
+    st.info("Training is off in teaching mode (the dashboard is shared read-only).")
+    st.stop()
 CONFIGS = sorted((state.REPO / "configs").glob("*.yaml"))
 if not CONFIGS:
     st.error(f"No config files in {state.REPO / 'configs'}; add a YAML config (see configs/shapes_gap.yaml in the repo).")
@@ -52,11 +58,11 @@ with st.form(f"train_form_{stem}"):
                               placeholder="data.max_per_class=8 train.batch_size=32")
     submitted = st.form_submit_button("Start training", type="primary")
 
-registry = state.training_jobs()
+board = state.training_jobs()
+owner = state.session_owner()
 if submitted:
     problem = jobs.validate_name(name)
     out = Path(root).expanduser() / name
-    running = registry.get(str(out))
     overrides = [f"train.lr={lr:g}", f"model.backbone={backbone}"]
     if head != base.model.head:  # the config's head arguments belong to its own head
         overrides += [f"model.head={head}", "model.head_args={}"]
@@ -66,8 +72,6 @@ if submitted:
         st.error(f"Run name {name!r}: {problem}")
     elif bad:
         st.error(f"Overrides must look like section.key=value; these do not: {', '.join(bad)}")
-    elif running is not None and running.status == "running":
-        st.error(f"{out} is already training; cancel it first or pick another name.")
     else:
         try:
             RunConfig.load(config_path).with_overrides(overrides)  # fail here, not in the child, on typos
@@ -77,9 +81,13 @@ if submitted:
             if out.exists() and (out / "config.json").exists():
                 st.info(f"{out} exists: training resumes it if its config matches, and says so in the log if not.")
             command = jobs.train_command(str(config_path), str(out), epochs, seed, overrides)
-            registry[str(out)] = jobs.TrainJob.start(name, out, command)
-            if out.parent.resolve() not in state.run_roots():  # so the sidebar lists the new run
-                st.session_state[state.EXTRA_ROOT] = str(out.parent)
+            try:
+                board.start(owner, name, out, command)
+            except jobs.JobLimit as err:
+                st.error(str(err))
+            else:
+                if out.parent.resolve() not in state.run_roots():  # so the sidebar lists the new run
+                    st.session_state[state.EXTRA_ROOT] = str(out.parent)
 
 
 def history_frame(run_dir: Path) -> pd.DataFrame | None:
@@ -91,7 +99,7 @@ def history_frame(run_dir: Path) -> pd.DataFrame | None:
 
 
 def job_panel(key: str) -> None:
-    job = registry[key]
+    job = board.jobs[key]
     status = job.status
     icon = {"running": ":material/hourglass_top:", "finished": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/stop_circle:"}[status]
     st.markdown(f"#### {icon} {job.name} — {status}")
@@ -99,8 +107,9 @@ def job_panel(key: str) -> None:
     fraction, message = job.progress()
     if status == "running":
         st.progress(fraction, text=message)
-        if st.button("Cancel (keeps the last completed epoch)", key=f"cancel_{key}"):
-            job.cancel()
+        if st.button("Cancel (keeps the completed epochs)", key=f"cancel_{key}"):
+            with st.spinner("Stopping after the current step…"):
+                board.cancel(owner, key)
             st.rerun(scope="app")
     elif status == "finished":
         st.success(f"Done: **{job.name}** is in the run list in the sidebar.")
@@ -108,12 +117,16 @@ def job_panel(key: str) -> None:
             st.session_state[state.RUN] = str(job.run_dir.resolve())
             st.switch_page(ui.PAGES["explore"])
     elif status == "cancelled":
-        st.warning("Cancelled. The last completed epoch is kept in resume.pt; start the same job again to resume.")
+        st.warning(f"Cancelled. {job.kept or jobs.kept_after_stop(job.run_dir)}")
     else:
         st.error(f"Training stopped with exit code {job.returncode}; the log below says why.")
     if status != "running" and st.button("Run again / resume", key=f"again_{key}"):
-        registry[key] = jobs.TrainJob.start(job.name, job.run_dir, job.command)
-        st.rerun(scope="app")
+        try:
+            board.restart(owner, key)
+        except jobs.JobLimit as err:
+            st.error(str(err))
+        else:
+            st.rerun(scope="app")
     history = history_frame(job.run_dir)
     if history is not None:
         losses = [c for c in history.columns if c not in ("epoch", "seconds") and not c.startswith(("val_", "test_"))]
@@ -128,13 +141,18 @@ def job_panel(key: str) -> None:
         st.rerun(scope="app")
 
 
-if registry:
-    st.subheader("Jobs")
-for key in sorted(registry, key=lambda k: -registry[k].started):
-    live = registry[key].status == "running"
+busy = board.others_running(owner)
+if busy:  # no names, folders or buttons: another session's job is none of this one's business
+    st.info(f"The machine is busy: {len(busy)} training job(s) started by other sessions are running "
+            f"(the server runs at most {board.limit} at once).")
+mine = board.mine(owner)
+if mine:
+    st.subheader("Your jobs")
+for key in sorted(mine, key=lambda k: -mine[k].started):
+    live = mine[key].status == "running"
     # only running jobs poll; a fragment reruns alone, so the form above keeps its inputs
     st.fragment(job_panel, run_every=2.0 if live else None)(key)
-if not registry:
+if not mine:
     st.info("Pick a config, adjust the fields and start. Training runs in the background; you can use the other "
             "pages meanwhile and come back here to follow it. A new run is listed in the sidebar at once (as "
             "unfinished) and can be explored when it finishes.")
