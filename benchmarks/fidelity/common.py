@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import types
 from pathlib import Path
 
 import torch
@@ -16,6 +17,14 @@ def import_official(root: Path, module: str, file: str | None = None):
         raise SystemExit(f"--official {root}: not a folder; clone the official repository there first")
     if file is None:
         sys.path.insert(0, str(root))
+        # stub the parent packages, so a heavy package `__init__` (e.g. DSL's `lib`) is not run
+        parts = module.split(".")
+        for i in range(1, len(parts)):
+            name = ".".join(parts[:i])
+            if name not in sys.modules and root.joinpath(*parts[:i]).is_dir():
+                stub = types.ModuleType(name)
+                stub.__path__ = [str(root.joinpath(*parts[:i]))]
+                sys.modules[name] = stub
         return importlib.import_module(module)
     spec = importlib.util.spec_from_file_location(module, root / file)
     mod = importlib.util.module_from_spec(spec)

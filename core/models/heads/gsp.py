@@ -52,7 +52,7 @@ register_map("keep", "GSP pooling weight per position (α·h·w): 1 = average po
 register_map("prototypes", "GSP transport plan to each learnable prototype (π·h·w): which positions feed "
                            "which prototype ('semantic entity'); map k sums to h·w·μ·attribute_k")
 
-VARIANTS = {"tf": dict(entropy_weight=5.0, normalization="l2", pooling="average", bias=False),
+VARIANTS = {"tf": dict(entropy_weight=5.0, normalization="lipschitz", pooling="average", bias=False),
             "intra_batch": dict(entropy_weight=0.1, normalization="lipschitz", pooling="max", bias=True)}
 
 
@@ -61,8 +61,23 @@ def lipschitz_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return x / x.norm(dim=dim, keepdim=True).clamp_min(1.0)
 
 
+def greedy_k_center_tf(memory: torch.Tensor, k: int) -> torch.Tensor:
+    """The TF layer's k-center (`initialize_support_kernel` + `proxy_utils.greedyKCenter`): the first k
+    memory rows are the initial cover, and k rows of the rest are picked one by one, each the point
+    farthest (squared L2) from everything covered so far; the initial rows themselves are not returned."""
+    initial, pool = memory[:k], memory[k:]
+    dist = torch.cdist(pool, initial).square().amin(1)
+    chosen = []
+    for _ in range(k):
+        idx = int(dist.argmax())
+        chosen.append(idx)
+        dist = torch.minimum(dist, (pool - pool[idx]).square().sum(-1))
+    return pool[chosen]
+
+
 def greedy_k_center(points: torch.Tensor, k: int) -> torch.Tensor:
-    """k rows of `points` (P×D) by farthest-point selection, starting from the first row."""
+    """k rows of `points` (P×D) by farthest-point selection, starting from the first row (the PyTorch
+    port's `init_protos`)."""
     chosen = [0]
     dist = (points - points[0]).square().sum(-1)
     for _ in range(k - 1):
@@ -75,8 +90,10 @@ def greedy_k_center(points: torch.Tensor, k: int) -> torch.Tensor:
 class ZeroShotRegression(nn.Module):
     """ZSR: predict class embeddings from one half's attributes by ridge regression on the other."""
 
-    def __init__(self, num_classes: int, dim: int, ridge: float = 0.05, scale: float = 9.5, split: str = "interleave"):
+    def __init__(self, num_classes: int, dim: int, ridge: float = 0.05, scale: float = 9.5, split: str = "interleave",
+                 bounded: bool = True):
         super().__init__()
+        self.bounded = bounded
         if split not in ("interleave", "halves"):
             raise ValueError(f"zsr_split must be 'interleave' or 'halves', got {split!r}")
         self.ridge, self.scale, self.split = ridge, scale, split
@@ -102,7 +119,13 @@ class ZeroShotRegression(nn.Module):
         one, two = one.to(x.device), two.to(x.device)
         pred = torch.cat([self._predict(x[two], y[two], x[one]), self._predict(x[one], y[one], x[two])])
         logits = self.scale * pred @ self.class_embeddings.float().T  # B×C, plain dot products
-        return F.cross_entropy(logits, torch.cat([rows[one], rows[two]]))
+        target = torch.cat([rows[one], rows[two]])
+        if not self.bounded:
+            return F.cross_entropy(logits, target)
+        # official (TF and PT `attribute_loss`): −log(p_y + 1e-16), at most 36.8 per sample, and no gradient
+        # from samples whose true class is hopeless (p_y ≪ 1e-16), where plain cross-entropy keeps pushing
+        p_true = logits.softmax(1).gather(1, target[:, None])[:, 0]
+        return -(p_true + 1e-16).log().mean()
 
 
 @register_head("gsp")
@@ -111,7 +134,8 @@ class GSPHead(Head):
                  num_prototypes: int = 64, transport_ratio: float = 0.3, entropy_weight: float | None = None,
                  iterations: int = 100, variant: str = "tf", memory_size: int = 1024, proto_init: str = "memory",
                  grad: str = "analytic", zsr_weight: float = 0.1, zsr_ridge: float = 0.05, zsr_scale: float = 9.5,
-                 zsr_split: str = "interleave"):
+                 zsr_split: str = "interleave", zsr_bounded: bool = True, normalization: str | None = None, augment: str | None = None,
+                 gem_p: float = 3.0):
         super().__init__(in_channels, embed_dim, num_classes)
         if variant not in VARIANTS:
             raise ValueError(f"gsp variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
@@ -122,10 +146,20 @@ class GSPHead(Head):
         if not 0.0 < transport_ratio <= 1.0:
             raise ValueError(f"gsp transport_ratio (μ) must be in (0, 1], got {transport_ratio}")
         spec = VARIANTS[variant]
+        normalization = normalization or spec["normalization"]
+        if normalization not in ("lipschitz", "l2"):
+            raise ValueError(f"gsp normalization must be 'lipschitz' (TF L2Normalization: divide only when the norm "
+                             f"exceeds 1) or 'l2' (always divide), got {normalization!r}")
+        if augment not in (None, "max", "gem"):
+            raise ValueError(f"gsp augment must be null, 'max' (TF augment_max_pool) or 'gem' (TF use_gemp), got {augment!r}")
         self.variant, self.out_dim = variant, embed_dim
         self.mu, self.iterations, self.grad = float(transport_ratio), int(iterations), grad
         self.gamma = float(spec["entropy_weight"] if entropy_weight is None else entropy_weight)
-        self.normalize = F.normalize if spec["normalization"] == "l2" else lipschitz_normalize
+        self.normalization = normalization
+        self.normalize = F.normalize if normalization == "l2" else lipschitz_normalize
+        self.augment = augment
+        if augment == "gem":  # TF `use_gemp`: learnable power p, initialised 3
+            self.gem_p = nn.Parameter(torch.full((), float(gem_p)))
         self.max_pool = spec["pooling"] == "max"
         self.proj = nn.Conv2d(in_channels, embed_dim, 1, bias=spec["bias"])
         self.prototypes = nn.Parameter(torch.empty(num_prototypes, embed_dim))
@@ -141,7 +175,7 @@ class GSPHead(Head):
         self.register_buffer("memory_filled", torch.zeros((), dtype=torch.long))
         self.register_buffer("ready", torch.tensor(0 if use_memory else 1, dtype=torch.long))
         self.zsr_weight = float(zsr_weight) if num_classes else 0.0
-        self.zsr = (ZeroShotRegression(num_classes, embed_dim, zsr_ridge, zsr_scale, zsr_split)
+        self.zsr = (ZeroShotRegression(num_classes, embed_dim, zsr_ridge, zsr_scale, zsr_split, zsr_bounded)
                     if self.zsr_weight > 0 else None)
 
     # ---- prototypes ------------------------------------------------------------------------------
@@ -155,16 +189,25 @@ class GSPHead(Head):
         self.memory[start:start + take] = emb[:take].to(self.memory.dtype)
         self.memory_filled += take
         if int(self.memory_filled) >= size:
-            self.prototypes.data.copy_(greedy_k_center(self.memory.float(), len(self.prototypes)))
+            k_center = greedy_k_center_tf if self.variant == "tf" else greedy_k_center
+            self.prototypes.data.copy_(k_center(self.memory.float(), len(self.prototypes)))
             self.ready.fill_(1)
 
     # ---- forward ---------------------------------------------------------------------------------
-    def _pool(self, features: torch.Tensor, z: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def _pool(self, features: torch.Tensor, z: torch.Tensor, keep: torch.Tensor, warm_up: bool = False) -> torch.Tensor:
         """Pooled features B×D from the per-position weights keep = n·α (B×1×h×w)."""
         if self.max_pool:   # PT: W·GMP((nα)⊙X) + b
             gmp = (keep.to(features.dtype) * features).amax((2, 3), keepdim=True)
-            return F.conv2d(gmp, self.proj.weight, self.proj.bias).flatten(1)
-        return (keep.to(z.dtype) * z).mean((2, 3))
+            pooled = F.conv2d(gmp, self.proj.weight, self.proj.bias).flatten(1)
+        elif self.augment == "gem" and not warm_up:  # TF use_gemp: W·GeM_p((nα)⊙X), clipped at 1e-6
+            p = self.gem_p.to(features.dtype)
+            gem = (keep.to(features.dtype) * features).clamp_min(1e-6).pow(p).mean((2, 3), keepdim=True).pow(1 / p)
+            pooled = F.conv2d(gem, self.proj.weight, self.proj.bias).flatten(1)
+        else:
+            pooled = (keep.to(z.dtype) * z).mean((2, 3))
+        if self.augment == "max":  # TF augment_max_pool: + W·GMP(X), in warm-up too
+            pooled = pooled + F.conv2d(features.amax((2, 3), keepdim=True), self.proj.weight, self.proj.bias).flatten(1)
+        return pooled
 
     def transport(self, z: torch.Tensor) -> torch.Tensor:
         """Plan [ρ; π] B×(1+m)×h×w for per-position embeddings z (B×D×h×w), in float32."""
@@ -184,7 +227,7 @@ class GSPHead(Head):
             if self.training:
                 self._remember(z.mean((2, 3)))
             keep = torch.ones(b, 1, h, w, device=z.device, dtype=torch.float32)
-            pooled = self._pool(features, z, keep)
+            pooled = self._pool(features, z, keep, warm_up=True)
             maps = {"keep": keep, "prototypes": z.new_zeros(b, m, h, w, dtype=torch.float32)}
             attributes = z.new_zeros(b, m, dtype=torch.float32)
         else:
