@@ -138,6 +138,9 @@ def assemble() -> None:
         if gpu.exists():
             text = re.sub(r"^(#+) ", r"#\1 ", gpu.read_text(), flags=re.M)
             parts.append(re.sub(r"^## (.*)$", r"## \1 — GPU", text, count=1, flags=re.M))
+    fidelity = RESULTS / "fidelity.md"  # hand-kept: its checks need the official code (benchmarks/fidelity/)
+    if fidelity.exists():
+        parts.append(fidelity.read_text())
     (ROOT / "BENCHMARKS.md").write_text("\n\n".join(parts))
 
 

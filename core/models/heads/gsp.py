@@ -1,8 +1,15 @@
 """GSP: generalized sum pooling (Gurbuz, Sener, Alatan, ICCV 2023; methods.md §6) + the ZSR loss.
 
+Follows the official code (github.com/yetigurbuz/generalized-sum-pooling): the TF framework for the
+defaults, the PyTorch port for `variant="intra_batch"`. Measured against the official PyTorch code on
+the same inputs: transport plan, keep weights, pooled embedding and implicit gradients to ≈1e-7;
+Lipschitz L2 normalisation 6e-8 (gradient cosine 1.000000); bounded ZSR loss ≤ 2.3e-5 with gradient
+cosine 1.000000, also when most true-class probabilities are below 1e-16; GeM pooling exact
+(benchmarks/fidelity/gsp.py). The TF-only k-center and max-pool term are checked by hand-worked tests.
+
 Forward (TF framework, the paper's own, is the default `variant="tf"`):
     Z = Conv1x1(C -> D, no bias, Glorot)(X)                       B×D×h×w, n = h·w
-    c_ki = ‖ Ω̄_k − Z̄_i ‖₂ (L2-normalised, Euclidean)              B×m×h×w, m learnable prototypes Ω
+    c_ki = ‖ Ω̄_k − Z̄_i ‖₂ (normalised as TF, see below; Euclidean)  B×m×h×w, m learnable prototypes Ω
     [ρ; π] = entropy-smoothed partial OT (μ, γ, T), see core/models/optimal_transport.py
     α_i = (1/n − ρ_i)/μ  (Σ α = 1),   f = Σ_i α_i Z_i,   embedding = f / ‖f‖
     attributes a_k = Σ_i π_ki / μ  (Σ a = 1)
@@ -10,10 +17,19 @@ Defaults are the TF experiment configs: μ 0.3, γ 5.0, T 100, m 64; the solver 
 even under autocast, with the analytic implicit-function backward (`grad="unroll"`: autograd
 through the iterations instead).
 
-Prototype initialisation (TF): a memory of `memory_size` (1024) L2-normalised GAP embeddings of Z
+Normalisation: TF `L2Normalization` divides a vector by its norm only when the norm exceeds 1
+(`lipschitz_normalize`), for the cost (prototypes and per-position embeddings) and the memory;
+`normalization: l2` always divides (what this head did before).
+
+Prototype initialisation (TF): a memory of `memory_size` (1024) normalised GAP embeddings of Z
 is filled during training; until it is full the head pools with GAP (attributes all zero,
-`keep` = 1, `prototypes` = 0) exactly as the TF layer does; when it fills, greedy k-center over
-the memory (farthest-point, starting from the first stored embedding) sets the prototypes once.
+`keep` = 1, `prototypes` = 0) exactly as the TF layer does; when it fills, the TF greedy k-center
+sets the prototypes once: the first m memory rows are the initial cover, and m rows of the rest are
+picked farthest-first (`greedy_k_center_tf`).
+
+Extras of the conventional TF configs (`augment`): "max" adds W·GMP(X) to the pooled vector
+(`augment_max_pool`, also during the warm-up), "gem" pools W·GeM_p((nα)⊙X) with a learnable p,
+initialised 3 (`use_gemp`).
 The memory only fills in training mode (the TF layer also fills it from evaluation batches once
 training has started). Memory, fill count and the ready flag are buffers, so they survive
 save/load and resume. `memory_size: 0` or `proto_init: random` skips the warm-up (Glorot-random
@@ -27,8 +43,9 @@ base has no classifier layer).
 
 ZSR loss (§6.3): learnable class embeddings Y (num_classes×D, He-normal), ridge regression
 (λ 0.05) from the attributes of one half of the batch to the class embeddings, predicting the other
-half (both ways), softmax over all classes of 9.5·⟨Y_c, ŷ⟩; total (1 − w)·L_dml + w·L_zsr with
-w = 0.1. ⚠️AMB split: `zsr_split="interleave"` (TF: even/odd indices, default) or "halves" (PT).
+half (both ways), softmax over all classes of 9.5·⟨Y_c, ŷ⟩, loss −log(p_y + 1e-16) as both official
+codes (bounded by 36.8; `zsr_bounded: false` for plain cross-entropy); total (1 − w)·L_dml + w·L_zsr
+with w = 0.1. ⚠️AMB split: `zsr_split="interleave"` (TF: even/odd indices, default) or "halves" (PT).
 
 Maps: `keep` B×1×h×w = α·n (1 = the uniform weight of average pooling, 0 = ignored, up to 1/μ =
 fully transported), `prototypes` B×m×h×w = π·n (map k sums to n·μ·a_k over positions); extras
