@@ -1,6 +1,11 @@
 """Regenerate the shipped demo runs in checkpoints/: one per method on `shapes`, seeded.
 
-    python -m benchmarks.make_checkpoints [--only gap,gsp] [--epochs N]
+    python -m benchmarks.make_checkpoints [--methods gap,gsp] [--epochs N] [--plateau P --max-epochs M]
+
+`--plateau P`: train until validation MAP@R (the configs' `train.select_metric`) has not improved for P
+epochs, in chunks of P epochs resumed from the run's resume.pt, up to `--max-epochs`; the best epoch is
+kept. A head that fixes a schedule from `train.epochs` at its start keeps the first chunk's (DSL's
+fine-tuning epoch: 5/6 of the initial epochs).
 
 Each run is trained from scratch with its config, then gets UMAP coordinates (so the dashboard
 never waits for UMAP's JIT) and loses its resume.pt (optimiser state: not needed to explore,
@@ -47,13 +52,28 @@ def write_readme(out: Path, summary: dict) -> None:
     (out / "README.md").write_text("\n".join(lines))
 
 
+def train_until_plateau(cfg: RunConfig, run_dir: Path, patience: int, max_epochs: int) -> dict:
+    """Train, then extend by `patience` epochs (resuming) until the best epoch is `patience` epochs old."""
+    epochs = cfg.train.epochs
+    while True:
+        metrics = train(cfg.with_overrides([f"train.epochs={epochs}"]), run_dir)
+        if epochs - 1 - metrics["best_epoch"] >= patience or epochs >= max_epochs:
+            return metrics
+        epochs = min(epochs + patience, max_epochs)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", help="comma-separated subset of " + ",".join(METHODS))
-    parser.add_argument("--epochs", type=int, help="override every config's epochs (quick checks)")
+    parser.add_argument("--methods", "--only", dest="only", help="comma-separated subset of " + ",".join(METHODS))
+    parser.add_argument("--epochs", type=int, help="override every config's epochs (with --plateau: the first chunk)")
+    parser.add_argument("--plateau", type=int, help="train on until val MAP@R has not improved for this many epochs")
+    parser.add_argument("--max-epochs", type=int, default=200, help="cap for --plateau")
     parser.add_argument("--out", default=str(ROOT / "checkpoints"))
     args = parser.parse_args(argv)
     methods = args.only.split(",") if args.only else METHODS
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     out = Path(args.out)
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -64,7 +84,8 @@ def main(argv=None) -> int:
         run_dir = out / f"shapes_{method}"
         shutil.rmtree(run_dir, ignore_errors=True)
         start, load_before = time.time(), os.getloadavg()[0]
-        metrics = train(cfg, run_dir)
+        metrics = train_until_plateau(cfg, run_dir, args.plateau, args.max_epochs) if args.plateau else train(cfg, run_dir)
+        cfg = RunConfig.load(run_dir / ckpt.CONFIG)
         ensure_coords(run_dir, "umap")
         (run_dir / ckpt.RESUME).unlink(missing_ok=True)
         seconds = time.time() - start

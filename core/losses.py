@@ -6,6 +6,7 @@ branches and call into a `DMLCriterion` for the pair-based part.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from pytorch_metric_learning import distances, losses, miners
 from torch import nn
 
@@ -77,3 +78,97 @@ def build_criterion(cfg: TrainConfig, num_classes: int, embed_dim: int) -> DMLCr
             raise ValueError(f"unknown miner {cfg.miner!r}; available: {', '.join(sorted(MINERS))}")
         miner = _configured(lambda: MINERS[cfg.miner](), cfg.miner_args)
     return DMLCriterion(loss, miner)
+
+
+# ---- method-specific margin losses (Wu et al. 2017) with their authors' samplers ------------------
+# Both official codes normalise the summed hinge terms the same way: by
+# `torch.sum((pos_loss > 0) + (neg_loss > 0))`. Adding two boolean tensors is a logical OR, so the
+# divisor is the number of *triplets* with at least one active term, not the number of active terms
+# (pytorch-metric-learning's MarginLoss counts terms: 0.3435 vs the official 0.4722 on one input,
+# benchmarks/fidelity/grouping.py). We follow the official code.
+
+def _distances(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((x[a] - x[b]).pow(2).sum(1) + 1e-8).sqrt()               # official: sqrt(‖·‖² + 1e-8)
+
+
+def margin_triplet_loss(x: torch.Tensor, triplets: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                        beta: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+    """Σ relu(d_ap − β + α) + relu(β − d_an + α) over triplets / #triplets with an active term.
+    beta: a scalar or one value per triplet (the anchor's class β)."""
+    a, p, n = triplets
+    if len(a) == 0:
+        return x.sum() * 0
+    pos = F.relu(_distances(x, a, p) - beta + margin)
+    neg = F.relu(beta - _distances(x, a, n) + margin)
+    active = ((pos > 0) | (neg > 0)).sum()
+    total = (pos + neg).sum()
+    return total / active if int(active) > 0 else total
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _pdist(x: torch.Tensor) -> torch.Tensor:
+    sq = x @ x.t()
+    norm = sq.diag()[:, None]
+    return (norm + norm.t() - 2 * sq).clamp_min(0)
+
+
+def distance_weighted_triplets(x: torch.Tensor, labels: torch.Tensor, cutoff: float = 0.5,
+                               generator: torch.Generator | None = None):
+    """DGML's distance-weighted sampler (`batchminer/distance.py`, after Wu et al.): one triplet per
+    anchor, a random positive (the anchor itself if it has none) and a negative drawn ∝ the inverse
+    density of distances between points on the unit sphere of dim d, distances clipped below at `cutoff`."""
+    probs = distance_weighted_probs(x, labels, cutoff)
+    same = labels[:, None] == labels[None, :]
+    pos = same & ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+    pos = torch.where(pos.any(1, keepdim=True), pos, same)            # alone in the batch: itself
+    anchors = torch.arange(len(x), device=x.device)
+    positives = torch.multinomial(pos.float(), 1, generator=generator)[:, 0]
+    negatives = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return anchors, positives, negatives
+
+
+@torch.no_grad()
+def distance_weighted_probs(x: torch.Tensor, labels: torch.Tensor, cutoff: float = 0.5) -> torch.Tensor:
+    """B×B sampling probabilities of the negatives (rows sum to 1, 0 on the anchor's class)."""
+    d = x.shape[1]
+    dist = _pdist(_at_least_float32(x.detach())).sqrt().clamp_min(cutoff)
+    log_q = (2.0 - d) * dist.log() - (d - 3) / 2 * torch.log(1.0 - 0.25 * dist.pow(2))
+    same = labels[:, None] == labels[None, :]
+    log_q = log_q.masked_fill(same, 0.0)                              # as the official code: 0 before the max
+    q = torch.exp(log_q - log_q.max(1, keepdim=True).values).masked_fill(same, 0.0)
+    return q / q.sum(1, keepdim=True)
+
+
+def dsl_triplets(x: torch.Tensor, labels: torch.Tensor, cutoff: float = 0.5):
+    """DSL's sampler (`lib/loss/sampler.py`): every anchor-positive pair, each with one of the anchor's
+    `num_neg` nearest negatives beyond `cutoff`, num_neg = ⌊mean positives per anchor⌋. Positives and
+    negatives pair up in index order, as many as the shorter list (the official truncation)."""
+    with torch.no_grad():
+        dist = _pdist(_at_least_float32(x.detach())).clamp_min(1e-4).sqrt()   # official pdist(eps=1e-4)
+        eye = torch.eye(len(x), dtype=torch.bool, device=x.device)
+        pos = (labels[:, None] == labels[None, :]) & ~eye
+        num_neg = int(pos.sum()) // len(x)
+        if num_neg == 0:
+            empty = torch.zeros(0, dtype=torch.long, device=x.device)
+            return empty, empty, empty
+        # positives and too-close points are pushed to the end, as the official `+ infinity` (they are
+        # picked only when a row has fewer than num_neg valid negatives, as there)
+        masked = dist + 1e6 * (pos | (dist < cutoff)).float()
+        k = min(num_neg, len(x))
+        neg = torch.zeros_like(pos)
+        neg.scatter_(1, masked.topk(k, dim=1, largest=False).indices, True)
+        a, p, n = [], [], []
+        for i in range(len(x)):
+            pi, ni = pos[i].nonzero()[:, 0], neg[i].nonzero()[:, 0]        # index order, as `nonzero`
+            t = min(len(pi), num_neg, len(ni))
+            a.append(torch.full((t,), i, device=x.device)), p.append(pi[:t]), n.append(ni[:t])
+        return torch.cat(a), torch.cat(p), torch.cat(n)
+
+
+def dsl_margin_loss(x: torch.Tensor, labels: torch.Tensor, beta: float = 1.2, margin: float = 0.2,
+                    cutoff: float = 0.5) -> torch.Tensor:
+    """DSL's `MarginLoss(E, T)`: its sampler, fixed β, the official normalisation."""
+    return margin_triplet_loss(x, dsl_triplets(x, labels, cutoff), beta, margin)

@@ -133,9 +133,13 @@ class Trainer:
         t = self.cfg.train
         backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
         backbone_ids = {id(p) for p in backbone}
-        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in backbone_ids]
+        own = [{"params": [p for p in g["params"] if p.requires_grad], "lr": t.lr * g.get("lr_scale", 1.0),
+                **({} if g.get("weight_decay") is None else {"weight_decay": g["weight_decay"]})}
+               for g in self.model.head.param_groups()]  # e.g. DGML's β at its own lr
+        grouped = backbone_ids | {id(p) for g in own for p in g["params"]}
+        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in grouped]
         rest += [p for p in self.criterion.parameters() if p.requires_grad]  # proxies, learnable β
-        groups = [g for g in ({"params": backbone, "lr": t.backbone_lr or t.lr}, {"params": rest, "lr": t.lr})
+        groups = [g for g in ({"params": backbone, "lr": t.backbone_lr or t.lr}, {"params": rest, "lr": t.lr}, *own)
                   if g["params"]]
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(t.optimizer)
         if cls is None:

@@ -12,6 +12,7 @@ from core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from core.data import build_datasets
 from core.losses import build_criterion
 from core.models.embedder import build_model
+from core.train import TrainingStep
 
 
 def shapes_batch(n_classes: int = 4, per_class: int = 4, seed: int = 0, size: int = 32):
@@ -36,13 +37,8 @@ def build(model_cfg: ModelConfig, num_classes: int, seed: int = 0):
 
 
 def loss_terms(model, criterion, x, y) -> dict[str, torch.Tensor]:
-    """The trainer's composition (Trainer.compute_losses): head terms + block terms."""
-    out = model(x, with_features=True)[0]
-    terms = model.head.loss(out, y, criterion)
-    for block in model.block_modules():
-        if hasattr(block, "loss"):
-            terms.update(block.loss(y, criterion))
-    return terms
+    """The trainer's own composition (`core.train.TrainingStep`): head terms + block terms + CIA branch."""
+    return TrainingStep(model, criterion)(x, y)
 
 
 def overfit(model, criterion, x, y, steps: int = 12, lr: float = 1e-3) -> list[float]:

@@ -13,6 +13,7 @@ from core.evaluate import embed_dataset
 from core.losses import build_criterion
 from core.models.cross_attention import CrossImageAttention, build_cia
 from core.models.embedder import build_model
+from core.train import TrainingStep
 from heads_testing import shapes_batch
 
 
@@ -128,3 +129,38 @@ def test_training_steps_on_real_shapes_batches_lower_both_losses():
             history[k].append(float(terms[k].detach()))
     for k, h in history.items():
         assert np.mean(h[-2:]) < 0.9 * np.mean(h[:2]), (k, h)
+
+
+@pytest.mark.parametrize("mlp_ratio", [2.0, 0.0])
+def test_each_layer_adds_its_update_to_the_query(mlp_ratio):
+    """The residual: with the attention output and the MLP silenced, a layer returns its queries; with
+    them on, the output is query + attention update (+ MLP update of that)."""
+    torch.manual_seed(0)
+    cia = CrossImageAttention(8, 6, layers=1, heads=2, mlp_ratio=mlp_ratio)
+    layer = cia.layers[0]
+    queries, tokens = torch.randn(3, 4, 8), torch.randn(3, 5, 6)
+    x, _ = layer(queries, tokens)
+    with torch.no_grad():
+        for p in layer.to_out.parameters():
+            p.zero_()
+        if layer.mlp is not None:
+            for p in layer.mlp[-1].parameters():
+                p.zero_()
+    silent, _ = layer(queries, tokens)
+    torch.testing.assert_close(silent, queries)
+    assert not torch.allclose(x, queries)                      # and the update is not empty normally
+
+
+def test_weight_lambda_scales_the_conditional_loss():
+    x, y, _ = shapes_batch(n_classes=4, per_class=4)
+    terms = {}
+    for weight in (1.0, 0.25, 0.0):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(head="gap", embed_dim=16, cia={"heads": 4, "weight": weight}), num_classes=4)
+        criterion = build_criterion(TrainConfig(loss="multi_similarity", miner=None), 4, 16)
+        step = TrainingStep(model, criterion)                  # the trainer's loss composition
+        terms[weight] = step(x, y)
+    assert terms[1.0]["cia"].item() > 0
+    torch.testing.assert_close(terms[0.25]["cia"], 0.25 * terms[1.0]["cia"])
+    assert terms[0.0]["cia"].item() == 0.0
+    torch.testing.assert_close(terms[0.25]["dml"], terms[1.0]["dml"])   # λ touches only the CIA term

@@ -12,7 +12,7 @@ import torch
 
 from core import checkpoint as ckpt
 from core.config import ModelConfig, RunConfig, TrainConfig
-from core.losses import build_criterion
+from core.losses import build_criterion, dsl_margin_loss, dsl_triplets
 from core.models.embedder import build_model
 from core.models.heads.dsl import DSLHead, taylor_candidates
 from core.models.heads.dsl_clusters import drop_singleton_classes, min_cost_reassign
@@ -260,3 +260,62 @@ def test_interrupted_dsl_run_resumes_to_the_same_weights_and_learners(tmp_path):
     assert a["head_state"]["learners"] == b["head_state"]["learners"] and len(a["head_state"]["learners"]) == 2
     for key, value in a["model"].items():
         assert torch.allclose(value, b["model"][key], atol=1e-6), key
+
+
+def test_a_clusters_batch_trains_its_own_learner_with_dsls_loss():
+    x, y, _ = shapes_batch(n_classes=4, per_class=4)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(head="dsl", embed_dim=32, head_args={"learners": 3}), num_classes=4).eval()
+    head = model.head
+    for tag, (a, b) in enumerate(head.learners):
+        head.on_batch_start(None, tag)
+        out = model(x, with_features=True)[0]
+        loss = head.loss(out, y, criterion=None)["dml"]      # loss "dsl": the trainer's criterion is not used
+        torch.testing.assert_close(loss, dsl_margin_loss(torch.nn.functional.normalize(out.embedding[:, a:b], dim=1), y))
+        model.zero_grad()
+        loss.backward()
+        rows = head.proj.weight.grad.abs().sum(1)
+        assert (rows[a:b] > 0).all() and float(rows[:a].sum() + rows[b:].sum()) == 0, (tag, head.learners)
+
+
+def test_dsl_sampler_pairs_every_positive_with_a_near_negative_beyond_the_cutoff():
+    torch.manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(12, 6), dim=1)
+    y = torch.arange(12) // 3                                  # 2 positives per anchor -> num_neg 2
+    a, p, n = dsl_triplets(x, y)
+    assert len(a) == 12 * 2 and (y[a] == y[p]).all() and (a != p).all() and (y[a] != y[n]).all()
+    dist = torch.cdist(x, x)
+    for i in range(12):
+        valid = (y != y[i]) & (dist[i] >= 0.5)
+        nearest = torch.sort(torch.where(valid, dist[i], torch.inf)).indices[:2]
+        assert sorted(n[a == i].tolist()) == sorted(nearest.tolist())   # the 2 nearest negatives beyond 0.5
+        assert sorted(p[a == i].tolist()) == [j for j in range(12) if y[j] == y[i] and j != i]
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.Adam, torch.optim.AdamW])
+def test_new_rows_after_a_split_take_nominal_adam_steps(optimizer):
+    head = make_head().eval()
+    lr, wd = 1e-3, 0.01
+    opt = optimizer([head.proj.weight, head.proj.bias], lr=lr, weight_decay=wd if optimizer is torch.optim.AdamW else 0)
+    feats, target = torch.randn(6, 16, 3, 3), torch.randn(6, D)
+    trainer = SimpleNamespace(optimizer=opt, cfg=SimpleNamespace(train=SimpleNamespace(seed=0)))
+
+    def step():
+        opt.zero_grad()
+        (head(feats).embedding * target).sum().backward()
+        opt.step()
+
+    for _ in range(300):                                       # a long-running optimiser (step count 300)
+        step()
+    head.apply_split({"keep": list(range(20)), "decided_epoch": 0}, trainer, epoch=1)
+    cut = 20
+    for n in range(3):
+        before = head.proj.weight.detach().clone()
+        step()
+        g = head.proj.weight.grad[cut:]
+        delta = head.proj.weight.detach()[cut:] - before[cut:] * (1 - lr * wd if optimizer is torch.optim.AdamW else 1)
+        big = g.abs() > 1e-5
+        ratio = (delta.abs() / lr)[big]
+        if n == 0:   # a fresh Adam's first step is lr·g/|g| per element; stale step counts gave ≈ 1.6× here
+            torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=2e-2, rtol=0)
+        assert float(ratio.max()) <= 1.05, (n, float(ratio.max()))

@@ -3,11 +3,13 @@ finite differences and vs autograd through the iterations), the maps, the protot
 training on real shapes batches and the save/load round trip."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from core.config import ModelConfig
-from core.models.heads.gsp import GSPHead, ZeroShotRegression, greedy_k_center
+from core.models.heads.gsp import GSPHead, ZeroShotRegression, greedy_k_center, greedy_k_center_tf, lipschitz_normalize
 from core.models.optimal_transport import partial_transport
 from core.registry import MAP_DESCRIPTIONS
 from heads_testing import assert_falling, build, overfit, round_trip, shapes_batch
@@ -92,7 +94,7 @@ def test_memory_warm_up_then_k_center():
     assert int(head.ready) == 1
     memory = head.memory
     assert all(bool((memory == p).all(1).any()) for p in head.prototypes.detach())
-    torch.testing.assert_close(head.prototypes.detach(), greedy_k_center(memory, 4))
+    torch.testing.assert_close(head.prototypes.detach(), greedy_k_center_tf(memory, 4))
     out = head.eval()(x)
     torch.testing.assert_close(out.extras["attributes"].sum(1), torch.ones(5))
 
@@ -136,3 +138,65 @@ def test_trains_on_shapes_and_round_trips(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
         assert torch.equal(model.explain(x).maps["keep"], loaded.explain(x).maps["keep"])
+
+
+def test_k_center_as_the_tf_layer_and_the_pytorch_port():
+    # TF: the first k memory rows are the initial cover; k picks from the rest, farthest first
+    memory = torch.tensor([[0.0, 0.0], [0.0, 0.1], [5.0, 0.0], [0.0, 5.0], [1.0, 1.0], [4.0, 4.0]])
+    torch.testing.assert_close(greedy_k_center_tf(memory, 2), torch.tensor([[4.0, 4.0], [5.0, 0.0]]))
+    # PT (`init_protos`): starts from the first row, which it keeps
+    torch.testing.assert_close(greedy_k_center(memory, 2), torch.tensor([[0.0, 0.0], [4.0, 4.0]]))
+
+
+def test_tf_normalisation_divides_only_vectors_longer_than_one():
+    x = torch.tensor([[0.3, 0.4], [3.0, 4.0]])
+    torch.testing.assert_close(lipschitz_normalize(x), torch.tensor([[0.3, 0.4], [0.6, 0.8]]))
+    torch.manual_seed(0)
+    head = GSPHead(8, 6, num_prototypes=3, proto_init="random")
+    assert head.normalization == "lipschitz"
+    z = 0.05 * torch.randn(2, 6, 3, 3)                             # short per-position embeddings
+    protos = lipschitz_normalize(head.prototypes.detach())
+    feats = z.flatten(2).transpose(1, 2)
+    cost = torch.cdist(feats, protos[None].expand(2, -1, -1)).transpose(1, 2).reshape(2, 3, 3, 3)
+    from core.models.optimal_transport import partial_transport
+    torch.testing.assert_close(head.transport(z), partial_transport(cost, head.mu, head.gamma, head.iterations),
+                               atol=1e-5, rtol=1e-4)
+    assert GSPHead(8, 6, normalization="l2").normalization == "l2"
+
+
+def test_zsr_cross_entropy_is_bounded_as_the_official_code():
+    torch.manual_seed(0)
+    zsr = ZeroShotRegression(4, 6)
+    zsr.class_index.fit(torch.arange(4))
+    attributes, labels = torch.rand(8, 5).softmax(1), torch.arange(8) // 2
+    with torch.no_grad():
+        zsr.class_embeddings.mul_(20.0)                            # true-class probabilities ≪ 1e-16
+    loss = zsr(attributes, labels)
+    unbounded = ZeroShotRegression(4, 6, bounded=False)
+    unbounded.class_index.fit(torch.arange(4))
+    with torch.no_grad():
+        unbounded.class_embeddings.copy_(zsr.class_embeddings)
+    assert loss.item() <= -math.log(1e-16) + 1e-4 < unbounded(attributes, labels).item()
+    with torch.no_grad():
+        zsr.class_embeddings.div_(20.0)                            # ordinary regime: −log(p + 1e-16) = CE
+        unbounded.class_embeddings.copy_(zsr.class_embeddings)
+    torch.testing.assert_close(zsr(attributes, labels), unbounded(attributes, labels))
+
+
+def test_augment_adds_the_max_pool_term_or_pools_with_gem():
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(3, 8, 4, 4))
+    plain = GSPHead(8, 6, num_prototypes=3, proto_init="random")
+    w = plain.proj.weight[:, :, 0, 0]
+    keep = plain(x).maps["keep"]
+    avg = (keep * plain.proj(x)).mean((2, 3))
+    torch.testing.assert_close(F.normalize(avg, dim=-1), plain(x).embedding)
+    aug = GSPHead(8, 6, num_prototypes=3, proto_init="random", augment="max")
+    aug.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(aug(x).embedding, F.normalize(avg + x.amax((2, 3)) @ w.T, dim=-1))
+    gem = GSPHead(8, 6, num_prototypes=3, proto_init="random", augment="gem", transport_ratio=1.0)
+    gem.load_state_dict({**plain.state_dict(), "gem_p": torch.tensor(3.0)})
+    expected = x.clamp_min(1e-6).pow(3).mean((2, 3)).pow(1 / 3) @ w.T      # μ = 1: keep = 1 everywhere
+    torch.testing.assert_close(gem(x).embedding, F.normalize(expected, dim=-1))
+    gem(x).embedding.sum().backward()
+    assert gem.gem_p.grad is not None and float(gem.gem_p.grad.abs()) > 0   # p is learnt

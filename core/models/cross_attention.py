@@ -17,6 +17,8 @@ or √(2 − 2S) (distance losses), so MultiSimilarity etc. run unchanged. `loss
 
 ⚠️AMB (no official code; §4.5): L = 2, 8 heads, pre-LN, residual to the query, alternating
 conditioning, S from the last layer, both directions. All are config keys of `model.cia`.
+Fidelity: the authors' code is not public, so nothing was measured against it; the tests pin the
+design (residual, λ scaling only the CIA term, alternation, symmetric S, unchanged test-time embedding).
 """
 from __future__ import annotations
 

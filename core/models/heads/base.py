@@ -24,7 +24,9 @@ class Head(nn.Module):
       - trainer hooks `on_train_start / on_epoch_start / on_epoch_end` (e.g. DSL's learner growth);
       - batch schedule `epoch_batches` + `on_batch_start`: the head chooses the epoch's batches and
         gets each batch's tag before its forward pass (e.g. DSL's per-cluster batches);
-      - `extra_state / load_extra_state`: JSON state saved next to the weights (e.g. DSL's learners).
+      - `extra_state / load_extra_state`: JSON state saved next to the weights (e.g. DSL's learners);
+      - `param_groups`: optimiser groups with their own `lr_scale` (× the head lr) / `weight_decay`
+        (e.g. DGML's β at 5× the lr); parameters not listed stay in the trainer's head group.
     """
 
     out_dim: int
@@ -55,6 +57,10 @@ class Head(nn.Module):
         return None
 
     def on_batch_start(self, trainer, tag: Any) -> None: ...
+
+    def param_groups(self) -> list[dict]:
+        """[{"params": [...], "lr_scale": float (default 1), "weight_decay": float | None (trainer's)}]."""
+        return []
 
     def extra_state(self) -> dict:
         return {}

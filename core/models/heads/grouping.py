@@ -7,12 +7,28 @@ the paper's code). Queries are initialised like the k bias-free `Conv2d(c_k, 1, 
 replace (kaiming-uniform, a = √5). The pooling is a softmax-weighted sum over positions, so the
 head is invariant to any permutation of the spatial positions.
 
-Loss (§5.3): the DML criterion on the concatenated embedding, or with `per_group_margin: true`
-the faithful per-group margin loss (α 0.2, ν 0, β initialised 1.2 and learnable per (group, class),
-pytorch-metric-learning `MarginLoss(learn_beta=True)`, one per group, averaged over groups; the
-trainer's miner, e.g. distance-weighted, mines each group). Plus the diversity term over pairs of
+Loss (§5.3), as DGML trains it (official `criteria/margin.py`, `batchminer/distance.py`; default
+`per_group_margin: true`): per group g, one triplet per anchor from the distance-weighted sampler on
+that group's unit embedding (random positive; negative ∝ inverse density of sphere distances,
+clipped below at 0.5), margin loss α 0.2 with the anchor's class β of that group (β: k × n_classes,
+initialised 1.2, learnt), normalised as the official code (`core.losses.margin_triplet_loss`: by the
+number of triplets with an active term, since the official count adds two boolean tensors), averaged
+over groups. Measured against the official code on the same input (benchmarks/fidelity/grouping.py,
+9 group-batches, both its sampler's triplets and all triplets): sampler probabilities, loss values
+and gradients (embeddings, β) identical to float64 precision (|Δ| 0, gradient cosine 1.000000).
+`per_group_margin: false`: the trainer's DML criterion on the concatenated embedding instead (the
+option MetricLens used before; `train.loss`/`train.miner` apply only then).
+Official parameter groups (`outline.set_lr`, `criteria.select`; `param_groups`): β at
+`beta_lr_scale` × the head lr (CUB 5e-5 / 1e-5 = 5) without weight decay, key/value weight decay
+0.003, query 0.001. β's lr matters (β moves the hinge); the decays are kept for fidelity but are
+negligible under the trainer's default AdamW (decoupled: a factor 1 − lr·wd per step).
+Plus the diversity term over pairs of
 groups of the same image, 1/(k-1)·Σ_{g<h} mean_b softplus(β1·C·(cos(z_g, z_h) − β2)) with β1 2,
 C 25, β2 0.5, i.e. softplus(50·(cos − 0.5)), weighted by `diversity_weight` (λ_div).
+
+Not reproduced: the per-group sampler draws from torch's RNG (the official from numpy's), so the
+triplets differ between runs of the two codes though their distribution is the same; under torchrun
+the per-group loss sees the local batch only.
 
 Choices (⚠️AMB in methods.md §5.6, and what this code base needs):
 - embedding dim: k·(embed_dim // k), faithful (63 for embed_dim 64 and k 3);
@@ -29,8 +45,6 @@ Choices (⚠️AMB in methods.md §5.6, and what this code base needs):
   0.456 ± 0.047, λ 0.02 -> 0.04 / 0.440 ± 0.068. So 0.02 makes the groups diverse (without it they
   stay near copies of one another); R@1 drifts down slightly as λ grows, within one standard
   deviation at this short budget, so no λ was found that improves R@1 and the paper's value stays;
-- per-parameter-group learning rates / weight decays of the paper (query wd 0.001 vs 0.003) are
-  not reproduced: the trainer has one head group; β shares the head learning rate.
 
 Maps: `group_attention` B×k×h×w, each map a distribution over positions (sums to 1).
 """
@@ -40,9 +54,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning import losses as pml_losses
 from torch import nn
 
+from core.losses import distance_weighted_triplets, margin_triplet_loss
 from core.models.class_index import ClassIndex
 from core.models.heads.base import Head, HeadOutput
 from core.registry import register_head, register_map
@@ -65,8 +79,9 @@ def diversity_loss(groups: torch.Tensor, scale: float = 25.0, beta1: float = 2.0
 @register_head("grouping")
 class GroupingHead(Head):
     def __init__(self, in_channels: int, embed_dim: int, num_classes: int | None = None, num_groups: int = 3,
-                 reduction: int = 8, diversity_weight: float = 0.02, per_group_margin: bool = False,
-                 margin: float = 0.2, margin_beta: float = 1.2, margin_nu: float = 0.0,
+                 reduction: int = 8, diversity_weight: float = 0.02, per_group_margin: bool = True,
+                 margin: float = 0.2, margin_beta: float = 1.2, miner_cutoff: float = 0.5,
+                 beta_lr_scale: float = 5.0, key_value_decay: float | None = 0.003, query_decay: float | None = 0.001,
                  diversity_scale: float = 25.0, diversity_beta1: float = 2.0, diversity_beta2: float = 0.5):
         super().__init__(in_channels, embed_dim, num_classes)
         if embed_dim < num_groups:
@@ -81,18 +96,26 @@ class GroupingHead(Head):
         self.diversity_weight = diversity_weight
         self.diversity_args = dict(scale=diversity_scale, beta1=diversity_beta1, beta2=diversity_beta2)
         self.per_group_margin = per_group_margin
-        if per_group_margin:
-            if not num_classes:
-                raise ValueError("grouping: per_group_margin needs num_classes (the number of train classes)")
-            # head submodules, so their β are in the optimiser and in the saved weights
-            self.margin_losses = nn.ModuleList(
-                pml_losses.MarginLoss(margin=margin, nu=margin_nu, beta=margin_beta, learn_beta=True,
-                                      num_classes=num_classes) for _ in range(num_groups))
+        self.margin, self.miner_cutoff = float(margin), float(miner_cutoff)
+        self.beta_lr_scale, self.key_value_decay, self.query_decay = beta_lr_scale, key_value_decay, query_decay
+        self.margin_beta = None          # built without train classes: embeds, cannot train per group
+        if per_group_margin and num_classes:
+            # official `Margin`: β of shape k × n_classes, initialised 1.2, learnt (its own lr)
+            self.margin_beta = nn.Parameter(torch.full((num_groups, num_classes), float(margin_beta)))
             self.class_index = ClassIndex(num_classes)
 
     @property
     def groups(self) -> list[slice]:
         return [slice(g * self.group_dim, (g + 1) * self.group_dim) for g in range(self.k)]
+
+    def param_groups(self) -> list[dict]:
+        """The official optimiser groups (`outline.set_lr`, `criteria.select`): key/value and query weight
+        decays, β at `beta_lr_scale` × the head lr (CUB: 5e-5 vs 1e-5) without weight decay."""
+        groups = [{"params": [self.key.weight, self.value.weight], "weight_decay": self.key_value_decay},
+                  {"params": [self.queries], "weight_decay": self.query_decay}]
+        if self.margin_beta is not None:
+            groups.append({"params": [self.margin_beta], "lr_scale": self.beta_lr_scale, "weight_decay": 0.0})
+        return groups
 
     def pool(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-group unit embeddings B×k×d, attention B×k×N)."""
@@ -109,21 +132,28 @@ class GroupingHead(Head):
         return HeadOutput(embedding, {"group_attention": attn.view(b, self.k, h, w)}, {"group_embeddings": z})
 
     def on_train_start(self, trainer) -> None:
-        if self.per_group_margin and hasattr(trainer, "splits") and int((self.class_index.labels >= 0).sum()) == 0:
+        if self.margin_beta is not None and hasattr(trainer, "splits") and int((self.class_index.labels >= 0).sum()) == 0:
             self.class_index.fit(trainer.splits.train.labels)
+
+    def group_margin_loss(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """DGML's `Margin.forward`: per group, distance-weighted triplets mined on that group, margin loss
+        with the anchors' class β of that group; the mean over groups. z: B×k×d unit groups."""
+        if self.margin_beta is None:
+            raise ValueError("grouping: the per-group margin loss needs the head built with num_classes (the "
+                             "number of train classes, one β per class); the trainer passes it")
+        rows = self.class_index(labels)
+        per_group = []
+        for g in range(self.k):
+            emb = z[:, g].float()
+            triplets = distance_weighted_triplets(emb, rows, self.miner_cutoff)
+            per_group.append(margin_triplet_loss(emb, triplets, self.margin_beta[g, rows[triplets[0]]], self.margin))
+        return torch.stack(per_group).mean()
 
     def loss(self, out: HeadOutput, labels: torch.Tensor, criterion) -> dict[str, torch.Tensor]:
         z = out.extras["group_embeddings"]                             # B×k×d, unit groups
         terms: dict[str, torch.Tensor] = {}
         if self.per_group_margin:
-            rows = self.class_index(labels)
-            miner = getattr(criterion, "miner", None)
-            per_group = []
-            for g, margin_loss in enumerate(self.margin_losses):
-                emb = z[:, g].float()
-                mined = miner(emb, rows) if miner is not None else None
-                per_group.append(margin_loss(emb, rows, mined))
-            terms["dml"] = torch.stack(per_group).mean()
+            terms["dml"] = self.group_margin_loss(z, labels)
         else:
             terms["dml"] = criterion(out.embedding, labels)
         if self.diversity_weight:

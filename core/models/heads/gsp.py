@@ -1,8 +1,15 @@
 """GSP: generalized sum pooling (Gurbuz, Sener, Alatan, ICCV 2023; methods.md §6) + the ZSR loss.
 
+Follows the official code (github.com/yetigurbuz/generalized-sum-pooling): the TF framework for the
+defaults, the PyTorch port for `variant="intra_batch"`. Measured against the official PyTorch code on
+the same inputs: transport plan, keep weights, pooled embedding and implicit gradients to ≈1e-7;
+Lipschitz L2 normalisation 6e-8 (gradient cosine 1.000000); bounded ZSR loss ≤ 2.3e-5 with gradient
+cosine 1.000000, also when most true-class probabilities are below 1e-16; GeM pooling exact
+(benchmarks/fidelity/gsp.py). The TF-only k-center and max-pool term are checked by hand-worked tests.
+
 Forward (TF framework, the paper's own, is the default `variant="tf"`):
     Z = Conv1x1(C -> D, no bias, Glorot)(X)                       B×D×h×w, n = h·w
-    c_ki = ‖ Ω̄_k − Z̄_i ‖₂ (L2-normalised, Euclidean)              B×m×h×w, m learnable prototypes Ω
+    c_ki = ‖ Ω̄_k − Z̄_i ‖₂ (normalised as TF, see below; Euclidean)  B×m×h×w, m learnable prototypes Ω
     [ρ; π] = entropy-smoothed partial OT (μ, γ, T), see core/models/optimal_transport.py
     α_i = (1/n − ρ_i)/μ  (Σ α = 1),   f = Σ_i α_i Z_i,   embedding = f / ‖f‖
     attributes a_k = Σ_i π_ki / μ  (Σ a = 1)
@@ -10,10 +17,19 @@ Defaults are the TF experiment configs: μ 0.3, γ 5.0, T 100, m 64; the solver 
 even under autocast, with the analytic implicit-function backward (`grad="unroll"`: autograd
 through the iterations instead).
 
-Prototype initialisation (TF): a memory of `memory_size` (1024) L2-normalised GAP embeddings of Z
+Normalisation: TF `L2Normalization` divides a vector by its norm only when the norm exceeds 1
+(`lipschitz_normalize`), for the cost (prototypes and per-position embeddings) and the memory;
+`normalization: l2` always divides (what this head did before).
+
+Prototype initialisation (TF): a memory of `memory_size` (1024) normalised GAP embeddings of Z
 is filled during training; until it is full the head pools with GAP (attributes all zero,
-`keep` = 1, `prototypes` = 0) exactly as the TF layer does; when it fills, greedy k-center over
-the memory (farthest-point, starting from the first stored embedding) sets the prototypes once.
+`keep` = 1, `prototypes` = 0) exactly as the TF layer does; when it fills, the TF greedy k-center
+sets the prototypes once: the first m memory rows are the initial cover, and m rows of the rest are
+picked farthest-first (`greedy_k_center_tf`).
+
+Extras of the conventional TF configs (`augment`): "max" adds W·GMP(X) to the pooled vector
+(`augment_max_pool`, also during the warm-up), "gem" pools W·GeM_p((nα)⊙X) with a learnable p,
+initialised 3 (`use_gemp`).
 The memory only fills in training mode (the TF layer also fills it from evaluation batches once
 training has started). Memory, fill count and the ready flag are buffers, so they survive
 save/load and resume. `memory_size: 0` or `proto_init: random` skips the warm-up (Glorot-random
@@ -27,8 +43,9 @@ base has no classifier layer).
 
 ZSR loss (§6.3): learnable class embeddings Y (num_classes×D, He-normal), ridge regression
 (λ 0.05) from the attributes of one half of the batch to the class embeddings, predicting the other
-half (both ways), softmax over all classes of 9.5·⟨Y_c, ŷ⟩; total (1 − w)·L_dml + w·L_zsr with
-w = 0.1. ⚠️AMB split: `zsr_split="interleave"` (TF: even/odd indices, default) or "halves" (PT).
+half (both ways), softmax over all classes of 9.5·⟨Y_c, ŷ⟩, loss −log(p_y + 1e-16) as both official
+codes (bounded by 36.8; `zsr_bounded: false` for plain cross-entropy); total (1 − w)·L_dml + w·L_zsr
+with w = 0.1. ⚠️AMB split: `zsr_split="interleave"` (TF: even/odd indices, default) or "halves" (PT).
 
 Maps: `keep` B×1×h×w = α·n (1 = the uniform weight of average pooling, 0 = ignored, up to 1/μ =
 fully transported), `prototypes` B×m×h×w = π·n (map k sums to n·μ·a_k over positions); extras
@@ -52,7 +69,7 @@ register_map("keep", "GSP pooling weight per position (α·h·w): 1 = average po
 register_map("prototypes", "GSP transport plan to each learnable prototype (π·h·w): which positions feed "
                            "which prototype ('semantic entity'); map k sums to h·w·μ·attribute_k")
 
-VARIANTS = {"tf": dict(entropy_weight=5.0, normalization="l2", pooling="average", bias=False),
+VARIANTS = {"tf": dict(entropy_weight=5.0, normalization="lipschitz", pooling="average", bias=False),
             "intra_batch": dict(entropy_weight=0.1, normalization="lipschitz", pooling="max", bias=True)}
 
 
@@ -61,8 +78,23 @@ def lipschitz_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return x / x.norm(dim=dim, keepdim=True).clamp_min(1.0)
 
 
+def greedy_k_center_tf(memory: torch.Tensor, k: int) -> torch.Tensor:
+    """The TF layer's k-center (`initialize_support_kernel` + `proxy_utils.greedyKCenter`): the first k
+    memory rows are the initial cover, and k rows of the rest are picked one by one, each the point
+    farthest (squared L2) from everything covered so far; the initial rows themselves are not returned."""
+    initial, pool = memory[:k], memory[k:]
+    dist = torch.cdist(pool, initial).square().amin(1)
+    chosen = []
+    for _ in range(k):
+        idx = int(dist.argmax())
+        chosen.append(idx)
+        dist = torch.minimum(dist, (pool - pool[idx]).square().sum(-1))
+    return pool[chosen]
+
+
 def greedy_k_center(points: torch.Tensor, k: int) -> torch.Tensor:
-    """k rows of `points` (P×D) by farthest-point selection, starting from the first row."""
+    """k rows of `points` (P×D) by farthest-point selection, starting from the first row (the PyTorch
+    port's `init_protos`)."""
     chosen = [0]
     dist = (points - points[0]).square().sum(-1)
     for _ in range(k - 1):
@@ -75,8 +107,10 @@ def greedy_k_center(points: torch.Tensor, k: int) -> torch.Tensor:
 class ZeroShotRegression(nn.Module):
     """ZSR: predict class embeddings from one half's attributes by ridge regression on the other."""
 
-    def __init__(self, num_classes: int, dim: int, ridge: float = 0.05, scale: float = 9.5, split: str = "interleave"):
+    def __init__(self, num_classes: int, dim: int, ridge: float = 0.05, scale: float = 9.5, split: str = "interleave",
+                 bounded: bool = True):
         super().__init__()
+        self.bounded = bounded
         if split not in ("interleave", "halves"):
             raise ValueError(f"zsr_split must be 'interleave' or 'halves', got {split!r}")
         self.ridge, self.scale, self.split = ridge, scale, split
@@ -102,7 +136,13 @@ class ZeroShotRegression(nn.Module):
         one, two = one.to(x.device), two.to(x.device)
         pred = torch.cat([self._predict(x[two], y[two], x[one]), self._predict(x[one], y[one], x[two])])
         logits = self.scale * pred @ self.class_embeddings.float().T  # B×C, plain dot products
-        return F.cross_entropy(logits, torch.cat([rows[one], rows[two]]))
+        target = torch.cat([rows[one], rows[two]])
+        if not self.bounded:
+            return F.cross_entropy(logits, target)
+        # official (TF and PT `attribute_loss`): −log(p_y + 1e-16), at most 36.8 per sample, and no gradient
+        # from samples whose true class is hopeless (p_y ≪ 1e-16), where plain cross-entropy keeps pushing
+        p_true = logits.softmax(1).gather(1, target[:, None])[:, 0]
+        return -(p_true + 1e-16).log().mean()
 
 
 @register_head("gsp")
@@ -111,7 +151,8 @@ class GSPHead(Head):
                  num_prototypes: int = 64, transport_ratio: float = 0.3, entropy_weight: float | None = None,
                  iterations: int = 100, variant: str = "tf", memory_size: int = 1024, proto_init: str = "memory",
                  grad: str = "analytic", zsr_weight: float = 0.1, zsr_ridge: float = 0.05, zsr_scale: float = 9.5,
-                 zsr_split: str = "interleave"):
+                 zsr_split: str = "interleave", zsr_bounded: bool = True, normalization: str | None = None, augment: str | None = None,
+                 gem_p: float = 3.0):
         super().__init__(in_channels, embed_dim, num_classes)
         if variant not in VARIANTS:
             raise ValueError(f"gsp variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
@@ -122,10 +163,20 @@ class GSPHead(Head):
         if not 0.0 < transport_ratio <= 1.0:
             raise ValueError(f"gsp transport_ratio (μ) must be in (0, 1], got {transport_ratio}")
         spec = VARIANTS[variant]
+        normalization = normalization or spec["normalization"]
+        if normalization not in ("lipschitz", "l2"):
+            raise ValueError(f"gsp normalization must be 'lipschitz' (TF L2Normalization: divide only when the norm "
+                             f"exceeds 1) or 'l2' (always divide), got {normalization!r}")
+        if augment not in (None, "max", "gem"):
+            raise ValueError(f"gsp augment must be null, 'max' (TF augment_max_pool) or 'gem' (TF use_gemp), got {augment!r}")
         self.variant, self.out_dim = variant, embed_dim
         self.mu, self.iterations, self.grad = float(transport_ratio), int(iterations), grad
         self.gamma = float(spec["entropy_weight"] if entropy_weight is None else entropy_weight)
-        self.normalize = F.normalize if spec["normalization"] == "l2" else lipschitz_normalize
+        self.normalization = normalization
+        self.normalize = F.normalize if normalization == "l2" else lipschitz_normalize
+        self.augment = augment
+        if augment == "gem":  # TF `use_gemp`: learnable power p, initialised 3
+            self.gem_p = nn.Parameter(torch.full((), float(gem_p)))
         self.max_pool = spec["pooling"] == "max"
         self.proj = nn.Conv2d(in_channels, embed_dim, 1, bias=spec["bias"])
         self.prototypes = nn.Parameter(torch.empty(num_prototypes, embed_dim))
@@ -141,7 +192,7 @@ class GSPHead(Head):
         self.register_buffer("memory_filled", torch.zeros((), dtype=torch.long))
         self.register_buffer("ready", torch.tensor(0 if use_memory else 1, dtype=torch.long))
         self.zsr_weight = float(zsr_weight) if num_classes else 0.0
-        self.zsr = (ZeroShotRegression(num_classes, embed_dim, zsr_ridge, zsr_scale, zsr_split)
+        self.zsr = (ZeroShotRegression(num_classes, embed_dim, zsr_ridge, zsr_scale, zsr_split, zsr_bounded)
                     if self.zsr_weight > 0 else None)
 
     # ---- prototypes ------------------------------------------------------------------------------
@@ -155,16 +206,25 @@ class GSPHead(Head):
         self.memory[start:start + take] = emb[:take].to(self.memory.dtype)
         self.memory_filled += take
         if int(self.memory_filled) >= size:
-            self.prototypes.data.copy_(greedy_k_center(self.memory.float(), len(self.prototypes)))
+            k_center = greedy_k_center_tf if self.variant == "tf" else greedy_k_center
+            self.prototypes.data.copy_(k_center(self.memory.float(), len(self.prototypes)))
             self.ready.fill_(1)
 
     # ---- forward ---------------------------------------------------------------------------------
-    def _pool(self, features: torch.Tensor, z: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def _pool(self, features: torch.Tensor, z: torch.Tensor, keep: torch.Tensor, warm_up: bool = False) -> torch.Tensor:
         """Pooled features B×D from the per-position weights keep = n·α (B×1×h×w)."""
         if self.max_pool:   # PT: W·GMP((nα)⊙X) + b
             gmp = (keep.to(features.dtype) * features).amax((2, 3), keepdim=True)
-            return F.conv2d(gmp, self.proj.weight, self.proj.bias).flatten(1)
-        return (keep.to(z.dtype) * z).mean((2, 3))
+            pooled = F.conv2d(gmp, self.proj.weight, self.proj.bias).flatten(1)
+        elif self.augment == "gem" and not warm_up:  # TF use_gemp: W·GeM_p((nα)⊙X), clipped at 1e-6
+            p = self.gem_p.to(features.dtype)
+            gem = (keep.to(features.dtype) * features).clamp_min(1e-6).pow(p).mean((2, 3), keepdim=True).pow(1 / p)
+            pooled = F.conv2d(gem, self.proj.weight, self.proj.bias).flatten(1)
+        else:
+            pooled = (keep.to(z.dtype) * z).mean((2, 3))
+        if self.augment == "max":  # TF augment_max_pool: + W·GMP(X), in warm-up too
+            pooled = pooled + F.conv2d(features.amax((2, 3), keepdim=True), self.proj.weight, self.proj.bias).flatten(1)
+        return pooled
 
     def transport(self, z: torch.Tensor) -> torch.Tensor:
         """Plan [ρ; π] B×(1+m)×h×w for per-position embeddings z (B×D×h×w), in float32."""
@@ -184,7 +244,7 @@ class GSPHead(Head):
             if self.training:
                 self._remember(z.mean((2, 3)))
             keep = torch.ones(b, 1, h, w, device=z.device, dtype=torch.float32)
-            pooled = self._pool(features, z, keep)
+            pooled = self._pool(features, z, keep, warm_up=True)
             maps = {"keep": keep, "prototypes": z.new_zeros(b, m, h, w, dtype=torch.float32)}
             attributes = z.new_zeros(b, m, dtype=torch.float32)
         else:
