@@ -62,6 +62,9 @@ ABLATION: dict[str, tuple[str, list]] = {
     "old_batch8x8": ("old, 8 classes x 8 images per batch", OLD + [CROP, "train.m_per_class=8"]),
     "old_no_miner": ("old, multi-similarity loss without its miner", OLD + [CROP, "train.miner=null"]),
     "fixed": ("old with BN frozen + squash", OLD + ["model.frozen_bn=true"]),
+    "recipe_crop": ("the recipe's fixes (BN frozen, warm-up epoch, backbone lr 3e-5) but the old crop; 1 + 1 epochs",
+                    OLD + [CROP, "model.frozen_bn=true", "train.warmup_epochs=1", "train.backbone_lr=3.0e-5",
+                           "train.epochs=2"]),
 }
 RECIPES = ["frozen", "gap", "grouping", "gsp", "csa", "dsl", "cia"]
 
