@@ -6,7 +6,7 @@
     python -m benchmarks.real_data --ablation --only old,old_frozen_bn --datasets cub100
 
 Protocol (CPU short schedule; every number in one table comes from the same images):
-  * a subset of each data set, written once to benchmarks/runs/real_data/<set>/subset.csv: every train
+  * a subset of each data set, written once to benchmarks/runs/real_data/subset_<set>_<n>_<m>.csv: every train
     class (cub100 50, caltech101 51) with `--train-per-class` images, every unseen test class with
     `--test-per-class` images (the first ones in file order), the data set's own dml_split;
   * `--size` px network input for every run (frozen references too, so comparisons are fair);
@@ -72,7 +72,7 @@ RECIPES = ["frozen", "gap", "grouping", "gsp", "csa", "dsl", "cia"]
 def subset_csv(name: str, train_per_class: int, test_per_class: int) -> Path:
     """The data set's labels.csv cut to N images per class (0 = all), absolute paths; written once."""
     root = DATASETS[name]
-    out = OUT / name / f"subset_{train_per_class}_{test_per_class}.csv"
+    out = OUT / f"subset_{name}_{train_per_class}_{test_per_class}.csv"
     if out.exists():
         return out
     with open(root / "labels.csv", newline="") as fh:
@@ -99,10 +99,9 @@ def data_overrides(csv_path: Path, size: int) -> list[str]:
             else "train.device=cuda"]
 
 
-def run_one(dataset: str, name: str, cfg: RunConfig, force: bool) -> dict:
+def run_one(run: Path, cfg: RunConfig, force: bool) -> dict:
     from core.train import train
 
-    run = OUT / dataset / name
     if force and run.exists():
         import shutil
         shutil.rmtree(run)
@@ -165,27 +164,30 @@ def main(argv=None) -> int:
     p.add_argument("--test-per-class", type=int, default=10)
     p.add_argument("--epochs", type=int, default=1, help="ablation epochs (recipes: this + their warm-up)")
     p.add_argument("--force", action="store_true", help="retrain runs that exist")
-    p.add_argument("--name", default="real_data", help="results file name")
+    p.add_argument("--name", default="real_data", help="results file name (and runs folder) of this protocol")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     only = set(args.only.split(",")) if args.only else None
     datasets = [d for d in args.datasets.split(",") if (DATASETS[d] / "labels.csv").exists()]
+    runs = OUT / args.name  # one folder of runs per protocol (results name)
     for dataset in datasets:
         csv_path = subset_csv(dataset, args.train_per_class, args.test_per_class)
         if args.ablation:
             for name, (_, overrides) in ABLATION.items():
                 if only is None or name in only:
-                    run_one(dataset, name, ablation_cfg(overrides, csv_path, args.size, args.epochs), args.force)
+                    run_one(runs / dataset / name, ablation_cfg(overrides, csv_path, args.size, args.epochs),
+                            args.force)
         if args.recipes:
             for method in RECIPES:
                 if only is None or method in only:
-                    run_one(dataset, f"real_{method}", recipe_cfg(method, csv_path, args.size, args.epochs), args.force)
+                    run_one(runs / dataset / f"real_{method}", recipe_cfg(method, csv_path, args.size, args.epochs),
+                            args.force)
     rows, payload = [], {}
     for dataset in datasets:
         names = [(n, "ablation", d) for n, (d, _) in ABLATION.items()]
         names += [(f"real_{m}", "recipe", f"configs/real_{m}.yaml") for m in RECIPES]
         for name, kind, description in names:
-            run = OUT / dataset / name
+            run = runs / dataset / name
             if not (run / "metrics.json").exists():
                 continue
             metrics = json.loads((run / "metrics.json").read_text())
