@@ -327,7 +327,7 @@ class Trainer:
         self.best = {"epoch": -1, "value": value}
         self.history.append({"epoch": -1, **self.start_metrics, "seconds": round(time.time() - start, 2)})
         ckpt.save_weights(self.run_dir, self.model, self.num_classes, epoch=-1)
-        self._write_history()
+        # history.csv is written with the first epoch (its existence still means "an epoch completed")
         log.info("start (before any update): %s", {k: round(v, 4) for k, v in self.start_metrics.items()})
 
     def _nothing_to_learn(self) -> str | None:
@@ -394,6 +394,8 @@ class Trainer:
             self.epoch += 1
         if warm:
             self.set_warmup(False)
+        if self.rank == 0 and self.history and self.stopped:
+            self._write_history()  # stopped before an epoch completed: the start row still goes on record
         if self.distributed:
             dist.barrier()
         metrics = self.finish() if self.rank == 0 else {}
