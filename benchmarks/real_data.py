@@ -16,6 +16,8 @@ Protocol (CPU short schedule; every number in one table comes from the same imag
     recipe before this change);
   * recipe rows: the config as a user runs it (validation classes, the start as a candidate, warm-up),
     with the schedule shortened to `--epochs`; test figures of the selected epoch.
+The committed results: the defaults (results/real_data.md) and
+`--name real_data_long --train-per-class 24 --test-per-class 20 --epochs 3` (results/real_data_long.md).
 A GPU run with the full schedules: `--size 224 --train-per-class 0 --test-per-class 0 --epochs 15`.
 """
 from __future__ import annotations
