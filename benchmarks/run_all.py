@@ -27,6 +27,7 @@ STEPS = [  # (results name, command)
     ("dsl_cia_accuracy", ["-m", "benchmarks.dsl_cia_accuracy"]),
     ("heads_interpretability", ["-m", "benchmarks.heads_interpretability"]),
     ("cub100", ["-m", "benchmarks.cub100", "--train"]),  # with a GPU: + --heads gap,grouping,gsp,cia
+    ("real_data", ["-m", "benchmarks.real_data", "--ablation"]),  # then --recipes; see benchmarks/notes/real_data.md
     ("dashboard_latency", ["-m", "benchmarks.dashboard_latency"]),
     ("dashboard_load", ["-m", "benchmarks.dashboard_load"]),
 ]
@@ -42,6 +43,7 @@ GPU_STEPS = [
                                "--name", "dsl_cia_accuracy_cuda"]),
 ]
 PLOTS = RESULTS / "plots"
+NOTES = ROOT / "benchmarks" / "notes"
 
 
 def _accuracy_summary(suffix: str) -> tuple[dict, str]:
@@ -132,7 +134,9 @@ def assemble() -> None:
         if plot:
             parts.append(f"![{plot.split('/')[-1]}]({plot})\n")
     for name, cmd in STEPS:
-        md = RESULTS / f"{name}.md"
+        # a hand-kept section (benchmarks/notes/<name>.md: tables of several protocols with their reading)
+        # stands in for the raw table
+        md = NOTES / f"{name}.md" if (NOTES / f"{name}.md").exists() else RESULTS / f"{name}.md"
         parts.append(re.sub(r"^(#+) ", r"#\1 ", md.read_text(), flags=re.M) if md.exists()
                      else f"## {name}\n\nNot measured yet: run `python {' '.join(cmd)}`.\n")
         gpu = RESULTS / f"{name}_cuda.md"  # the same benchmark on a GPU (`--device cuda --name {name}_cuda`)

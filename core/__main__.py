@@ -11,13 +11,16 @@ from pathlib import Path
 def _progress_bar():
     from tqdm import tqdm
 
-    bar = {"bar": None, "total": None}
+    bar = {"bar": None, "total": None, "phase": None}
 
     def update(step: int, total: int, message: str) -> None:
-        if bar["bar"] is None or bar["total"] != total or step == 1:
+        """One bar per phase (an epoch, embedding a part, scoring), each with its ETA."""
+        phase = message.split(" loss ")[0]  # an epoch's message changes with its loss, its phase does not
+        if bar["bar"] is None or bar["total"] != total or step <= 1 or bar["phase"] != phase:
             if bar["bar"] is not None:
                 bar["bar"].close()
             bar["bar"], bar["total"] = tqdm(total=total, leave=False, dynamic_ncols=True), total
+            bar["phase"] = phase
         bar["bar"].set_description(message)
         bar["bar"].update(step - bar["bar"].n)
     return update
@@ -43,13 +46,16 @@ def cmd_train(args) -> int:
         cfg.description = f"{cfg.description} (overridden: {', '.join(changed)})".strip()
     metrics = train(cfg, args.out, progress=_progress_bar())
     if metrics:
-        print(json.dumps({"run": args.out, "best_epoch": metrics["best_epoch"], "test": metrics["test"]}, indent=2))
+        summary = {"run": args.out, "best_epoch": metrics["best_epoch"], "test": metrics["test"]}
+        summary.update({k: metrics[k] for k in ("improved_over_start", "start", "val", "stopped") if k in metrics})
+        print(json.dumps(summary, indent=2))
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from core.checkpoint import load_run
-    from core.data import build_datasets
+    from core.data import build_datasets, check_evaluable
+    from core.data import summary as data_summary
     from core.evaluate import evaluate_splits
     from core.train import resolve_device
 
@@ -59,8 +65,10 @@ def cmd_evaluate(args) -> int:
     if args.dataset:
         data_cfg = cfg.with_overrides([f"data.root={args.dataset}"]).data
     splits = build_datasets(data_cfg, seed=cfg.train.seed)
+    print(data_summary(splits), file=sys.stderr)
+    check_evaluable(splits)
     ks = [int(k) for k in args.k.split(",")] if args.k else cfg.train.recall_ks
-    metrics = evaluate_splits(model, splits, device, ks, which=args.split)
+    metrics = evaluate_splits(model, splits, device, ks, which=args.split, progress=_progress_bar())
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -73,7 +81,7 @@ def cmd_umap(args) -> int:
     from core.projection import ensure_coords
 
     for run in args.run_dirs:
-        ensure_coords(run, "umap")
+        ensure_coords(run, "umap", progress=True)
         print(f"{run}: artifacts/coords_umap.npy ready")
     return 0
 
@@ -100,7 +108,13 @@ def main(argv=None) -> int:
     u = sub.add_parser("umap", help="compute and cache UMAP coordinates of runs' test embeddings")
     u.add_argument("run_dirs", nargs="+")
     u.set_defaults(fn=cmd_umap)
+    for sp in (t, e, u):
+        sp.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores; "
+                                                    "or set OMP_NUM_THREADS)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its CPU-feature probing is noise
     from core.checkpoint import CheckpointError

@@ -21,10 +21,12 @@ def eval_parts(splits) -> list[tuple[str, object]]:
     return [("query", splits.query), ("gallery", splits.gallery)]
 
 
-def embed_and_score(model, splits, device="cpu", recall_ks=(1, 2, 4, 8)):
+def embed_and_score(model, splits, device="cpu", recall_ks=(1, 2, 4, 8), progress=None):
     """Embed the evaluation parts once; return (metrics, {part: (dataset, emb, labels)})."""
-    parts = {name: (ds, *embed_dataset(model, ds, device=device)) for name, ds in eval_parts(splits)}
-    return score(parts, recall_ks), parts
+    parts = {name: (ds, *embed_dataset(model, ds, device=device, progress=progress,
+                                       label=f"{name}: embedding {len(ds)} images"))
+             for name, ds in eval_parts(splits)}
+    return score(parts, recall_ks, progress, "test"), parts
 
 
 def write_artifacts(run_dir: Path, parts: dict) -> None:

@@ -46,6 +46,7 @@ class DataConfig:
     csv_label_column: str = "label"
     csv_split_column: str = "split"
     max_per_class: int | None = None  # cap train/val images per class (quick runs); test is never capped
+    class_depth: int | None = None   # folder data: folder level of the classes (root/<class>/img: 1); None detects it
     shapes: dict[str, Any] = field(default_factory=dict)  # shapes generator knobs (see core/data/shapes.py)
 
 
@@ -76,8 +77,10 @@ class TrainConfig:
     batch_size: int = 32
     m_per_class: int = 4             # MPerClassSampler: images per class in a batch
     optimizer: str = "adamw"         # adam | adamw
-    lr: float = 1e-3
+    lr: float = 1e-3                 # new layers (head, projection, blocks, CIA, loss parameters)
     backbone_lr: float | None = None  # None: same as lr
+    warmup_epochs: int = 0           # first epochs train only the new layers: backbone weights frozen, its BN in eval mode
+    eval_start: bool = True          # score the starting weights on validation first: the best epoch may be "start" (-1)
     weight_decay: float = 1e-4
     loss: str = "multi_similarity"   # margin | multi_similarity | triplet | contrastive | proxy_anchor
     loss_args: dict[str, Any] = field(default_factory=dict)

@@ -88,8 +88,9 @@ def all_metrics(emb, labels, recall_ks=(1, 2, 4, 8), query_gallery=None) -> dict
 
 @torch.no_grad()
 def embed_dataset(model, dataset, batch_size: int = 128, device: str | torch.device = "cpu",
-                  num_workers: int = 0, progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings (N×D float32) and labels of a dataset, in dataset order, in eval mode."""
+                  num_workers: int = 0, progress=None, label: str = "embedding") -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (N×D float32) and labels of a dataset, in dataset order, in eval mode; `progress(step,
+    total, label)` after each batch (on a CPU, embedding thousands of images takes minutes)."""
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -98,7 +99,7 @@ def embed_dataset(model, dataset, batch_size: int = 128, device: str | torch.dev
         embs.append(model(x.to(device)).float().cpu())
         labels.append(y)
         if progress:
-            progress(step + 1, len(loader), "embedding")
+            progress(step + 1, len(loader), label)
     model.train(was_training)
     return torch.cat(embs).numpy(), torch.cat(labels).numpy()
 
@@ -116,27 +117,34 @@ def readable(dataset, n: int) -> np.ndarray:
     return keep
 
 
-def score(parts: dict, recall_ks=(1, 2, 4, 8)) -> dict[str, float]:
+def score(parts: dict, recall_ks=(1, 2, 4, 8), progress=None, label: str = "scoring") -> dict[str, float]:
     """Metrics of embedded evaluation parts {name: (dataset, emb, labels)}: `test` (every item a query
     against the others) or `query` + `gallery`; unreadable items are left out (see `readable`)."""
     kept = {name: (emb[m], lab[m]) for name, (ds, emb, lab) in parts.items() for m in [readable(ds, len(lab))]}
+    if progress:  # nearest neighbours + k-means for NMI: one step, but seconds on large sets
+        progress(0, 1, f"{label}: nearest neighbours + k-means (NMI)")
     if "test" in kept:
-        return all_metrics(*kept["test"], recall_ks)
-    return all_metrics(None, None, recall_ks, query_gallery=(*kept["query"], *kept["gallery"]))
+        out = all_metrics(*kept["test"], recall_ks)
+    else:
+        out = all_metrics(None, None, recall_ks, query_gallery=(*kept["query"], *kept["gallery"]))
+    if progress:
+        progress(1, 1, f"{label}: nearest neighbours + k-means (NMI)")
+    return out
 
 
 def evaluate_splits(model, splits, device="cpu", recall_ks=(1, 2, 4, 8), which: str = "test",
                     batch_size: int = 128, progress=None) -> dict[str, float]:
     """Metrics on `which` ∈ {test, val}; for a query/gallery data set, test means query->gallery."""
-    def embedded(ds):
-        return (ds, *embed_dataset(model, ds, batch_size, device, progress=progress))
+    def embedded(ds, name):
+        return (ds, *embed_dataset(model, ds, batch_size, device, progress=progress,
+                                   label=f"{which} {name}: embedding {len(ds)} images"))
 
     if which == "val":
         if splits.val is None:
             raise ValueError("no validation part: set data.val_classes > 0")
-        parts = {"test": embedded(splits.val)}  # scored as a test set: every item a query against the others
+        parts = {"test": embedded(splits.val, "classes")}  # scored as a test set: every item a query against the others
     elif splits.test is not None:
-        parts = {"test": embedded(splits.test)}
+        parts = {"test": embedded(splits.test, "classes")}
     else:
-        parts = {"query": embedded(splits.query), "gallery": embedded(splits.gallery)}
-    return score(parts, recall_ks)
+        parts = {"query": embedded(splits.query, "query"), "gallery": embedded(splits.gallery, "gallery")}
+    return score(parts, recall_ks, progress, which)

@@ -14,21 +14,23 @@ def pca_2d(emb: np.ndarray) -> np.ndarray:
     return (x @ vt[:2].T).astype(np.float32)
 
 
-def umap_2d(emb: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
+def umap_2d(emb: np.ndarray, seed: int = 0, n_neighbors: int = 15, progress: bool = False) -> np.ndarray:
+    """`progress`: UMAP's own phase log and a tqdm bar (with ETA) over its layout epochs, on stderr/stdout."""
     import umap  # imported lazily: numba JIT costs seconds on first use
 
     reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(emb) - 1), min_dist=0.1,
-                        metric="cosine", random_state=seed)
+                        metric="cosine", random_state=seed, verbose=progress,
+                        tqdm_kwds={"desc": "UMAP layout", "disable": not progress})
     return reducer.fit_transform(emb).astype(np.float32)
 
 
-def ensure_coords(run_dir: str | Path, method: str = "umap") -> np.ndarray:
+def ensure_coords(run_dir: str | Path, method: str = "umap", progress: bool = False) -> np.ndarray:
     """Coordinates from the run's artifacts; computed once and cached atomically when missing."""
     art = Path(run_dir) / ckpt.ARTIFACTS
     path = art / f"coords_{method}.npy"
     if path.exists():
         return np.load(path)
     emb = np.load(art / "embeddings.npy")
-    coords = umap_2d(emb) if method == "umap" else pca_2d(emb)
+    coords = umap_2d(emb, progress=progress) if method == "umap" else pca_2d(emb)
     ckpt.atomic_save_npy(path, coords)
     return coords

@@ -5,6 +5,12 @@ command again continues after the last completed epoch. Each epoch reseeds every
 (seed, epoch), so an interrupted-and-resumed run sees the same batches as an uninterrupted one.
 Distributed: under `torchrun --nproc_per_node N` each rank takes every N-th batch of the same
 seeded sampler and losses gather embeddings across ranks (pytorch-metric-learning wrappers).
+Never worse than the start: before any update the starting weights are scored on the validation
+classes (history row epoch -1) and stay a candidate for the best epoch, so a run that does not
+learn returns its starting point and says so (`improved_over_start` in metrics.json). With
+`train.warmup_epochs` W, epochs 0..W-1 train only the new layers (head, projection, inserted
+blocks, CIA branch, loss parameters) while every backbone weight is frozen and its BatchNorm
+layers stay in eval mode; from epoch W the backbone trains again exactly as configured.
 """
 from __future__ import annotations
 
@@ -27,7 +33,8 @@ from torch.utils.data import DataLoader
 
 from core import checkpoint as ckpt
 from core.config import RunConfig
-from core.data import DataSplits, build_datasets
+from core.data import DataSplits, build_datasets, check_evaluable
+from core.data import summary as data_summary
 from core.evaluate import evaluate_splits
 from core.losses import DMLCriterion, build_criterion
 from core.models.embedder import Embedder, build_model
@@ -38,6 +45,10 @@ Progress = Callable[[int, int, str], None]
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what was kept."""
+
+
+class NonFiniteLoss(TrainingError):
+    """A NaN/inf loss: the epoch is abandoned before its update, the best weights so far are kept."""
 
 
 def seed_everything(seed: int) -> None:
@@ -103,9 +114,14 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.splits = splits or build_datasets(cfg.data, seed=cfg.train.seed)
         self.num_classes = self.splits.num_train_classes
+        found = data_summary(self.splits)
         if self.num_classes < 2 and cfg.train.epochs > 0:
             raise TrainingError(f"only {self.num_classes} train class: metric learning needs pairs of images from "
-                                "at least 2 classes (and unseen test classes); add classes to the data set")
+                                "at least 2 classes (and unseen test classes); add classes to the data set (or set "
+                                f"data.class_depth if the classes are deeper in the folder tree). Found:\n{found}")
+        if self.rank == 0:
+            log.info("%s", found)
+        check_evaluable(self.splits)  # before any epoch: a part where no image can be a query is refused now
         if self.splits.val is None and cfg.data.val_classes > 0 and cfg.train.epochs > 0:
             log.warning("only %d train classes: too few to hold some out for validation (needs 4), so no best "
                         "epoch is chosen: the last epoch is kept", self.num_classes)
@@ -117,7 +133,14 @@ class Trainer:
             criterion = DMLCriterion(DistributedLossWrapper(criterion.loss),
                                      DistributedMinerWrapper(criterion.miner) if criterion.miner else None)
         self.criterion = criterion.to(self.device)
+        self._check_learning_rates()
         self.optimizer = self._optimizer()
+        # backbone parameters the configuration trains (frozen BN affine and freeze_backbone excluded):
+        # exactly these are frozen during the warm-up and trained again after it
+        self.backbone_trainable = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        self.stopped: str | None = None   # why the run ended early (lr 0, non-finite loss)
+        self.warmup_epochs = cfg.train.warmup_epochs  # 0 when there is no new layer to warm up
+        self.start_metrics: dict[str, float] = {}
         self.use_amp = cfg.train.amp and self.device.type == "cuda"
         self.epoch = 0                # next epoch to run
         self.best = {"epoch": -1, "value": -math.inf}
@@ -129,6 +152,19 @@ class Trainer:
                 find_unused_parameters=True)
 
     # ---- set-up ---------------------------------------------------------------------------
+    @property
+    def backbone_lr(self) -> float:
+        t = self.cfg.train
+        return t.lr if t.backbone_lr is None else t.backbone_lr  # 0 means 0, not "same as lr"
+
+    def _check_learning_rates(self) -> None:
+        t = self.cfg.train
+        for key, value in (("train.lr", t.lr), ("train.backbone_lr", t.backbone_lr)):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise TrainingError(f"{key}={value} is not a learning rate; use a positive number such as 3e-5")
+        if t.warmup_epochs < 0:
+            raise TrainingError(f"train.warmup_epochs={t.warmup_epochs} must be 0 or more")
+
     def _optimizer(self) -> torch.optim.Optimizer | None:
         t = self.cfg.train
         backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
@@ -139,7 +175,7 @@ class Trainer:
         grouped = backbone_ids | {id(p) for g in own for p in g["params"]}
         rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in grouped]
         rest += [p for p in self.criterion.parameters() if p.requires_grad]  # proxies, learnable β
-        groups = [g for g in ({"params": backbone, "lr": t.backbone_lr or t.lr}, {"params": rest, "lr": t.lr}, *own)
+        groups = [g for g in ({"params": backbone, "lr": self.backbone_lr}, {"params": rest, "lr": t.lr}, *own)
                   if g["params"]]
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(t.optimizer)
         if cls is None:
@@ -196,6 +232,8 @@ class Trainer:
             if "criterion" in state:
                 self.criterion.load_state_dict(state["criterion"])
             self.epoch, self.best, self.history = state["epoch"] + 1, state["best"], state["history"]
+            start = [r for r in self.history if r["epoch"] == -1]
+            self.start_metrics = {k: v for k, v in start[0].items() if k.startswith("val_")} if start else {}
             log.info("resuming %s after epoch %d", self.run_dir, state["epoch"])
         if self.rank == 0:
             self.cfg.save(cfg_path)
@@ -235,10 +273,7 @@ class Trainer:
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 bad = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                kept = (f"the last completed epoch ({epoch - 1}) is kept in {self.run_dir / ckpt.RESUME}"
-                        if epoch > 0 else "no epoch had completed, so nothing was saved")
-                raise TrainingError(f"loss is not finite at epoch {epoch}, step {step} ({bad}); {kept}. "
-                                    f"Lower train.lr (now {self.cfg.train.lr}) or check the data.")
+                raise NonFiniteLoss(f"loss is not finite at epoch {epoch}, step {step} ({bad})")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -254,20 +289,95 @@ class Trainer:
         t = self.cfg.train
         which = "val" if self.splits.val is not None else "test"
         # without a validation part we can only report test metrics; they never pick the epoch
-        metrics = evaluate_splits(self.model, self.splits, self.device, t.recall_ks, which=which)
+        progress = self.progress if self.rank == 0 else None
+        metrics = evaluate_splits(self.model, self.splits, self.device, t.recall_ks, which=which, progress=progress)
         return {f"{which}_{k}": v for k, v in metrics.items()}
 
+    # ---- warm-up and the starting point ------------------------------------------------------
+    def new_layer_parameters(self) -> list[torch.nn.Parameter]:
+        """Trainable parameters outside the backbone: head (incl. projection), blocks, CIA, loss."""
+        backbone = {id(p) for p in self.model.backbone.parameters()}
+        params = [p for p in self.model.parameters() if id(p) not in backbone]
+        return [p for p in params + list(self.criterion.parameters()) if p.requires_grad]
+
+    def warming_up(self, epoch: int) -> bool:
+        return epoch < self.warmup_epochs and bool(self.backbone_trainable)
+
+    def set_warmup(self, on: bool) -> None:
+        """Freeze (on) or train again (off) exactly the backbone parameters the config trains; while on,
+        the backbone's BatchNorm layers stay in eval mode (running statistics frozen too)."""
+        for p in self.backbone_trainable:
+            p.requires_grad_(not on)
+        self.model.freeze_backbone = on or self.cfg.model.freeze_backbone  # Embedder.train() keeps BN in eval
+        self.training_step.train(self.training_step.training)
+
+    def _describe_warmup(self, on: bool) -> str:
+        n_backbone = sum(p.numel() for p in self.backbone_trainable)
+        n_new = sum(p.numel() for p in self.new_layer_parameters())
+        bn = "eval (frozen)" if (self.cfg.model.frozen_bn or on) else "train mode"
+        if on:
+            return (f"warm-up: backbone frozen ({n_backbone:,} weights, BatchNorm {bn}); training only the new "
+                    f"layers ({n_new:,} weights: head/projection, blocks, CIA, loss) at lr {self.cfg.train.lr:g}")
+        return (f"backbone unfrozen: {n_backbone:,} weights at lr {self.backbone_lr:g}, BatchNorm {bn}; new layers "
+                f"({n_new:,} weights) at lr {self.cfg.train.lr:g}")
+
+    def evaluate_start(self) -> None:
+        """Score the weights before any update; they become the best-epoch candidate 'start' (epoch -1)."""
+        if not self.cfg.train.eval_start or self.splits.val is None:
+            return
+        start = time.time()
+        self.start_metrics = self.validate()
+        value = self.start_metrics.get(f"val_{self.cfg.train.select_metric}", -math.inf)
+        self.best = {"epoch": -1, "value": value}
+        self.history.append({"epoch": -1, **self.start_metrics, "seconds": round(time.time() - start, 2)})
+        ckpt.save_weights(self.run_dir, self.model, self.num_classes, epoch=-1)
+        # history.csv is written with the first epoch (its existence still means "an epoch completed")
+        log.info("start (before any update): %s", {k: round(v, 4) for k, v in self.start_metrics.items()})
+
+    def _nothing_to_learn(self) -> str | None:
+        """Why training could not change anything (every trainable group has lr 0), or None."""
+        t = self.cfg.train
+        if self.optimizer is None or any(g["lr"] > 0 for g in self.optimizer.param_groups):
+            return None
+        return (f"train.lr={t.lr:g}" + (f" and train.backbone_lr={t.backbone_lr:g}" if t.backbone_lr is not None else "")
+                + ": no weight can change, so no epoch was run; the starting weights are kept and scored. "
+                "Set a positive learning rate (e.g. train.lr=3e-5) to train")
+
+    # ---- main -----------------------------------------------------------------------------------
     def fit(self) -> dict:
         t = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._prepare_run_dir()
         self.model.head.on_train_start(self)
-        if t.epochs == 0 and not (self.run_dir / ckpt.WEIGHTS).exists() and self.rank == 0:
-            ckpt.save_weights(self.run_dir, self.model, self.num_classes, epoch=-1)  # evaluate as built
-        while self.epoch < t.epochs:
+        if self.epoch == 0 and not self.history and self.rank == 0 and t.epochs > 0:
+            self.evaluate_start()
+        if not (self.run_dir / ckpt.WEIGHTS).exists() and self.rank == 0:
+            # evaluate as built (epochs=0), and what a run that stops before its first epoch returns
+            ckpt.save_weights(self.run_dir, self.model, self.num_classes, epoch=-1)
+        if t.epochs > 0:
+            self.stopped = self._nothing_to_learn()
+        if self.warmup_epochs and self.backbone_trainable and not self.new_layer_parameters():
+            log.info("train.warmup_epochs=%d ignored: no new layer to warm up (no projection, head or block "
+                     "weights); the backbone trains from epoch 0", t.warmup_epochs)
+            self.warmup_epochs = 0
+        elif t.warmup_epochs and not self.backbone_trainable:
+            log.info("train.warmup_epochs=%d has no effect: the backbone is frozen for the whole run", t.warmup_epochs)
+        warm = None
+        while self.epoch < t.epochs and self.stopped is None:
             epoch, start = self.epoch, time.time()
+            if self.warming_up(epoch) != warm:
+                warm = self.warming_up(epoch)
+                self.set_warmup(warm)
+                if self.backbone_trainable and self.warmup_epochs and self.rank == 0:
+                    log.info("epoch %d: %s", epoch, self._describe_warmup(warm))
             self.model.head.on_epoch_start(self, epoch)
-            row = {"epoch": epoch, **self.train_epoch(epoch)}
+            try:
+                row = {"epoch": epoch, **self.train_epoch(epoch)}
+            except NonFiniteLoss as err:
+                # the bad step was never applied; reload the best weights in finish(), keep what was done
+                self.stopped = (f"{err}; that update was not applied and the epoch's earlier ones are discarded. "
+                                f"Lower train.lr (now {t.lr}) or check the data")
+                break
             metrics: dict[str, float] = {}
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
                 metrics = self.validate() if self.rank == 0 else {}
@@ -286,22 +396,54 @@ class Trainer:
                 self._save_resume(epoch)
                 log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
             self.epoch += 1
+        if warm:
+            self.set_warmup(False)
+        if self.rank == 0 and self.history and self.stopped:
+            self._write_history()  # stopped before an epoch completed: the start row still goes on record
         if self.distributed:
             dist.barrier()
-        return self.finish() if self.rank == 0 else {}
+        metrics = self.finish() if self.rank == 0 else {}
+        if self.stopped and "not finite" in self.stopped:
+            raise TrainingError(f"{self.stopped}. Run stopped: {self._verdict(metrics)}")
+        return metrics
+
+    def _verdict(self, metrics: dict) -> str:
+        if not metrics:
+            return ""
+        if metrics["best_epoch"] == -1:
+            return "best = the starting weights (no epoch improved on them), saved in weights and metrics.json"
+        return f"best = epoch {metrics['best_epoch']}, saved in weights and metrics.json"
 
     def finish(self) -> dict:
         """Reload the best weights, score them on the test classes, write metrics and artifacts."""
         from core.artifacts import embed_and_score, write_artifacts
 
+        t = self.cfg.train
         model, _ = ckpt.load_run(self.run_dir, self.device)
-        test, parts = embed_and_score(model, self.splits, self.device, self.cfg.train.recall_ks)
-        best_row = self.history[self.best["epoch"]] if self.history and self.best["epoch"] >= 0 else {}
-        metrics = {"test": test, "best_epoch": self.best["epoch"], "epochs": self.cfg.train.epochs,
-                   "select_metric": self.cfg.train.select_metric,
+        test, parts = embed_and_score(model, self.splits, self.device, t.recall_ks, progress=self.progress)
+        rows = {r["epoch"]: r for r in self.history}
+        best_row = rows.get(self.best["epoch"], {})
+        key = f"val_{t.select_metric}"
+        metrics = {"test": test, "best_epoch": self.best["epoch"], "epochs": t.epochs,
+                   "select_metric": t.select_metric,
                    "val": {k: v for k, v in best_row.items() if k.startswith("val_")},
                    "train_seconds": round(sum(r.get("seconds", 0) for r in self.history), 1),
-                   "num_train_classes": self.num_classes, "device": str(self.device)}
+                   "num_train_classes": self.num_classes, "train_images": len(self.splits.train),
+                   "device": str(self.device),
+                   "warmup_epochs": self.warmup_epochs}
+        if self.start_metrics:  # the starting point was a candidate: say plainly whether training helped
+            metrics["start"] = {"val": self.start_metrics}
+            metrics["improved_over_start"] = self.best["epoch"] != -1
+            start, best = self.start_metrics.get(key, math.nan), best_row.get(key, math.nan)
+            if metrics["improved_over_start"]:
+                log.info("validation %s: %.4f at start -> %.4f at best epoch %d (%+.4f)", t.select_metric, start,
+                         best, self.best["epoch"], best - start)
+            elif t.epochs > 0:
+                log.warning("training did not improve on the starting weights (validation %s %.4f at start, no "
+                            "epoch better): the run returns its starting point", t.select_metric, start)
+        if self.stopped:
+            metrics["stopped"] = self.stopped
+            log.error("run stopped early: %s", self.stopped)
         ckpt.write_json(self.run_dir / ckpt.METRICS, metrics)
         write_artifacts(self.run_dir, parts)
         return metrics

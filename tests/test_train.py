@@ -23,7 +23,9 @@ def test_run_directory_and_learning(tmp_path, tiny_cfg):
     chance = 1 / len(np.unique(labels))
     assert metrics["test"]["recall@1"] > 2.5 * chance   # two tiny epochs already beat chance clearly
     history = (tmp_path / ckpt.HISTORY).read_text().splitlines()
-    assert len(history) == 1 + tiny_cfg.train.epochs and "val_map_at_r" in history[0]
+    assert len(history) == 1 + 1 + tiny_cfg.train.epochs and "val_map_at_r" in history[0]  # header, start, epochs
+    assert history[1].startswith("-1,") and saved["improved_over_start"] is True and saved["best_epoch"] >= 0
+    assert saved["start"]["val"]["val_map_at_r"] < saved["val"]["val_map_at_r"]
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_cfg):
@@ -40,7 +42,9 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_cfg):
     trainer.fit()
     a = ckpt.load_resume(tmp_path / "straight" / ckpt.RESUME)
     b = ckpt.load_resume(tmp_path / "resumed" / ckpt.RESUME)
-    assert a["epoch"] == b["epoch"] == 1 and len(b["history"]) == 2
+    assert a["epoch"] == b["epoch"] == 1 and len(b["history"]) == 3  # start + 2 epochs
+    start_row = {k: v for k, v in b["history"][0].items() if k.startswith("val_")}
+    assert json.loads((tmp_path / "resumed" / ckpt.METRICS).read_text())["start"]["val"] == pytest.approx(start_row)
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
 
@@ -56,8 +60,102 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, tiny_cfg, monkeypatch):
     real = trainer.model.head.loss
     monkeypatch.setattr(trainer.model.head, "loss",
                         lambda out, y, crit: {k: v * float("nan") for k, v in real(out, y, crit).items()})
-    with pytest.raises(TrainingError, match="not finite at epoch 0, step 0.*Lower train.lr"):
+    with pytest.raises(TrainingError, match="not finite at epoch 0, step 0.*Lower train.lr.*starting weights"):
         trainer.fit()
+    saved = json.loads((tmp_path / ckpt.METRICS).read_text())  # the starting point was still scored and kept
+    assert saved["best_epoch"] == -1 and saved["improved_over_start"] is False and "not finite" in saved["stopped"]
+    assert (tmp_path / ckpt.HISTORY).read_text().count("\n") == 2  # header + start: no half epoch recorded
+
+
+def _weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / ckpt.WEIGHTS))
+
+
+def test_lr_zero_keeps_the_starting_weights_and_says_so(tmp_path, tiny_cfg, caplog):
+    import logging
+
+    trainer = Trainer(tiny_cfg.with_overrides(["train.lr=0"]), tmp_path)
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with caplog.at_level(logging.INFO, logger="core.train"):
+        metrics = trainer.fit()
+    assert metrics["best_epoch"] == -1 and metrics["improved_over_start"] is False
+    assert "train.lr=0" in metrics["stopped"] and "no epoch was run" in metrics["stopped"]
+    assert any("run stopped early: train.lr=0" in r.getMessage() for r in caplog.records)
+    saved = _weights(tmp_path)
+    assert all(torch.equal(saved[k], v) for k, v in start.items())
+    assert json.loads((tmp_path / ckpt.METRICS).read_text())["start"]["val"]["val_recall@1"] > 0
+    assert len((tmp_path / ckpt.HISTORY).read_text().splitlines()) == 2  # header + start row: no epoch spent
+
+
+def test_negative_learning_rate_is_refused(tmp_path, tiny_cfg):
+    with pytest.raises(TrainingError, match="train.backbone_lr=-0.1 is not a learning rate"):
+        Trainer(tiny_cfg.with_overrides(["train.backbone_lr=-0.1"]), tmp_path)
+
+
+def test_a_run_that_does_not_learn_returns_its_start(tmp_path, tiny_cfg, monkeypatch, caplog):
+    """Every epoch scores worse than the start on validation (made so by lowering what validate() reports
+    after the start): the run must hand back the starting weights and say that training did not help."""
+    import logging
+
+    trainer = Trainer(tiny_cfg, tmp_path)
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    real_validate, calls = trainer.validate, []
+
+    def worse_after_start():
+        calls.append(1)
+        return {k: v - (0.5 if len(calls) > 1 else 0.0) for k, v in real_validate().items()}
+
+    monkeypatch.setattr(trainer, "validate", worse_after_start)
+    with caplog.at_level(logging.WARNING, logger="core.train"):
+        metrics = trainer.fit()
+    assert len(calls) == 1 + tiny_cfg.train.epochs
+    assert metrics["best_epoch"] == -1 and metrics["improved_over_start"] is False
+    assert metrics["val"] == metrics["start"]["val"]
+    assert any("did not improve on the starting weights" in r.getMessage() for r in caplog.records)
+    saved = _weights(tmp_path)
+    assert all(torch.equal(saved[k], v) for k, v in start.items())
+
+
+@pytest.mark.parametrize("frozen_bn", [False, True])
+def test_warmup_freezes_the_backbone_then_trains_it_as_configured(tmp_path, tiny_cfg, frozen_bn, caplog):
+    """Epoch 0 (warm-up): no backbone weight or BN statistic moves, the projection does. Epoch 1: the
+    backbone trains again, except what the config keeps frozen (BN affine and statistics with frozen_bn)."""
+    import logging
+
+    cfg = tiny_cfg.with_overrides(["train.warmup_epochs=1", f"model.frozen_bn={str(frozen_bn).lower()}"])
+    trainer = Trainer(cfg, tmp_path)
+    bn_names = {n for n, m in trainer.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    is_bn = lambda name: name.rsplit(".", 1)[0] in bn_names  # noqa: E731
+    snapshots = [{k: v.clone() for k, v in trainer.model.state_dict().items()}]
+    grad_flags = []
+    real_epoch = trainer.train_epoch
+
+    def recording_epoch(epoch):
+        grad_flags.append({n: p.requires_grad for n, p in trainer.model.named_parameters()})
+        row = real_epoch(epoch)
+        snapshots.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        return row
+
+    trainer.train_epoch = recording_epoch
+    with caplog.at_level(logging.INFO, logger="core.train"):
+        trainer.fit()
+    before, warm, after = snapshots
+    backbone = [k for k in before if k.startswith("backbone.") and before[k].is_floating_point()]
+    assert all(torch.equal(before[k], warm[k]) for k in backbone)           # weights and running stats
+    assert not torch.equal(before["head.proj.weight"], warm["head.proj.weight"])
+    conv = [k for k in backbone if not is_bn(k)]
+    bn = [k for k in backbone if is_bn(k)]
+    assert conv and bn
+    assert any(not torch.equal(warm[k], after[k]) for k in conv)
+    assert all(torch.equal(warm[k], after[k]) for k in bn) == frozen_bn    # frozen BN stays frozen
+    assert not any(v for n, v in grad_flags[0].items() if n.startswith("backbone."))
+    assert all(v for n, v in grad_flags[0].items() if n.startswith("head."))
+    assert all(v != (frozen_bn and is_bn(n)) for n, v in grad_flags[1].items() if n.startswith("backbone."))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("epoch 0: warm-up: backbone frozen") for m in messages)
+    assert any(m.startswith("epoch 1: backbone unfrozen") for m in messages)
 
 
 def test_cli_train_then_evaluate(tmp_path):

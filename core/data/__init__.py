@@ -146,13 +146,13 @@ def _shapes_splits(cfg: DataConfig, seed: int) -> DataSplits:
         train=ShapesDataset(train_data, idx[~val_mask], train_tf),
         val=ShapesDataset(train_data, idx[val_mask], test_tf) if val_mask.any() else None,
         test=ShapesDataset(test_data, test_idx, test_tf),
-        info={"name": "shapes", "spec": spec.key()},
+        info={"name": "shapes", "spec": spec.key(), "split_rule": "shapes: its own train and test classes"},
     )
 
 
 def records_for(cfg: DataConfig) -> list[Record]:
     if cfg.name == "folder":
-        return folder_records(cfg.root)
+        return folder_records(cfg.root, cfg.class_depth)
     if cfg.name == "csv":
         return csv_records(cfg.csv, cfg.root, cfg.csv_label_column, cfg.csv_split_column)
     from core.data import official  # CUB-200-2011, Cars196, SOP, In-Shop layouts
@@ -167,8 +167,10 @@ def _file_splits(cfg: DataConfig, seed: int) -> DataSplits:
     paths = np.asarray([r.path for r in records])
     labels = np.asarray([label_of[r.label] for r in records], dtype=np.int64)
     splits = np.asarray([r.split or "" for r in records])
+    rule = "split as given by the data set"
     if not splits.any():  # no split given: first half of the sorted classes train, second half test
         splits = np.where(labels < (len(names) + 1) // 2, "train", "test")
+        rule = f"no split given: the first {(len(names) + 1) // 2} of the {len(names)} sorted classes train, the rest test"
     elif (splits == "").any():
         raise DatasetError("some records have a split and others do not; give every row a split or none")
 
@@ -189,7 +191,7 @@ def _file_splits(cfg: DataConfig, seed: int) -> DataSplits:
         test=make(test_mask, False) if test_mask.any() else None,
         query=make(query_mask, False) if query_mask.any() else None,
         gallery=make(gallery_mask, False) if gallery_mask.any() else None,
-        info={"name": cfg.name, "root": cfg.root, "classes": len(names)},
+        info={"name": cfg.name, "root": cfg.root, "classes": len(names), "split_rule": rule},
     )
 
 
@@ -197,3 +199,46 @@ def build_datasets(cfg: DataConfig, seed: int = 0) -> DataSplits:
     if cfg.name == "shapes":
         return _shapes_splits(cfg, seed)
     return _file_splits(cfg, seed)
+
+
+# ---- what was found: a summary printed at start, and checks before any training -------------------------
+def parts(splits: DataSplits) -> list[tuple[str, LabelledDataset]]:
+    return [(name, ds) for name in ("train", "val", "test", "query", "gallery")
+            for ds in [getattr(splits, name)] if ds is not None]
+
+
+def summary(splits: DataSplits, examples: int = 3) -> str:
+    """Classes, images and examples per part, and how the split was made (printed at the start of a run)."""
+    lines = [f"data: {splits.info.get('name', '?')}" + (f" at {splits.info['root']}" if splits.info.get("root") else "")
+             + (f"; {splits.info['split_rule']}" if splits.info.get("split_rule") else "")]
+    for name, ds in parts(splits):
+        classes, counts = np.unique(ds.labels, return_counts=True)
+        names = [ds.class_names.get(int(c), str(c)) for c in classes[:examples]]
+        lines.append(f"  {name:<7} {len(classes):>5} classes {len(ds):>7} images ({counts.min()}-{counts.max()} per class, "
+                     f"median {int(np.median(counts))}), e.g. {', '.join(names)}{', ...' if len(classes) > examples else ''}")
+    if splits.val is not None:
+        lines.append("  (val: train classes held out to pick the best epoch; test classes are never seen in training)")
+    return "\n".join(lines)
+
+
+def single_image_classes(ds: LabelledDataset) -> list[str]:
+    classes, counts = np.unique(ds.labels, return_counts=True)
+    return [ds.class_names.get(int(c), str(c)) for c in classes[counts < 2]]
+
+
+def check_evaluable(splits: DataSplits) -> None:
+    """Refuse up front (not after an epoch) a validation or test part where no image can be a query: a
+    query needs another image of its class. Single-image classes elsewhere are only distractors: warn."""
+    for name, ds in parts(splits):
+        if name not in ("val", "test"):
+            continue
+        single = single_image_classes(ds)
+        if single and len(single) == len(np.unique(ds.labels)):
+            hint = ("set data.val_classes=0 (no validation) or add images" if name == "val" else
+                    "add a second image to these classes, or give the data set more classes")
+            raise DatasetError(f"every one of the {len(single)} {name} classes has a single image, so none can be a "
+                               f"query (retrieval needs another image of the same class): {', '.join(single[:10])}"
+                               f"{', ...' if len(single) > 10 else ''}; {hint}")
+        if single:
+            log.warning("%d of the %d %s classes have a single image: they cannot be queries and only act as "
+                        "distractors, e.g. %s", len(single), len(np.unique(ds.labels)), name, ", ".join(single[:5]))

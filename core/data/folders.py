@@ -35,17 +35,44 @@ def _require_dir(root: str | None, what: str) -> Path:
     return path
 
 
-def folder_records(root: str | None) -> list[Record]:
-    """ImageFolder tree: one sub-folder per class; images at any depth below it."""
+def folder_records(root: str | None, class_depth: int | None = None) -> list[Record]:
+    """ImageFolder tree. The class of an image is the folder `class_depth` levels below the root
+    (`root/<class>/img`: 1; `root/<alphabet>/<character>/img`: 2), named by its path from the root
+    ("Greek/character01", so equal leaf names in different groups stay apart); images deeper below
+    a class folder belong to it. `class_depth` None detects the level: the folders that hold the
+    images when every image sits at the same depth, else the top-level folders (with a warning)."""
     path = _require_dir(root, "folder data")
-    records = []
-    for class_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for img in sorted(class_dir.rglob("*")):
-            if img.suffix.lower() in IMAGE_SUFFIXES and img.is_file():
-                records.append(Record(str(img), class_dir.name, None))
+    images = [p.relative_to(path) for p in sorted(path.rglob("*"))
+              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+              and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+    loose = [p for p in images if len(p.parts) == 1]
+    if loose:
+        log.warning("folder data: %d image(s) directly in %s are not in a class folder and are ignored, e.g. %s",
+                    len(loose), path, loose[0])
+    images = [p for p in images if len(p.parts) > 1]
+    if not images:
+        found = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())[:10]
+        raise DatasetError(f"folder data: no images found in class folders under {str(path)!r}; expected "
+                           f"root/<class>/<image>.jpg (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))}); found there: "
+                           f"{', '.join(found) or 'nothing'}")
+    depths = sorted({len(p.parts) - 1 for p in images})  # folder levels above each image
+    if class_depth is None:
+        class_depth = depths[0] if len(depths) == 1 else 1
+        if len(depths) > 1:
+            log.warning("folder data: images sit at different folder depths (%s) under %s, so each top-level folder "
+                        "is one class; set data.class_depth to choose the class level",
+                        ", ".join(map(str, depths)), path)
+    elif class_depth < 1 or class_depth > depths[-1]:
+        raise DatasetError(f"folder data: data.class_depth={class_depth} but the images under {str(path)!r} sit "
+                           f"{', '.join(map(str, depths))} folder level(s) deep; use 1..{depths[-1]}")
+    too_shallow = [p for p in images if len(p.parts) - 1 < class_depth]
+    if too_shallow:
+        log.warning("folder data: %d image(s) are above the class level %d and are ignored, e.g. %s",
+                    len(too_shallow), class_depth, too_shallow[0])
+    records = [Record(str(path / p), "/".join(p.parts[:class_depth]), None)
+               for p in images if len(p.parts) - 1 >= class_depth]
     if not records:
-        raise DatasetError(f"folder data: no images found under {str(path)!r}; expected "
-                           f"root/<class>/<image>.jpg (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise DatasetError(f"folder data: no image is at least {class_depth} folder level(s) below {str(path)!r}")
     return records
 
 

@@ -1,0 +1,216 @@
+"""Real data (cub100, caltech101): why the old own-folder recipe lost to frozen features, and the recipes.
+
+    python -m benchmarks.real_data --ablation            # the ablation rows (CPU short schedule)
+    python -m benchmarks.real_data --recipes             # every configs/real_<method>.yaml
+    python -m benchmarks.real_data                       # tabulate the runs already made
+    python -m benchmarks.real_data --ablation --only old,old_frozen_bn --datasets cub100
+
+Protocol (CPU short schedule; every number in one table comes from the same images):
+  * a subset of each data set, written once to benchmarks/runs/real_data/subset_<set>_<n>_<m>.csv: every train
+    class (cub100 50, caltech101 51) with `--train-per-class` images, every unseen test class with
+    `--test-per-class` images (the first ones in file order), the data set's own dml_split;
+  * `--size` px network input for every run (frozen references too, so comparisons are fair);
+  * ablation rows: `--epochs` epochs (CPU: 1), 20 % of the train classes held out, the starting weights
+    NOT a candidate: the test figures are those of the trained model (with 1 epoch, simply the model after
+    it), so they measure what training does. One factor changes per row against `old` (the README
+    recipe before this change);
+  * recipe rows: the config as a user runs it (validation classes, the start as a candidate, warm-up),
+    with the schedule shortened to `--epochs`; test figures of the selected epoch.
+The committed results: the defaults (results/real_data.md) and
+`--name real_data_long --train-per-class 24 --test-per-class 20 --epochs 3` (results/real_data_long.md).
+A GPU run with the full schedules: `--size 224 --train-per-class 0 --test-per-class 0 --epochs 15`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import ROOT, RUNS, md_table, write_results
+from core.config import RunConfig
+
+OUT = RUNS / "real_data"
+DATASETS = {"cub100": ROOT.parent / "shared/data/cub100", "caltech101": ROOT.parent / "shared/data/caltech101"}
+
+# The own-folder recipe the README recommended before this change (configs/cub200_gap.yaml at 5d1b4b6):
+# BatchNorm in train mode, a fresh 1280->512 projection, new layers at 1e-4 and the backbone at 1e-5,
+# test images resized to 256/224 of the input and centre-cropped, 16 classes x 4 images per batch.
+OLD = ["model.backbone=efficientnet_lite0", "model.pretrained=true", "model.head=gap", "model.embed_dim=512",
+       "model.frozen_bn=false", "train.lr=1.0e-4", "train.backbone_lr=1.0e-5", "train.batch_size=64",
+       "train.m_per_class=4", "train.optimizer=adamw", "train.weight_decay=1.0e-4", "train.loss=multi_similarity",
+       "train.miner=multi_similarity", "data.augment=true", "data.val_classes=0.2", "train.eval_start=false",
+       "train.warmup_epochs=0"]
+FROZEN = ["model.backbone=efficientnet_lite0", "model.pretrained=true", "model.head=gap", "model.embed_dim=0",
+          "model.freeze_backbone=true", "data.augment=false", "data.val_classes=0", "train.epochs=0"]
+CROP = "crop"  # marker: resize to 256/224 of the input, then centre-crop (the old recipe's test transform)
+
+# name -> (description, overrides); one factor per row against `old`
+ABLATION: dict[str, tuple[str, list]] = {
+    "frozen": ("frozen ImageNet network + GAP, squash (no training)", FROZEN),
+    "frozen_crop": ("frozen, resize + centre crop", FROZEN + [CROP]),
+    "frozen_proj": ("frozen + a fresh random 1280->512 projection (no training)", FROZEN + ["model.embed_dim=512"]),
+    "old": ("old recipe: BN train, fresh 512 projection, lr 1e-4 / backbone 1e-5, crop, 16x4 batch", OLD + [CROP]),
+    "old_frozen_bn": ("old, BatchNorm frozen", OLD + [CROP, "model.frozen_bn=true"]),
+    "old_no_proj": ("old, no projection (1280-d GAP)", OLD + [CROP, "model.embed_dim=0"]),
+    "old_warmup": ("old, the epoch is a warm-up (backbone frozen, only the projection trains)",
+                   OLD + [CROP, "train.warmup_epochs=1"]),
+    "old_squash": ("old, squash instead of crop", OLD),
+    "old_lr": ("old, lr 3e-5 for every layer", OLD + [CROP, "train.lr=3.0e-5", "train.backbone_lr=null"]),
+    "old_batch8x8": ("old, 8 classes x 8 images per batch", OLD + [CROP, "train.m_per_class=8"]),
+    "old_no_miner": ("old, multi-similarity loss without its miner", OLD + [CROP, "train.miner=null"]),
+    "fixed": ("old with BN frozen + squash", OLD + ["model.frozen_bn=true"]),
+    "recipe_crop": ("the recipe's fixes (BN frozen, warm-up epoch, backbone lr 3e-5) but the old crop; 1 + 1 epochs",
+                    OLD + [CROP, "model.frozen_bn=true", "train.warmup_epochs=1", "train.backbone_lr=3.0e-5",
+                           "train.epochs=2"]),
+}
+RECIPES = ["frozen", "gap", "grouping", "gsp", "csa", "dsl", "cia"]
+
+
+def subset_csv(name: str, train_per_class: int, test_per_class: int) -> Path:
+    """The data set's labels.csv cut to N images per class (0 = all), absolute paths; written once."""
+    root = DATASETS[name]
+    out = OUT / f"subset_{name}_{train_per_class}_{test_per_class}.csv"
+    if out.exists():
+        return out
+    with open(root / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    seen: dict[str, int] = {}
+    keep = []
+    for row in rows:
+        cap = train_per_class if row["dml_split"] == "train" else test_per_class
+        seen[row["class_name"]] = seen.get(row["class_name"], 0) + 1
+        if not cap or seen[row["class_name"]] <= cap:
+            keep.append({"path": str(root / row["path"]), "label": row["class_name"], "split": row["dml_split"]})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "label", "split"])
+        writer.writeheader()
+        writer.writerows(keep)
+    return out
+
+
+def data_overrides(csv_path: Path, size: int) -> list[str]:
+    return ["data.name=csv", f"data.csv={csv_path}", "data.root=null", "data.csv_label_column=label",
+            "data.csv_split_column=split", f"data.image_size={size}", "data.resize=null",
+            "data.max_per_class=null", "train.num_workers=0", "train.device=cpu" if not torch.cuda.is_available()
+            else "train.device=cuda"]
+
+
+def run_one(run: Path, cfg: RunConfig, force: bool) -> dict:
+    from core.train import train
+
+    if force and run.exists():
+        import shutil
+        shutil.rmtree(run)
+    start = time.time()
+    if not (run / "metrics.json").exists():
+        train(cfg, run)
+        (run / "wall_seconds.txt").write_text(f"{time.time() - start:.1f}\n")
+    return json.loads((run / "metrics.json").read_text())
+
+
+def ablation_cfg(overrides: list[str], csv_path: Path, size: int, epochs: int) -> RunConfig:
+    extra = list(data_overrides(csv_path, size))
+    for o in overrides:
+        extra.append(f"data.resize={round(size * 256 / 224)}" if o == CROP else o)
+    if not any(o.startswith("train.epochs=") for o in overrides):
+        extra.append(f"train.epochs={epochs}")
+    return RunConfig().with_overrides(extra)
+
+
+def recipe_cfg(method: str, csv_path: Path, size: int, epochs: int) -> RunConfig:
+    cfg = RunConfig.load(ROOT / "configs" / f"real_{method}.yaml")
+    # the warm-up epochs come on top, so the backbone trains as many epochs as in the ablation rows
+    extra = data_overrides(csv_path, size) + (
+        [f"train.epochs={epochs + cfg.train.warmup_epochs}"] if cfg.train.epochs else [])
+    return cfg.with_overrides(extra)
+
+
+def row_of(dataset: str, kind: str, name: str, description: str, run: Path, metrics: dict) -> list:
+    t = metrics["test"]
+    cfg = json.loads((run / "config.json").read_text())
+    history = [r for r in _history(run) if int(float(r["epoch"])) >= 0]
+    train_imgs = metrics.get("train_images")
+    seconds = sum(float(r["seconds"]) for r in history)
+    wall = (run / "wall_seconds.txt").read_text().strip() if (run / "wall_seconds.txt").exists() else "–"
+    ips = f"{train_imgs * len(history) / seconds:.1f}" if train_imgs and seconds else "–"
+    start = metrics.get("start", {}).get("val", {}).get("val_recall@1")
+    return [dataset, kind, name, description, cfg["train"]["epochs"],
+            f"{t['recall@1']:.3f}", f"{t['recall@2']:.3f}", f"{t['recall@4']:.3f}", f"{t['recall@8']:.3f}",
+            f"{t['map_at_r']:.3f}", f"{t['nmi']:.3f}",
+            (f"{start:.3f} → {metrics['val'].get('val_recall@1', float('nan')):.3f} (best epoch {metrics['best_epoch']})"
+             if start is not None else "–"), wall, ips]
+
+
+def _history(run: Path) -> list[dict]:
+    path = run / "history.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--ablation", action="store_true", help="train the ablation rows")
+    p.add_argument("--recipes", action="store_true", help="train the configs/real_<method>.yaml recipes")
+    p.add_argument("--only", help="comma-separated row names (ablation) or methods (recipes)")
+    p.add_argument("--datasets", default="cub100,caltech101")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--train-per-class", type=int, default=8)
+    p.add_argument("--test-per-class", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=1, help="ablation epochs (recipes: this + their warm-up)")
+    p.add_argument("--force", action="store_true", help="retrain runs that exist")
+    p.add_argument("--name", default="real_data", help="results file name (and runs folder) of this protocol")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    only = set(args.only.split(",")) if args.only else None
+    datasets = [d for d in args.datasets.split(",") if (DATASETS[d] / "labels.csv").exists()]
+    runs = OUT / args.name  # one folder of runs per protocol (results name)
+    for dataset in datasets:
+        csv_path = subset_csv(dataset, args.train_per_class, args.test_per_class)
+        if args.ablation:
+            for name, (_, overrides) in ABLATION.items():
+                if only is None or name in only:
+                    run_one(runs / dataset / name, ablation_cfg(overrides, csv_path, args.size, args.epochs),
+                            args.force)
+        if args.recipes:
+            for method in RECIPES:
+                if only is None or method in only:
+                    run_one(runs / dataset / f"real_{method}", recipe_cfg(method, csv_path, args.size, args.epochs),
+                            args.force)
+    rows, payload = [], {}
+    for dataset in datasets:
+        names = [(n, "ablation", d) for n, (d, _) in ABLATION.items()]
+        names += [(f"real_{m}", "recipe", f"configs/real_{m}.yaml") for m in RECIPES]
+        for name, kind, description in names:
+            run = runs / dataset / name
+            if not (run / "metrics.json").exists():
+                continue
+            metrics = json.loads((run / "metrics.json").read_text())
+            rows.append(row_of(dataset, kind, name, description, run, metrics))
+            payload[f"{dataset}/{name}"] = {"kind": kind, "description": description, "metrics": metrics}
+    md = ("# Real data: frozen vs fine-tuned, ablation of the old own-folder recipe, and the recipes\n\n"
+          f"Protocol: {args.size} px input; per data set a fixed subset (every class; {args.train_per_class or 'all'} "
+          f"images per train class, {args.test_per_class or 'all'} per unseen test class, the data set's dml_split). "
+          f"Ablation rows: {args.epochs} epoch(s), 20 % of the train classes held out, the start NOT a candidate, so "
+          "the test figures are those of the trained model (what training does). Recipe rows: the configs/real_*.yaml "
+          f"as a user runs them (the start is a candidate), with {args.epochs} epoch(s) after their warm-up; "
+          "`val R@1` = start → selected epoch. Test = unseen classes, every image a query against the others. `s` = wall seconds of the "
+          "whole run (training, validation, test), `img/s` = training images per second of the epochs (incl. their "
+          "validation).\n\n"
+          + md_table(["set", "kind", "run", "what", "epochs", "R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI",
+                      "val R@1 start → best", "s", "img/s"], rows))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    write_results(args.name, {"runs": payload, "protocol": vars(args)}, md, device=device)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
