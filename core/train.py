@@ -348,6 +348,8 @@ class Trainer:
         t = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._prepare_run_dir()
+        if self.epoch < t.epochs and self.rank == 0:  # training (again): earlier results no longer describe the weights
+            (self.run_dir / ckpt.METRICS).unlink(missing_ok=True)
         self.model.head.on_train_start(self)
         if self.epoch == 0 and not self.history and self.rank == 0 and t.epochs > 0:
             self.evaluate_start()
@@ -444,8 +446,10 @@ class Trainer:
         if self.stopped:
             metrics["stopped"] = self.stopped
             log.error("run stopped early: %s", self.stopped)
-        ckpt.write_json(self.run_dir / ckpt.METRICS, metrics)
         write_artifacts(self.run_dir, parts)
+        # metrics.json last: it marks the run finished, so a run killed while finishing never shows
+        # new weights beside the previous artifacts
+        ckpt.write_json(self.run_dir / ckpt.METRICS, metrics)
         return metrics
 
 

@@ -219,3 +219,21 @@ def test_too_few_classes_for_validation_warns_and_keeps_the_last_epoch(tmp_path,
         metrics = train(cfg, tmp_path / "run")
     assert any("too few to hold some out for validation" in r.getMessage() for r in caplog.records)
     assert metrics["best_epoch"] == 1
+
+
+def test_a_run_trained_further_is_unfinished_until_its_new_artifacts_are_written(tmp_path, tiny_cfg, monkeypatch):
+    """metrics.json marks a finished run: training the same run further removes it first, and finishing
+    writes it only after the artifacts, so a run killed on the way never pairs new weights with old results."""
+    import core.artifacts
+
+    train(tiny_cfg, tmp_path)
+    assert (tmp_path / ckpt.METRICS).exists()
+
+    def killed_while_writing(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(core.artifacts, "write_artifacts", killed_while_writing)
+    longer = tiny_cfg.with_overrides([f"train.epochs={tiny_cfg.train.epochs + 1}"])
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(longer, tmp_path).fit()
+    assert not (tmp_path / ckpt.METRICS).exists()
