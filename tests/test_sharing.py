@@ -340,14 +340,15 @@ def test_killed_trainer_loses_no_completed_epoch(tmp_path):
     assert not (out / ckpt.METRICS).exists(), "killed too late: the run had finished"
     ckpt.load_config(out), ckpt.load_run(out)  # whole
     kept = ckpt.load_resume(out / ckpt.RESUME)["epoch"] + 1
-    assert len(before) >= 1 + kept
+    assert len(before) >= 2 + kept
     assert not state_summary(out)["complete"]  # listed as unfinished, never read as a finished run
     leftovers = [p.name for p in out.rglob("*") if p.name.endswith(".tmp") and not p.name.startswith(".")]
     assert not leftovers, leftovers  # only dot-named temporaries may remain, and nothing reads them
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     after = (out / ckpt.HISTORY).read_text().splitlines()
-    assert len(after) == 4 and after[:1 + kept] == before[:1 + kept]  # header + 3 epochs, the kept ones unchanged
+    # header, the starting weights' row (epoch -1), 3 epochs; the kept ones unchanged
+    assert len(after) == 5 and after[:2 + kept] == before[:2 + kept]
 
 
 def test_children_stop_cleanly_when_the_server_dies(tmp_path):
