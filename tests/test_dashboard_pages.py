@@ -557,18 +557,25 @@ def test_pages_render_every_method(runs, tmp_path_factory, config, epochs):
         assert at.get("plotly_chart"), "the DSL growth replay is drawn from dsl_events.json"
 
 
-def test_finished_job_opens_its_run(runs, tmp_path):
+def _finished_job(run, done, owner):
+    """A copy of `run` at `done`, registered on the server's job board as a finished training job of `owner`."""
     import sys
     import time
 
     from dashboard import jobs, state
 
-    done = tmp_path / "finished_run"
-    shutil.copytree(runs[1], done, ignore=shutil.ignore_patterns("resume.pt"))
-    job = jobs.TrainJob.start("finished_run", done, [sys.executable, "-c", "print('epoch 1/1 done')"], owner="me")
+    shutil.copytree(run, done, ignore=shutil.ignore_patterns("resume.pt"))
+    job = jobs.TrainJob.start(done.name, done, [sys.executable, "-c", "print('epoch 1/1 done')"], owner=owner)
     while job.status == "running":
         time.sleep(0.05)
     state.training_jobs().jobs[str(done)] = job
+
+
+def test_finished_job_opens_its_run(runs, tmp_path):
+    from dashboard import state
+
+    done = tmp_path / "finished_run"
+    _finished_job(runs[1], done, owner="me")
     try:
         at = open_app(runs[0], "train", extra_runs_root=str(tmp_path), _session_owner="me")
         assert any("Done" in s.value for s in at.success)
@@ -584,17 +591,10 @@ def test_run_trained_outside_checkpoints_is_listed_in_a_new_session(runs, tmp_pa
     """Issue 13, defect 3: a run trained from the dashboard into a folder outside the run roots is listed after a
     reload or in a new tab (a new session, without the folder the Train page added), and opening it opens
     exactly that run; a run that vanished is said, not silently swapped."""
-    import sys
-    import time
-
-    from dashboard import jobs, state
+    from dashboard import state
 
     done = tmp_path / "elsewhere" / "trained_here"
-    shutil.copytree(runs[1], done, ignore=shutil.ignore_patterns("resume.pt"))
-    job = jobs.TrainJob.start("trained_here", done, [sys.executable, "-c", "print('epoch 1/1 done')"], owner="other tab")
-    while job.status == "running":
-        time.sleep(0.05)
-    state.training_jobs().jobs[str(done)] = job
+    _finished_job(runs[1], done, owner="other tab")
     try:
         at = AppTest.from_file(APP, default_timeout=120).run()  # a fresh session: no extra folder
         assert not at.exception
