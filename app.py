@@ -15,6 +15,7 @@ import streamlit as st
 import torch
 
 from core.checkpoint import CheckpointError
+from core.run_dir import CONFIG
 from dashboard import state, ui
 
 # The dashboard runs one image at a time. With several intra-op threads, PyTorch's workers spin while
@@ -69,7 +70,7 @@ def read_deep_link(runs: list[dict], current_page: str) -> list[dict]:
     listed = {r["path"] for r in runs}
     if not TEACHING and params.get("run") and params["run"] not in listed:
         linked = Path(params["run"]).expanduser()
-        if linked.is_absolute() and (linked / "config.json").exists() and str(linked.resolve()) not in listed:
+        if linked.is_absolute() and (linked / CONFIG).exists() and str(linked.resolve()) not in listed:
             st.session_state[state.EXTRA_ROOT] = str(linked)
             runs = state.discover_runs()
     by_key = {run_key(r, runs): r["path"] for r in runs} | {r["path"]: r["path"] for r in runs}

@@ -19,6 +19,7 @@ import torch
 
 from benchmarks.common import ROOT, md_table, write_results
 from core.config import RunConfig
+from core.run_dir import CONFIG, METRICS
 from core.train import train
 
 RUNS = ROOT / "runs"
@@ -59,11 +60,11 @@ def main(argv=None) -> int:
             train(cfg.with_overrides(extra), RUNS / name)
     rows, payload = [], {}
     for run in [RUNS / "cub100_frozen", RUNS / "cub100_ft_cpu", *sorted(RUNS.glob("cub100_ft_*"))]:
-        path = run / "metrics.json"
+        path = run / METRICS
         if run.name in payload or not path.exists():
             continue
         m = json.loads(path.read_text())
-        cfg = json.loads((run / "config.json").read_text())
+        cfg = json.loads((run / CONFIG).read_text())
         t, epochs = m["test"], cfg["train"]["epochs"]
         label = ("frozen (no training)" if epochs == 0 else
                  f"fine-tuned, {cfg['model']['head']}" + (" + CIA branch" if cfg["model"].get("cia") else "")

@@ -37,6 +37,7 @@ import urllib.parse
 from pathlib import Path
 
 from benchmarks.dashboard_latency import DONE, MAP_DRAWN, machine
+from core.run_dir import WEIGHTS
 from dashboard.testing import CHROMIUM, LAUNCH_ARGS, REPO, free_port, shipped_runs, start_server, stop_server, wait_healthy
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -255,7 +256,7 @@ def main(argv=None) -> int:
     tracebacks = server_log.count("Traceback (most recent call last)")
     draws = [s["draw_s"] for s in out["sessions"]]
     lat = [s["interaction_s"] for s in out["sessions"]]
-    model_mb = statistics.mean((Path(r) / "weights.safetensors").stat().st_size / 2**20 for r in runs)
+    model_mb = statistics.mean((Path(r) / WEIGHTS).stat().st_size / 2**20 for r in runs)
     probe = ("import gc, torch, core.models.embedder; from core import checkpoint; from benchmarks.dashboard_load "
              "import rss_mb; import os; gc.collect(); before = rss_mb(os.getpid()); m = checkpoint.load_run({!r}); "
              "gc.collect(); print(rss_mb(os.getpid()) - before)")

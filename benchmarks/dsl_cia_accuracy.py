@@ -24,6 +24,7 @@ import numpy as np
 from benchmarks.common import RUNS, md_table, write_results
 from core import checkpoint as ckpt
 from core.config import RunConfig
+from core.run_dir import DSL_EVENTS
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"gap": "shapes_gap", "dsl": "shapes_dsl", "cia": "shapes_cia", "gap_margin": "shapes_gap"}
@@ -55,7 +56,7 @@ def run_one(method: str, epochs: int, seed: int, device: str, extra: list[str], 
     out = {"method": method, "seed": seed, "run_dir": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT)
            else str(run_dir), "test": metrics["test"], "best_epoch": metrics["best_epoch"],
            "train_seconds": metrics.get("train_seconds")}
-    events = run_dir / "dsl_events.json"
+    events = run_dir / DSL_EVENTS
     if events.exists():
         out["dsl"] = json.loads(events.read_text())
     return out

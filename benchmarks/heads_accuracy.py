@@ -20,6 +20,7 @@ import numpy as np
 from benchmarks.common import ROOT, RUNS, md_table, write_results
 from core import checkpoint as ckpt
 from core.config import RunConfig
+from core.run_dir import EMBEDDINGS
 
 HEADS = ["gap", "grouping", "gsp", "csa"]
 
@@ -32,7 +33,7 @@ def group_cosine(run, cfg: RunConfig) -> float | None:
     """Mean cosine between the group sub-embeddings of the same test image (grouping heads)."""
     if cfg.model.head != "grouping":
         return None
-    emb = np.load(run / ckpt.ARTIFACTS / "embeddings.npy")
+    emb = np.load(run / ckpt.ARTIFACTS / EMBEDDINGS)
     k = int(cfg.model.head_args.get("num_groups", 3))
     z = np.stack(np.split(emb, k, axis=1), 1)                         # N×k×d
     z = z / np.linalg.norm(z, axis=-1, keepdims=True)

@@ -33,6 +33,7 @@ import torch
 
 from benchmarks.common import ROOT, RUNS, md_table, write_results
 from core.config import RunConfig
+from core.run_dir import CONFIG, HISTORY, METRICS
 
 OUT = RUNS / "real_data"
 DATASETS = {"cub100": ROOT.parent / "shared/data/cub100", "caltech101": ROOT.parent / "shared/data/caltech101"}
@@ -108,10 +109,10 @@ def run_one(run: Path, cfg: RunConfig, force: bool) -> dict:
         import shutil
         shutil.rmtree(run)
     start = time.time()
-    if not (run / "metrics.json").exists():
+    if not (run / METRICS).exists():
         train(cfg, run)
         (run / "wall_seconds.txt").write_text(f"{time.time() - start:.1f}\n")
-    return json.loads((run / "metrics.json").read_text())
+    return json.loads((run / METRICS).read_text())
 
 
 def ablation_cfg(overrides: list[str], csv_path: Path, size: int, epochs: int) -> RunConfig:
@@ -133,7 +134,7 @@ def recipe_cfg(method: str, csv_path: Path, size: int, epochs: int) -> RunConfig
 
 def row_of(dataset: str, kind: str, name: str, description: str, run: Path, metrics: dict) -> list:
     t = metrics["test"]
-    cfg = json.loads((run / "config.json").read_text())
+    cfg = json.loads((run / CONFIG).read_text())
     history = [r for r in _history(run) if int(float(r["epoch"])) >= 0]
     train_imgs = metrics.get("train_images")
     seconds = sum(float(r["seconds"]) for r in history)
@@ -148,7 +149,7 @@ def row_of(dataset: str, kind: str, name: str, description: str, run: Path, metr
 
 
 def _history(run: Path) -> list[dict]:
-    path = run / "history.csv"
+    path = run / HISTORY
     if not path.exists():
         return []
     with open(path, newline="") as fh:
@@ -190,9 +191,9 @@ def main(argv=None) -> int:
         names += [(f"real_{m}", "recipe", f"configs/real_{m}.yaml") for m in RECIPES]
         for name, kind, description in names:
             run = runs / dataset / name
-            if not (run / "metrics.json").exists():
+            if not (run / METRICS).exists():
                 continue
-            metrics = json.loads((run / "metrics.json").read_text())
+            metrics = json.loads((run / METRICS).read_text())
             rows.append(row_of(dataset, kind, name, description, run, metrics))
             payload[f"{dataset}/{name}"] = {"kind": kind, "description": description, "metrics": metrics}
     md = ("# Real data: frozen vs fine-tuned, ablation of the old own-folder recipe, and the recipes\n\n"

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core import checkpoint as ckpt
+from core import io
 from core.evaluate import embed_dataset, score
+from core.projection import pca_2d
+from core.run_dir import ARTIFACTS, EMBEDDINGS, ITEMS, LABELS, coords_file
 
 
 def eval_parts(splits) -> list[tuple[str, object]]:
@@ -30,9 +32,7 @@ def embed_and_score(model, splits, device="cpu", recall_ks=(1, 2, 4, 8), progres
 
 
 def write_artifacts(run_dir: Path, parts: dict) -> None:
-    from core.projection import pca_2d
-
-    out = Path(run_dir) / ckpt.ARTIFACTS
+    out = Path(run_dir) / ARTIFACTS
     out.mkdir(parents=True, exist_ok=True)
     items = []
     for name, (ds, emb, lab) in parts.items():
@@ -40,8 +40,8 @@ def write_artifacts(run_dir: Path, parts: dict) -> None:
                   for i, l in enumerate(lab)]
     emb = np.concatenate([p[1] for p in parts.values()]).astype(np.float32)
     lab = np.concatenate([p[2] for p in parts.values()])
-    ckpt.atomic_save_npy(out / "embeddings.npy", emb)
-    ckpt.atomic_save_npy(out / "labels.npy", lab)
-    ckpt.atomic_save_npy(out / "coords_pca.npy", pca_2d(emb))
-    (out / "coords_umap.npy").unlink(missing_ok=True)  # stale after new embeddings
-    ckpt.atomic_write_text(out / "items.json", json.dumps(items))
+    io.atomic_save_npy(out / EMBEDDINGS, emb)
+    io.atomic_save_npy(out / LABELS, lab)
+    io.atomic_save_npy(out / coords_file("pca"), pca_2d(emb))
+    (out / coords_file("umap")).unlink(missing_ok=True)  # stale after new embeddings
+    io.atomic_write_text(out / ITEMS, json.dumps(items))

@@ -15,6 +15,8 @@ import re
 
 import yaml
 
+from core.io import atomic_write_text
+
 
 class _YamlLoader(yaml.SafeLoader):
     """SafeLoader that also reads `1e-4` as a float (YAML 1.1 requires a dot: `1.0e-4`)."""
@@ -115,7 +117,6 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def save(self, path: str | Path) -> None:
-        from core.checkpoint import atomic_write_text
         atomic_write_text(Path(path), self.to_json())
 
     @classmethod

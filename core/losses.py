@@ -8,22 +8,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import distances, losses, miners
+from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
 from torch import nn
 
 from core.config import TrainConfig
 
-# Published defaults per loss; config `train.loss_args` overrides any of them.
+# Published defaults per loss, the one place they are written: (class, keyword arguments for num_classes n
+# and embedding size d). Config `train.loss_args` overrides any of them.
 LOSS_DEFAULTS = {
     # Wu et al. 2017 as used by DGML/DSL: α = 0.2, β = 1.2, ν = 0
-    "margin": lambda n, d: losses.MarginLoss(margin=0.2, nu=0.0, beta=1.2),
+    "margin": (losses.MarginLoss, lambda n, d: dict(margin=0.2, nu=0.0, beta=1.2)),
     # Wang et al. 2019: α = 2, β = 50, λ = 0.5
-    "multi_similarity": lambda n, d: losses.MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5),
-    "triplet": lambda n, d: losses.TripletMarginLoss(margin=0.1),
+    "multi_similarity": (losses.MultiSimilarityLoss, lambda n, d: dict(alpha=2.0, beta=50.0, base=0.5)),
+    "triplet": (losses.TripletMarginLoss, lambda n, d: dict(margin=0.1)),
     # GSP's "original contrastive": cosine, positives pulled to 1, negatives pushed below 0.5
-    "contrastive": lambda n, d: losses.ContrastiveLoss(pos_margin=1.0, neg_margin=0.5,
-                                                       distance=distances.CosineSimilarity()),
-    "proxy_anchor": lambda n, d: losses.ProxyAnchorLoss(num_classes=n, embedding_size=d, margin=0.1, alpha=32),
+    "contrastive": (losses.ContrastiveLoss, lambda n, d: dict(pos_margin=1.0, neg_margin=0.5,
+                                                             distance=distances.CosineSimilarity())),
+    "proxy_anchor": (losses.ProxyAnchorLoss, lambda n, d: dict(num_classes=n, embedding_size=d, margin=0.1, alpha=32)),
 }
+# these take constructor-only options (learn_beta, num_classes): built with the merged keyword arguments
+_BUILT_WITH_OPTIONS = ("margin", "proxy_anchor")
 MINERS = {
     "multi_similarity": lambda: miners.MultiSimilarityMiner(epsilon=0.1),
     "triplet": lambda: miners.TripletMarginMiner(margin=0.1, type_of_triplets="semihard"),
@@ -44,8 +48,8 @@ class DMLCriterion(nn.Module):
         return self.loss(embeddings, labels, indices_tuple)
 
 
-def _configured(factory, args: dict, *factory_args):
-    obj = factory(*factory_args)
+def _configured(factory, args: dict):
+    obj = factory()
     for key, value in args.items():
         if not hasattr(obj, key):
             raise ValueError(f"{type(obj).__name__} has no option {key!r}")
@@ -61,13 +65,11 @@ def _configured(factory, args: dict, *factory_args):
 def build_loss(name: str, args: dict, num_classes: int, embed_dim: int) -> nn.Module:
     if name not in LOSS_DEFAULTS:
         raise ValueError(f"unknown loss {name!r}; available: {', '.join(sorted(LOSS_DEFAULTS))}")
-    if name in ("margin", "proxy_anchor") and args:
-        # these take constructor-only options (learn_beta, num_classes): rebuild with the merged kwargs
-        base = {"margin": dict(margin=0.2, nu=0.0, beta=1.2),
-                "proxy_anchor": dict(num_classes=num_classes, embedding_size=embed_dim, margin=0.1, alpha=32)}[name]
-        cls = losses.MarginLoss if name == "margin" else losses.ProxyAnchorLoss
-        return cls(**{**base, **args})
-    return _configured(LOSS_DEFAULTS[name], args, num_classes, embed_dim)
+    cls, defaults = LOSS_DEFAULTS[name]
+    kwargs = defaults(num_classes, embed_dim)
+    if name in _BUILT_WITH_OPTIONS and args:
+        return cls(**{**kwargs, **args})
+    return _configured(lambda: cls(**kwargs), args)
 
 
 def build_criterion(cfg: TrainConfig, num_classes: int, embed_dim: int) -> DMLCriterion:
@@ -76,8 +78,31 @@ def build_criterion(cfg: TrainConfig, num_classes: int, embed_dim: int) -> DMLCr
     if cfg.miner:
         if cfg.miner not in MINERS:
             raise ValueError(f"unknown miner {cfg.miner!r}; available: {', '.join(sorted(MINERS))}")
-        miner = _configured(lambda: MINERS[cfg.miner](), cfg.miner_args)
+        miner = _configured(MINERS[cfg.miner], cfg.miner_args)
     return DMLCriterion(loss, miner)
+
+
+def cia_criterion(criterion: DMLCriterion, loss: str | None = None, loss_args: dict | None = None,
+                  miner: str | None = "same", embed_dim: int = 0) -> DMLCriterion:
+    """The criterion the CIA branch scores its similarity matrix with (`model.cia.loss`, `loss_args`,
+    `miner`): `loss: null` reuses the trainer's loss, `miner: same` its miner, `miner: null` mines nothing.
+    Under torchrun the trainer's objects gather embeddings across ranks, but S only covers the rank's own
+    batch (its pairs are cross-attended locally), so the local loss/miner is used and DDP averages the
+    gradients."""
+    chosen_loss = build_loss(loss, dict(loss_args or {}), 0, embed_dim) if loss else criterion.loss
+    if isinstance(chosen_loss, DistributedLossWrapper):
+        chosen_loss = chosen_loss.loss
+    if miner == "same":
+        chosen_miner = criterion.miner
+        if isinstance(chosen_miner, DistributedMinerWrapper):
+            chosen_miner = chosen_miner.miner
+    elif miner:
+        if miner not in MINERS:
+            raise ValueError(f"unknown model.cia.miner {miner!r}; available: same, null, {', '.join(sorted(MINERS))}")
+        chosen_miner = MINERS[miner]()
+    else:
+        chosen_miner = None
+    return DMLCriterion(chosen_loss, chosen_miner)
 
 
 # ---- method-specific margin losses (Wu et al. 2017) with their authors' samplers ------------------

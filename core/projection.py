@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core import checkpoint as ckpt
+from core import io
+from core.run_dir import ARTIFACTS, EMBEDDINGS, coords_file
 
 
 def pca_2d(emb: np.ndarray) -> np.ndarray:
@@ -26,11 +27,11 @@ def umap_2d(emb: np.ndarray, seed: int = 0, n_neighbors: int = 15, progress: boo
 
 def ensure_coords(run_dir: str | Path, method: str = "umap", progress: bool = False) -> np.ndarray:
     """Coordinates from the run's artifacts; computed once and cached atomically when missing."""
-    art = Path(run_dir) / ckpt.ARTIFACTS
-    path = art / f"coords_{method}.npy"
+    art = Path(run_dir) / ARTIFACTS
+    path = art / coords_file(method)
     if path.exists():
         return np.load(path)
-    emb = np.load(art / "embeddings.npy")
+    emb = np.load(art / EMBEDDINGS)
     coords = umap_2d(emb, progress=progress) if method == "umap" else pca_2d(emb)
-    ckpt.atomic_save_npy(path, coords)
+    io.atomic_save_npy(path, coords)
     return coords

@@ -33,10 +33,11 @@ from torch.utils.data import DataLoader
 
 from core import checkpoint as ckpt
 from core.config import RunConfig
+from core.io import atomic_torch_save, atomic_write_text, write_json
 from core.data import DataSplits, build_datasets, check_evaluable
 from core.data import summary as data_summary
 from core.evaluate import evaluate_splits
-from core.losses import DMLCriterion, build_criterion
+from core.losses import DMLCriterion, build_criterion, cia_criterion
 from core.models.embedder import Embedder, build_model
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,10 @@ class TrainingStep(torch.nn.Module):
     def __init__(self, model: Embedder, criterion: DMLCriterion):
         super().__init__()
         self.model, self.criterion = model, criterion
+        cia = model.cia
+        # the CIA branch gets its criterion injected (its own loss/miner if configured, else this one)
+        self.cia_criterion = None if cia is None else cia_criterion(
+            criterion, cia.loss_name, cia.loss_args, cia.miner_name, cia.embed_dim)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         out, features = self.model(x, with_features=True)
@@ -93,7 +98,7 @@ class TrainingStep(torch.nn.Module):
             if hasattr(block, "loss"):
                 terms.update(block.loss(y, self.criterion))
         if self.model.cia is not None:  # training-only cross-image attention branch
-            terms.update(self.model.cia.loss(out, features, y, self.criterion))
+            terms.update(self.model.cia.loss(out, features, y, self.cia_criterion))
         return terms
 
 
@@ -242,7 +247,7 @@ class Trainer:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict() if self.optimizer else {},
                  "criterion": self.criterion.state_dict(), "epoch": epoch, "best": self.best,
                  "history": self.history, "head_state": self.model.head.extra_state()}
-        ckpt.atomic_torch_save(self.run_dir / ckpt.RESUME, state)
+        atomic_torch_save(self.run_dir / ckpt.RESUME, state)
 
     def _write_history(self) -> None:
         keys: list[str] = []
@@ -252,7 +257,7 @@ class Trainer:
         writer = csv.DictWriter(buf, fieldnames=keys)
         writer.writeheader()
         writer.writerows(self.history)
-        ckpt.atomic_write_text(self.run_dir / ckpt.HISTORY, buf.getvalue())
+        atomic_write_text(self.run_dir / ckpt.HISTORY, buf.getvalue())
 
     # ---- loop -------------------------------------------------------------------------------
     def compute_losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -449,7 +454,7 @@ class Trainer:
         write_artifacts(self.run_dir, parts)
         # metrics.json last: it marks the run finished, so a run killed while finishing never shows
         # new weights beside the previous artifacts
-        ckpt.write_json(self.run_dir / ckpt.METRICS, metrics)
+        write_json(self.run_dir / ckpt.METRICS, metrics)
         return metrics
 
 

@@ -29,6 +29,7 @@ import torch
 
 from core import checkpoint as ckpt
 from core.checkpoint import CheckpointError
+from core.run_dir import EMBEDDINGS, ITEMS, LABELS, coords_file, is_complete
 from dashboard import access, jobs, logic
 
 REPO = access.REPO
@@ -102,7 +103,7 @@ def _summary(run_dir: str, metrics_mtime: float, config_mtime: float) -> dict:
             out["best_epoch"] = metrics.get("best_epoch")
         except (OSError, ValueError):
             out["problem"] = f"{path / ckpt.METRICS} is damaged"
-    out["complete"] = bool(metrics_mtime) and (path / ckpt.ARTIFACTS / "embeddings.npy").exists()
+    out["complete"] = bool(metrics_mtime) and is_complete(path)
     return out
 
 
@@ -223,22 +224,22 @@ class Artifacts:
 
 
 def _artifact_stamp(run_dir: str) -> float:
-    return _mtime(Path(run_dir) / ckpt.ARTIFACTS / "embeddings.npy")
+    return _mtime(Path(run_dir) / ckpt.ARTIFACTS / EMBEDDINGS)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _artifacts(run_dir: str, stamp: float, groups: tuple[tuple[int, int], ...]) -> Artifacts:
     art = Path(run_dir) / ckpt.ARTIFACTS
-    missing = [n for n in ("embeddings.npy", "labels.npy", "items.json") if not (art / n).exists()]
+    missing = [n for n in (EMBEDDINGS, LABELS, ITEMS) if not (art / n).exists()]
     if missing:
         raise CheckpointError(
             f"{art} lacks {', '.join(missing)}: the run has not finished (training writes them at the end). "
             f"Run its training command again to finish it (it resumes), e.g. "
             f"`python -m core train --config {Path(run_dir) / ckpt.CONFIG} --out {run_dir}`.")
     try:
-        emb = np.load(art / "embeddings.npy").astype(np.float32)
-        labels = np.load(art / "labels.npy")
-        items = json.loads((art / "items.json").read_text())
+        emb = np.load(art / EMBEDDINGS).astype(np.float32)
+        labels = np.load(art / LABELS)
+        items = json.loads((art / ITEMS).read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{art} holds a damaged file ({err}); retrain the run to rewrite its artifacts") from None
     if not (len(emb) == len(labels) == len(items)):
@@ -277,7 +278,7 @@ def _coords(run_dir: str, method: str, stamp: float) -> np.ndarray:
 
 def coords(run_dir: str, method: str) -> np.ndarray | None:
     """Coordinates if they are on disk (PCA is always computed at once); None while UMAP is missing."""
-    path = Path(run_dir) / ckpt.ARTIFACTS / f"coords_{method}.npy"
+    path = Path(run_dir) / ckpt.ARTIFACTS / coords_file(method)
     if method != "pca" and not path.exists():
         return None
     out = _coords(run_dir, method, _mtime(path) or _artifact_stamp(run_dir))

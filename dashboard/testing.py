@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core import checkpoint as ckpt
+from core.run_dir import ARTIFACTS, LABELS, is_complete, list_runs
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "checkpoints"
@@ -20,22 +20,20 @@ TINY_OVERRIDES = ["train.epochs=1", "data.max_per_class=8", "data.shapes.test_pe
 
 
 def is_finished(run: Path) -> bool:
-    art = Path(run) / ckpt.ARTIFACTS
-    return ckpt.is_run_dir(run) and (Path(run) / ckpt.METRICS).exists() and all(
-        (art / name).exists() for name in ("embeddings.npy", "labels.npy", "items.json"))
+    return is_complete(run)
 
 
 def shipped_runs() -> list[Path]:
     """Finished shipped runs, the one the dashboard opens on first (the browser test's screenshots show it)."""
     from dashboard.state import OPENING_RUN
 
-    runs = [run for run in ckpt.list_runs(SHIPPED) if is_finished(run)]
+    runs = [run for run in list_runs(SHIPPED) if is_finished(run)]
     return sorted(runs, key=lambda run: run.name != OPENING_RUN)
 
 
 def same_data(a: Path, b: Path) -> bool:
     import numpy as np
-    la, lb = (np.load(Path(r) / ckpt.ARTIFACTS / "labels.npy") for r in (a, b))
+    la, lb = (np.load(Path(r) / ARTIFACTS / LABELS) for r in (a, b))
     return la.shape == lb.shape and bool((la == lb).all())
 
 

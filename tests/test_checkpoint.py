@@ -6,6 +6,7 @@ import torch
 from core import checkpoint as ckpt
 from core.checkpoint import CheckpointError
 from core.config import ModelConfig
+from core.io import atomic_write_text
 from core.models.embedder import build_model
 
 
@@ -23,7 +24,7 @@ def test_crash_mid_save_keeps_previous_file(tmp_path, monkeypatch):
             fh.write(b"half a file")
         raise KeyboardInterrupt  # e.g. Ctrl-C during the write
 
-    monkeypatch.setattr(ckpt, "save_file", crash)
+    monkeypatch.setattr("safetensors.torch.save_file", crash)  # what core.io.atomic_save_safetensors calls
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_weights(tmp_path, _model(), 4, epoch=1)
     assert (tmp_path / ckpt.WEIGHTS).read_bytes() == before
@@ -37,7 +38,7 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
     import stat
 
     ckpt.save_weights(tmp_path, _model(), 4, epoch=0)
-    ckpt.atomic_write_text(tmp_path / "note.json", "{}")
+    atomic_write_text(tmp_path / "note.json", "{}")
     umask = os.umask(0o022)
     os.umask(umask)
     for name in (ckpt.WEIGHTS, "note.json"):

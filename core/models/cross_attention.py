@@ -158,31 +158,13 @@ class CrossImageAttention(nn.Module):
         return self.pairwise(emb, features)
 
     def conditional_criterion(self, criterion):
-        """(loss, miner) for S: copies of the trainer's (or the configured) PML objects with the distance
-        swapped. Learnable loss state (a learnable β) is copied once and not trained here. Under torchrun
-        the trainer's objects gather embeddings across ranks; S only covers the rank's own batch (its
-        pairs are cross-attended locally), so the unwrapped local loss/miner is used and DDP averages
-        the gradients."""
+        """(loss, miner) for S: copies of the given criterion's PML objects with the distance swapped. The
+        trainer injects the criterion (`core.losses.cia_criterion`: the configured `model.cia.loss`/`miner`,
+        or its own, unwrapped from torchrun's gathering wrappers). Learnable loss state (a learnable β) is
+        copied once and not trained here."""
         if self._cond is None:
-            from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
-
-            from core.losses import MINERS, build_loss
-
-            loss = build_loss(self.loss_name, self.loss_args, 0, self.embed_dim) if self.loss_name else criterion.loss
-            if isinstance(loss, DistributedLossWrapper):
-                loss = loss.loss
-            if self.miner_name == "same":
-                miner = getattr(criterion, "miner", None)
-                if isinstance(miner, DistributedMinerWrapper):
-                    miner = miner.miner
-            elif self.miner_name:
-                if self.miner_name not in MINERS:
-                    raise ValueError(f"unknown model.cia.miner {self.miner_name!r}; available: same, null, "
-                                     f"{', '.join(sorted(MINERS))}")
-                miner = MINERS[self.miner_name]()
-            else:
-                miner = None
-            self._cond = (_swap_distance(loss), _swap_distance(miner) if miner is not None else None)
+            miner = getattr(criterion, "miner", None)
+            self._cond = (_swap_distance(criterion.loss), _swap_distance(miner) if miner is not None else None)
         return self._cond
 
     def conditional_loss(self, S: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor, criterion) -> torch.Tensor:

@@ -11,6 +11,7 @@ from core.models import backbones as _backbones  # noqa: F401  (registers backbo
 from core.models import blocks as _blocks  # noqa: F401  (registers blocks)
 from core.models import heads as _heads  # noqa: F401  (registers heads)
 from core.models.backbones import Backbone, batchnorm_layers, freeze_batchnorm
+from core.models.cross_attention import build_cia
 from core.models.heads.base import Head, HeadOutput
 from core.registry import BACKBONES, BLOCKS, HEADS
 
@@ -118,6 +119,5 @@ def build_model(cfg: ModelConfig, num_classes: int | None = None) -> Embedder:
                        config_key="model.head_args", **cfg.head_args)
     model = Embedder(backbone, head, stage, blocks, frozen_bn=cfg.frozen_bn, freeze_backbone=cfg.freeze_backbone)
     if cfg.cia is not None:
-        from core.models.cross_attention import build_cia
         model.cia = build_cia(cfg.cia, embed_dim=head.out_dim, feature_channels=backbone.channels[stage])
     return model

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from core.run_dir import ARTIFACTS, coords_file
 from dashboard import figures, logic, state, ui
 
 MAX_POINTS = 20_000      # above this the map shows a stratified sample; metrics still use every point
@@ -65,7 +66,7 @@ n = len(art.labels)
 def wait_for_umap(run_dir: str) -> None:
     """Polls the background UMAP process; the full page reruns once the coordinates are on disk."""
     job = state.start_umap(run_dir)
-    if (Path(run_dir) / "artifacts" / "coords_umap.npy").exists():
+    if (Path(run_dir) / ARTIFACTS / coords_file("umap")).exists():
         st.rerun(scope="app")
     if job["error"]:
         st.error(f"UMAP failed; the PCA map below still works. Run `python -m core umap {run_dir}` to see why. "

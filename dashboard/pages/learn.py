@@ -16,6 +16,7 @@ import torch
 from core.checkpoint import CheckpointError
 from core.data.folders import DatasetError
 from core.models.blocks.csa import attention_at
+from core.run_dir import DSL_EVENTS
 from dashboard import figures, learn_demos, logic, state, ui
 
 st.title("How the methods pool")
@@ -195,7 +196,7 @@ st.markdown("One spatial attention map weights the features before average pooli
             "improving, the last learner **splits**: its most important neurons stay, the rest become a new "
             "learner. The replay below steps through a run's growth log.")
 dsl_run = run_with(lambda cfg: cfg.model.head == "dsl")
-events_path = Path(dsl_run) / "dsl_events.json" if dsl_run else None
+events_path = Path(dsl_run) / DSL_EVENTS if dsl_run else None
 if events_path is not None and events_path.exists():
     payload = json.loads(events_path.read_text())
     epochs = payload.get("epochs") or []
@@ -219,7 +220,7 @@ if events_path is not None and events_path.exists():
         st.info(f"{events_path} has no epochs logged yet.")
 else:
     if dsl_run:
-        st.info(f"Run {Path(dsl_run).name} has no dsl_events.json (it is written while training).")
+        st.info(f"Run {Path(dsl_run).name} has no {DSL_EVENTS} (it is written while training).")
     else:
         train_hint("shapes_dsl.yaml", "there is no growth log to replay.")
 

@@ -58,16 +58,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.io import atomic_save_npy, write_json
 from core.losses import dsl_margin_loss
 from core.models.heads.base import Head, HeadOutput
 from core.models.heads.dsl_adam import FreshRows
 from core.models.heads.dsl_clusters import kmeans_clusters, round_robin_cluster_batches
 from core.registry import register_head, register_map
+from core.run_dir import DSL_CLUSTERS, DSL_EVENTS
 
 log = logging.getLogger(__name__)
 
-EVENTS_FILE = "dsl_events.json"
-CLUSTERS_FILE = "dsl_clusters.npy"
+EVENTS_FILE, CLUSTERS_FILE = DSL_EVENTS, DSL_CLUSTERS
 
 register_map("dsl_attention", "DSL spatial attention (sigmoid, in (0,1)) that weights the features before average "
                               "pooling; shared by all learners (with per-learner attention: their mean)")
@@ -468,11 +469,9 @@ class DSLHead(Head):
     def write_events(self, trainer) -> None:
         if trainer is None or getattr(trainer, "rank", 0) != 0 or not hasattr(trainer, "run_dir"):
             return
-        from core import checkpoint as ckpt
-
-        ckpt.write_json(trainer.run_dir / EVENTS_FILE, self.events_payload())
+        write_json(trainer.run_dir / EVENTS_FILE, self.events_payload())
         if self.assign is not None:
-            ckpt.atomic_save_npy(trainer.run_dir / CLUSTERS_FILE, self.assign)
+            atomic_save_npy(trainer.run_dir / CLUSTERS_FILE, self.assign)
 
     def extra_state(self) -> dict:
         return {"learners": [[a, b] for a, b in self.learners], "best_value": self.best_value,
