@@ -1,0 +1,129 @@
+"""The house rules of `core/` (README, Development): every module imports, no import cycle (function-local
+imports count, so a cycle cannot hide inside a function), `core.io` is a leaf, and no Streamlit anywhere."""
+import ast
+import importlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def modules(root: Path) -> tuple[dict[str, Path], set[str]]:
+    """{dotted name: file} of every module under root/core, and which of them are packages."""
+    mods, packages = {}, set()
+    for path in sorted((root / "core").rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+            packages.add(".".join(parts))
+        mods[".".join(parts)] = path
+    return mods, packages
+
+
+def imported_names(name: str, path: Path, is_package: bool) -> set[str]:
+    """Every module name an `import` anywhere in the file (top level or inside a function) may load."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against the importing module's package
+                package = name.split(".") if is_package else name.split(".")[:-1]
+                package = package[:len(package) - node.level + 1]
+                base = ".".join(package + ([base] if base else []))
+            out.add(base)
+            out.update(f"{base}.{alias.name}" for alias in node.names)
+    return out
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """module -> core modules it imports. Edges into a package's __init__ are left out: Python runs a
+    package's __init__ before any of its modules, so those loops are how packages work, not cycles."""
+    mods, packages = modules(root)
+    return {m: {n for n in imported_names(m, p, m in packages) if n in mods and n != m and n not in packages}
+            for m, p in mods.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index, low, on_stack, stack, found, counter = {}, {}, set(), [], [], [0]
+
+    def connect(start):
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = counter[0]; counter[0] += 1
+        stack.append(start); on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter[0]; counter[0] += 1
+                    stack.append(child); on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop(); on_stack.discard(member); component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return found
+
+
+def test_core_has_no_import_cycle():
+    graph = import_graph(REPO)
+    assert len(graph) > 20                                        # the walk saw the real tree
+    assert cycles(graph) == [], "core import cycle(s): " + "; ".join(" <-> ".join(c) for c in cycles(graph))
+
+
+@pytest.mark.parametrize("where", ["top", "function"])
+def test_a_cycle_added_on_purpose_is_found(tmp_path, where):
+    """The check can fail: core.io importing core.config (which imports core.io) closes a loop, also when
+    the import hides inside a function."""
+    shutil.copytree(REPO / "core", tmp_path / "core", ignore=shutil.ignore_patterns("__pycache__"))
+    line = "from core.config import RunConfig\n" if where == "top" else \
+        "\n\ndef _late():\n    from core.config import RunConfig\n    return RunConfig\n"
+    io_file = tmp_path / "core" / "io.py"
+    io_file.write_text(io_file.read_text() + line)
+    assert ["core.config", "core.io"] in cycles(import_graph(tmp_path))
+
+
+def test_io_is_a_leaf():
+    assert import_graph(REPO)["core.io"] == set()
+
+
+def test_no_core_module_imports_streamlit():
+    mods, packages = modules(REPO)
+    offenders = [m for m, p in mods.items()
+                 if any(n.split(".")[0] == "streamlit" for n in imported_names(m, p, m in packages))]
+    assert offenders == []
+
+
+def test_every_core_module_imports_without_streamlit():
+    """Every module imports (in a fresh interpreter, as a user's script would) and none pulls in Streamlit
+    indirectly."""
+    mods, _ = modules(REPO)
+    names = sorted(m for m in mods if m != "core.__main__")
+    code = ("import importlib, sys\n"
+            f"for name in {names!r}:\n"
+            "    importlib.import_module(name)\n"
+            "assert 'streamlit' not in sys.modules, 'core pulled in streamlit'\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    importlib.import_module("core.__main__")                      # the CLI module imports too (runs nothing)
