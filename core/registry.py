@@ -12,6 +12,16 @@ class UnknownName(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class DuplicateName(ValueError):
+    """A name registered a second time for something else: the first registration would be silently lost."""
+
+
+def _same_definition(a, b) -> bool:
+    """The same object, or the same definition imported again (a module reloaded, e.g. by a dev server)."""
+    return a is b or (getattr(a, "__module__", None) == getattr(b, "__module__", 0)
+                      and getattr(a, "__qualname__", None) == getattr(b, "__qualname__", 0))
+
+
 class Registry:
     def __init__(self, kind: str):
         self.kind = kind
@@ -19,8 +29,12 @@ class Registry:
 
     def register(self, name: str) -> Callable:
         def deco(obj):
-            if name in self._items:
-                raise KeyError(f"{self.kind} {name!r} is registered twice")
+            if name in self._items and not _same_definition(self._items[name], obj):
+                first = self._items[name]
+                raise DuplicateName(f"{self.kind} {name!r} is registered twice: by "
+                                    f"{getattr(first, '__module__', '?')}.{getattr(first, '__qualname__', first)} and "
+                                    f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', obj)}; "
+                                    f"give one of them another name")
             self._items[name] = obj
             return obj
         return deco
@@ -60,4 +74,9 @@ MAP_DESCRIPTIONS: dict[str, str] = {}
 
 
 def register_map(name: str, description: str) -> None:
+    """Registering the same description again is harmless (a module imported twice); another one is refused,
+    since the dashboard would silently describe one method's map with another's words."""
+    if MAP_DESCRIPTIONS.get(name, description) != description:
+        raise DuplicateName(f"map {name!r} is registered twice with different descriptions "
+                            f"({MAP_DESCRIPTIONS[name][:60]!r}... and {description[:60]!r}...); give one of them another name")
     MAP_DESCRIPTIONS[name] = description
