@@ -44,3 +44,23 @@ def test_dataset_items_and_validation_split():
     assert splits.train.annotation(index)["mask"].shape == (64, 64)
     train_c, val_c, test_c = (set(s.labels.tolist()) for s in (splits.train, splits.val, splits.test))
     assert val_c and train_c.isdisjoint(val_c) and test_c.isdisjoint(train_c | val_c)
+
+
+def test_labels_decode_with_the_specs_colour_count():
+    """Labels are encoded as shape · n_colours + colour; with n_colours != 8 decoding by the full colour list
+    named the wrong shape and colour (class 6 of a 4-colour set is a blue square, not an orange circle)."""
+    spec = ShapesSpec(train_per_class=2, test_per_class=2, n_shapes=3, n_colours=4)
+    for split in ("train", "test"):
+        data = generate(spec, split)
+        names = {}
+        for i in range(len(data.labels)):
+            ann = data.annotation(i)
+            shape, colour = divmod(int(data.labels[i]), 4)
+            assert (ann["shape"], ann["colour"]) == (SHAPES[shape], COLOUR_NAMES[colour])
+            target = np.array(COLOURS[ann["colour"]])                # the drawn target has the decoded colour
+            assert np.abs(data.images[i][ann["mask"]].astype(int) - target).max() <= 1
+            names.setdefault(int(data.labels[i]), ann["class_name"])
+        assert len(set(names.values())) == len(names)                # one name per class
+    splits = build_datasets(DataConfig(shapes={"train_per_class": 2, "test_per_class": 2, "n_shapes": 3,
+                                               "n_colours": 4}, val_classes=0))
+    assert splits.test.class_names[6] == "blue square"                # also when read back from the cache

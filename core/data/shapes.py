@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from core.io import atomic_write
+
 SHAPES = ["circle", "square", "triangle", "diamond", "star", "cross", "hexagon", "ring"]
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 215, 40),
@@ -130,10 +132,11 @@ class ShapesData:
     labels: np.ndarray      # N int64, global class id = shape * n_colours + colour
     masks: np.ndarray       # N×H×W bool, target object
     boxes: np.ndarray       # N×4 int (x0, y0, x1, y1)
+    n_colours: int          # the spec's: labels are decoded as they were encoded (class_id)
 
     def annotation(self, index: int) -> dict:
         label = int(self.labels[index])
-        shape, colour = divmod(label, len(COLOUR_NAMES))
+        shape, colour = divmod(label, self.n_colours)
         return {"mask": self.masks[index], "box": tuple(int(v) for v in self.boxes[index]),
                 "shape": SHAPES[shape], "colour": COLOUR_NAMES[colour], "class_name": f"{COLOUR_NAMES[colour]} {SHAPES[shape]}"}
 
@@ -153,7 +156,8 @@ def generate(spec: ShapesSpec, split: str) -> ShapesData:
                 img, mask, box = render(rng, s, c, spec)
                 images.append(img); masks.append(mask); boxes.append(box)
                 labels.append(class_id(s, c, spec.n_colours))
-    return ShapesData(np.stack(images), np.asarray(labels, dtype=np.int64), np.stack(masks), np.asarray(boxes))
+    return ShapesData(np.stack(images), np.asarray(labels, dtype=np.int64), np.stack(masks), np.asarray(boxes),
+                      spec.n_colours)
 
 
 def cache_dir() -> Path:
@@ -166,12 +170,13 @@ def load(spec: ShapesSpec, split: str) -> ShapesData:
     if path.exists():
         try:
             with np.load(path) as z:
-                return ShapesData(z["images"], z["labels"], z["masks"], z["boxes"])
+                return ShapesData(z["images"], z["labels"], z["masks"], z["boxes"], spec.n_colours)
         except Exception:  # a damaged cache is regenerated, never trusted
             path.unlink(missing_ok=True)
     data = generate(spec, split)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, images=data.images, labels=data.labels, masks=data.masks, boxes=data.boxes)
-    os.replace(tmp, path)
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a bare name
+            np.savez_compressed(fh, images=data.images, labels=data.labels, masks=data.masks, boxes=data.boxes)
+    atomic_write(path, write)
     return data
