@@ -36,6 +36,19 @@ def knn(query: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool) ->
     return sims[:, :k], idx[:, :k]
 
 
+def precision_at_r(hits: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per query (R-Precision, MAP@R) from `hits` (Q×k, neighbour i shares the query's class, k ≥ R) and
+    `relevant` (Q: R, the number of same-class references); nan where R = 0. The one implementation: the
+    averaged metrics and the dashboard's per-query table both use it."""
+    hits, relevant = np.asarray(hits, bool), np.asarray(relevant)
+    hits_r = hits & (np.arange(hits.shape[1])[None, :] < relevant[:, None])
+    precision_at_i = np.cumsum(hits_r, 1) / np.arange(1, hits.shape[1] + 1)[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r_precision = np.where(relevant > 0, hits_r.sum(1) / relevant, np.nan)
+        map_at_r = np.where(relevant > 0, (precision_at_i * hits_r).sum(1) / relevant, np.nan)
+    return r_precision, map_at_r
+
+
 def retrieval_metrics(query_emb, query_labels, ref_emb=None, ref_labels=None,
                       recall_ks=(1, 2, 4, 8)) -> dict[str, float]:
     """Recall@K, MAP@R, R-Precision. Without a reference set, every query searches the others."""
@@ -55,11 +68,8 @@ def retrieval_metrics(query_emb, query_labels, ref_emb=None, ref_labels=None,
     hits = ref_labels[idx] == query_labels[valid][:, None]   # Q×k
     r = r[valid]
     out = {f"recall@{kk}": float(hits[:, :kk].any(1).mean()) for kk in recall_ks}
-    within_r = np.arange(hits.shape[1])[None, :] < r[:, None]
-    hits_r = hits & within_r
-    out["r_precision"] = float((hits_r.sum(1) / r).mean())
-    precision_at_i = np.cumsum(hits_r, 1) / np.arange(1, hits.shape[1] + 1)[None, :]
-    out["map_at_r"] = float(((precision_at_i * hits_r).sum(1) / r).mean())
+    r_precision, map_at_r = precision_at_r(hits, r)
+    out["r_precision"], out["map_at_r"] = float(r_precision.mean()), float(map_at_r.mean())
     return out
 
 

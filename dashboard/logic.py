@@ -52,12 +52,8 @@ def retrieval_table(embeddings: np.ndarray, labels: np.ndarray, k_min: int = 16)
     k = int(min(len(labels) - 1, max(k_min, relevant.max(initial=1))))
     sims, idx = knn(embeddings, embeddings, k, exclude_self=True)
     hits = labels[idx] == labels[:, None]
-    within_r = np.arange(k)[None, :] < relevant[:, None]
-    hits_r = hits & within_r
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r_prec = np.where(relevant > 0, hits_r.sum(1) / relevant, np.nan)
-        precision_at_i = np.cumsum(hits_r, 1) / np.arange(1, k + 1)[None, :]
-        map_r = np.where(relevant > 0, (precision_at_i * hits_r).sum(1) / relevant, np.nan)
+    from core.evaluate import precision_at_r  # loaded with knn above (faiss: not needed for the first paint)
+    r_prec, map_r = precision_at_r(hits, relevant)
     first = np.where(hits.any(1), hits.argmax(1) + 1, k + 1)
     return RetrievalTable(idx, sims, hits, relevant, r_prec, map_r, first)
 
