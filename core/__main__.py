@@ -1,11 +1,19 @@
-"""Command line: `python -m core train|evaluate|umap ...` (see README)."""
+"""Command line: `python -m core train|evaluate|umap|dashboard ...`, also installed as `metriclens ...` (see README).
+
+Each subcommand is one row of SUBCOMMANDS: (help, add its arguments, run it). Imports happen inside the
+commands, so `--help` answers at once.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _progress_bar():
@@ -26,6 +34,15 @@ def _progress_bar():
     return update
 
 
+def _with_progress_log(run_dir):
+    """The terminal's bars plus RUN_DIR/progress.jsonl (what the dashboard's Train page reads)."""
+    from core.progress import ProgressLog, tee
+    from core.run_dir import PROGRESS
+
+    fresh = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports (and starts the file)
+    return tee(_progress_bar(), ProgressLog(Path(run_dir) / PROGRESS, fresh=fresh))
+
+
 def cmd_train(args) -> int:
     from core.config import RunConfig
     from core.train import train
@@ -44,7 +61,7 @@ def cmd_train(args) -> int:
     changed = [o for o in overrides if o.startswith(("data.", "model."))]
     if changed:  # the config's description would otherwise describe another data set or model
         cfg.description = f"{cfg.description} (overridden: {', '.join(changed)})".strip()
-    metrics = train(cfg, args.out, progress=_progress_bar())
+    metrics = train(cfg, args.out, progress=_with_progress_log(args.out))
     if metrics:
         summary = {"run": args.out, "best_epoch": metrics["best_epoch"], "test": metrics["test"]}
         summary.update({k: metrics[k] for k in ("improved_over_start", "start", "val", "stopped") if k in metrics})
@@ -78,41 +95,85 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_umap(args) -> int:
+    from core.progress import ProgressLog
     from core.projection import ensure_coords
+    from core.run_dir import ARTIFACTS, PROGRESS, coords_file
 
     for run in args.run_dirs:
-        ensure_coords(run, "umap", progress=True)
-        print(f"{run}: artifacts/coords_umap.npy ready")
+        ensure_coords(run, "umap", progress=True, report=ProgressLog(Path(run) / PROGRESS))
+        print(f"{run}: {ARTIFACTS}/{coords_file('umap')} ready")
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core", description="MetricLens: train and evaluate DML models")
-    sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a model into a run directory (resumes if it exists)")
+def cmd_dashboard(args) -> int:
+    """`streamlit run app.py` as `make run` does: loopback unless an address is given."""
+    command = [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.address", args.address,
+               "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    if args.dry_run:
+        print(" ".join(command))
+        return 0
+    subprocess.run([sys.executable, "-m", "dashboard.access", "--address", args.address, "--port", str(args.port)],
+                   cwd=REPO, check=False)  # prints who can reach it (and the teaching-mode note) first
+    try:
+        return subprocess.call(command, cwd=REPO)
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---- the subcommand table --------------------------------------------------------------------------
+def _train_arguments(t) -> None:
     t.add_argument("--config", required=True, help="YAML config, e.g. configs/shapes_gap.yaml")
     t.add_argument("--out", required=True, help="run directory to write (or resume)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--no-pretrained", action="store_true", help="random init (no ImageNet weights)")
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=3e-4 data.root=/data/cub")
-    t.set_defaults(fn=cmd_train)
-    e = sub.add_parser("evaluate", help="Recall@K, NMI, MAP@R, R-Precision of a run")
+    _threads_argument(t)
+
+
+def _evaluate_arguments(e) -> None:
     e.add_argument("run_dir")
     e.add_argument("--dataset", help="dataset root to evaluate on instead of the run's (same layout)")
     e.add_argument("--split", default="test", choices=["test", "val"])
     e.add_argument("--k", help="Recall@K list, e.g. 1,10,100")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true")
-    e.set_defaults(fn=cmd_evaluate)
-    u = sub.add_parser("umap", help="compute and cache UMAP coordinates of runs' test embeddings")
+    _threads_argument(e)
+
+
+def _umap_arguments(u) -> None:
     u.add_argument("run_dirs", nargs="+")
-    u.set_defaults(fn=cmd_umap)
-    for sp in (t, e, u):
-        sp.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores; "
-                                                    "or set OMP_NUM_THREADS)")
+    _threads_argument(u)
+
+
+def _dashboard_arguments(d) -> None:
+    d.add_argument("--address", default=os.environ.get("METRICLENS_ADDRESS", "127.0.0.1"),
+                   help="127.0.0.1 (default): only this machine; 0.0.0.0 serves the network (teaching mode)")
+    d.add_argument("--port", type=int, default=int(os.environ.get("METRICLENS_PORT", "8501")))
+    d.add_argument("--dry-run", action="store_true", help="print the streamlit command instead of running it")
+
+
+def _threads_argument(p) -> None:
+    p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores; or set OMP_NUM_THREADS)")
+
+
+SUBCOMMANDS = {  # name -> (help, add_arguments, run)
+    "train": ("train a model into a run directory (resumes if it exists)", _train_arguments, cmd_train),
+    "evaluate": ("Recall@K, NMI, MAP@R, R-Precision of a run", _evaluate_arguments, cmd_evaluate),
+    "umap": ("compute and cache UMAP coordinates of runs' test embeddings", _umap_arguments, cmd_umap),
+    "dashboard": ("open the dashboard in the browser (streamlit run app.py, as `make run`)",
+                  _dashboard_arguments, cmd_dashboard),
+}
+
+
+def main(argv=None, prog: str = "python -m core") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="MetricLens: train and evaluate DML models")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, run) in SUBCOMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text))
+        sub.choices[name].set_defaults(fn=run)
     args = parser.parse_args(argv)
-    if args.threads:
+    if getattr(args, "threads", None):
         import torch
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -130,6 +191,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume from the last completed epoch", file=sys.stderr)
         return 130
+
+
+def console() -> int:
+    """The `metriclens` command (pyproject.toml's entry point)."""
+    return main(prog="metriclens")
 
 
 if __name__ == "__main__":

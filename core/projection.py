@@ -25,13 +25,20 @@ def umap_2d(emb: np.ndarray, seed: int = 0, n_neighbors: int = 15, progress: boo
     return reducer.fit_transform(emb).astype(np.float32)
 
 
-def ensure_coords(run_dir: str | Path, method: str = "umap", progress: bool = False) -> np.ndarray:
-    """Coordinates from the run's artifacts; computed once and cached atomically when missing."""
+def ensure_coords(run_dir: str | Path, method: str = "umap", progress: bool = False, report=None) -> np.ndarray:
+    """Coordinates from the run's artifacts; computed once and cached atomically when missing. `report`: a
+    progress callback (step, total, message) told when the computation starts and ends (UMAP's own bar
+    only reaches the terminal)."""
     art = Path(run_dir) / ARTIFACTS
     path = art / coords_file(method)
     if path.exists():
         return np.load(path)
     emb = np.load(art / EMBEDDINGS)
+    phase = f"{method.upper()} layout of {len(emb)} points"
+    if report:
+        report(0, 1, phase)
     coords = umap_2d(emb, progress=progress) if method == "umap" else pca_2d(emb)
     io.atomic_save_npy(path, coords)
+    if report:
+        report(1, 1, phase)
     return coords

@@ -1,8 +1,9 @@
 """Training jobs launched from the dashboard: `python -m core train ...` in a subprocess.
 
 The UI never trains in its own process (Streamlit calls from worker threads fail, and a rerun
-must not kill training). The child writes its progress bar and log to RUN_DIR/train.log; the
-page polls that file and history.csv. Cancel sends SIGINT, which the CLI turns into a clean stop
+must not kill training). The child writes its log to RUN_DIR/train.log and its progress as JSON lines
+to RUN_DIR/progress.jsonl (core.progress); the page polls those and history.csv, and draws one bar per
+phase with its ETA (`progress_bars`). Cancel sends SIGINT, which the CLI turns into a clean stop
 after which the last completed epoch stays in resume.pt; starting the same job again resumes.
 
 Jobs are shared by one server but owned by a browser session (`JobBoard`): only the owner sees
@@ -23,11 +24,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.progress import read_progress
+from core.run_dir import LOG, PROGRESS, is_complete
+
 REPO = Path(__file__).resolve().parents[1]
-LOG_NAME = "train.log"
+LOG_NAME = LOG
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# tqdm line from core.__main__: "epoch 3/6 loss 0.7479:  62%|██▎ | 10/16 [00:16<00:12, ...]"
-PROGRESS = re.compile(r"epoch (\d+)/(\d+)[^|\r\n]*\|[^|\r\n]*\|\s*(\d+)/(\d+)")
+EPOCH_PHASE = re.compile(r"^epoch (\d+)/(\d+)$")   # core.train's phase name of one epoch
 
 
 def train_command(config: str, out: str, epochs: int, seed: int, overrides: list[str]) -> list[str]:
@@ -116,9 +119,66 @@ def kept_after_stop(run_dir: Path) -> str:
                      "weights.safetensors does not say which epoch it holds")
     except Exception:  # missing or unreadable: say so rather than guess
         parts.append("there are no best weights yet (weights.safetensors is missing or unreadable)")
-    if not (run_dir / ckpt.METRICS).exists():
+    if not is_complete(run_dir):
         parts.append("test metrics and artifacts are not written until the run finishes")
     return "; ".join(parts) + "."
+
+
+# ---- progress bars from RUN_DIR/progress.jsonl -------------------------------------------------------
+@dataclass
+class Bar:
+    label: str
+    fraction: float   # 0..1
+    text: str         # what the bar says: where it is and about how long is left
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _left(eta_s: float | None, done: bool) -> str:
+    return " · done" if done else (f" · about {format_eta(eta_s)} left" if eta_s is not None else "")
+
+
+def progress_bars(lines: list[dict]) -> list[Bar]:
+    """One bar for all epochs (ETA: the current epoch's rest + the remaining epochs at the pace so far,
+    validation included), then one per other phase (embedding, nearest neighbours + k-means, UMAP) in the
+    order they first ran, each at its latest state."""
+    bars: list[Bar] = []
+    epochs = [(line, EPOCH_PHASE.match(line["phase"])) for line in lines]
+    epochs = [(line, int(m[1]), int(m[2])) for line, m in epochs if m]
+    if epochs:
+        last, k, n = epochs[-1]
+        in_epoch = last["done"] / max(last["total"], 1)
+        started = {}  # epoch -> time of its first line
+        for line, e, _ in epochs:
+            started.setdefault(e, line.get("time"))
+        eta = last.get("eta_s")
+        if eta is not None and k < n:
+            first = min(started)
+            pace = ((started[k] - started[first]) / (k - first) if k > first  # seconds per epoch, validation included
+                    else last["time"] - started[k] + eta)                     # the first epoch seen: its projection
+            eta += (n - k) * pace
+        done = k == n and in_epoch >= 1
+        message = last.get("message", last["phase"])
+        bars.append(Bar("epochs", min(((k - 1) + in_epoch) / max(n, 1), 1.0),
+                        f"{message} (step {last['done']}/{last['total']}){_left(eta, done)}"))
+    others: dict[str, dict] = {}
+    for line in lines:
+        if not EPOCH_PHASE.match(line["phase"]):
+            others[line["phase"]] = line
+    for phase, line in others.items():
+        done = line["done"] >= line["total"]
+        bars.append(Bar(phase, min(line["done"] / max(line["total"], 1), 1.0),
+                        f"{phase}: {line['done']}/{line['total']}{_left(line.get('eta_s'), done)}"))
+    return bars
 
 
 @dataclass
@@ -200,19 +260,19 @@ class TrainJob:
         lines = [line.rsplit("\r", 1)[-1] for line in text.replace("\r\n", "\n").split("\n")]
         return "\n".join(line for line in lines if line.strip())[-max_chars:]
 
+    def progress_bars(self) -> list[Bar]:
+        """The bars of RUN_DIR/progress.jsonl, as the child has written them so far."""
+        return progress_bars(read_progress(self.run_dir / PROGRESS))
+
     def progress(self) -> tuple[float, str]:
-        """(fraction done, message) from the last progress-bar line in the log."""
-        text = self._read_log_end(16384)
-        if text is None:
-            return 0.0, "starting…"
-        matches = list(PROGRESS.finditer(text))
-        if not matches:
+        """(fraction of the epochs done, message) for a one-line summary."""
+        bars = self.progress_bars()
+        epochs = next((bar for bar in bars if bar.label == "epochs"), None)
+        if epochs is None:
             return 0.0, "starting… (building the data set and the model)"
-        epoch, epochs, step, steps = (int(g) for g in matches[-1].groups())
-        done = min(max(((epoch - 1) + step / max(steps, 1)) / max(epochs, 1), 0.0), 1.0)
-        if done >= 1.0:
-            return done, f"all {epochs} epochs done; scoring the test set and writing the artifacts…"
-        return done, f"epoch {epoch}/{epochs}, step {step}/{steps}"
+        if epochs.fraction >= 1.0:
+            return 1.0, "all epochs done; scoring the test set and writing the artifacts…"
+        return epochs.fraction, epochs.text
 
 
 class JobLimit(RuntimeError):

@@ -150,12 +150,14 @@ def test_learn_demos():
 
 
 def test_training_job_progress_and_cancel(tmp_path):
+    # the child reports as `python -m core train` does: a ProgressLog line in RUN_DIR/progress.jsonl
     script = ("import sys, time\n"
-              "sys.stderr.write('epoch 2/4 loss 0.5:  50%|#####     | 8/16 [00:01<00:01]\\r')\n"
-              "sys.stderr.flush()\n"
+              "from core.progress import ProgressLog\n"
+              "ProgressLog(sys.argv[1])(8, 16, 'epoch 2/4 loss 0.5')\n"
               "try:\n    print('READY'.lower(), flush=True)\n    time.sleep(60)\n"
               "except KeyboardInterrupt:\n    print('interrupted'); sys.exit(130)\n")
-    job = jobs.TrainJob.start("fake", tmp_path / "fake", [sys.executable, "-c", script])
+    job = jobs.TrainJob.start("fake", tmp_path / "fake", [sys.executable, "-c", script,
+                                                          str(tmp_path / "fake" / "progress.jsonl")])
     deadline = time.time() + 20
     while "ready" not in job.log_tail().splitlines() and time.time() < deadline:  # handler installed
         time.sleep(0.1)

@@ -13,6 +13,7 @@ import streamlit as st
 
 from core.config import RunConfig
 from core.registry import BACKBONES, HEADS
+from core.run_dir import CONFIG, HISTORY
 from dashboard import figures, jobs, state, ui
 
 st.title("Train a model")
@@ -78,7 +79,7 @@ if submitted:
         except (ValueError, TypeError) as err:
             st.error(f"These settings do not make a valid config: {err}")
         else:
-            if out.exists() and (out / "config.json").exists():
+            if out.exists() and (out / CONFIG).exists():
                 st.info(f"{out} exists: training resumes it if its config matches, and says so in the log if not.")
             command = jobs.train_command(str(config_path), str(out), epochs, seed, overrides)
             try:
@@ -92,10 +93,20 @@ if submitted:
 
 def history_frame(run_dir: Path) -> pd.DataFrame | None:
     try:
-        frame = pd.read_csv(run_dir / "history.csv")
+        frame = pd.read_csv(run_dir / HISTORY)
     except (OSError, ValueError, pd.errors.EmptyDataError):
         return None
     return frame if len(frame) else None
+
+
+def progress_panel(job) -> None:
+    """One bar per phase (all epochs, then embedding, nearest neighbours + k-means, ...) with its ETA, from
+    the run's progress.jsonl."""
+    bars = job.progress_bars()
+    if not bars:
+        st.progress(0.0, text="starting… (building the data set and the model)")
+    for bar in bars:
+        st.progress(bar.fraction, text=bar.text)
 
 
 def job_panel(key: str) -> None:
@@ -104,9 +115,8 @@ def job_panel(key: str) -> None:
     icon = {"running": ":material/hourglass_top:", "finished": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/stop_circle:"}[status]
     st.markdown(f"#### {icon} {job.name} — {status}")
     st.caption(f"`{' '.join(job.command[1:])}` · log: `{job.log_path}`")
-    fraction, message = job.progress()
     if status == "running":
-        st.progress(fraction, text=message)
+        progress_panel(job)
         if st.button("Cancel (keeps the completed epochs)", key=f"cancel_{key}"):
             with st.spinner("Stopping after the current step…"):
                 board.cancel(owner, key)
