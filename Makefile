@@ -12,6 +12,9 @@ $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -c "import torch, torchvision, streamlit, faiss, umap, captum, pytorch_metric_learning"
+	@# the `metriclens` command (pyproject.toml), editable: the code stays here; without it `python -m core` still works
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+	@test -x $(VENV)/bin/metriclens || echo "note: the metriclens command was not installed; use python -m core ..."
 	touch $(STAMP)
 
 # Debian's Chromium for the Playwright browser tests (never `playwright install`: no downloads here)

@@ -193,9 +193,9 @@ def main(argv=None, prog: str = "python -m core") -> int:
         return 130
 
 
-def console() -> int:
+def console(argv=None) -> int:
     """The `metriclens` command (pyproject.toml's entry point)."""
-    return main(prog="metriclens")
+    return main(argv, prog="metriclens")
 
 
 if __name__ == "__main__":
