@@ -32,6 +32,7 @@ from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, Di
 from torch.utils.data import DataLoader
 
 from core import checkpoint as ckpt
+from core.artifacts import embed_and_score, write_artifacts
 from core.config import RunConfig
 from core.io import atomic_torch_save, atomic_write_text, write_json
 from core.data import DataSplits, build_datasets, check_evaluable
@@ -423,8 +424,6 @@ class Trainer:
 
     def finish(self) -> dict:
         """Reload the best weights, score them on the test classes, write metrics and artifacts."""
-        from core.artifacts import embed_and_score, write_artifacts
-
         t = self.cfg.train
         model, _ = ckpt.load_run(self.run_dir, self.device)
         test, parts = embed_and_score(model, self.splits, self.device, t.recall_ks, progress=self.progress)

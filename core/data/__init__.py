@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
 from core.config import DataConfig
+from core.data import official  # CUB-200-2011, Cars196, SOP, In-Shop layouts
 from core.data import shapes as shapes_data
 from core.data.folders import DatasetError, Record, csv_records, folder_records
 
@@ -155,7 +156,6 @@ def records_for(cfg: DataConfig) -> list[Record]:
         return folder_records(cfg.root, cfg.class_depth)
     if cfg.name == "csv":
         return csv_records(cfg.csv, cfg.root, cfg.csv_label_column, cfg.csv_split_column)
-    from core.data import official  # CUB-200-2011, Cars196, SOP, In-Shop layouts
     return official.records(cfg.name, cfg.root)
 
 
