@@ -13,6 +13,7 @@ instead of parsing terminal text. One line:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,6 +21,7 @@ from typing import Callable
 from core import io
 
 Progress = Callable[[int, int, str], None]
+log = logging.getLogger(__name__)
 
 
 def phase_of(message: str) -> str:
@@ -34,10 +36,20 @@ class ProgressLog:
     def __init__(self, path: str | Path, min_interval: float = 0.5, fresh: bool = False, clock=time.time):
         self.path, self.min_interval, self.clock = Path(path), min_interval, clock
         self._phase, self._start, self._written, self._last_step = None, 0.0, -1e18, 0
+        self.failed = False
         if fresh:  # a new command: an earlier attempt's phases must not show as current
-            self.path.unlink(missing_ok=True)
+            self._guarded(lambda: self.path.unlink(missing_ok=True))
+
+    def _guarded(self, write) -> None:
+        try:
+            write()
+        except OSError as err:  # e.g. a read-only run folder: the work itself must go on, unlogged
+            log.warning("progress is not logged to %s (%s)", self.path, err)
+            self.failed = True
 
     def __call__(self, step: int, total: int, message: str) -> None:
+        if self.failed:
+            return
         now, phase = self.clock(), phase_of(message)
         if phase != self._phase or step < self._last_step:  # a new phase, or the same one started over
             self._phase, self._start, self._written = phase, now, -1e18
@@ -45,11 +57,11 @@ class ProgressLog:
         if step < total and now - self._written < self.min_interval and step > 1:
             return
         self._written = now
-        # the first step also pays for start-up (workers, JIT), so the rate is taken from what is done
+        # at the rate so far: seconds since the phase began per step done
         eta = (now - self._start) / step * (total - step) if step > 0 else None
         line = {"phase": phase, "done": int(step), "total": int(total),
                 "eta_s": None if eta is None else round(eta, 1), "time": round(now, 3), "message": message}
-        io.append_line(self.path, json.dumps(line))
+        self._guarded(lambda: io.append_line(self.path, json.dumps(line)))
 
 
 def tee(*callbacks: Progress | None) -> Progress:

@@ -109,3 +109,12 @@ def test_train_page_draws_a_bar_per_phase(tmp_path, monkeypatch):
     finally:
         job.cancel(grace=5)
         state.training_jobs().jobs.pop(str(run), None)
+
+
+def test_an_unwritable_progress_file_does_not_stop_the_work(tmp_path, caplog):
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("a file where the run folder should be")
+    log = ProgressLog(blocked / PROGRESS, fresh=True)
+    log(1, 2, "epoch 1/1 loss 0.5")                                          # no exception
+    log(2, 2, "epoch 1/1 loss 0.4")
+    assert log.failed and "progress is not logged" in caplog.text
