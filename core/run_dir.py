@@ -100,7 +100,12 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        return self.metrics is not None and WEIGHTS in self.files and set(ARTIFACT_FILES) <= self.artifacts
+        """Finished: metrics.json (written last) and the dashboard's artifacts are there (see is_complete)."""
+        return self.metrics is not None and set(ARTIFACT_FILES) <= self.artifacts
+
+    @property
+    def has_model(self) -> bool:
+        return WEIGHTS in self.files
 
     def has(self, name: str) -> bool:
         return name in self.files
@@ -127,9 +132,10 @@ def read_run(path: str | Path) -> Run:
 
 
 def is_complete(path: str | Path) -> bool:
-    """A finished run: config, weights, metrics.json and the dashboard's artifacts are all there."""
+    """A finished run: config, metrics.json and the dashboard's artifacts are all there. Weights are not asked
+    for (a run of imported embeddings has none); `is_run_dir` says whether a model can be loaded."""
     path = Path(path)
-    return (all((path / name).exists() for name in (CONFIG, WEIGHTS, METRICS))
+    return (all((path / name).exists() for name in (CONFIG, METRICS))
             and all((path / ARTIFACTS / name).exists() for name in ARTIFACT_FILES))
 
 

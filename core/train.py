@@ -32,7 +32,6 @@ from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, Di
 from torch.utils.data import DataLoader
 
 from core import checkpoint as ckpt
-from core.artifacts import embed_and_score, write_artifacts
 from core.config import RunConfig
 from core.io import atomic_torch_save, atomic_write_text, write_json
 from core.data import DataSplits, build_datasets, check_evaluable
@@ -88,9 +87,11 @@ class TrainingStep(torch.nn.Module):
         super().__init__()
         self.model, self.criterion = model, criterion
         cia = model.cia
-        # the CIA branch gets its criterion injected (its own loss/miner if configured, else this one)
-        self.cia_criterion = None if cia is None else cia_criterion(
-            criterion, cia.loss_name, cia.loss_args, cia.miner_name, cia.embed_dim)
+        # the CIA branch gets its criterion injected (its own loss/miner if configured, else this one). It is
+        # kept out of the module tree: the branch scores with copies of it, so no parameter of it is used here
+        # (DDP would refuse unused parameters)
+        object.__setattr__(self, "cia_criterion", None if cia is None else cia_criterion(
+            criterion, cia.loss_name, cia.loss_args, cia.miner_name, cia.embed_dim))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         out, features = self.model(x, with_features=True)
@@ -424,6 +425,8 @@ class Trainer:
 
     def finish(self) -> dict:
         """Reload the best weights, score them on the test classes, write metrics and artifacts."""
+        from core.artifacts import embed_and_score, write_artifacts
+
         t = self.cfg.train
         model, _ = ckpt.load_run(self.run_dir, self.device)
         test, parts = embed_and_score(model, self.splits, self.device, t.recall_ks, progress=self.progress)

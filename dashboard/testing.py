@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core.run_dir import ARTIFACTS, LABELS, is_complete, list_runs
+from core.run_dir import ARTIFACTS, LABELS, is_complete, is_run_dir, list_runs
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "checkpoints"
@@ -20,7 +20,8 @@ TINY_OVERRIDES = ["train.epochs=1", "data.max_per_class=8", "data.shapes.test_pe
 
 
 def is_finished(run: Path) -> bool:
-    return is_complete(run)
+    """Finished, with a model (the tests explain with it)."""
+    return is_run_dir(run) and is_complete(run)
 
 
 def shipped_runs() -> list[Path]:

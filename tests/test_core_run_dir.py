@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from core import io, run_dir
-from core.run_dir import (ARTIFACT_FILES, ARTIFACTS, CONFIG, HISTORY, ITEMS, METRICS, WEIGHTS, CheckpointError,
-                          is_complete, read_run)
+from core.run_dir import (ARTIFACT_FILES, ARTIFACTS, CONFIG, EMBEDDINGS, HISTORY, ITEMS, METRICS, WEIGHTS,
+                          CheckpointError, is_complete, read_run)
 from dashboard.testing import demo_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,15 +33,25 @@ def test_read_run_of_a_finished_run(finished):
     assert run.artifact(ITEMS) == Path(finished) / ARTIFACTS / ITEMS
 
 
-@pytest.mark.parametrize("missing", [METRICS, WEIGHTS, f"{ARTIFACTS}/{ITEMS}"])
+@pytest.mark.parametrize("missing", [METRICS, f"{ARTIFACTS}/{ITEMS}", f"{ARTIFACTS}/{EMBEDDINGS}"])
 def test_a_run_missing_a_file_is_not_complete(finished, tmp_path, missing):
     copy = tmp_path / "run"
     shutil.copytree(finished, copy)
     (copy / missing).unlink()
     assert not is_complete(copy)
     run = read_run(copy)                                                         # still readable, says what is there
-    assert not run.complete
+    assert not run.complete and run.has_model
     assert (run.metrics is None) == (missing == METRICS)
+
+
+def test_a_run_without_weights_is_complete_but_has_no_model(finished, tmp_path):
+    """E.g. imported embeddings: every page that needs only the artifacts can show it."""
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    (copy / WEIGHTS).unlink()
+    assert is_complete(copy) and not run_dir.is_run_dir(copy)
+    run = read_run(copy)
+    assert run.complete and not run.has_model
 
 
 def test_folders_that_are_not_runs_say_why(tmp_path):
