@@ -36,7 +36,7 @@ from core.config import RunConfig
 from core.data import DataSplits, build_datasets, check_evaluable
 from core.data import summary as data_summary
 from core.evaluate import evaluate_splits
-from core.losses import DMLCriterion, build_criterion
+from core.losses import MINERS, DMLCriterion, build_criterion, build_loss
 from core.models.embedder import Embedder, build_model
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,29 @@ def _config_diff(a: dict, b: dict, prefix="") -> list[str]:
     return keys
 
 
+def cia_criterion(cia, criterion: DMLCriterion) -> DMLCriterion:
+    """The criterion the CIA branch scores its conditional similarities with (injected into
+    `CrossImageAttention.loss`): `model.cia.loss` if set, else the trainer's loss; `model.cia.miner`
+    "same" keeps the trainer's miner, null mines nothing. Under torchrun the trainer's objects gather
+    embeddings across ranks, but S only covers the rank's own batch (its pairs are cross-attended
+    locally), so the unwrapped local loss/miner is used and DDP averages the gradients."""
+    loss = build_loss(cia.loss_name, cia.loss_args, 0, cia.embed_dim) if cia.loss_name else criterion.loss
+    if isinstance(loss, DistributedLossWrapper):
+        loss = loss.loss
+    if cia.miner_name == "same":
+        miner = criterion.miner
+        if isinstance(miner, DistributedMinerWrapper):
+            miner = miner.miner
+    elif cia.miner_name:
+        if cia.miner_name not in MINERS:
+            raise ValueError(f"unknown model.cia.miner {cia.miner_name!r}; available: same, null, "
+                             f"{', '.join(sorted(MINERS))}")
+        miner = MINERS[cia.miner_name]()
+    else:
+        miner = None
+    return DMLCriterion(loss, miner)
+
+
 class TrainingStep(torch.nn.Module):
     """The forward of one training step, model and loss terms together. DistributedDataParallel wraps this,
     not the bare model, so that it sees every parameter a step uses, also those used only after the
@@ -85,6 +108,8 @@ class TrainingStep(torch.nn.Module):
     def __init__(self, model: Embedder, criterion: DMLCriterion):
         super().__init__()
         self.model, self.criterion = model, criterion
+        # a plain attribute, not a submodule: its (copied) loss state is not trained, DDP must not see it
+        self.__dict__["cia_criterion"] = cia_criterion(model.cia, criterion) if model.cia is not None else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         out, features = self.model(x, with_features=True)
@@ -93,7 +118,7 @@ class TrainingStep(torch.nn.Module):
             if hasattr(block, "loss"):
                 terms.update(block.loss(y, self.criterion))
         if self.model.cia is not None:  # training-only cross-image attention branch
-            terms.update(self.model.cia.loss(out, features, y, self.criterion))
+            terms.update(self.model.cia.loss(out, features, y, self.cia_criterion))
         return terms
 
 

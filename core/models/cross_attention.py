@@ -112,7 +112,8 @@ class CrossAttentionLayer(nn.Module):
 
 class CrossImageAttention(nn.Module):
     """Training-only CIA branch. `pairwise(emb, features)` -> (S B×B, attention B×B×L×H×h×w);
-    `loss(out, features, labels, criterion)` -> {"cia": weight · criterion on S}."""
+    `loss(out, features, labels, criterion)` -> {"cia": weight · criterion on S}, where `criterion` is
+    the branch's own, built and passed in by the trainer (`core.train.cia_criterion`)."""
 
     def __init__(self, embed_dim: int, feature_channels: int, layers: int = 2, heads: int = 8,
                  weight: float = 1.0, mlp_ratio: float = 2.0, symmetric: bool = True,
@@ -126,7 +127,7 @@ class CrossImageAttention(nn.Module):
         self.layers = nn.ModuleList(CrossAttentionLayer(embed_dim, feature_channels, heads, mlp_ratio)
                                     for _ in range(layers))
         self.loss_name, self.loss_args, self.miner_name = loss, dict(loss_args or {}), miner
-        self._cond: tuple[nn.Module, nn.Module | None] | None = None
+        self._cond: tuple[object, tuple[nn.Module, nn.Module | None]] | None = None  # (criterion, its copy)
 
     def conditional_embeddings(self, emb, features, need_attention: bool = True):
         """(E B×B×D with E[i, j] = eᴸ_{i|j}, attention B×B×L×H×h×w or None)."""
@@ -158,32 +159,16 @@ class CrossImageAttention(nn.Module):
         return self.pairwise(emb, features)
 
     def conditional_criterion(self, criterion):
-        """(loss, miner) for S: copies of the trainer's (or the configured) PML objects with the distance
-        swapped. Learnable loss state (a learnable β) is copied once and not trained here. Under torchrun
-        the trainer's objects gather embeddings across ranks; S only covers the rank's own batch (its
-        pairs are cross-attended locally), so the unwrapped local loss/miner is used and DDP averages
-        the gradients."""
-        if self._cond is None:
-            from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
-
-            from core.losses import MINERS, build_loss
-
-            loss = build_loss(self.loss_name, self.loss_args, 0, self.embed_dim) if self.loss_name else criterion.loss
-            if isinstance(loss, DistributedLossWrapper):
-                loss = loss.loss
-            if self.miner_name == "same":
-                miner = getattr(criterion, "miner", None)
-                if isinstance(miner, DistributedMinerWrapper):
-                    miner = miner.miner
-            elif self.miner_name:
-                if self.miner_name not in MINERS:
-                    raise ValueError(f"unknown model.cia.miner {self.miner_name!r}; available: same, null, "
-                                     f"{', '.join(sorted(MINERS))}")
-                miner = MINERS[self.miner_name]()
-            else:
-                miner = None
-            self._cond = (_swap_distance(loss), _swap_distance(miner) if miner is not None else None)
-        return self._cond
+        """(loss, miner) for S: copies of `criterion`'s PML loss and miner with the distance swapped.
+        `criterion` is the one the trainer built for this branch (`core.train.cia_criterion`: the
+        configured `model.cia.loss`/`miner`, or the trainer's own, unwrapped from the torchrun wrappers);
+        it is injected so that this module needs nothing from `core.losses`. Learnable loss state (a
+        learnable β) is copied once and not trained here."""
+        if self._cond is None or self._cond[0] is not criterion:
+            miner = getattr(criterion, "miner", None)
+            self._cond = (criterion, (_swap_distance(criterion.loss),
+                                      _swap_distance(miner) if miner is not None else None))
+        return self._cond[1]
 
     def conditional_loss(self, S: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor, criterion) -> torch.Tensor:
         loss, miner = self.conditional_criterion(criterion)
