@@ -12,17 +12,18 @@ from torch import nn
 
 from core.config import TrainConfig
 
-# Published defaults per loss; config `train.loss_args` overrides any of them.
-LOSS_DEFAULTS = {
+# Published defaults per loss, (class, keyword arguments from (num_classes, embed_dim)); config
+# `train.loss_args` overrides any of them.
+LOSS_SPECS = {
     # Wu et al. 2017 as used by DGML/DSL: α = 0.2, β = 1.2, ν = 0
-    "margin": lambda n, d: losses.MarginLoss(margin=0.2, nu=0.0, beta=1.2),
+    "margin": (losses.MarginLoss, lambda n, d: dict(margin=0.2, nu=0.0, beta=1.2)),
     # Wang et al. 2019: α = 2, β = 50, λ = 0.5
-    "multi_similarity": lambda n, d: losses.MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5),
-    "triplet": lambda n, d: losses.TripletMarginLoss(margin=0.1),
+    "multi_similarity": (losses.MultiSimilarityLoss, lambda n, d: dict(alpha=2.0, beta=50.0, base=0.5)),
+    "triplet": (losses.TripletMarginLoss, lambda n, d: dict(margin=0.1)),
     # GSP's "original contrastive": cosine, positives pulled to 1, negatives pushed below 0.5
-    "contrastive": lambda n, d: losses.ContrastiveLoss(pos_margin=1.0, neg_margin=0.5,
-                                                       distance=distances.CosineSimilarity()),
-    "proxy_anchor": lambda n, d: losses.ProxyAnchorLoss(num_classes=n, embedding_size=d, margin=0.1, alpha=32),
+    "contrastive": (losses.ContrastiveLoss, lambda n, d: dict(pos_margin=1.0, neg_margin=0.5,
+                                                             distance=distances.CosineSimilarity())),
+    "proxy_anchor": (losses.ProxyAnchorLoss, lambda n, d: dict(num_classes=n, embedding_size=d, margin=0.1, alpha=32)),
 }
 MINERS = {
     "multi_similarity": lambda: miners.MultiSimilarityMiner(epsilon=0.1),
@@ -59,15 +60,13 @@ def _configured(factory, args: dict, *factory_args):
 
 
 def build_loss(name: str, args: dict, num_classes: int, embed_dim: int) -> nn.Module:
-    if name not in LOSS_DEFAULTS:
-        raise ValueError(f"unknown loss {name!r}; available: {', '.join(sorted(LOSS_DEFAULTS))}")
+    if name not in LOSS_SPECS:
+        raise ValueError(f"unknown loss {name!r}; available: {', '.join(sorted(LOSS_SPECS))}")
+    cls, defaults = LOSS_SPECS[name]
     if name in ("margin", "proxy_anchor") and args:
-        # these take constructor-only options (learn_beta, num_classes): rebuild with the merged kwargs
-        base = {"margin": dict(margin=0.2, nu=0.0, beta=1.2),
-                "proxy_anchor": dict(num_classes=num_classes, embedding_size=embed_dim, margin=0.1, alpha=32)}[name]
-        cls = losses.MarginLoss if name == "margin" else losses.ProxyAnchorLoss
-        return cls(**{**base, **args})
-    return _configured(LOSS_DEFAULTS[name], args, num_classes, embed_dim)
+        # these take constructor-only options (learn_beta, num_classes): build with the merged kwargs
+        return cls(**{**defaults(num_classes, embed_dim), **args})
+    return _configured(lambda: cls(**defaults(num_classes, embed_dim)), args)
 
 
 def build_criterion(cfg: TrainConfig, num_classes: int, embed_dim: int) -> DMLCriterion:
