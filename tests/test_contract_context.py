@@ -86,8 +86,8 @@ def tiny_cfg_module():
     from core.config import RunConfig
 
     return RunConfig.load(ROOT / "configs" / "shapes_gap.yaml").with_overrides(
-        ["data.max_per_class=8", "train.epochs=2", "train.batch_size=32", "model.embed_dim=16",
-         "data.shapes.test_per_class=6", "train.eval_start=false"])
+        ["data.max_per_class=4", "data.image_size=32", "data.shapes.test_per_class=4", "train.epochs=2",
+         "train.eval_every=2", "train.batch_size=32", "model.embed_dim=16", "train.eval_start=false"])
 
 
 def test_hooks_receive_the_context_and_write_through_it(tmp_path, tiny):
