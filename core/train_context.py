@@ -15,8 +15,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from core.sampling import class_balanced_batches
-
 
 @dataclass
 class TrainContext:
@@ -46,10 +44,6 @@ class TrainContext:
         if self.embed_fn is None:
             raise RuntimeError("this TrainContext has no train set to embed (build it with embed_fn, as the Trainer does)")
         return self.embed_fn(pool)
-
-    def class_balanced_batches(self, labels: np.ndarray, seed: int) -> list[list[int]]:
-        """Full class-balanced batches (train.batch_size, train.m_per_class) of positions into `labels`."""
-        return class_balanced_batches(labels, self.m_per_class, self.batch_size, seed)
 
     def write_artifact(self, name: str, obj: Any) -> Path | None:
         """Write `obj` to RUN_DIR/name atomically (a reader never sees half a file): an array as .npy,
