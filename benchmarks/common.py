@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from core.models.mode import evaluating
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs"          # git-ignored: trained runs the benchmarks share
@@ -67,18 +69,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_training_step(trainer, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of one training step as `Trainer.train_epoch` runs it:
-    `compute_losses` under the trainer's autocast, backward, optimiser step."""
-    trainer.model.train()
+def timed_training_step(trainer, x: torch.Tensor, y: torch.Tensor, tag=None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one `Trainer.step` (the step every epoch runs: the
+    head hears `tag`, loss terms under the trainer's autocast, backward, optimiser step)."""
     sync(trainer.device)
     start, cpu = time.perf_counter(), time.process_time()
-    with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.use_amp):
-        terms = trainer.compute_losses(x, y)
-    loss = sum(terms.values())
-    trainer.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    trainer.optimizer.step()
+    trainer.step((x, y), tag)
     sync(trainer.device)
     return time.perf_counter() - start, time.process_time() - cpu
 
@@ -86,10 +82,10 @@ def timed_training_step(trainer, x: torch.Tensor, y: torch.Tensor) -> tuple[floa
 @torch.no_grad()
 def timed_inference(trainer, x: torch.Tensor) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one eval-mode forward of the batch under the trainer's autocast."""
-    trainer.model.eval()
-    sync(trainer.device)
-    start, cpu = time.perf_counter(), time.process_time()
-    with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.use_amp):
-        trainer.model(x)
-    sync(trainer.device)
+    with evaluating(trainer.model):
+        sync(trainer.device)
+        start, cpu = time.perf_counter(), time.process_time()
+        with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.use_amp):
+            trainer.model(x)
+        sync(trainer.device)
     return time.perf_counter() - start, time.process_time() - cpu

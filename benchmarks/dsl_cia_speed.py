@@ -1,6 +1,6 @@
 """Training-step and test-time cost of CIA and DSL vs GAP, side by side in one process.
 
-One training step = the trainer's own `compute_losses` (head loss, + the CIA branch's conditional
+One training step = the trainer's own `Trainer.step` (head loss, + the CIA branch's conditional
 loss for `cia`) on a real shapes batch, backward, optimiser step. Repeats are interleaved (every
 round times every variant once, in a rotating order) so a shared machine's load hits all alike;
 medians are reported with the interquartile range, and ratios are median/median. Two clocks are
@@ -64,9 +64,9 @@ class Case:
 
     def train_step(self) -> tuple[float, float]:
         t = self.trainer
-        t.model.head.on_batch_start(t, self.step % 2 if self.variant == "dsl" else None)  # clusters 0, 1, 0, ...
+        tag = self.step % 2 if self.variant == "dsl" else None   # clusters 0, 1, 0, ...
         self.step += 1
-        return timed_training_step(t, self.x, self.y)
+        return timed_training_step(t, self.x, self.y, tag)
 
     def infer_step(self) -> tuple[float, float]:
         return timed_inference(self.trainer, self.x)
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         spent = []
         for i in range(args.recluster_repeats):
             start = time.perf_counter() if args.clock == "wall" else time.process_time()
-            head.recluster(trainer, epoch=2 * (i + 1))
+            head.recluster(trainer.context, epoch=2 * (i + 1))
             spent.append((time.perf_counter() if args.clock == "wall" else time.process_time()) - start)
         n_train, step_batch = len(splits.train), len(batch[0])
         steps = n_train // step_batch
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()} torch thread(s), **{args.clock} time**"
           f"{' (this process, so other jobs on the shared CPU do not count)' if args.clock == 'cpu' else ''}. Median over "
           f"{args.repeats} interleaved repeats after {args.warmup} warm-up rounds [IQR]. A training step is "
-          "`Trainer.compute_losses` + backward + optimiser step. `cia` has exactly `gap`'s weights plus the branch "
+          "`Trainer.step` (loss terms + backward + optimiser step). `cia` has exactly `gap`'s weights plus the branch "
           "(training only: its test-time path is the same network, so the inference ratio is 1 up to timing noise). "
           "`dsl` alternates batches of its two clusters; its like-for-like baseline is `gap_margin` (same loss).\n",
           md_table(["variant", "train step ms, median [IQR]", "vs gap", "inference ms", "vs gap", "params"], rows)]

@@ -51,7 +51,7 @@ def model_config(backbone: str, variant: str) -> ModelConfig:
 
 
 class Case:
-    """One variant: a real `Trainer` (model, criterion, optimiser, `compute_losses`) on a fixed random batch,
+    """One variant: a real `Trainer` (model, criterion, optimiser, `Trainer.step`) on a fixed random batch,
     so this benchmark times exactly the step that training runs (as benchmarks/dsl_cia_speed.py does)."""
 
     def __init__(self, backbone: str, variant: str, batch: int, device: torch.device, amp: bool,

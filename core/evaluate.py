@@ -15,6 +15,8 @@ import torch
 from sklearn.metrics import normalized_mutual_info_score
 from torch.utils.data import DataLoader
 
+from core.models.mode import evaluating
+
 log = logging.getLogger(__name__)
 
 
@@ -101,16 +103,14 @@ def embed_dataset(model, dataset, batch_size: int = 128, device: str | torch.dev
                   num_workers: int = 0, progress=None, label: str = "embedding") -> tuple[np.ndarray, np.ndarray]:
     """Embeddings (N×D float32) and labels of a dataset, in dataset order, in eval mode; `progress(step,
     total, label)` after each batch (on a CPU, embedding thousands of images takes minutes)."""
-    was_training = model.training
-    model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     embs, labels = [], []
-    for step, (x, y, _) in enumerate(loader):
-        embs.append(model(x.to(device)).float().cpu())
-        labels.append(y)
-        if progress:
-            progress(step + 1, len(loader), label)
-    model.train(was_training)
+    with evaluating(model):  # a failing batch (or a cancelled progress callback) leaves a training model training
+        for step, (x, y, _) in enumerate(loader):
+            embs.append(model(x.to(device)).float().cpu())
+            labels.append(y)
+            if progress:
+                progress(step + 1, len(loader), label)
     return torch.cat(embs).numpy(), torch.cat(labels).numpy()
 
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from core.models.mode import evaluating
+
 CROSS_SOURCES = {
     "cia": "trained cross-image attention (last CIA layer, mean over heads): where one image's "
            "conditional query looks in the other image's feature map",
@@ -49,19 +51,6 @@ def _batch(image: torch.Tensor, device) -> torch.Tensor:
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-class _EvalMode:
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.was_training = self.model.training
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc):
-        self.model.train(self.was_training)
 
 
 def position_embeddings(model, features: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -111,7 +100,7 @@ def cross_attention(model, image_a: torch.Tensor, image_b: torch.Tensor, *, sour
     use_cia = cia is not None and source in ("auto", "cia")
     device = _device(model)
     images = torch.cat([_batch(image_a, device), _batch(image_b, device)])
-    with torch.no_grad(), _EvalMode(model):
+    with torch.no_grad(), evaluating(model):
         features = model.forward_features(images)
         explanation = model.explain(images)             # the generic interface: embedding + groups
         emb = explanation.embedding
@@ -144,7 +133,7 @@ def cross_attention(model, image_a: torch.Tensor, image_b: torch.Tensor, *, sour
 
 def feature_grid(model, image: torch.Tensor) -> tuple[int, int]:
     """(h, w) of the feature map the cross maps live on, for turning a click in pixels into a patch."""
-    with torch.no_grad(), _EvalMode(model):
+    with torch.no_grad(), evaluating(model):
         f = model.forward_features(_batch(image, _device(model)))
     return int(f.shape[2]), int(f.shape[3])
 
@@ -161,7 +150,7 @@ def patch_correspondence(model, image_a: torch.Tensor, image_b: torch.Tensor, ro
         raise ValueError(f"temperature must be > 0, got {temperature}")
     device = _device(model)
     images = torch.cat([_batch(image_a, device), _batch(image_b, device)])
-    with torch.no_grad(), _EvalMode(model):
+    with torch.no_grad(), evaluating(model):
         features = model.forward_features(images)
         h, w = features.shape[2:]
         if not (0 <= row < h and 0 <= col < w):

@@ -14,6 +14,7 @@ layers stay in eval mode; from epoch W the backbone trains again exactly as conf
 """
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import logging
@@ -27,18 +28,20 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-from pytorch_metric_learning.samplers import MPerClassSampler
 from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
 from torch.utils.data import DataLoader
 
 from core import checkpoint as ckpt
 from core.config import RunConfig
 from core.io import atomic_torch_save, atomic_write_text, write_json
-from core.data import DataSplits, build_datasets, check_evaluable
+from core.data import DataSplits, build_datasets, build_transform, check_evaluable
 from core.data import summary as data_summary
 from core.evaluate import evaluate_splits
 from core.losses import DMLCriterion, build_criterion, cia_criterion
 from core.models.embedder import Embedder, build_model
+from core.models.mode import evaluating
+from core.sampling import class_balanced_batches
+from core.train_context import TrainContext
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
@@ -142,6 +145,11 @@ class Trainer:
         self.criterion = criterion.to(self.device)
         self._check_learning_rates()
         self.optimizer = self._optimizer()
+        self.context = TrainContext(
+            train_labels=self.splits.train.labels, seed=cfg.train.seed, epochs=cfg.train.epochs,
+            batch_size=cfg.train.batch_size, m_per_class=cfg.train.m_per_class, device=self.device,
+            optimizer=self.optimizer, loss=getattr(self.criterion, "loss", None), run_dir=self.run_dir,
+            rank=self.rank, distributed=self.distributed, embed_fn=self._embed_train_set)
         # backbone parameters the configuration trains (frozen BN affine and freeze_backbone excluded):
         # exactly these are frozen during the warm-up and trained again after it
         self.backbone_trainable = [p for p in self.model.backbone.parameters() if p.requires_grad]
@@ -194,30 +202,35 @@ class Trainer:
             return None
         return cls(groups, lr=t.lr, weight_decay=t.weight_decay)
 
-    def train_loader(self, epoch: int) -> DataLoader:
-        """The epoch's batches. The head may schedule its own (`Head.epoch_batches`, each batch with a
-        tag); otherwise class-balanced MPerClassSampler batches. `loader.batch_tags[i]` is batch i's tag."""
+    def train_loader(self, epoch: int) -> tuple[DataLoader, list]:
+        """The epoch's batches and each batch's tag. The head may schedule its own (`Head.epoch_batches`,
+        each batch with a tag); otherwise class-balanced MPerClassSampler batches, untagged (None)."""
         t = self.cfg.train
-        scheduled = self.model.head.epoch_batches(self, epoch)
+        scheduled = self.model.head.epoch_batches(self.context, epoch)
         if scheduled is not None:
             batches = [[int(i) for i in idx] for idx, _ in scheduled]
             tags = [tag for _, tag in scheduled]
         else:
-            labels = self.splits.train.labels
-            n_classes = len(np.unique(labels))
-            batch = min(t.batch_size, n_classes * t.m_per_class)
-            batch -= batch % t.m_per_class
-            np.random.seed((t.seed * 100_003 + epoch) % 2**32)  # MPerClassSampler draws from np.random
-            sampler = MPerClassSampler(labels, t.m_per_class, batch_size=batch,
-                                       length_before_new_iter=max(len(labels), batch * self.world))
-            indices = list(iter(sampler))
-            batches = [indices[i:i + batch] for i in range(0, len(indices) - batch + 1, batch)]
+            batches = class_balanced_batches(self.splits.train.labels, t.m_per_class, t.batch_size,
+                                             seed=t.seed * 100_003 + epoch, min_batches=self.world)
             tags = [None] * len(batches)
         batches = batches[self.rank::self.world]  # DDP: same seeded order everywhere, disjoint shards
         loader = DataLoader(self.splits.train, batch_sampler=batches, num_workers=t.num_workers,
                             pin_memory=self.device.type == "cuda")
-        loader.batch_tags = tags[self.rank::self.world]
-        return loader
+        return loader, tags[self.rank::self.world]
+
+    @torch.no_grad()
+    def _embed_train_set(self, pool: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+        """`TrainContext.embed_train_set`: every train item with the test-time transform, in eval mode."""
+        data = copy.copy(self.splits.train)
+        if hasattr(data, "transform"):
+            data.transform = build_transform(self.cfg.data, train=False)
+        out = []
+        with evaluating(self.model):
+            for x, _, _ in DataLoader(data, batch_size=128, shuffle=False, num_workers=self.cfg.train.num_workers):
+                x = x.to(self.device)
+                out.append((self.model(x) if pool is None else pool(self.model.forward_features(x))).float().cpu())
+        return torch.cat(out).numpy()
 
     # ---- resume -----------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
@@ -265,31 +278,40 @@ class Trainer:
     def compute_losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.training_step(x, y)
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
+    def step(self, batch, tag=None) -> dict[str, float]:
+        """THE training step, as every epoch runs it: batch = (images, labels[, indices]); the head hears
+        the batch's tag (`on_batch_start`), the loss terms are computed under the trainer's autocast, then
+        backward and one optimiser step. Returns each term and their sum "loss" as floats. A non-finite
+        loss raises NonFiniteLoss before any gradient is applied."""
+        x, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
         self.training_step.train()
+        self.model.head.on_batch_start(self.context, tag)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            terms = self.compute_losses(x, y)
+        loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            bad = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            raise NonFiniteLoss(f"loss is not finite ({bad})")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {**{k: float(v.detach()) for k, v in terms.items()}, "loss": float(loss.detach())}
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
         seed_everything(self.cfg.train.seed * 100_003 + epoch)
-        loader = self.train_loader(epoch)
+        loader, tags = self.train_loader(epoch)
         sums: dict[str, float] = {}
         steps = 0
-        tags = getattr(loader, "batch_tags", None)
-        for step, (x, y, _) in enumerate(loader):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            self.model.head.on_batch_start(self, tags[step] if tags is not None else None)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-                terms = self.compute_losses(x, y)
-            loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                bad = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                raise NonFiniteLoss(f"loss is not finite at epoch {epoch}, step {step} ({bad})")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        for step, batch in enumerate(loader):
+            try:
+                values = self.step(batch, tags[step])
+            except NonFiniteLoss as err:
+                raise NonFiniteLoss(str(err).replace("not finite", f"not finite at epoch {epoch}, step {step}", 1)) from None
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
             steps += 1
             if self.progress and self.rank == 0:
-                self.progress(step + 1, len(loader), f"epoch {epoch + 1}/{self.cfg.train.epochs} loss {loss.item():.4f}")
+                self.progress(step + 1, len(loader), f"epoch {epoch + 1}/{self.cfg.train.epochs} loss {values['loss']:.4f}")
         return {k: v / max(steps, 1) for k, v in sums.items()}
 
     def validate(self) -> dict[str, float]:
@@ -357,7 +379,7 @@ class Trainer:
         self._prepare_run_dir()
         if self.epoch < t.epochs and self.rank == 0:  # training (again): earlier results no longer describe the weights
             (self.run_dir / ckpt.METRICS).unlink(missing_ok=True)
-        self.model.head.on_train_start(self)
+        self.model.head.on_train_start(self.context)
         if self.epoch == 0 and not self.history and self.rank == 0 and t.epochs > 0:
             self.evaluate_start()
         if not (self.run_dir / ckpt.WEIGHTS).exists() and self.rank == 0:
@@ -379,7 +401,8 @@ class Trainer:
                 self.set_warmup(warm)
                 if self.backbone_trainable and self.warmup_epochs and self.rank == 0:
                     log.info("epoch %d: %s", epoch, self._describe_warmup(warm))
-            self.model.head.on_epoch_start(self, epoch)
+            self.context.epoch = epoch
+            self.model.head.on_epoch_start(self.context, epoch)
             try:
                 row = {"epoch": epoch, **self.train_epoch(epoch)}
             except NonFiniteLoss as err:
@@ -391,7 +414,7 @@ class Trainer:
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
                 metrics = self.validate() if self.rank == 0 else {}
             row.update(metrics)
-            self.model.head.on_epoch_end(self, epoch, metrics)
+            self.model.head.on_epoch_end(self.context, epoch, metrics)
             row["seconds"] = round(time.time() - start, 2)
             self.history.append(row)
             if self.rank == 0:

@@ -1,5 +1,5 @@
-"""Shared helpers for the head/block tests: a fixed real `shapes` batch, a short overfitting run with
-the trainer's loss composition, and a save/load round trip through a run directory."""
+"""Shared helpers for the head/block tests: a fixed real `shapes` batch, a short overfitting run through
+`Trainer.step` (the trainer's own step), and a save/load round trip through a run directory."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +12,7 @@ from core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from core.data import build_datasets
 from core.losses import build_criterion
 from core.models.embedder import build_model
-from core.train import TrainingStep
+from core.train import Trainer, TrainingStep
 
 
 def shapes_batch(n_classes: int = 4, per_class: int = 4, seed: int = 0, size: int = 32):
@@ -41,20 +41,20 @@ def loss_terms(model, criterion, x, y) -> dict[str, torch.Tensor]:
     return TrainingStep(model, criterion)(x, y)
 
 
-def overfit(model, criterion, x, y, steps: int = 12, lr: float = 1e-3) -> list[float]:
-    """Train on one fixed batch; returns the loss of every step."""
+def trainer_for(model_cfg: ModelConfig, splits, run_dir: Path, lr: float = 1e-3, **train) -> Trainer:
+    """A real `Trainer` on `splits` (CPU, multi_similarity without a miner) whose head has heard
+    `on_train_start`, ready for `Trainer.step`. Nothing is written until `fit`."""
+    cfg = RunConfig(model=model_cfg, train=TrainConfig(device="cpu", loss="multi_similarity", miner=None, lr=lr,
+                                                       **train))
+    trainer = Trainer(cfg, run_dir, splits=splits)
+    trainer.model.head.on_train_start(trainer.context)
+    return trainer
+
+
+def overfit(trainer: Trainer, x, y, steps: int = 12) -> list[float]:
+    """`Trainer.step` on one fixed batch; returns the loss of every step."""
     torch.manual_seed(0)
-    params = [p for p in list(model.parameters()) + list(criterion.parameters()) if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    model.train()
-    history = []
-    for _ in range(steps):
-        loss = sum(loss_terms(model, criterion, x, y).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(float(loss.detach()))
-    return history
+    return [trainer.step((x, y))["loss"] for _ in range(steps)]
 
 
 def assert_falling(history: list[float], window: int = 3) -> None:

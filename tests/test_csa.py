@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from core.config import BlockConfig, ModelConfig
 from core.models.blocks.csa import CompressedSelfAttention2d, NonLocal2d, attention_at
 from core.registry import MAP_DESCRIPTIONS
-from heads_testing import assert_falling, build, loss_terms, overfit, round_trip, shapes_batch
+from heads_testing import assert_falling, build, loss_terms, overfit, round_trip, shapes_batch, trainer_for
 
 
 def _block(channels=16, groups=2, num_bases=8, gamma=0.8, **kw):
@@ -161,8 +161,9 @@ def test_trains_on_shapes_and_round_trips(tmp_path):
     x, y, splits = shapes_batch(n_classes=4, per_class=4)
     cfg = ModelConfig(backbone="convnet", stage="stage3", head="gap", embed_dim=32,
                       blocks=[BlockConfig("csa", "stage2", {"num_bases": 8})])
-    model, criterion = build(cfg, splits.num_train_classes)
-    assert_falling(overfit(model, criterion, x, y, steps=12))
+    trainer = trainer_for(cfg, splits, tmp_path / "run")
+    model = trainer.model
+    assert_falling(overfit(trainer, x, y, steps=12))
     assert float(model.blocks["stage2"][0].gamma.detach().abs()) > 0           # the residual branch was switched on
     model.eval()
     loaded = round_trip(model, cfg, tmp_path, splits.num_train_classes)

@@ -4,19 +4,18 @@ trainer run with growth (slow)."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
 
 from core import checkpoint as ckpt
-from core.config import ModelConfig, RunConfig, TrainConfig
-from core.losses import build_criterion, dsl_margin_loss, dsl_triplets
+from core.config import ModelConfig, RunConfig
+from core.losses import dsl_margin_loss, dsl_triplets
 from core.models.embedder import build_model
 from core.models.heads.dsl import DSLHead, taylor_candidates
 from core.models.heads.dsl_clusters import drop_singleton_classes, min_cost_reassign
-from heads_testing import shapes_batch
+from core.train_context import TrainContext
+from heads_testing import shapes_batch, trainer_for
 
 D = 64
 
@@ -68,7 +67,7 @@ def test_splits_keep_a_partition_and_the_kept_weights():
     opt = torch.optim.Adam(params, lr=1e-3)
     (head.train()(torch.randn(4, 16, 5, 5)).embedding.sum()).backward()
     opt.step()  # Adam moments exist
-    trainer = SimpleNamespace(optimizer=opt, cfg=SimpleNamespace(train=SimpleNamespace(seed=0)))
+    ctx = TrainContext(train_labels=np.zeros(0, np.int64), optimizer=opt)   # what a head's hooks see
     rng = np.random.default_rng(0)
     for step in range(4):
         a, b = head.learners[-1]
@@ -76,7 +75,7 @@ def test_splits_keep_a_partition_and_the_kept_weights():
         w, bias = head.proj.weight.detach().clone(), head.proj.bias.detach().clone()
         moments = {k: v.clone() for k, v in opt.state[head.proj.weight].items() if torch.is_tensor(v) and v.dim() == 2}
         others = head.learners[:-1]
-        event = head.apply_split({"keep": keep, "decided_epoch": step}, trainer, epoch=step + 1)
+        event = head.apply_split({"keep": keep, "decided_epoch": step}, ctx, epoch=step + 1)
         assert_partition(head)
         assert len(head.learners) == step + 2
         cut = a + len(keep)
@@ -183,27 +182,19 @@ def test_save_load_round_trip_reproduces_embeddings_and_learners(tmp_path):
     assert [e["decided_epoch"] for e in loaded.head.events] == [3, 6]
 
 
-def test_training_steps_on_real_shapes_batches_lower_each_learner_loss():
-    x, y, _ = shapes_batch(n_classes=4, per_class=4)
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(head="dsl", embed_dim=32, head_args={"learners": 2}), num_classes=4)
-    criterion = build_criterion(TrainConfig(loss="margin"), 4, 32)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
+def test_training_steps_on_real_shapes_batches_lower_each_learner_loss(tmp_path):
+    x, y, splits = shapes_batch(n_classes=4, per_class=4)
+    trainer = trainer_for(ModelConfig(head="dsl", embed_dim=32, head_args={"learners": 2}), splits, tmp_path,
+                          optimizer="adam", weight_decay=0.0)
     history = {0: [], 1: []}
     for step in range(16):
         tag = step % 2                                    # batches of cluster 0 and 1 interleaved
-        model.head.on_batch_start(None, tag)
-        out = model(x, with_features=True)[0]
-        loss = sum(model.head.loss(out, y, criterion).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history[tag].append(float(loss.detach()))
+        history[tag].append(trainer.step((x, y), tag)["loss"])
     for tag, h in history.items():
         assert np.mean(h[-2:]) < 0.9 * np.mean(h[:2]), (tag, h)
+    model = trainer.model
     model.head.on_batch_start(None, None)                 # untagged (fine-tuning): the whole vector
-    assert torch.isfinite(model.head.loss(model(x, with_features=True)[0], y, criterion)["dml"])
+    assert torch.isfinite(model.head.loss(model(x, with_features=True)[0], y, None)["dml"])
 
 
 @pytest.mark.slow
@@ -298,7 +289,7 @@ def test_new_rows_after_a_split_take_nominal_adam_steps(optimizer):
     lr, wd = 1e-3, 0.01
     opt = optimizer([head.proj.weight, head.proj.bias], lr=lr, weight_decay=wd if optimizer is torch.optim.AdamW else 0)
     feats, target = torch.randn(6, 16, 3, 3), torch.randn(6, D)
-    trainer = SimpleNamespace(optimizer=opt, cfg=SimpleNamespace(train=SimpleNamespace(seed=0)))
+    ctx = TrainContext(train_labels=np.zeros(0, np.int64), optimizer=opt)   # what a head's hooks see
 
     def step():
         opt.zero_grad()
@@ -307,7 +298,7 @@ def test_new_rows_after_a_split_take_nominal_adam_steps(optimizer):
 
     for _ in range(300):                                       # a long-running optimiser (step count 300)
         step()
-    head.apply_split({"keep": list(range(20)), "decided_epoch": 0}, trainer, epoch=1)
+    head.apply_split({"keep": list(range(20)), "decided_epoch": 0}, ctx, epoch=1)
     cut = 20
     for n in range(3):
         before = head.proj.weight.detach().clone()

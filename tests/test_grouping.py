@@ -13,7 +13,7 @@ from core.losses import distance_weighted_probs, distance_weighted_triplets, mar
 from core.models.heads.grouping import GroupingHead, diversity_loss
 from core.registry import MAP_DESCRIPTIONS
 from core.train import Trainer
-from heads_testing import assert_falling, build, overfit, round_trip, shapes_batch
+from heads_testing import assert_falling, overfit, round_trip, shapes_batch, trainer_for
 
 
 def test_invariant_to_spatial_permutation():
@@ -72,7 +72,7 @@ def test_per_group_margin_is_dgmls_with_beta_in_its_own_group(tmp_path):
     assert len(beta_group) == 1 and beta_group[0]["lr"] == 5e-3 and beta_group[0]["weight_decay"] == 0.0
     query_group = [g for g in trainer.optimizer.param_groups if any(p is head.queries for p in g["params"])][0]
     assert query_group["weight_decay"] == 0.001 and query_group["lr"] == 1e-3
-    head.on_train_start(trainer)
+    head.on_train_start(trainer.context)
     terms = trainer.compute_losses(x, y)                            # labels are global, non-contiguous ids
     assert set(terms) == {"dml", "diversity"}
     sum(terms.values()).backward()
@@ -124,8 +124,9 @@ def test_distance_weighted_sampler_never_draws_the_anchors_class():
 def test_trains_on_shapes_and_round_trips(tmp_path):
     x, y, splits = shapes_batch(n_classes=4, per_class=4)
     cfg = ModelConfig(backbone="convnet", stage="stage3", head="grouping", embed_dim=48)
-    model, criterion = build(cfg, splits.num_train_classes)
-    assert_falling(overfit(model, criterion, x, y, steps=12))
+    trainer = trainer_for(cfg, splits, tmp_path / "run")
+    model = trainer.model
+    assert_falling(overfit(trainer, x, y, steps=12))
     model.eval()
     loaded = round_trip(model, cfg, tmp_path, splits.num_train_classes)
     with torch.no_grad():

@@ -12,7 +12,7 @@ from core.config import ModelConfig
 from core.models.heads.gsp import GSPHead, ZeroShotRegression, greedy_k_center, greedy_k_center_tf, lipschitz_normalize
 from core.models.optimal_transport import partial_transport
 from core.registry import MAP_DESCRIPTIONS
-from heads_testing import assert_falling, build, overfit, round_trip, shapes_batch
+from heads_testing import assert_falling, overfit, round_trip, shapes_batch, trainer_for
 
 
 def _costs(b=3, m=5, h=4, w=3, dtype=torch.float64, seed=0):
@@ -127,8 +127,9 @@ def test_trains_on_shapes_and_round_trips(tmp_path):
     x, y, splits = shapes_batch(n_classes=4, per_class=4)
     cfg = ModelConfig(backbone="convnet", stage="stage3", head="gsp", embed_dim=32,
                       head_args={"num_prototypes": 8, "memory_size": 16, "iterations": 50})
-    model, criterion = build(cfg, splits.num_train_classes)
-    history = overfit(model, criterion, x, y, steps=12)            # batch 16: the memory fills at step 1
+    trainer = trainer_for(cfg, splits, tmp_path / "run")
+    model = trainer.model
+    history = overfit(trainer, x, y, steps=12)            # batch 16: the memory fills at step 1
     assert int(model.head.ready) == 1                               # the OT pooling was active
     assert_falling(history[1:])                                     # the steps with transport pooling
     model.eval()

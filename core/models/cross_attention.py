@@ -112,7 +112,8 @@ class CrossAttentionLayer(nn.Module):
 
 class CrossImageAttention(nn.Module):
     """Training-only CIA branch. `pairwise(emb, features)` -> (S B×B, attention B×B×L×H×h×w);
-    `loss(out, features, labels, criterion)` -> {"cia": weight · criterion on S}."""
+    `loss(out, features, labels, criterion)` -> {"cia": weight · criterion on S}, where `criterion` is
+    the branch's own, built and passed in by the trainer (`core.losses.cia_criterion`)."""
 
     def __init__(self, embed_dim: int, feature_channels: int, layers: int = 2, heads: int = 8,
                  weight: float = 1.0, mlp_ratio: float = 2.0, symmetric: bool = True,
@@ -126,7 +127,7 @@ class CrossImageAttention(nn.Module):
         self.layers = nn.ModuleList(CrossAttentionLayer(embed_dim, feature_channels, heads, mlp_ratio)
                                     for _ in range(layers))
         self.loss_name, self.loss_args, self.miner_name = loss, dict(loss_args or {}), miner
-        self._cond: tuple[nn.Module, nn.Module | None] | None = None
+        self._cond: tuple[object, tuple[nn.Module, nn.Module | None]] | None = None  # (criterion, its copy)
 
     def conditional_embeddings(self, emb, features, need_attention: bool = True):
         """(E B×B×D with E[i, j] = eᴸ_{i|j}, attention B×B×L×H×h×w or None)."""
@@ -158,14 +159,16 @@ class CrossImageAttention(nn.Module):
         return self.pairwise(emb, features)
 
     def conditional_criterion(self, criterion):
-        """(loss, miner) for S: copies of the given criterion's PML objects with the distance swapped. The
-        trainer injects the criterion (`core.losses.cia_criterion`: the configured `model.cia.loss`/`miner`,
-        or its own, unwrapped from torchrun's gathering wrappers). Learnable loss state (a learnable β) is
-        copied once and not trained here."""
-        if self._cond is None:
+        """(loss, miner) for S: copies of `criterion`'s PML loss and miner with the distance swapped.
+        `criterion` is the one the trainer built for this branch (`core.losses.cia_criterion`: the
+        configured `model.cia.loss`/`miner`, or the trainer's own, unwrapped from the torchrun wrappers);
+        it is injected so that this module needs nothing from `core.losses`. Learnable loss state (a
+        learnable β) is copied once and not trained here."""
+        if self._cond is None or self._cond[0] is not criterion:
             miner = getattr(criterion, "miner", None)
-            self._cond = (_swap_distance(criterion.loss), _swap_distance(miner) if miner is not None else None)
-        return self._cond
+            self._cond = (criterion, (_swap_distance(criterion.loss),
+                                      _swap_distance(miner) if miner is not None else None))
+        return self._cond[1]
 
     def conditional_loss(self, S: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor, criterion) -> torch.Tensor:
         loss, miner = self.conditional_criterion(criterion)

@@ -13,6 +13,7 @@ from core.models import heads as _heads  # noqa: F401  (registers heads)
 from core.models.backbones import Backbone, batchnorm_layers, freeze_batchnorm
 from core.models.cross_attention import build_cia
 from core.models.heads.base import Head, HeadOutput
+from core.models.mode import evaluating
 from core.registry import BACKBONES, BLOCKS, HEADS
 
 
@@ -82,15 +83,11 @@ class Embedder(nn.Module):
     @torch.no_grad()
     def explain(self, x: torch.Tensor) -> Explanation:
         """Embedding plus every named map of the head and the blocks (computed in eval mode)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             features, block_maps = self.forward_features(x, return_maps=True)  # returned, never stored
             out = self.forward_head(features)
             maps = {**out.maps, **block_maps}
             return Explanation(out.embedding, maps, self.head.groups, dict(out.extras))
-        finally:
-            self.train(was_training)
 
     def block_modules(self) -> list[nn.Module]:
         return [block for mods in self.blocks.values() for block in mods]

@@ -21,12 +21,23 @@ class Head(nn.Module):
     Subclasses set `out_dim`, implement `forward`, and may override:
       - `groups`: which embedding dims form each group/subspace (similarity splits into per-group terms);
       - `loss`: the head's training objective given the DML criterion (default: criterion on the embedding);
-      - trainer hooks `on_train_start / on_epoch_start / on_epoch_end` (e.g. DSL's learner growth);
+      - training hooks `on_train_start / on_epoch_start / on_epoch_end` (e.g. DSL's learner growth);
       - batch schedule `epoch_batches` + `on_batch_start`: the head chooses the epoch's batches and
         gets each batch's tag before its forward pass (e.g. DSL's per-cluster batches);
       - `extra_state / load_extra_state`: JSON state saved next to the weights (e.g. DSL's learners);
       - `param_groups`: optimiser groups with their own `lr_scale` (× the head lr) / `weight_decay`
         (e.g. DGML's β at 5× the lr); parameters not listed stay in the trainer's head group.
+
+    The hook contract: every hook receives a `core.train_context.TrainContext` (`ctx`), never the Trainer.
+    It carries the train labels (global class ids, train-set order), seed, epochs, batch size and
+    m_per_class, device, the epoch being run, the optimiser (e.g. to move or reset Adam moments of
+    re-initialised rows), the trainer's loss (to refuse kinds the head cannot use), `embed_train_set(pool)`
+    (every train item, test-time transform, eval mode) and `write_artifact(name, obj)` / `read_artifact(name)`
+    (atomic files in the run directory, rank 0 only; a head never writes files itself). Order per run:
+    `on_train_start(ctx)`; per epoch `on_epoch_start(ctx, epoch)`, `epoch_batches(ctx, epoch)`, then per
+    batch `on_batch_start(ctx, tag)` inside `Trainer.step`, and `on_epoch_end(ctx, epoch, val_metrics)`
+    after validation (metrics empty on epochs without one). Hooks run on every rank; they may be called
+    with `ctx=None` by tests that drive a head alone, where nothing needs the context.
     """
 
     out_dim: int
@@ -45,18 +56,18 @@ class Head(nn.Module):
     def loss(self, out: HeadOutput, labels: torch.Tensor, criterion) -> dict[str, torch.Tensor]:
         return {"dml": criterion(out.embedding, labels)}
 
-    # ---- trainer hooks (no-ops by default) ----
-    def on_train_start(self, trainer) -> None: ...
-    def on_epoch_start(self, trainer, epoch: int) -> None: ...
-    def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None: ...
+    # ---- training hooks (no-ops by default); ctx: core.train_context.TrainContext ----
+    def on_train_start(self, ctx) -> None: ...
+    def on_epoch_start(self, ctx, epoch: int) -> None: ...
+    def on_epoch_end(self, ctx, epoch: int, metrics: dict) -> None: ...
 
     # ---- batch schedule (default: the trainer's class-balanced sampler, untagged batches) ----
-    def epoch_batches(self, trainer, epoch: int) -> list[tuple[list[int], Any]] | None:
+    def epoch_batches(self, ctx, epoch: int) -> list[tuple[list[int], Any]] | None:
         """The epoch's batches as `(train-set indices, tag)` pairs, or None for the trainer's default
         sampler. Called after `on_epoch_start`; the trainer passes each tag to `on_batch_start`."""
         return None
 
-    def on_batch_start(self, trainer, tag: Any) -> None: ...
+    def on_batch_start(self, ctx, tag: Any) -> None: ...
 
     def param_groups(self) -> list[dict]:
         """[{"params": [...], "lr_scale": float (default 1), "weight_decay": float | None (trainer's)}]."""

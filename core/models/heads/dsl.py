@@ -41,7 +41,8 @@ Training (§2.2, official `train.py`): divide and conquer plus dynamic learner a
 A split decided at the end of epoch e is applied at the start of epoch e+1, so the weights the
 trainer saves at epoch e are the ones it evaluated. Every split is written to
 RUN_DIR/dsl_events.json (atomically; also kept in `extra_state`) for the dashboard to replay.
-The clustering and per-cluster batching are plain functions in `dsl_clusters.py`.
+The head is this file; the growth policy (Taylor importance, the rule, the split) is `dsl_growth.py`,
+the clustering and per-cluster batch schedule `dsl_clusters.py`, per-row Adam steps `dsl_adam.py`.
 
 `per_learner_attention: true` (NOT in the paper or the official code): one attention map per
 learner, from a shared trunk and a final conv with `max_learners` output channels, so no parameter
@@ -49,26 +50,26 @@ ever changes shape; a new learner starts from its parent's map.
 """
 from __future__ import annotations
 
-import copy
-import logging
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.io import atomic_save_npy, write_json
 from core.losses import dsl_margin_loss
 from core.models.heads.base import Head, HeadOutput
 from core.models.heads.dsl_adam import FreshRows
-from core.models.heads.dsl_clusters import kmeans_clusters, round_robin_cluster_batches
+from core.models.heads.dsl_clusters import ClusterSchedule
+from core.models.heads.dsl_growth import LearnerGrowth, taylor_candidates  # noqa: F401  (taylor_candidates: public here too)
 from core.registry import register_head, register_map
 from core.run_dir import DSL_CLUSTERS, DSL_EVENTS
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from core.train_context import TrainContext
 
-EVENTS_FILE, CLUSTERS_FILE = DSL_EVENTS, DSL_CLUSTERS
+EVENTS_FILE, CLUSTERS_FILE = DSL_EVENTS, DSL_CLUSTERS   # learners/splits/epoch log for the dashboard; last clustering for resume
 
 register_map("dsl_attention", "DSL spatial attention (sigmoid, in (0,1)) that weights the features before average "
                               "pooling; shared by all learners (with per-learner attention: their mean)")
@@ -94,23 +95,11 @@ class SpatialAttention(nn.Module):
         return torch.sigmoid(self.layers(features))
 
 
-def taylor_candidates(score_sum: torch.Tensor, learner: slice, threshold: float) -> tuple[list[int], list[float]]:
-    """Neurons of `learner` whose normalised Taylor importance exceeds `threshold`, most important first.
-
-    v = |s| / ‖s‖₂, then min–max scaled to [0, 1] (official `FilterLearner.normalize_ranks`)."""
-    s = score_sum[learner].double().abs()
-    v = s / torch.sqrt((s * s).sum() + 1e-8)
-    spread = v.max() - v.min()
-    if not torch.isfinite(spread) or spread <= 0:
-        return [], []
-    v = (v - v.min()) / spread
-    order = torch.argsort(v, descending=True, stable=True)
-    keep = [int(i) for i in order if v[i] > threshold]
-    return [learner.start + i for i in keep], [round(float(v[i]), 4) for i in keep]
-
-
 @register_head("dsl")
-class DSLHead(Head):
+class DSLHead(LearnerGrowth, ClusterSchedule, Head):
+    """The DSL head: attention, pooling, the per-learner embedding and loss; growth (`LearnerGrowth`,
+    dsl_growth.py) and the per-cluster batch schedule (`ClusterSchedule`, dsl_clusters.py) are mixins."""
+
     def __init__(self, in_channels: int, embed_dim: int, num_classes=None, *,
                  learners: int = 1,               # initial learners (equal contiguous splits, as `init_splitted`)
                  dynamic: bool = True,            # add learners by splitting (False: fixed-K divide and conquer)
@@ -249,216 +238,32 @@ class DSLHead(Head):
             return {"dml": dsl_margin_loss(z.float(), labels, self.margin_beta, self.margin, self.neg_cutoff)}
         return {"dml": criterion(z, labels)}
 
-    def on_batch_start(self, trainer, tag) -> None:
+    def on_batch_start(self, ctx: TrainContext | None, tag) -> None:
         self._tag = tag
 
-    # ---- Taylor importance ------------------------------------------------------------------------
-    def _collect_taylor(self) -> bool:
-        return self.dynamic and not self.in_finetune()
-
-    def _taylor_hook(self, activation: torch.Tensor):
-        def hook(grad):
-            with torch.no_grad():
-                self.taylor_sum += (activation.double() * grad.double()).sum(0)
-                self.taylor_count += activation.shape[0]
-        return hook
-
-    def reset_taylor(self) -> None:
-        self.taylor_sum.zero_()
-        self.taylor_count = 0
-
     # ---- trainer hooks ----------------------------------------------------------------------------
-    def on_train_start(self, trainer) -> None:
-        epochs = trainer.cfg.train.epochs
+    def on_train_start(self, ctx: TrainContext) -> None:
         if self.finetune_epoch is None:
-            self.finetune_epoch = self.finetune_epoch_cfg if self.finetune_epoch_cfg is not None else int(round(epochs * 5 / 6))
-        self.fresh.attach(getattr(trainer, "optimizer", None), self._row_params())
-        loss = getattr(trainer.criterion, "loss", None)
-        if self.loss_name == "criterion" and loss is not None and any(hasattr(loss, n) for n in ("proxies", "W")):
+            self.finetune_epoch = self.finetune_epoch_cfg if self.finetune_epoch_cfg is not None else int(round(ctx.epochs * 5 / 6))
+        self.fresh.attach(ctx.optimizer, self._row_params())
+        if self.loss_name == "criterion" and ctx.loss is not None and any(hasattr(ctx.loss, n) for n in ("proxies", "W")):
             raise ValueError("dsl trains each learner on a slice of the embedding; use a pair-based loss "
                              "(margin, multi_similarity, triplet, contrastive), not a proxy/classifier loss")
-        if getattr(trainer, "distributed", False) and self.dynamic:
+        if ctx.distributed and self.dynamic:
             raise NotImplementedError("dsl learner growth under torchrun is not supported yet "
                                       "(the growth metric lives on rank 0 only); train on one process")
-        path = trainer.run_dir / CLUSTERS_FILE
-        if self.assign is None and path.exists() and len(self.learners) > 1:  # resume: previous clustering
-            saved = np.load(path)
-            if len(saved) == len(trainer.splits.train):
-                self.assign, self.assign_epoch = saved.astype(np.int64), -1
-                self._assign_k = int(self.assign.max()) + 1
+        self.resume_clusters(ctx)
 
-    def on_epoch_start(self, trainer, epoch: int) -> None:
+    def on_epoch_start(self, ctx: TrainContext | None, epoch: int) -> None:
         self._epoch = epoch
         self._tag = None
         if self.pending is not None:
-            self.apply_split(self.pending, trainer, epoch)
+            self.apply_split(self.pending, ctx, epoch)
         self.reset_taylor()
 
-    def epoch_batches(self, trainer, epoch: int):
-        if self.in_finetune(epoch) or len(self.learners) == 1:
-            return None  # the trainer's class-balanced sampler over all data; loss on the whole vector
-        k = len(self.learners)
-        stale = self.assign is None or int(self.assign.max()) + 1 > k
-        grew = self.recluster_on_growth and self.assign is not None and self.assign_k != k
-        due = epoch > 0 and epoch % self.recluster_every == 0 and self.assign_epoch != epoch
-        if stale or grew or due:
-            self.recluster(trainer, epoch)
-        batches = self.cluster_batches(trainer, epoch)
-        if not batches:  # no cluster holds two classes: train the whole embedding this epoch
-            log.warning("dsl: epoch %d has no cluster with two classes; using the default sampler", epoch)
-            return None
-        return batches
-
-    @property
-    def assign_k(self) -> int:
-        return self._assign_k if self.assign is not None else 0
-
-    def recluster(self, trainer, epoch: int) -> None:
-        k = len(self.learners)
-        self.assign = kmeans_clusters(self._train_penultimate(trainer), k, np.asarray(trainer.splits.train.labels),
-                                      previous=self.assign, niter=self.kmeans_niter, nredo=self.kmeans_nredo,
-                                      seed=int(trainer.cfg.train.seed) * 1000 + epoch + 1)
-        self.assign_epoch, self._assign_k = epoch, k
-        sizes = np.bincount(self.assign[self.assign >= 0], minlength=k).tolist()
-        log.info("dsl: epoch %d re-clustered the train set into %d clusters of sizes %s", epoch, k, sizes)
-
-    def _train_penultimate(self, trainer) -> np.ndarray:
-        """L2norm(GAP(F⊙A)) of every train item, test-time transform (official `init` loader)."""
-        from torch.utils.data import DataLoader
-
-        from core.data import build_transform
-
-        data = copy.copy(trainer.splits.train)
-        if hasattr(data, "transform"):
-            data.transform = build_transform(trainer.cfg.data, train=False)
-        model = trainer.model
-        was_training = model.training
-        model.eval()
-        out = []
-        try:
-            with torch.no_grad():
-                for x, _, _ in DataLoader(data, batch_size=128, shuffle=False, num_workers=trainer.cfg.train.num_workers):
-                    out.append(self.penultimate(model.forward_features(x.to(trainer.device))).float().cpu())
-        finally:
-            model.train(was_training)
-        return torch.cat(out).numpy()
-
-    def cluster_batches(self, trainer, epoch: int) -> list[tuple[list[int], int]]:
-        t = trainer.cfg.train
-        return round_robin_cluster_batches(self.assign, np.asarray(trainer.splits.train.labels), len(self.learners),
-                                           t.batch_size, t.m_per_class, seed=(t.seed * 100_003 + epoch * 101) % 2**32)
-
-    def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None:
-        value = metrics.get(f"val_{self.growth_metric}")
-        if value is None and metrics and not self._warned_no_val:
-            log.warning("dsl: no val_%s in the validation metrics (keys: %s); learners grow only on the "
-                        "validation part of the train classes (data.val_classes > 0), never on test classes",
-                        self.growth_metric, ", ".join(sorted(metrics)))
-            self._warned_no_val = True
-        if value is not None and (self.best_value is None or value > self.best_value):
-            self.best_value, self.best_epoch, self.explore = float(value), epoch, True
-        decision = self.decide_growth(epoch)
-        if decision.get("split"):
-            self.pending = {"decided_epoch": epoch, "metric": self.growth_metric,
-                            "value": None if value is None else float(value), "best_value": self.best_value,
-                            "best_epoch": self.best_epoch, "keep": decision["keep"], "scores": decision["scores"]}
-            self.explore = False
-        self.epoch_log.append({"epoch": epoch, "learners": [b - a for a, b in self.learners],
-                               self.growth_metric: None if value is None else round(float(value), 5),
-                               "best_epoch": self.best_epoch, "phase": "finetune" if self.in_finetune(epoch) else
-                               ("divide_and_conquer" if len(self.learners) > 1 else "single"),
-                               "growth": decision.get("reason", "")})
-        self.write_events(trainer)
-
-    # ---- growth -----------------------------------------------------------------------------------
-    def growth_blocked(self, epoch: int) -> str | None:
-        """Why no learner may be added after `epoch` (None: the rule allows one; §2.2 step 4)."""
-        if not self.dynamic:
-            return "dynamic growth off"
-        if self.pending is not None:
-            return "a split is already pending"
-        if epoch <= 0:
-            return "epoch 0"
-        if self.finetune_epoch is not None and epoch >= self.finetune_epoch:
-            return "fine-tuning phase"
-        if self.best_epoch is None:
-            return f"no val_{self.growth_metric} yet"
-        if epoch < self.best_epoch + self.patience:
-            return f"patience ({epoch - self.best_epoch}/{self.patience} epochs without improvement)"
-        if not self.explore:
-            return "already split since the last improvement"
-        if self.max_learners is not None and len(self.learners) >= self.max_learners:
-            return f"max_learners ({self.max_learners}) reached"
-        return None
-
-    def decide_growth(self, epoch: int) -> dict:
-        blocked = self.growth_blocked(epoch)
-        if blocked:
-            return {"split": False, "reason": blocked}
-        a, b = self.learners[-1]
-        if b - a <= self.min_split_size:
-            return {"split": False, "reason": f"last learner has {b - a} neurons (needs > {self.min_split_size})"}
-        if self.taylor_count == 0:
-            return {"split": False, "reason": "no Taylor statistics this epoch"}
-        keep, scores = taylor_candidates(self.taylor_sum, slice(a, b), self.threshold)
-        if len(keep) < self.min_candidates:
-            return {"split": False, "reason": f"{len(keep)} important neurons (needs ≥ {self.min_candidates})"}
-        if len(keep) >= b - a:
-            return {"split": False, "reason": "every neuron is important; nothing left for a new learner"}
-        return {"split": True, "reason": f"split: keep {len(keep)} of {b - a}", "keep": keep, "scores": scores}
-
-    def _reinit_rows(self, start: int, stop: int, generator: torch.Generator | None) -> None:
-        """Xavier-normal weights (gain 1) and a fresh nn.Linear-style bias for rows start:stop."""
-        fan_in, n = self.proj.in_features, stop - start
-        std = math.sqrt(2.0 / (fan_in + n))
-        bound = 1 / math.sqrt(fan_in)
-        w = self.proj.weight
-        self.proj.weight.data[start:stop] = torch.randn(n, fan_in, generator=generator, dtype=w.dtype).to(w.device) * std
-        self.proj.bias.data[start:stop] = (torch.rand(n, generator=generator, dtype=w.dtype).to(w.device) * 2 - 1) * bound
-
-    @torch.no_grad()
-    def apply_split(self, pending: dict, trainer=None, epoch: int | None = None) -> dict:
-        """Split the last learner: the `keep` neurons move to its front (weights unchanged), the rest
-        of its slots are re-initialised as a new learner. Returns the growth event."""
-        a, b = self.learners[-1]
-        keep = [int(i) for i in pending["keep"]]
-        if not keep or any(not a <= i < b for i in keep) or len(set(keep)) != len(keep) or len(keep) >= b - a:
-            raise ValueError(f"dsl: invalid split of learner {(a, b)} keeping {keep}")
-        before = [list(range(s, e)) for s, e in self.learners]
-        cut = a + len(keep)
-        source = torch.tensor(keep, device=self.proj.weight.device)
-        params = [self.proj.weight, self.proj.bias]
-        moved = {p: p.data[source].clone() for p in params}  # clone first: slots and sources overlap
-        for p in params:
-            p.data[a:cut] = moved[p]
-        seed = int(trainer.cfg.train.seed) if trainer is not None else 0
-        gen = torch.Generator().manual_seed(seed * 100_003 + 7919 * (len(self.learners) + 1) + (epoch or 0))
-        self._reinit_rows(cut, b, gen)
-        if trainer is not None and getattr(trainer, "optimizer", None) is not None:
-            for p in params:  # Adam moments follow their neurons
-                for key, st in trainer.optimizer.state.get(p, {}).items():
-                    if torch.is_tensor(st) and st.shape == p.shape:
-                        st[a:cut] = st[source.to(st.device)].clone()
-            self.fresh.attach(trainer.optimizer, self._row_params())
-            for name in ("proj.weight", "proj.bias"):  # the re-initialised rows start as under a fresh Adam
-                self.fresh.reset(name, cut, b)
-        k = len(self.learners)
-        if self.per_learner_attention:  # the new learner starts from its parent's attention map
-            last = self.attention.last
-            last.weight.data[k] = last.weight.data[k - 1]
-            last.bias.data[k] = last.bias.data[k - 1]
-        self.learners = self.learners[:-1] + [(a, cut), (cut, b)]
-        self.pending = None
-        event = {**pending, "applied_epoch": epoch, "learners_before": before,
-                 "learners_after": [list(range(s, e)) for s, e in self.learners],
-                 "moved": {str(a + i): src for i, src in enumerate(keep)}, "reinitialised": list(range(cut, b))}
-        self.events.append(event)
-        log.info("dsl: learner %d split after epoch %s: kept %d neurons, new learner of %d (K=%d)",
-                 k - 1, pending.get("decided_epoch"), len(keep), b - cut, len(self.learners))
-        return event
-
-    def _row_params(self) -> dict[str, nn.Parameter]:
-        return {"proj.weight": self.proj.weight, "proj.bias": self.proj.bias}
+    def on_epoch_end(self, ctx: TrainContext, epoch: int, metrics: dict) -> None:
+        self.record_epoch(epoch, metrics)
+        self.write_events(ctx)
 
     # ---- persistence ------------------------------------------------------------------------------
     def events_payload(self) -> dict:
@@ -466,12 +271,13 @@ class DSLHead(Head):
                 "events": self.events, "epochs": self.epoch_log, "growth_metric": self.growth_metric,
                 "finetune_epoch": self.finetune_epoch, "per_learner_attention": self.per_learner_attention}
 
-    def write_events(self, trainer) -> None:
-        if trainer is None or getattr(trainer, "rank", 0) != 0 or not hasattr(trainer, "run_dir"):
+    def write_events(self, ctx: TrainContext | None) -> None:
+        """The growth record (and the clustering, for resume) into the run directory, for the dashboard."""
+        if ctx is None:
             return
-        write_json(trainer.run_dir / EVENTS_FILE, self.events_payload())
+        ctx.write_artifact(EVENTS_FILE, self.events_payload())
         if self.assign is not None:
-            atomic_save_npy(trainer.run_dir / CLUSTERS_FILE, self.assign)
+            ctx.write_artifact(CLUSTERS_FILE, self.assign)
 
     def extra_state(self) -> dict:
         return {"learners": [[a, b] for a, b in self.learners], "best_value": self.best_value,

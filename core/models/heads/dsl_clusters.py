@@ -1,9 +1,21 @@
 """DSL's divide-and-conquer bookkeeping (methods.md §2.2, official `clustering.py` / `train.py`), kept apart
 from the head so that each step is a plain function of arrays: cluster the train set, keep cluster ids
-stable across re-clusterings, and turn a clustering into the epoch's per-cluster batch stream."""
+stable across re-clusterings, and turn a clustering into the epoch's per-cluster batch stream; and the
+head's schedule built on them (`ClusterSchedule`, a mixin of `DSLHead`)."""
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+from core.run_dir import DSL_CLUSTERS as CLUSTERS_FILE  # the last clustering, for resume
+from core.sampling import class_balanced_batches
+
+if TYPE_CHECKING:
+    from core.train_context import TrainContext
+
+log = logging.getLogger(__name__)
 
 
 def kmeans_clusters(penultimate: np.ndarray, k: int, labels: np.ndarray, previous: np.ndarray | None = None, *,
@@ -58,21 +70,59 @@ def round_robin_cluster_batches(assign: np.ndarray, labels: np.ndarray, k: int, 
                                 seed: int) -> list[tuple[list[int], int]]:
     """Class-balanced batches per cluster (MPerClassSampler), interleaved round-robin as (indices, cluster);
     shorter clusters cycle (official `merge`). A cluster with fewer than two classes is skipped."""
-    from pytorch_metric_learning.samplers import MPerClassSampler
-
     streams: list[list[list[int]]] = []
     for c in range(k):
         idx = np.flatnonzero(assign == c)
-        n_classes = len(np.unique(labels[idx]))
-        if n_classes < 2:
+        if len(np.unique(labels[idx])) < 2:
             streams.append([])
             continue
-        batch = min(batch_size, n_classes * m_per_class)
-        batch -= batch % m_per_class
-        np.random.seed((seed + c + 1) % 2**32)  # the sampler draws from np.random
-        sampler = MPerClassSampler(labels[idx], m_per_class, batch_size=batch,
-                                   length_before_new_iter=max(len(idx), batch))
-        order = idx[np.asarray(list(iter(sampler)), dtype=np.int64)]
-        streams.append([order[i:i + batch].tolist() for i in range(0, len(order) - batch + 1, batch)])
+        batches = class_balanced_batches(labels[idx], m_per_class, batch_size, seed=seed + c + 1)
+        streams.append([idx[b].tolist() for b in batches])
     longest = max((len(s) for s in streams), default=0)
     return [(s[j % len(s)], c) for j in range(longest) for c, s in enumerate(streams) if s]
+
+
+class ClusterSchedule:
+    """`DSLHead`'s batch schedule: per-cluster batches (`Head.epoch_batches`) until fine-tuning, the train
+    set re-clustered every `recluster_every` epochs and after a learner was added. Keeps `assign`
+    (cluster id per train item, −1: in none), `assign_epoch`; written as CLUSTERS_FILE for resume."""
+
+    def resume_clusters(self, ctx: TrainContext) -> None:
+        """The clustering an interrupted run had written, if it still fits the train set."""
+        saved = ctx.read_artifact(CLUSTERS_FILE)
+        if self.assign is None and saved is not None and len(self.learners) > 1 and len(saved) == len(ctx.train_labels):
+            self.assign, self.assign_epoch = saved.astype(np.int64), -1
+            self._assign_k = int(self.assign.max()) + 1
+
+    def epoch_batches(self, ctx: TrainContext, epoch: int):
+        if self.in_finetune(epoch) or len(self.learners) == 1:
+            return None  # the trainer's class-balanced sampler over all data; loss on the whole vector
+        k = len(self.learners)
+        stale = self.assign is None or int(self.assign.max()) + 1 > k
+        grew = self.recluster_on_growth and self.assign is not None and self.assign_k != k
+        due = epoch > 0 and epoch % self.recluster_every == 0 and self.assign_epoch != epoch
+        if stale or grew or due:
+            self.recluster(ctx, epoch)
+        batches = self.cluster_batches(ctx, epoch)
+        if not batches:  # no cluster holds two classes: train the whole embedding this epoch
+            log.warning("dsl: epoch %d has no cluster with two classes; using the default sampler", epoch)
+            return None
+        return batches
+
+    @property
+    def assign_k(self) -> int:
+        return self._assign_k if self.assign is not None else 0
+
+    def recluster(self, ctx: TrainContext, epoch: int) -> None:
+        k = len(self.learners)
+        # L2norm(GAP(F⊙A)) of every train item with the test-time transform (official `init` loader)
+        self.assign = kmeans_clusters(ctx.embed_train_set(self.penultimate), k, ctx.train_labels,
+                                      previous=self.assign, niter=self.kmeans_niter, nredo=self.kmeans_nredo,
+                                      seed=int(ctx.seed) * 1000 + epoch + 1)
+        self.assign_epoch, self._assign_k = epoch, k
+        sizes = np.bincount(self.assign[self.assign >= 0], minlength=k).tolist()
+        log.info("dsl: epoch %d re-clustered the train set into %d clusters of sizes %s", epoch, k, sizes)
+
+    def cluster_batches(self, ctx: TrainContext, epoch: int) -> list[tuple[list[int], int]]:
+        return round_robin_cluster_batches(self.assign, ctx.train_labels, len(self.learners), ctx.batch_size,
+                                           ctx.m_per_class, seed=(ctx.seed * 100_003 + epoch * 101) % 2**32)

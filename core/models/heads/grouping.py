@@ -131,9 +131,9 @@ class GroupingHead(Head):
         embedding = z.flatten(1) / math.sqrt(self.k)                   # unit norm, ranks like cat(z)
         return HeadOutput(embedding, {"group_attention": attn.view(b, self.k, h, w)}, {"group_embeddings": z})
 
-    def on_train_start(self, trainer) -> None:
-        if self.margin_beta is not None and hasattr(trainer, "splits") and int((self.class_index.labels >= 0).sum()) == 0:
-            self.class_index.fit(trainer.splits.train.labels)
+    def on_train_start(self, ctx) -> None:
+        if self.margin_beta is not None and int((self.class_index.labels >= 0).sum()) == 0:
+            self.class_index.fit(ctx.train_labels)
 
     def group_margin_loss(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """DGML's `Margin.forward`: per group, distance-weighted triplets mined on that group, margin loss

@@ -257,9 +257,9 @@ class GSPHead(Head):
         return HeadOutput(F.normalize(pooled.float(), dim=-1), maps, {"attributes": attributes})
 
     # ---- training ----------------------------------------------------------------------------------
-    def on_train_start(self, trainer) -> None:
-        if self.zsr is not None and hasattr(trainer, "splits") and int((self.zsr.class_index.labels >= 0).sum()) == 0:
-            self.zsr.class_index.fit(trainer.splits.train.labels)
+    def on_train_start(self, ctx) -> None:
+        if self.zsr is not None and int((self.zsr.class_index.labels >= 0).sum()) == 0:
+            self.zsr.class_index.fit(ctx.train_labels)
 
     def loss(self, out: HeadOutput, labels: torch.Tensor, criterion) -> dict[str, torch.Tensor]:
         dml = criterion(out.embedding, labels)
