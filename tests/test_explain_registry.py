@@ -112,3 +112,25 @@ def test_attribution_explainers_agree_with_captum_and_the_difference_is_exact():
     assert out.signed == {"to_neighbour", "to_true_match", "difference"}
     np.testing.assert_allclose(out.maps["difference"], out.maps["to_neighbour"] - out.maps["to_true_match"])
     assert np.abs(out.maps["difference"]).max() > 0          # the two references pull differently
+
+
+def test_gsp_knobs_turn_on_a_copy():
+    """`with_transport(mu, gamma)` (the Learn page's knobs) returns a changed copy and leaves the shared head
+    alone: μ = 1 transports every position, so the copy's keep map is average pooling's uniform 1."""
+    from core.config import ModelConfig
+    from core.models.embedder import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="convnet", head="gsp", embed_dim=16,
+                                    head_args={"num_prototypes": 4, "memory_size": 0})).eval()
+    with torch.no_grad():
+        features = model.forward_features(torch.stack(shapes_images(64)[:1]))
+        before = model.head(features).maps["keep"]
+        copy = model.head.with_transport(1.0, 10.0)
+        everything, after = copy(features).maps["keep"], model.head(features).maps["keep"]
+    assert (copy.mu, copy.gamma) == (1.0, 10.0) and model.head.mu == 0.3 and model.head.gamma == 5.0
+    np.testing.assert_allclose(everything.numpy(), 1.0, atol=1e-4)
+    assert float((before - 1).abs().max()) > 1e-3               # the head's own μ = 0.3 does not keep all alike
+    torch.testing.assert_close(after, before)                   # and the shared head is unchanged
+    with pytest.raises(ValueError, match="μ"):
+        model.head.with_transport(0.0)
