@@ -1,69 +1,30 @@
 """The house plan's promise (README, Development): a new head, explainer or lesson is one file plus one
 registration, and it trains, explains and renders on every page with no other file touched.
 
-The toy plug-in below is written to a temporary module (tmp_path on sys.path) and registers itself
-through the public registries only; the README's worked examples are the same code. Registries are
-restored afterwards, so the toy never leaks into other tests."""
+The toy plug-in is the README's worked examples ("Adding a method"), copied from README.md into a
+temporary module (tmp_path on sys.path), so the README stays true: it registers itself through the public
+registries only. Registries are restored afterwards, so the toy never leaks into other tests."""
 from __future__ import annotations
 
 import importlib
-import os
+import re
 import sys
-import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PLUGIN = textwrap.dedent('''
-    """A toy plug-in: a max-pooling head with one learned scale, an explainer and a lesson."""
-    import streamlit as st
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    from core.explain import Explanation, register_explainer
-    from core.models.heads.base import Head, HeadOutput
-    from core.registry import register_head, register_map
-    from dashboard import state
-    from dashboard.lessons import register_lesson
-
-    register_map("toy_winners", "toy max pooling: the share of channels whose maximum sits at each position")
 
 
-    @register_head("toy_max")
-    class ToyMaxHead(Head):
-        """embedding = unit(W · (s · max over positions of X)), s one learned scale."""
-
-        def __init__(self, in_channels, embed_dim, num_classes=None):
-            super().__init__(in_channels, embed_dim, num_classes)
-            self.out_dim = embed_dim
-            self.proj = nn.Linear(in_channels, embed_dim)
-            self.scale = nn.Parameter(torch.ones(1))
-
-        def forward(self, features):                                          # B×C×h×w
-            peak = features.amax((2, 3), keepdim=True)                        # B×C×1×1
-            winners = (features == peak).float().mean(1, keepdim=True)       # B×1×h×w
-            return HeadOutput(F.normalize(self.proj(self.scale * peak.flatten(1)), dim=-1), {"toy_winners": winners})
-
-
-    @register_explainer("toy_brightness", kind="maps", title="brightness")
-    def brightness(model, query, reference=None):
-        """Mean brightness of the image on an 8×8 grid (a stand-in for any new explainer)."""
-        grid = F.adaptive_avg_pool2d(query.mean(0, keepdim=True)[None], 8)[0, 0]
-        return Explanation({"toy_brightness": grid.numpy()}, descriptions={"toy_brightness": "mean brightness"})
-
-
-    @register_lesson("toy_max", title="Toy — max pooling with a learned scale")
-    def toy_lesson(ctx):
-        st.markdown(f"Max pooling keeps each channel's strongest position ({len(ctx.runs)} trained run(s)).")
-        for run in ctx.runs[:1]:
-            maps = state.explanation(run, ctx.pixels).maps["toy_winners"]
-            ctx.panels(list(maps), ["toy winners"])
-''')
+def readme_plugin() -> str:
+    """The README's worked examples (the python blocks of "Adding a method"), as one module's source."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Adding a method", 1)[1].split("\n### ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 4, "the README's house plan shows a head, a block, an explainer and a lesson"
+    return "\n".join(blocks)
 
 
 @pytest.fixture
@@ -73,11 +34,11 @@ def toy_plugin(tmp_path, monkeypatch):
     from core.explain import EXPLAINERS
     from dashboard import lessons
 
-    for reg in (registry.HEADS, EXPLAINERS, lessons.LESSONS):
+    for reg in (registry.HEADS, registry.BLOCKS, EXPLAINERS, lessons.LESSONS):
         monkeypatch.setattr(reg, "_items", dict(reg._items))
     monkeypatch.setattr(lessons, "_ORDER", list(lessons._ORDER))
     saved_maps = dict(registry.MAP_DESCRIPTIONS)
-    (tmp_path / "toy_plugin.py").write_text(PLUGIN)
+    (tmp_path / "toy_plugin.py").write_text(readme_plugin())
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module("toy_plugin")
     yield module
@@ -100,7 +61,8 @@ def test_a_toy_head_explainer_and_lesson_train_explain_and_render_everywhere(toy
     # trains: one tiny epoch on shapes; the learned scale moved, so gradients reached the new head
     run = tmp_path / "toy_run"
     cfg = RunConfig.load(ROOT / "configs" / "shapes_gap.yaml").with_overrides(
-        TINY_OVERRIDES + ["model.head=toy_max", "name=toy_run", "description=toy max-pooling head"])
+        TINY_OVERRIDES + ["model.head=toy_max", "model.blocks=[{name: toy_gate, after: stage3}]", "name=toy_run",
+                          "description=toy max-pooling head"])
     train(cfg, run)
     model, _ = ckpt.load_run(run)
     assert isinstance(model.head, toy_plugin.ToyMaxHead)
@@ -111,7 +73,7 @@ def test_a_toy_head_explainer_and_lesson_train_explain_and_render_everywhere(toy
     # explains: the head's map through the one verb, and the new explainer is offered for the model
     image = torch.rand(3, cfg.data.image_size, cfg.data.image_size)
     learned = explain(model, image)
-    assert set(learned.maps) == {"toy_winners"} and learned.maps["toy_winners"].shape[0] == 1
+    assert set(learned.maps) == {"toy_winners", "toy_gate"} and learned.maps["toy_winners"].shape[0] == 1
     assert "share of channels" in learned.describe("toy_winners")
     assert "toy_brightness" in [e.name for e in explainers("maps", model)]
     assert explain(model, image, explainer="toy_brightness").maps["toy_brightness"].shape == (8, 8)
@@ -130,6 +92,6 @@ def test_a_toy_head_explainer_and_lesson_train_explain_and_render_everywhere(toy
         assert not at.error, (page, [e.value for e in at.error])
         shown[page] = " ".join([m.value for m in at.markdown] + [h.value for h in at.header] +
                                [c.caption for img in at.get("image") for c in img.proto.imgs])
-    assert "toy_winners" in shown["attention"] and "toy_brightness" in shown["attention"]
+    assert all(name in shown["attention"] for name in ("toy_winners", "toy_gate", "toy_brightness"))
     assert "Toy — max pooling with a learned scale" in shown["learn"] and "2 trained run(s)" in shown["learn"]  # both toy runs
     assert "toy winners" in shown["learn"]
