@@ -146,6 +146,8 @@ def embed(model, image_or_embedding: torch.Tensor) -> torch.Tensor:
         return image_or_embedding
     return model.explain(_batch(image_or_embedding, _device(model))).embedding[0].float().cpu()  # eval mode, no grad
 
+
+# ---- cross-image maps ---------------------------------------------------------------------------------
 CROSS_SOURCES = {
     "cia": "trained cross-image attention (last CIA layer, mean over heads): where one image's "
            "conditional query looks in the other image's feature map",
