@@ -13,6 +13,8 @@ the (wrong) neighbour more than to its true match.
 
 Gradients must flow: never call these under `torch.inference_mode()` or `no_grad`. The learned
 attention maps (`model.explain`) are read elsewhere, in a plain forward; they are not Captum output.
+Pages reach these functions through the registered explainers "gradcam", "integrated_gradients" and
+"why_neighbour" of core/explain.py (registered there, so that this module imports nothing of core).
 """
 from __future__ import annotations
 

@@ -147,6 +147,16 @@ def group_terms(terms: dict[str, np.ndarray], height: int = 300) -> go.Figure:
     return fig
 
 
+def extra_bars(name: str, series: dict[str, np.ndarray], height: int = 260) -> go.Figure:
+    """Grouped bars of a non-spatial explanation output (an `Explanation.extras` vector, e.g. GSP's
+    attribute histogram): one bar per entry, one colour per compared image (legend)."""
+    fig = go.Figure([go.Bar(name=label, x=list(range(len(values))), y=np.asarray(values, float).tolist())
+                     for label, values in series.items()])
+    fig.update_layout(barmode="group", height=height, margin=dict(l=10, r=10, t=10, b=10),
+                      xaxis_title=f"{name} entry", yaxis_title=name, legend=dict(orientation="h", y=1.15))
+    return fig
+
+
 def learner_partition(sizes: list[int], height: int = 160) -> go.Figure:
     """The embedding's dims split into learners (subspaces), as one stacked bar."""
     fig = go.Figure([go.Bar(y=["learners"], x=[size], name=f"learner {j} ({size} dims)", orientation="h",

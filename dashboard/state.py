@@ -30,6 +30,7 @@ import torch
 from core import checkpoint as ckpt
 from core.checkpoint import CheckpointError
 from core.run_dir import EMBEDDINGS, ITEMS, LABELS, coords_file, is_complete
+from core.explain import EXPLAINERS, Explanation
 from dashboard import access, jobs, logic
 
 REPO = access.REPO
@@ -367,18 +368,33 @@ def upload_input(run_dir: str, pil_image) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def explain_input(run_dir: str, pixels: np.ndarray, stamp: float) -> dict:
-    """Embedding, every named map (K×h×w numpy) and group slices for one model input."""
+def _explanation(run_dir: str, stamp: float, explainer: str, query: np.ndarray, reference: np.ndarray | None,
+                 options: tuple) -> Explanation:
+    from core.explain import explain
     model, _ = load_model(run_dir)
-    with torch.inference_mode():
-        out = model.explain(torch.from_numpy(pixels)[None].float())
-    return {"embedding": out.embedding[0].float().numpy(),
-            "maps": {name: m[0].float().numpy() for name, m in out.maps.items()},
+    return explain(model, query, reference, explainer=explainer, **dict(options))
+
+
+def explanation(run_dir: str, query: np.ndarray, reference: np.ndarray | None = None, explainer: str = "learned",
+                **options) -> Explanation:
+    """`core.explain.explain` on the run's shared model, cached per weights version (query and reference:
+    model inputs 3×H×W, or an embedding as reference; see core/explain.py for what each kind takes)."""
+    if EXPLAINERS.get(explainer).kind in ("attribution", "contrast"):  # Captum runs backward passes: say so
+        with st.spinner("Attributing the similarity…"):
+            return _explanation(run_dir, weights_stamp(run_dir), explainer, query, reference,
+                                tuple(sorted(options.items())))
+    return _explanation(run_dir, weights_stamp(run_dir), explainer, query, reference, tuple(sorted(options.items())))
+
+
+def explain_input(run_dir: str, pixels: np.ndarray, stamp: float | None = None) -> dict:
+    """Embedding, every learned map (K×h×w numpy), extras and group slices for one model input."""
+    out = explanation(run_dir, pixels)
+    return {"embedding": out.embedding, "maps": out.maps, "extras": out.extras,
             "groups": [(g.start or 0, g.stop) for g in out.groups]}
 
 
-def explain_item(run_dir: str, item: int) -> dict:
-    return explain_input(run_dir, model_input(run_dir, item), _mtime(Path(run_dir) / ckpt.WEIGHTS))
+def explain_item(run_dir: str, item: int, explainer: str = "learned", **options) -> Explanation:
+    return explanation(run_dir, model_input(run_dir, item), explainer=explainer, **options)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -436,14 +452,6 @@ def map_channel_mass(run_dir: str, progress=None) -> dict[str, np.ndarray]:
     """`progress(done, total)` is called while the maps are computed (not on a cache hit)."""
     return _map_channel_mass(run_dir, _artifact_stamp(run_dir), data_root_override(run_dir),
                              weights_stamp(run_dir), _progress=progress)
-
-
-@st.cache_data(show_spinner="Attributing the similarity…", max_entries=256)
-def attribution(run_dir: str, query: np.ndarray, reference: np.ndarray, method: str, stamp: float) -> np.ndarray:
-    """Captum attribution of cos(model(query pixels), reference embedding) (see core/attribution.py)."""
-    from core.attribution import similarity_attribution
-    model, _ = load_model(run_dir)
-    return similarity_attribution(model, torch.from_numpy(query), torch.from_numpy(reference), method)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

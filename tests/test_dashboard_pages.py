@@ -645,3 +645,17 @@ def test_uploaded_query_on_retrieval_and_attention(runs):
     assert "query" not in at.query_params  # an upload has no item number to link to
     at.switch_page("dashboard/pages/attention.py").run()
     assert not at.exception and "What moved the similarity" in texts(at)
+
+
+def test_attention_draws_explanation_extras_as_bars(runs):
+    """Issue 12: `extras` of an explanation (GSP's attribute histogram, promised by the README) were dropped on
+    the way to the page; every extra is now drawn as a bar chart, the query against its top-1 neighbour."""
+    gsp = ROOT / "checkpoints" / "shapes_gsp"
+    if not (gsp / "metrics.json").exists():
+        pytest.skip("no shipped GSP run")
+    at = open_app(str(gsp.resolve()), "attention", query=2, extra_runs_root=str(gsp.resolve()))
+    chart = next((c for c in at.get("plotly_chart") if c.key == "attention_extra_learned_attributes"), None)
+    assert chart is not None, [c.key for c in at.get("plotly_chart")]
+    bars = json.loads(chart.proto.spec)["data"]
+    assert len(bars) == 2 and len(bars[0]["y"]) == 64 and abs(sum(bars[0]["y"]) - 1) < 1e-3   # a histogram
+    assert "attribute histogram" in texts(at)

@@ -1,59 +1,36 @@
-"""Attention: every map the model exposes, for the query and its neighbours; the similarity split
-into per-group terms; Captum attribution of the similarity and "why this neighbour, not the true match"."""
+"""Attention: every registered explainer the run supports, for the query and its neighbours: learned maps
+and their extras, per-position maps, the similarity split into per-group terms, and attributions of the
+similarity with "why this neighbour, not the true match". The page names no explainer and no method."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import streamlit as st
 
-from core.attribution import METHODS
+from core.explain import explainers
 from dashboard import figures, logic, state, ui
 
-st.title("Attention")
-run = ui.require_run()
-model, cfg, art = ui.load_or_stop(run)
-table = state.retrieval(run)
-
-c1, c2, c3 = st.columns([2, 1, 1])
-with c1:
-    if st.session_state.get(state.UPLOAD):
-        st.caption("Query: the uploaded image (pick a test item on the Retrieval page to leave upload mode).")
-    else:
-        ui.query_picker(art, "attention")
-k = ui.int_slider(c2, "Neighbours", 1, 8, 4, key="attention_k")
-opacity = c3.slider("Map opacity", 0.0, 1.0, 0.5, 0.05, key="attention_opacity")
-
-query = ui.current_query(run, art)
-if query is None:
-    st.stop()
-if query.item is not None:
-    ids, sims = table.neighbours[query.item, :k], table.similarities[query.item, :k]
-    true_match = logic.nearest_true_match(table, art.embeddings, art.labels, query.item)
-else:
-    ids, sims = logic.search(art.embeddings, query.embedding, k)
-    true_match = None
-
-# the neighbour chosen elsewhere ("Explain →") is always shown, even beyond k
-focus = st.session_state.get("attention_neighbour")
-if focus is not None and focus not in ids.tolist() and 0 <= focus < len(art.labels) and focus != query.item:
-    ids = np.append(ids, focus)
-    sims = np.append(sims, float(art.embeddings[focus] @ query.embedding))
-extra_true = true_match is not None and true_match not in ids.tolist()
-columns_ids = ids.tolist() + ([true_match] if extra_true else [])
-images = ui.images_or_error(run, columns_ids)
-if images is None:
-    st.stop()
-query_image = logic.to_uint8(query.pixels)
-query_out = state.explain_input(run, query.pixels, state.weights_stamp(run))
-others = [state.explain_item(run, i) for i in columns_ids]
-
-
-def caption(i: int, pos: int) -> str:
-    sim = float(art.embeddings[i] @ query.embedding)
-    tag = "true match " if extra_true and pos == len(columns_ids) - 1 else ""
-    return tag + ui.item_caption(art, i, sim, None if query.label is None else bool(art.labels[i] == query.label))
-
-
 PER_ROW = 5  # every panel the same size, and wide enough that a caption breaks between words, not inside them
+
+
+@dataclass
+class Panels:
+    """The query and the images it is compared with, as the page's rows show them."""
+    run: str
+    art: state.Artifacts
+    query: ui.Query
+    ids: list[int]                 # neighbours (+ the chosen one), then the true match when it is extra
+    true_match: int | None
+    extra_true: bool               # the true match is shown only because it is the true match
+    images: list[np.ndarray]       # query first, then one per id
+    captions: list[str]
+
+    def caption(self, i: int) -> str:
+        sim = float(self.art.embeddings[i] @ self.query.embedding)
+        tag = "true match " if self.extra_true and i == self.ids[-1] else ""
+        same = None if self.query.label is None else bool(self.art.labels[i] == self.query.label)
+        return tag + ui.item_caption(self.art, i, sim, same)
 
 
 def image_row(panels: list[np.ndarray], captions: list[str]) -> None:
@@ -70,78 +47,178 @@ def colour_bar(low: float, high: float, signed: bool = False) -> None:
     st.image(figures.colour_bar(low, high, signed), caption=text, width=320)
 
 
-all_images = [query_image] + images
-all_captions = [f"query {query.caption}"] + [caption(i, p) for p, i in enumerate(columns_ids)]
-image_row(all_images, all_captions)
+def controls_ui(art: state.Artifacts) -> tuple[int, float]:
+    c1, c2, c3 = st.columns([2, 1, 1])
+    with c1:
+        if st.session_state.get(state.UPLOAD):
+            st.caption("Query: the uploaded image (pick a test item on the Retrieval page to leave upload mode).")
+        else:
+            ui.query_picker(art, "attention")
+    k = ui.int_slider(c2, "Neighbours", 1, 8, 4, key="attention_k")
+    opacity = c3.slider("Map opacity", 0.0, 1.0, 0.5, 0.05, key="attention_opacity")
+    return k, opacity
 
-# ---- learned maps (read in a plain forward; not Captum) ---------------------------------------------
-st.subheader("Where the model pooled")
-if not query_out["maps"]:
-    st.info("This model exposes no attention maps: its head pools every position alike (e.g. global average "
-            "pooling). The Captum attribution below still shows what moved each similarity.")
-for name, qmap in query_out["maps"].items():
-    st.markdown(ui.describe_map(name, qmap))
+
+def compared_images(run: str, art: state.Artifacts, query: ui.Query, k: int) -> Panels | None:
+    """The query's k neighbours, the neighbour chosen elsewhere ("Explain →", even beyond k) and its nearest
+    true match; None (after saying why) when their images cannot be read."""
+    table = state.retrieval(run)
+    if query.item is not None:
+        ids = table.neighbours[query.item, :k].tolist()
+        true_match = logic.nearest_true_match(table, art.embeddings, art.labels, query.item)
+    else:
+        ids, true_match = logic.search(art.embeddings, query.embedding, k)[0].tolist(), None
+    focus = st.session_state.get("attention_neighbour")
+    if focus is not None and focus not in ids and 0 <= focus < len(art.labels) and focus != query.item:
+        ids.append(focus)
+    extra_true = true_match is not None and true_match not in ids
+    ids += [true_match] if extra_true else []
+    images = ui.images_or_error(run, ids)
+    if images is None:
+        return None
+    panels = Panels(run, art, query, ids, true_match, extra_true, [logic.to_uint8(query.pixels)] + images, [])
+    panels.captions = [f"query {query.caption}"] + [panels.caption(i) for i in ids]
+    return panels
+
+
+def map_rows_ui(name: str, maps: list[np.ndarray], p: Panels, opacity: float, description: str) -> None:
+    """One explainer map for the query and every compared image, on a scale shared by the row."""
+    qmap = maps[0]
+    if qmap.ndim == 2:
+        maps, qmap = [m[None] for m in maps], qmap[None]
+    st.markdown(f"**{name}** — {description} ({len(qmap)} channel{'s' if len(qmap) > 1 else ''}, "
+                f"{qmap.shape[1]}×{qmap.shape[2]} positions)")
     channels = list(range(qmap.shape[0]))
     if len(channels) > 4:
         # many channels (e.g. prototypes): one at a time, the query's strongest first
         strongest = int(qmap.reshape(len(channels), -1).sum(1).argmax())
-        pick = st.selectbox(f"{name} channel", ["sum of all"] + channels, index=1 + strongest, key=f"attention_ch_{name}")
+        pick = st.selectbox(f"{name} channel", ["sum of all"] + channels, index=1 + strongest,
+                            key=f"attention_ch_{name}")
         channels = [pick]
     for ch in channels:
-        def select(m):
-            return m.sum(0) if ch == "sum of all" else m[ch]
-        maps = [select(qmap)] + [select(o["maps"][name]) for o in others]
-        # a common scale across the row keeps panels comparable
-        scale = max(float(np.max(m)) for m in maps) or None
+        shown = [m.sum(0) if ch == "sum of all" else m[ch] for m in maps]
+        scale = max(float(np.max(m)) for m in shown) or None  # a common scale keeps panels comparable
         label = f"{name}[{ch}]" if qmap.shape[0] > 1 else name
-        image_row([figures.overlay(img, m, opacity, scale=scale) for img, m in zip(all_images, maps)],
-                  [f"{label} · {c}" for c in all_captions])
+        image_row([figures.overlay(img, m, opacity, scale=scale) for img, m in zip(p.images, shown)],
+                  [f"{label} · {c}" for c in p.captions])
         colour_bar(0.0, scale or 0.0)
 
-# ---- similarity split into per-group terms -------------------------------------------------------
-st.subheader("Which group made them similar")
-groups = art.groups
-terms = {caption(i, p): logic.group_terms(query.embedding, art.embeddings[i], groups) for p, i in enumerate(columns_ids)}
-if len(groups) == 1:
-    st.caption("One group: the whole cosine similarity is a single term. "
-               + ", ".join(f"{lbl.split(' · ')[0]}: {t[0]:.3f}" for lbl, t in terms.items()))
-else:
-    st.plotly_chart(figures.group_terms(terms), key="attention_group_terms", width="stretch")
-    st.caption("Each bar is q_g·r_g over one group's slice of the embedding; a neighbour's bars sum to its cosine.")
 
-# ---- Captum attribution ---------------------------------------------------------------------------
-st.subheader("What moved the similarity (Captum)")
-a1, a2 = st.columns([1, 2])
-method = a1.radio("Method", list(METHODS), key="attention_method", format_func={"gradcam": "Grad-CAM", "integrated_gradients": "Integrated Gradients"}.get)
-a1.caption(METHODS[method])
-default = columns_ids.index(focus) if focus in columns_ids else 0
-target = a2.selectbox("Similarity to", columns_ids, index=default, key="attention_target",
-                      format_func=lambda i: caption(i, columns_ids.index(i)))
-stamp = state.weights_stamp(run)
-target_pixels = state.model_input(run, target)
-to_target = state.attribution(run, query.pixels, art.embeddings[target], method, stamp)
-from_target = state.attribution(run, target_pixels, query.embedding, method, stamp)
-bound = max(float(np.abs(to_target).max()), float(np.abs(from_target).max())) or None
-target_image = images[columns_ids.index(target)]
-panels = [figures.overlay(query_image, to_target, opacity, signed=True, scale=bound),
-          figures.overlay(target_image, from_target, opacity, signed=True, scale=bound)]
-caps = ["query → similarity to the target", "target → similarity to the query"]
-if true_match is not None and target != true_match and query.item is not None:
-    to_true = state.attribution(run, query.pixels, art.embeddings[true_match], method, stamp)
-    diff = to_target - to_true
-    bound = max(bound or 0.0, float(np.abs(diff).max())) or None   # one scale for all three panels
-    panels = [figures.overlay(query_image, to_target, opacity, signed=True, scale=bound),
-              figures.overlay(target_image, from_target, opacity, signed=True, scale=bound),
-              figures.overlay(query_image, diff, opacity, signed=True, scale=bound)]
-    caps.append(f"why #{target} rather than the true match #{true_match}")
-    panels.append(images[columns_ids.index(true_match)])
-    caps.append(f"true match {ui.item_caption(art, true_match, float(art.embeddings[true_match] @ query.embedding))}")
-image_row(panels, caps)
-colour_bar(0.0, bound or 0.0, signed=True)
-footer = "Red pushed the similarity up, blue pulled it down (a diverging scale centred on 0)."
-if len(panels) > 2:  # describe the difference panel only when it is drawn
-    footer += (" The third panel is the query's attribution towards the chosen image minus towards its nearest true "
-               "match: red regions drew the query to the chosen image more than to its true match.")
-elif query.item is not None and target == true_match:
-    footer += " The chosen image is the query's nearest true match, so there is no 'rather than the true match' panel."
-st.caption(footer)
+def extras_ui(name: str, values: list[np.ndarray], p: Panels, description: str, key: str) -> None:
+    """A non-spatial output (e.g. a histogram over prototypes) as grouped bars: the query and its top-1."""
+    labels = [p.captions[0].split(" · ")[0]] + [p.captions[1].split(" · ")[0]]
+    st.markdown(f"**{name}** — {description} ({len(values[0])} entries)")
+    st.plotly_chart(figures.extra_bars(name, dict(zip(labels, values[:2]))), key=key, width="stretch")
+
+
+def learned_maps_ui(model, p: Panels, opacity: float) -> None:
+    """Explainers that need nothing but an image: each one's maps and extras, for every compared image."""
+    st.subheader("Where the model pooled")
+    shown = False
+    for explainer in explainers("maps", model):
+        outs = [state.explanation(p.run, p.query.pixels, explainer=explainer.name)]
+        outs += [state.explain_item(p.run, i, explainer=explainer.name) for i in p.ids]
+        for name in outs[0].maps:
+            map_rows_ui(name, [o.maps[name] for o in outs], p, opacity, outs[0].describe(name))
+        for name in outs[0].extras:
+            extras_ui(name, [o.extras[name] for o in outs], p, outs[0].describe(name),
+                      key=f"attention_extra_{explainer.name}_{name}")
+        shown |= bool(outs[0].maps or outs[0].extras)
+    if not shown:
+        st.info("This model exposes no attention maps: its head pools every position alike (e.g. global average "
+                "pooling). The attribution below still shows what moved each similarity.")
+
+
+def position_maps_ui(model, p: Panels, opacity: float) -> None:
+    """Explainers whose maps depend on a position of the query (e.g. what one pixel attends to)."""
+    for explainer in explainers("position", model):
+        st.subheader(f"What one position attends to: {explainer.title}")
+        st.caption(explainer.description)
+        _, height, width = p.query.pixels.shape
+        c1, c2 = st.columns(2)
+        row = ui.int_slider(c1, "Position row (pixels)", 0, height - 1, height // 2, key=f"attention_row_{explainer.name}")
+        col = ui.int_slider(c2, "Position column (pixels)", 0, width - 1, width // 2, key=f"attention_col_{explainer.name}")
+        out = state.explanation(p.run, p.query.pixels, explainer=explainer.name, row=row, col=col)
+        for name, maps in out.maps.items():
+            maps = maps if maps.ndim == 3 else maps[None]
+            grid_h, grid_w = maps.shape[1:]
+            cell = (row * grid_h // height, col * grid_w // width)
+            panels = [figures.mark_cell(figures.enlarge(figures.overlay(p.images[0], m, opacity), 160), *cell,
+                                        grid_h, grid_w) for m in maps]
+            image_row(panels, [f"{name}[{g}] · position ({row}, {col})" for g in range(len(maps))])
+            st.caption(out.describe(name))
+
+
+def group_terms_ui(p: Panels) -> None:
+    st.subheader("Which group made them similar")
+    groups = p.art.groups
+    terms = {p.caption(i): logic.group_terms(p.query.embedding, p.art.embeddings[i], groups) for i in p.ids}
+    if len(groups) == 1:
+        st.caption("One group: the whole cosine similarity is a single term. "
+                   + ", ".join(f"{lbl.split(' · ')[0]}: {t[0]:.3f}" for lbl, t in terms.items()))
+    else:
+        st.plotly_chart(figures.group_terms(terms), key="attention_group_terms", width="stretch")
+        st.caption("Each bar is q_g·r_g over one group's slice of the embedding; a neighbour's bars sum to its cosine.")
+
+
+def attribution_ui(model, p: Panels, opacity: float) -> None:
+    """Attribution explainers (one picked) of the similarity both ways, plus every contrast explainer."""
+    st.subheader("What moved the similarity (Captum)")
+    available = {e.name: e for e in explainers("attribution", model)}
+    if not available:
+        return
+    a1, a2 = st.columns([1, 2])
+    method = a1.radio("Method", list(available), key="attention_method",
+                      format_func=lambda name: available[name].title)
+    a1.caption(available[method].description)
+    focus = st.session_state.get("attention_neighbour")
+    target = a2.selectbox("Similarity to", p.ids, index=p.ids.index(focus) if focus in p.ids else 0,
+                          key="attention_target", format_func=p.caption)
+    art, query = p.art, p.query
+    to_target = state.explanation(p.run, query.pixels, art.embeddings[target], explainer=method).maps["attribution"]
+    from_target = state.explanation(p.run, state.model_input(p.run, target), query.embedding,
+                                    explainer=method).maps["attribution"]
+    target_image = p.images[1 + p.ids.index(target)]
+    maps = [(p.images[0], to_target, "query → similarity to the target"),
+            (target_image, from_target, "target → similarity to the query")]
+    extra_panels = []
+    if p.true_match is not None and target != p.true_match and query.item is not None:
+        for contrast in explainers("contrast", model):
+            out = state.explanation(p.run, query.pixels, art.embeddings[target], explainer=contrast.name,
+                                    true_match=art.embeddings[p.true_match], attribution=method)
+            maps.append((p.images[0], out.maps["difference"], f"why #{target} rather than the true match #{p.true_match}"))
+        true_sim = float(art.embeddings[p.true_match] @ query.embedding)
+        extra_panels = [(p.images[1 + p.ids.index(p.true_match)],
+                         f"true match {ui.item_caption(art, p.true_match, true_sim)}")]
+    bound = max(float(np.abs(m).max()) for _, m, _ in maps) or None     # one scale for every panel
+    image_row([figures.overlay(img, m, opacity, signed=True, scale=bound) for img, m, _ in maps]
+              + [img for img, _ in extra_panels], [c for *_, c in maps] + [c for _, c in extra_panels])
+    colour_bar(0.0, bound or 0.0, signed=True)
+    footer = "Red pushed the similarity up, blue pulled it down (a diverging scale centred on 0)."
+    if len(maps) > 2:  # describe the difference panel only when it is drawn
+        footer += (" The third panel is the query's attribution towards the chosen image minus towards its nearest "
+                   "true match: red regions drew the query to the chosen image more than to its true match.")
+    elif query.item is not None and target == p.true_match:
+        footer += " The chosen image is the query's nearest true match, so there is no 'rather than the true match' panel."
+    st.caption(footer)
+
+
+def main() -> None:
+    st.title("Attention")
+    run = ui.require_run()
+    model, _, art = ui.load_or_stop(run)
+    k, opacity = controls_ui(art)
+    query = ui.current_query(run, art)
+    if query is None:
+        st.stop()
+    panels = compared_images(run, art, query, k)
+    if panels is None:
+        st.stop()
+    image_row(panels.images, panels.captions)
+    learned_maps_ui(model, panels, opacity)
+    position_maps_ui(model, panels, opacity)
+    group_terms_ui(panels)
+    attribution_ui(model, panels, opacity)
+
+
+main()

@@ -6,62 +6,57 @@ import streamlit as st
 
 from dashboard import figures, logic, state, ui
 
-st.title("Retrieval")
-run = ui.require_run()
-model, cfg, art = ui.load_or_stop(run)
-table = state.retrieval(run)
-n = len(art.labels)
 
-# ---- the query ------------------------------------------------------------------------------------
-source = st.radio("Query", ["A test image", "Upload an image"], horizontal=True, key="retrieval_source",
-                  index=1 if st.session_state.get(state.UPLOAD) else 0)
-if source == "Upload an image":
-    ui.upload_widget(run, "retrieval_upload")
-    if not st.session_state.get(state.UPLOAD):
-        st.info("Upload a PNG or JPEG image to search the test set with it.")
-        st.stop()
-else:
+def query_source_ui(run: str, n: int) -> None:
+    """A test item (picked or random) or an uploaded image becomes the shared query."""
+    source = st.radio("Query", ["A test image", "Upload an image"], horizontal=True, key="retrieval_source",
+                      index=1 if st.session_state.get(state.UPLOAD) else 0)
+    if source == "Upload an image":
+        ui.upload_widget(run, "retrieval_upload")
+        if not st.session_state.get(state.UPLOAD):
+            st.info("Upload a PNG or JPEG image to search the test set with it.")
+            st.stop()
+        return
     st.session_state[state.UPLOAD] = None
     q1, q2 = st.columns([3, 1])
     with q1:
-        ui.query_picker(art, "retrieval")
+        ui.query_picker(state.artifacts(run), "retrieval")
     if q2.button("Random query", icon=":material/casino:", key="retrieval_random"):
         st.session_state[state.QUERY] = int(np.random.default_rng().integers(n))
         st.rerun()
 
-query = ui.current_query(run, art)
-if query is None:
-    st.stop()
-k = ui.int_slider(st, "Neighbours (k)", 1, min(32, table.neighbours.shape[1]), 8, key="retrieval_k")
-if query.item is not None:
-    ids, sims = table.neighbours[query.item, :k], table.similarities[query.item, :k]
-else:
-    ids, sims = logic.search(art.embeddings, query.embedding, k)
 
-left, right = st.columns([1, 5])
-with left:
-    st.image(figures.enlarge(logic.to_uint8(query.pixels), 160), caption=query.caption, width="stretch")
+def neighbours_ui(run: str, art: state.Artifacts, table: logic.RetrievalTable, query: ui.Query, k: int) -> None:
+    """The query, its top-k neighbours and a jump to the Attention page for one of them."""
     if query.item is not None:
-        true = logic.nearest_true_match(table, art.embeddings, art.labels, query.item)
-        rank = logic.rank_of(art.embeddings, query.item, true) if true is not None else "—"
-        st.caption(f"R-precision {table.r_precision[query.item]:.2f} · first true match at rank {rank} · "
-                   f"{table.relevant[query.item]} same-class items")
-with right:
-    st.markdown(f"**Top {k} neighbours** (cosine similarity; ✓ same class, ✗ other class)")
-    ok = ui.neighbours_row(run, art, ids, sims, query.label, columns=min(8, max(k, 4)))
-if ok:
-    e1, e2 = st.columns([3, 1])
-    neighbour = e1.selectbox("Explain the similarity to", ids.tolist(), key="retrieval_explain_target",
-                             format_func=lambda i: ui.item_caption(art, int(i)))
-    if e2.button("Explain in Attention →", key="retrieval_explain", type="primary"):
-        ui.go_to("attention", query.item, **{"attention_neighbour": int(neighbour)})
+        ids, sims = table.neighbours[query.item, :k], table.similarities[query.item, :k]
+    else:
+        ids, sims = logic.search(art.embeddings, query.embedding, k)
+    left, right = st.columns([1, 5])
+    with left:
+        st.image(figures.enlarge(logic.to_uint8(query.pixels), 160), caption=query.caption, width="stretch")
+        if query.item is not None:
+            true = logic.nearest_true_match(table, art.embeddings, art.labels, query.item)
+            rank = logic.rank_of(art.embeddings, query.item, true) if true is not None else "—"
+            st.caption(f"R-precision {table.r_precision[query.item]:.2f} · first true match at rank {rank} · "
+                       f"{table.relevant[query.item]} same-class items")
+    with right:
+        st.markdown(f"**Top {k} neighbours** (cosine similarity; ✓ same class, ✗ other class)")
+        ok = ui.neighbours_row(run, art, ids, sims, query.label, columns=min(8, max(k, 4)))
+    if ok:
+        e1, e2 = st.columns([3, 1])
+        neighbour = e1.selectbox("Explain the similarity to", ids.tolist(), key="retrieval_explain_target",
+                                 format_func=lambda i: ui.item_caption(art, int(i)))
+        if e2.button("Explain in Attention →", key="retrieval_explain", type="primary"):
+            ui.go_to("attention", query.item, **{"attention_neighbour": int(neighbour)})
 
-# ---- per-group retrieval -----------------------------------------------------------------------------
-st.subheader("Retrieval in each group's subspace")
-if len(art.groups) < 2:
-    st.caption("This model's embedding is a single group, so there is no subspace to search separately. "
-               "Heads with groups (e.g. attentive grouping, dynamic subspaces) get one row per group here.")
-else:
+
+def group_retrieval_ui(run: str, art: state.Artifacts, query: ui.Query, k: int) -> None:
+    st.subheader("Retrieval in each group's subspace")
+    if len(art.groups) < 2:
+        st.caption("This model's embedding is a single group, so there is no subspace to search separately. "
+                   "Heads with groups (e.g. attentive grouping, dynamic subspaces) get one row per group here.")
+        return
     st.caption("Each row searches with only that group's dimensions (re-normalised within the group): "
                "what each group alone considers similar.")
     tabs = st.tabs([f"group {g} (dims {s.start}–{s.stop - 1})" for g, s in enumerate(art.groups)])
@@ -70,26 +65,46 @@ else:
             gids, gsims = logic.group_knn(art.embeddings, query.embedding, group, k, exclude=query.item)
             ui.neighbours_row(run, art, gids, gsims, query.label, columns=min(8, max(k, 4)))
 
-# ---- hardest failures ------------------------------------------------------------------------------
-st.subheader("Hardest failures")
-st.caption("Queries whose top-1 neighbour has another class, lowest R-precision first. "
-           "**Explain** opens the query on the Attention page against its wrong top-1.")
-failures = logic.hardest_failures(table, 8)
-if not len(failures):
-    st.success("No query has a wrong top-1 neighbour.")
-for position, f in enumerate(failures):
-    wrong, true = int(table.neighbours[f, 0]), logic.nearest_true_match(table, art.embeddings, art.labels, int(f))
-    images = ui.images_or_error(run, [f, wrong] + ([true] if true is not None else []))
-    if images is None:
-        break
-    cols = st.columns([1, 1, 1, 4])
-    cols[0].image(figures.enlarge(images[0], 96), caption=f"query {ui.item_caption(art, int(f))}", width="stretch")
-    cols[1].image(figures.enlarge(images[1], 96),
-                  caption=f"top-1 ✗ {ui.item_caption(art, wrong, float(table.similarities[f, 0]))}", width="stretch")
-    if true is not None:
-        cols[2].image(figures.enlarge(images[2], 96), caption=f"nearest ✓ {ui.item_caption(art, true)}", width="stretch")
-    true_rank = logic.rank_of(art.embeddings, int(f), true) if true is not None else "—"
-    cols[3].markdown(f"R-precision **{table.r_precision[f]:.2f}** · first true match at rank **{true_rank}** "
-                     f"of {len(art.labels) - 1}")
-    if cols[3].button("Explain →", key=f"failure_{position}"):
-        ui.go_to("attention", int(f), **{"attention_neighbour": wrong})
+
+def failures_ui(run: str, art: state.Artifacts, table: logic.RetrievalTable) -> None:
+    st.subheader("Hardest failures")
+    st.caption("Queries whose top-1 neighbour has another class, lowest R-precision first. "
+               "**Explain** opens the query on the Attention page against its wrong top-1.")
+    failures = logic.hardest_failures(table, 8)
+    if not len(failures):
+        st.success("No query has a wrong top-1 neighbour.")
+    for position, f in enumerate(failures):
+        wrong, true = int(table.neighbours[f, 0]), logic.nearest_true_match(table, art.embeddings, art.labels, int(f))
+        images = ui.images_or_error(run, [f, wrong] + ([true] if true is not None else []))
+        if images is None:
+            break
+        cols = st.columns([1, 1, 1, 4])
+        cols[0].image(figures.enlarge(images[0], 96), caption=f"query {ui.item_caption(art, int(f))}", width="stretch")
+        cols[1].image(figures.enlarge(images[1], 96),
+                      caption=f"top-1 ✗ {ui.item_caption(art, wrong, float(table.similarities[f, 0]))}", width="stretch")
+        if true is not None:
+            cols[2].image(figures.enlarge(images[2], 96), caption=f"nearest ✓ {ui.item_caption(art, true)}",
+                          width="stretch")
+        true_rank = logic.rank_of(art.embeddings, int(f), true) if true is not None else "—"
+        cols[3].markdown(f"R-precision **{table.r_precision[f]:.2f}** · first true match at rank **{true_rank}** "
+                         f"of {len(art.labels) - 1}")
+        if cols[3].button("Explain →", key=f"failure_{position}"):
+            ui.go_to("attention", int(f), **{"attention_neighbour": wrong})
+
+
+def main() -> None:
+    st.title("Retrieval")
+    run = ui.require_run()
+    _, _, art = ui.load_or_stop(run)
+    table = state.retrieval(run)
+    query_source_ui(run, len(art.labels))
+    query = ui.current_query(run, art)
+    if query is None:
+        st.stop()
+    k = ui.int_slider(st, "Neighbours (k)", 1, min(32, table.neighbours.shape[1]), 8, key="retrieval_k")
+    neighbours_ui(run, art, table, query, k)
+    group_retrieval_ui(run, art, query, k)
+    failures_ui(run, art, table)
+
+
+main()

@@ -52,7 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.registry import register_block, register_map
+from core.explain import Explanation, learned_maps, register_explainer
+from core.registry import MAP_DESCRIPTIONS, register_block, register_map
 
 register_map("csa_base", "CSA base attention maps: where each of the M base vectors of each channel group "
                          "attends (G·M maps, each a distribution over positions)")
@@ -143,6 +144,27 @@ def attention_at(maps: dict[str, torch.Tensor], row: int, col: int,
     groups = int(round(float(weights[0, :, row, col].sum())))
     mix = weights[:, :, row, col].reshape(b, groups, gm // groups)             # B×G×M
     return torch.einsum("bgm,bgmhw->bghw", mix, base.reshape(b, groups, gm // groups, h, w))
+
+
+register_map("csa_position", "CSA per-position attention: what the chosen position effectively attends to, "
+                             "Σ_m W[m, n]·A[m] (one map per channel group, each a distribution over positions)")
+
+
+def _has_csa(model) -> bool:
+    return any(isinstance(b, CompressedSelfAttention2d) and b.attention is not None for b in model.block_modules())
+
+
+@register_explainer("csa_position", kind="position", title="CSA per-position attention", supports=_has_csa)
+def position_attention(model, query: torch.Tensor, reference=None, *, row: int, col: int) -> Explanation:
+    """What one position of the query (row, col in image pixels) attends to through each CSA block."""
+    maps = {name: torch.from_numpy(m)[None] for name, m in learned_maps(model, query).maps.items()}
+    out = {}
+    for name in maps:
+        if name.split("@")[0] == "csa_base":   # a second CSA block's maps carry "@stage"
+            own = {"csa_base": maps[name], "csa_weights": maps[name.replace("csa_base", "csa_weights")]}
+            out[name.replace("csa_base", "csa_position")] = attention_at(own, row, col, query.shape[-2:])[0].numpy()
+    return Explanation(out, descriptions={n: MAP_DESCRIPTIONS["csa_position"] for n in out},
+                       notes={"row": row, "col": col})
 
 
 @register_block("nonlocal")

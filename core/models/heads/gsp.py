@@ -53,6 +53,7 @@ fully transported), `prototypes` B×m×h×w = π·n (map k sums to n·μ·a_k ov
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -68,6 +69,8 @@ register_map("keep", "GSP pooling weight per position (α·h·w): 1 = average po
                      "as nuisance (left as residual mass by the partial transport)")
 register_map("prototypes", "GSP transport plan to each learnable prototype (π·h·w): which positions feed "
                            "which prototype ('semantic entity'); map k sums to h·w·μ·attribute_k")
+register_map("attributes", "GSP attribute histogram: the share of the transported mass each prototype received "
+                           "(sums to 1; all zero while the prototypes warm up)")
 
 VARIANTS = {"tf": dict(entropy_weight=5.0, normalization="lipschitz", pooling="average", bias=False),
             "intra_batch": dict(entropy_weight=0.1, normalization="lipschitz", pooling="max", bias=True)}
@@ -255,6 +258,20 @@ class GSPHead(Head):
             attributes = pi.sum((2, 3)) / self.mu                      # B×m
             maps = {"keep": keep, "prototypes": pi * n}
         return HeadOutput(F.normalize(pooled.float(), dim=-1), maps, {"attributes": attributes})
+
+    def with_transport(self, mu: float | None = None, gamma: float | None = None) -> "GSPHead":
+        """A copy of this head with another transport ratio μ and/or entropy weight γ (for teaching and
+        sweeps): the cached model is shared, so knobs are turned on a copy, never on the head itself."""
+        head = copy.deepcopy(self)
+        if mu is not None:
+            if not 0 < mu <= 1:
+                raise ValueError(f"transport ratio μ must be in (0, 1], got {mu}")
+            head.mu = float(mu)
+        if gamma is not None:
+            if gamma <= 0:
+                raise ValueError(f"entropy weight γ must be > 0, got {gamma}")
+            head.gamma = float(gamma)
+        return head
 
     # ---- training ----------------------------------------------------------------------------------
     def on_train_start(self, ctx) -> None:
