@@ -323,6 +323,121 @@ def _log_tail(path: Path, chars: int = 600) -> str:
         return "(no log)"
 
 
+# ---- the Explore page: item fields, neighbour index, thumbnails, re-projecting a selection -----------
+@st.cache_data(show_spinner=False, max_entries=16)
+def _item_fields(run_dir: str, stamp: float) -> tuple[dict, np.ndarray]:
+    from dashboard import items
+    art = artifacts(run_dir)
+    fields = items.categorical_fields(art.items, art.class_names)
+    return fields, items.search_text(art.items, fields)
+
+
+def item_fields(run_dir: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(field name -> value per item, the text a search reads per item), once per artifacts version."""
+    return _item_fields(run_dir, _artifact_stamp(run_dir))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _neighbour_index(run_dir: str, stamp: float):
+    from dashboard import items
+    return items.neighbour_index(artifacts(run_dir).embeddings)
+
+
+def neighbour_index(run_dir: str):
+    """The run's faiss index, built once per artifacts version and shared by every session (read-only)."""
+    return _neighbour_index(run_dir, _artifact_stamp(run_dir))
+
+
+THUMB_SIDE, SHEET_SIDE = 48, 10   # thumbnails of 48 px, 10×10 to a sheet: one ~30 kB file per 100 items
+
+
+def thumbnail_url(run_dir: str) -> str:
+    """The URL folder (relative to the app's root) of the run's thumbnail sheets, <sheet>.jpg inside."""
+    return f"app/static/thumbs/{digest(f'{run_dir}|{_artifact_stamp(run_dir)}|{data_root_override(run_dir)}')}/"
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _thumbnails(run_dir: str, stamp: float, data_root: str | None) -> dict:
+    """Writes the run's hover thumbnails as JPEG sheets under static/thumbs/<digest>/ (served by Streamlit's
+    static route, git-ignored) in a background thread; the hover script asks for a sheet by item id and
+    shows nothing for one not written yet."""
+    from PIL import Image
+
+    url = thumbnail_url(run_dir)
+    folder = REPO / url.removeprefix("app/")
+    record = {"url": url, "done": 0, "error": None}
+    meta = artifacts(run_dir).items
+    data = splits(run_dir)    # in this thread: raises DatasetError for a moved data set (no thumbnails)
+    per_sheet = SHEET_SIDE * SHEET_SIDE
+
+    def work():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for first in range(0, len(meta), per_sheet):
+                path = folder / f"{first // per_sheet}.jpg"
+                if not path.exists():
+                    sheet = Image.new("RGB", (THUMB_SIDE * SHEET_SIDE,) * 2, (128, 128, 128))
+                    for j, item in enumerate(meta[first:first + per_sheet]):
+                        pixels = getattr(data, item.get("split", "test"))[int(item["index"])][0]
+                        thumb = Image.fromarray(logic.to_uint8(pixels)).resize((THUMB_SIDE,) * 2, Image.BILINEAR)
+                        sheet.paste(thumb, ((j % SHEET_SIDE) * THUMB_SIDE, (j // SHEET_SIDE) * THUMB_SIDE))
+                    tmp = path.with_suffix(".tmp")
+                    sheet.save(tmp, format="JPEG", quality=80)
+                    tmp.replace(path)  # whole or absent: the browser never gets half a sheet
+                record["done"] = min(len(meta), first + per_sheet)
+        except Exception as err:  # noqa: BLE001 (no thumbnails is not worth a broken page; the hover says why)
+            record["error"] = str(err)
+    threading.Thread(target=work, name="thumbnails", daemon=True).start()
+    return record
+
+
+def thumbnails(run_dir: str) -> dict:
+    """{url, done, error} of the run's hover thumbnails (started on first call); DatasetError when the
+    data set is unreachable."""
+    return _thumbnails(run_dir, _artifact_stamp(run_dir), data_root_override(run_dir))
+
+
+SUBSET_UMAP = """import os, sys, numpy as np
+from core.projection import umap_2d
+np.save(sys.argv[2] + ".tmp.npy", umap_2d(np.load(sys.argv[1]), progress=True))
+os.replace(sys.argv[2] + ".tmp.npy", sys.argv[2])  # whole or absent
+"""
+
+
+def start_subset_umap(run_dir: str, ids: np.ndarray) -> dict:
+    """UMAP of some items only (an isolated selection), in a background process like the run's own UMAP;
+    {started, process, log, out, error}. The coordinates are kept in .cache/subset_umap/ by run and ids."""
+    import sys
+
+    key = digest(f"{run_dir}|{_artifact_stamp(run_dir)}|{np.asarray(ids).tobytes().hex()}")
+    folder = REPO / ".cache" / "subset_umap"
+    umap_jobs = _umap_jobs()
+    job = umap_jobs.get(key)
+    out = folder / f"{key}.npy"
+    if job is None and not out.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / f"{key}_in.npy", artifacts(run_dir).embeddings[np.asarray(ids)])
+        log = folder / f"{key}.log"
+        with open(log, "w") as fh:
+            process = jobs.spawn([sys.executable, "-c", SUBSET_UMAP, str(folder / f"{key}_in.npy"), str(out)], fh, nice=10)
+        job = umap_jobs[key] = {"started": time.time(), "process": process, "log": log, "error": None}
+    if job is None:
+        return {"out": out, "error": None, "started": time.time(), "log": None}
+    if job["process"].poll() not in (None, 0) and not job["error"]:
+        job["error"] = _log_tail(job["log"])
+    return job | {"out": out}
+
+
+def umap_progress(job: dict) -> float | None:
+    """The share of UMAP's layout epochs done, read from its tqdm bar in the job's log (None before)."""
+    import re
+    try:
+        found = re.findall(r"(\d+)%\|", Path(job["log"]).read_text(errors="replace")[-2000:])
+    except (OSError, TypeError):
+        return None
+    return int(found[-1]) / 100 if found else None
+
+
 # ---- data, images and explanations --------------------------------------------------------------
 @st.cache_resource(show_spinner="Preparing the data set…", max_entries=8)
 def _splits(run_dir: str, data_root: str | None):
