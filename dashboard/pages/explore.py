@@ -209,8 +209,9 @@ def search_ui(run: str, haystack: np.ndarray) -> None:
         st.session_state.pop("explore_find_done", None)
 
 
-def query_ui(run: str, n: int) -> None:
-    """Previous/next query (also j/k or ←/→): the query becomes the one selected item, neighbours shown."""
+def query_ui(run: str, n: int, selected: np.ndarray) -> np.ndarray:
+    """Previous/next query (also j/k or ←/→): the query becomes the one selected item, neighbours shown.
+    Returns the selection (that item after a step)."""
     q = ui.query_item(n)
     b1, b2, b3 = st.columns([1, 1, 6])
     step = (-1 if b1.button("‹ Previous", key="explore_prev") else 0) + (1 if b2.button("Next ›", key="explore_next") else 0)
@@ -219,7 +220,9 @@ def query_ui(run: str, n: int) -> None:
         st.session_state[state.QUERY] = q
         st.session_state[state.UPLOAD] = None
         keep(SELECTION, run, [q])
+        selected = np.asarray([q])
     b3.caption(f"Query #{q} (keys j/k or →/←; a click on the map makes the clicked item the query)")
+    return selected
 
 
 # ---- colours, sizes, the view -------------------------------------------------------------------------------
@@ -370,7 +373,7 @@ def isolate_ui(run: str, selected: np.ndarray, n: int) -> None:
         if st.button(f"Show every item (the map shows {len(isolated)} isolated)", key="explore_unisolate"):
             st.session_state.pop(ISOLATED, None)
             st.rerun()
-    elif len(selected) >= 3 and st.button(f"Isolate these {len(selected)} and re-project them", key="explore_isolate",
+    elif len(selected) >= 3 and st.button("Isolate and re-project", key="explore_isolate",
                                           help="the map shows only the selection, projected anew: PCA at once, "
                                                "UMAP in the background"):
         keep(ISOLATED, run, selected)
@@ -387,7 +390,7 @@ def selection_ui(run: str, art: state.Artifacts, selected: np.ndarray, fields: d
     n, names = len(art.labels), np.asarray(art.class_names)
     table = state.retrieval(run)
     metrics = logic.selection_metrics(table, selected)
-    s1, s2, s3, s4 = st.columns([3, 1.2, 1.4, 1])
+    s1, s2, s3, s4 = st.columns([2.6, 1.2, 1.6, 1.2])
     s1.subheader(f"Selection: {len(selected)} of {n} items")
     with s2:
         export_ui(run, art, selected, fields)
@@ -456,11 +459,11 @@ def page() -> None:
     link_ui(run, n, colour_options, size_options)
     projection, colour_by, size_by = controls_ui(run, colour_options, size_options)
     search_ui(run, haystack)
-    query_ui(run, n)
     view = view_ui(run, art, projection)
+    selected = read_selection(run, n, sampled=len(view[0]) > MAX_POINTS)
+    selected = query_ui(run, n, selected)
     colour = colouring(run, art, colour_by, fields)
     sizes = marker_sizes(run, art, size_by)
-    selected = read_selection(run, n, sampled=len(view[0]) > MAX_POINTS)
     focus = None
     if len(selected) == 1:
         item = int(selected[0])
