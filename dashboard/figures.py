@@ -54,33 +54,34 @@ def embedding_map(coords: np.ndarray, ids: np.ndarray, categories: list[str] | N
                   sizes: np.ndarray | None = None, thumbs: str | None = None) -> go.Figure:
     """The map: one WebGL trace per category, or one trace coloured on a continuous scale (`values`,
     nan drawn grey), or one trace with a colour per point past MAX_TRACES categories. customdata
-    carries item ids as Python lists, because numpy-backed customdata comes back from the browser as
-    {'0': v} and point indices count within a trace (research/dashboard.md §3.3). `selected` item ids
+    carries item ids, because point indices count within a trace (research/dashboard.md §3.3); a
+    selection's customdata may come back as {'0': v}, which logic.decode_customdata reads. `selected` item ids
     are drawn as plotly's selection (the others faded), so a selection kept across a recolouring stays
     visible. `sizes`: a marker size per point. `thumbs`: the URL folder of the thumbnail sheets, read
     by the page's hover script (trace meta)."""
     fig = go.Figure()
     hover, ids = np.asarray(hover), np.asarray(ids)
     chosen = np.isin(ids, np.asarray(list(selected), dtype=int)) if selected is not None and len(selected) else None
-    size = (lambda m: 7 if sizes is None else np.asarray(sizes)[m].round(1).tolist())  # noqa: E731
+    size = (lambda m: 7 if sizes is None else np.asarray(sizes, dtype=np.float32)[m])  # noqa: E731
 
     def add(m, name, marker, showlegend=True):
-        trace = go.Scattergl(x=coords[m, 0].tolist(), y=coords[m, 1].tolist(), mode="markers", name=str(name),
-                             customdata=ids[m].tolist(), text=hover[m].tolist(), hovertemplate="%{text}<extra></extra>",
+        # numpy arrays, not lists: plotly checks a list element by element and Streamlit deep-copies it
+        # (seconds for 20k points); arrays go to the browser as typed arrays
+        trace = go.Scattergl(x=coords[m, 0].astype(np.float32), y=coords[m, 1].astype(np.float32), mode="markers",
+                             name=str(name), customdata=ids[m], text=hover[m], hovertemplate="%{text}<extra></extra>",
                              marker=dict(size=size(m), opacity=0.85, **marker), showlegend=showlegend, meta=thumbs)
         if chosen is not None:
             trace.update(selectedpoints=np.flatnonzero(chosen[m]).tolist(),
                          selected=dict(marker=dict(opacity=1.0)), unselected=dict(marker=dict(opacity=0.25)))
         fig.add_trace(trace)
 
-    everything = np.ones(len(ids), bool)
     names = []
     if values is not None:
         values = np.asarray(values, dtype=float)
         finite = np.isfinite(values)
         if (~finite).any():
             add(~finite, f"{value_name}: none", dict(color="#9a9a9a"))
-        add(finite, value_name, dict(color=values[finite].round(4).tolist(), colorscale="Viridis",
+        add(finite, value_name, dict(color=values[finite].astype(np.float32), colorscale="Viridis",
                                      cmin=float(np.nanmin(values)) if finite.any() else 0,
                                      cmax=float(np.nanmax(values)) if finite.any() else 1,
                                      colorbar=dict(title=dict(text=value_name, side="right"), thickness=14)),
@@ -89,8 +90,13 @@ def embedding_map(coords: np.ndarray, ids: np.ndarray, categories: list[str] | N
         categories = np.asarray(categories)
         names = list(dict.fromkeys(categories.tolist()))  # first-seen order: stable between reruns
         styles = category_styles(names, colours)
-        if len(names) > MAX_TRACES:
-            add(everything, "items", dict(color=[styles[c][0] for c in categories.tolist()]), showlegend=False)
+        if len(names) > MAX_TRACES:  # a number per point on a stepped scale: strings per point cost seconds
+            palette = list(dict.fromkeys(styles[c][0] for c in names))
+            step = [[edge, colour] for k, colour in enumerate(palette) for edge in (k / len(palette), (k + 1) / len(palette))]
+            code = {name: palette.index(styles[name][0]) + 0.5 for name in names}
+            point_codes = np.asarray([code[c] for c in categories.tolist()], np.float32)
+            add(np.ones(len(ids), bool), "items", dict(color=point_codes, colorscale=step, cmin=0, cmax=len(palette)),
+                showlegend=False)
         for name in names if len(names) <= MAX_TRACES else []:
             colour, symbol = styles[name]
             light = colour.lower() in ("#f4f4f4", "#ffffff", "white")  # a white marker needs an outline on white
@@ -102,7 +108,7 @@ def embedding_map(coords: np.ndarray, ids: np.ndarray, categories: list[str] | N
         legend.update(orientation="h", yanchor="top", y=-0.02, x=0, font=dict(size=11))
     fig.update_layout(dragmode="lasso", height=height + (22 * ((len(names) + 5) // 6) if below else 0),
                       margin=dict(l=10, r=10, t=30 if title else 10, b=10), showlegend=len(names) <= MAX_TRACES,
-                      title=title or None, uirevision="map", legend=legend, meta="metriclens-map",
+                      title=dict(text=title) if title else None, uirevision="map", legend=legend, meta="metriclens-map",
                       xaxis=dict(showticklabels=False, title=None), yaxis=dict(showticklabels=False, title=None))
     return fig
 

@@ -156,9 +156,12 @@ def stratified_sample(labels: np.ndarray, max_points: int, seed: int = 0) -> np.
     if len(labels) <= max_points:
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
-    order = np.lexsort((rng.random(len(labels)), labels))       # by class, shuffled within each class
-    _, first, counts = np.unique(labels[order], return_index=True, return_counts=True)
-    rank = np.arange(len(labels)) - np.repeat(first, counts)     # position within its class
+    shuffled = rng.permutation(len(labels))
+    order = shuffled[np.argsort(labels[shuffled], kind="stable")]   # by class, shuffled within each class
+    by_class = labels[order]
+    first = np.flatnonzero(np.r_[True, by_class[1:] != by_class[:-1]])
+    counts = np.diff(np.r_[first, len(labels)])
+    rank = np.arange(len(labels)) - np.repeat(first, counts)       # position within its class
     take = np.maximum(1, np.round(max_points / len(labels) * counts).astype(int))
     return np.sort(order[rank < np.repeat(take, counts)])
 

@@ -12,6 +12,7 @@ decided here too: `discover_runs` is the allow-list every run name from a link i
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -217,7 +218,7 @@ class Artifacts:
     items: list[dict]          # per item: split, index, path, class_name
     groups: list[slice]        # embedding dims of each group/subspace
 
-    @property
+    @functools.cached_property  # computed once per cached Artifacts (120k items: a list built per call was slow)
     def class_names(self) -> list[str]:
         return [it.get("class_name", str(l)) for it, l in zip(self.items, self.labels)]
 
@@ -226,7 +227,15 @@ def _artifact_stamp(run_dir: str) -> float:
     return _mtime(Path(run_dir) / ckpt.ARTIFACTS / "embeddings.npy")
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+def read_only(*arrays: np.ndarray) -> None:
+    """Arrays shared by every session through st.cache_resource: a write raises instead of leaking."""
+    for array in arrays:
+        array.setflags(write=False)
+
+
+# cache_resource, not cache_data: cache_data unpickles a copy on every hit, and a 120k-item run's
+# artifacts and retrieval table took seconds per rerun to copy (every image lookup reads the items)
+@st.cache_resource(show_spinner=False, max_entries=16)
 def _artifacts(run_dir: str, stamp: float, groups: tuple[tuple[int, int], ...]) -> Artifacts:
     art = Path(run_dir) / ckpt.ARTIFACTS
     missing = [n for n in ("embeddings.npy", "labels.npy", "items.json") if not (art / n).exists()]
@@ -249,6 +258,7 @@ def _artifacts(run_dir: str, stamp: float, groups: tuple[tuple[int, int], ...]) 
         raise CheckpointError(f"{art}/embeddings.npy has {emb.shape[1]} dims but the model embeds into "
                               f"{slices[-1].stop}: the artifacts belong to another model. Retrain the run "
                               f"(or re-run its training command, which rewrites them).")
+    read_only(emb, labels)
     return Artifacts(emb, labels, items, slices)
 
 
@@ -258,10 +268,12 @@ def artifacts(run_dir: str) -> Artifacts:
     return _artifacts(run_dir, _artifact_stamp(run_dir), groups)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_resource(show_spinner=False, max_entries=16)
 def _retrieval(run_dir: str, stamp: float) -> logic.RetrievalTable:
     art = artifacts(run_dir)
-    return logic.retrieval_table(art.embeddings, art.labels)
+    table = logic.retrieval_table(art.embeddings, art.labels)
+    read_only(*(value for value in vars(table).values() if isinstance(value, np.ndarray)))
+    return table
 
 
 def retrieval(run_dir: str) -> logic.RetrievalTable:
@@ -324,12 +336,14 @@ def _log_tail(path: Path, chars: int = 600) -> str:
 
 
 # ---- the Explore page: item fields, neighbour index, thumbnails, re-projecting a selection -----------
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_resource(show_spinner=False, max_entries=16)
 def _item_fields(run_dir: str, stamp: float) -> tuple[dict, np.ndarray]:
     from dashboard import items
     art = artifacts(run_dir)
     fields = items.categorical_fields(art.items, art.class_names)
-    return fields, items.search_text(art.items, fields)
+    haystack = items.search_text(art.items, fields)
+    read_only(haystack, *fields.values())
+    return fields, haystack
 
 
 def item_fields(run_dir: str) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -67,7 +67,7 @@ MAP = "Array.from(document.querySelectorAll('.js-plotly-plot')).find(g => g.layo
 LONELY_POINT = """() => {
   const gd = %s;
   const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
-  const all = gd.data.flatMap(t => t.x.map((x, i) => [box.left + xa._offset + xa.l2p(x), box.top + ya._offset + ya.l2p(t.y[i]), t.customdata[i]]));
+  const all = gd.data.flatMap(t => Array.from(t.x, (x, i) => [box.left + xa._offset + xa.l2p(x), box.top + ya._offset + ya.l2p(t.y[i]), t.customdata[i]]));
   let best = null;  // the point farthest from its nearest other point: a click there hits it alone
   for (const [px, py, id] of all.slice(0, 300)) {
     let gap = Infinity;
@@ -76,7 +76,7 @@ LONELY_POINT = """() => {
   }
   return best;
 }""" % MAP
-TRACES = "() => %s.data.map(t => ({name: t.name, ids: t.customdata, sel: t.selectedpoints || null}))" % MAP
+TRACES = "() => %s.data.map(t => ({name: t.name, ids: Array.from(t.customdata), sel: t.selectedpoints ? Array.from(t.selectedpoints) : null}))" % MAP
 
 
 def test_click_rings_neighbours_and_keeps_selection_across_recolouring(app):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.test_dashboard_pages import APP, inject, open_app, runs, selected_on_map, texts  # noqa: F401 (fixture)
+from tests.test_dashboard_pages import APP, inject, open_app, plotly_list, runs, selected_on_map, texts  # noqa: F401 (fixture)
 
 
 def art(run: str):
@@ -22,7 +22,15 @@ def art(run: str):
 
 
 def spec(at: AppTest) -> dict:
-    return json.loads(at.get("plotly_chart")[0].proto.spec)
+    """The map's figure, its typed arrays decoded to lists."""
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    for trace in fig["data"]:
+        for key in ("x", "y", "customdata"):
+            trace[key] = plotly_list(trace[key])
+        for key in ("color", "size"):
+            if isinstance(trace["marker"].get(key), (dict, list)):
+                trace["marker"][key] = plotly_list(trace["marker"][key])
+    return fig
 
 
 def kept_ids(at: AppTest) -> list[int]:

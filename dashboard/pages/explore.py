@@ -97,7 +97,7 @@ def kept(key: str, run: str) -> np.ndarray | None:
 
 
 def keep(key: str, run: str, ids) -> None:
-    st.session_state[key] = {"run": run, "ids": [int(i) for i in ids]}
+    st.session_state[key] = {"run": run, "ids": np.unique(np.asarray(ids, dtype=int)).tolist()}  # sorted
 
 
 def umap_progress_ui(job: dict, what: str) -> None:
@@ -320,14 +320,14 @@ def read_selection(run: str, n: int, sampled: bool) -> np.ndarray:
 
 def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, colour: tuple,
            sizes: np.ndarray | None, colour_by: str, selected: np.ndarray, focus: tuple | None) -> None:
-    view_ids, coords = view
-    n, names = len(art.labels), np.asarray(art.class_names)
+    view_ids, coords = view     # view_ids: sorted item ids
+    n, names = len(art.labels), art.class_names
     shown = logic.stratified_sample(art.labels[view_ids], MAX_POINTS)
     ids = view_ids[shown]
     categories, colours, values = colour
-    hover = [f"#{i} {names[i]}" for i in ids]
+    hover = [f"#{i} {names[i]}" for i in ids.tolist()]
     if values is not None:
-        hover = [f"{h} · {colour_by} {values[i]:.3f}" for h, i in zip(hover, ids)]
+        hover = [f"{h} · {colour_by} {v:.3f}" for h, v in zip(hover, values[ids].tolist())]
     where = f"{len(view_ids)} isolated" if len(view_ids) < n else str(n)
     fig = figures.embedding_map(
         coords[shown], ids, None if categories is None else categories[ids], hover, colours, selected=selected,
@@ -336,15 +336,15 @@ def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, c
         title=f"{shown_projection} of {where} test embeddings" + (f" ({len(shown)} shown)" if len(shown) < len(view_ids) else ""))
     if focus is not None:
         item, neighbour_ids, sims = focus
-        position = {int(i): j for j, i in enumerate(view_ids)}
-        ringed = [i for i in neighbour_ids if int(i) in position]
-        if ringed:
-            figures.highlight_items(fig, coords[[position[int(i)] for i in ringed]], ringed,
-                                    [f"#{i} {names[i]} · {s:.3f}" for i, s in zip(neighbour_ids, sims) if int(i) in position],
-                                    f"{len(ringed)} nearest of #{item}")
-        if item in position:
-            figures.highlight_items(fig, coords[[position[item]]], [item], [f"#{item} {names[item]}"],
-                                    f"#{item}", focus=True)
+        at = np.minimum(np.searchsorted(view_ids, neighbour_ids), len(view_ids) - 1)
+        on_map = view_ids[at] == neighbour_ids     # an isolated view may leave some out
+        if on_map.any():
+            figures.highlight_items(fig, coords[at[on_map]], neighbour_ids[on_map],
+                                    [f"#{i} {names[i]} · {s:.3f}" for i, s in zip(neighbour_ids[on_map], sims[on_map])],
+                                    f"{on_map.sum()} nearest of #{item}")
+        at = np.searchsorted(view_ids, item)
+        if at < len(view_ids) and view_ids[at] == item:
+            figures.highlight_items(fig, coords[[at]], [item], [f"#{item} {names[item]}"], f"#{item}", focus=True)
     event = st.plotly_chart(fig, key="explore_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
                             width="stretch", config={"displaylogo": False})
     st.session_state[SEEN] = event_key(event)
@@ -387,7 +387,7 @@ def export_ui(run: str, art: state.Artifacts, selected: np.ndarray, fields: dict
 
 
 def selection_ui(run: str, art: state.Artifacts, selected: np.ndarray, fields: dict) -> None:
-    n, names = len(art.labels), np.asarray(art.class_names)
+    n, names = len(art.labels), fields["class"]
     table = state.retrieval(run)
     metrics = logic.selection_metrics(table, selected)
     s1, s2, s3, s4 = st.columns([2.6, 1.2, 1.6, 1.2])
@@ -479,4 +479,12 @@ def page() -> None:
     selection_ui(run, art, selected, fields)
 
 
-page()
+if os.environ.get("PROFILE_PAGE"):
+    import cProfile, pstats
+    _p = cProfile.Profile(); _p.enable()
+    try:
+        page()
+    finally:
+        _p.disable(); pstats.Stats(_p).sort_stats("cumulative").print_stats(30)
+else:
+    page()
