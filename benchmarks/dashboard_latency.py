@@ -170,7 +170,7 @@ def synthetic_run(out: Path, n: int, model_run: Path, seed: int = 0) -> Path:
 LONELY_POINT = """() => {
   const gd = Array.from(document.querySelectorAll('.js-plotly-plot')).find(g => g.layout && g.layout.meta === 'metriclens-map');
   const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
-  const all = gd.data.flatMap(t => Array.from(t.x, (x, i) => [box.left + xa._offset + xa.l2p(x), box.top + ya._offset + ya.l2p(t.y[i]), t.customdata[i]]));
+  const all = gd._fullData.flatMap(t => Array.from(t.x, (x, i) => [box.left + xa._offset + xa.l2p(x), box.top + ya._offset + ya.l2p(t.y[i]), t.customdata[i]]));
   let best = null;
   for (let k = 0; k < Math.min(300, all.length); k++) {
     const [px, py, id] = all[Math.floor(k * all.length / Math.min(300, all.length))];

@@ -362,53 +362,28 @@ def neighbour_index(run_dir: str):
     return _neighbour_index(run_dir, _artifact_stamp(run_dir))
 
 
-THUMB_SIDE, SHEET_SIDE = 48, 10   # thumbnails of 48 px, 10×10 to a sheet: one ~30 kB file per 100 items
-
-
 def thumbnail_url(run_dir: str) -> str:
     """The URL folder (relative to the app's root) of the run's thumbnail sheets, <sheet>.jpg inside."""
     return f"app/static/thumbs/{digest(f'{run_dir}|{_artifact_stamp(run_dir)}|{data_root_override(run_dir)}')}/"
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _thumbnails(run_dir: str, stamp: float, data_root: str | None) -> dict:
-    """Writes the run's hover thumbnails as JPEG sheets under static/thumbs/<digest>/ (served by Streamlit's
-    static route, git-ignored) in a background thread; the hover script asks for a sheet by item id and
-    shows nothing for one not written yet."""
-    from PIL import Image
+def thumbnails(run_dir: str) -> dict:
+    """Start writing the run's hover thumbnails (once per server, run and data folder) into static/thumbs/
+    (git-ignored; Streamlit's static route serves it) in a background process: a 120k-item run decodes
+    every image, which in a thread slowed the page. The hover script shows nothing for a sheet not
+    written yet. Returns the job record."""
+    import sys
 
     url = thumbnail_url(run_dir)
-    folder = REPO / url.removeprefix("app/")
-    record = {"url": url, "done": 0, "error": None}
-    meta = artifacts(run_dir).items
-    data = splits(run_dir)    # in this thread: raises DatasetError for a moved data set (no thumbnails)
-    per_sheet = SHEET_SIDE * SHEET_SIDE
-
-    def work():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            for first in range(0, len(meta), per_sheet):
-                path = folder / f"{first // per_sheet}.jpg"
-                if not path.exists():
-                    sheet = Image.new("RGB", (THUMB_SIDE * SHEET_SIDE,) * 2, (128, 128, 128))
-                    for j, item in enumerate(meta[first:first + per_sheet]):
-                        pixels = getattr(data, item.get("split", "test"))[int(item["index"])][0]
-                        thumb = Image.fromarray(logic.to_uint8(pixels)).resize((THUMB_SIDE,) * 2, Image.BILINEAR)
-                        sheet.paste(thumb, ((j % SHEET_SIDE) * THUMB_SIDE, (j // SHEET_SIDE) * THUMB_SIDE))
-                    tmp = path.with_suffix(".tmp")
-                    sheet.save(tmp, format="JPEG", quality=80)
-                    tmp.replace(path)  # whole or absent: the browser never gets half a sheet
-                record["done"] = min(len(meta), first + per_sheet)
-        except Exception as err:  # noqa: BLE001 (no thumbnails is not worth a broken page; the hover says why)
-            record["error"] = str(err)
-    threading.Thread(target=work, name="thumbnails", daemon=True).start()
-    return record
-
-
-def thumbnails(run_dir: str) -> dict:
-    """{url, done, error} of the run's hover thumbnails (started on first call); DatasetError when the
-    data set is unreachable."""
-    return _thumbnails(run_dir, _artifact_stamp(run_dir), data_root_override(run_dir))
+    umap_jobs = _umap_jobs()
+    if url not in umap_jobs:
+        log = REPO / ".cache" / "thumbnail_logs" / f"{digest(url)}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as fh:
+            process = jobs.spawn([sys.executable, "-m", "dashboard.items", run_dir, str(REPO / url.removeprefix("app/")),
+                                  data_root_override(run_dir) or ""], fh, nice=10)
+        umap_jobs[url] = {"started": time.time(), "process": process, "log": log, "error": None}
+    return umap_jobs[url]
 
 
 SUBSET_UMAP = """import os, sys, numpy as np

@@ -442,10 +442,7 @@ def prefetch(run: str) -> None:
     state.warm_up()
     state.retrieval(run)
     state.neighbour_index(run)
-    try:
-        state.thumbnails(run)
-    except ui.dataset_error_type():
-        pass  # reported where images are needed
+    state.thumbnails(run)
 
 
 def page() -> None:
