@@ -10,6 +10,7 @@ import json
 import os
 import re
 import urllib.parse
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -79,6 +80,22 @@ LONELY_POINT = """() => {
 TRACES = "() => %s._fullData.map(t => ({name: t.name, ids: Array.from(t.customdata), sel: t.selectedpoints ? Array.from(t.selectedpoints) : null}))" % MAP
 
 
+def assert_served_small(url: str, wait_s: float = 120.0) -> None:
+    """The thumbnail sheet is served as a small JPEG (one 480 px sheet per 100 items) once the background
+    process has written it (seconds after the first paint; longer on a busy machine)."""
+    import time
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert response.headers["Content-Type"] == "image/jpeg" and len(response.read()) < 120_000
+                return
+        except urllib.error.HTTPError:
+            if time.time() > deadline:
+                raise
+            time.sleep(1)
+
+
 def test_click_rings_neighbours_and_keeps_selection_across_recolouring(app):
     import numpy as np
 
@@ -107,8 +124,7 @@ def test_click_rings_neighbours_and_keeps_selection_across_recolouring(app):
 
     url = sheet.split('"')[1]   # url("http://.../app/static/thumbs/<digest>/<sheet>.jpg")
     assert url.endswith(f"/{item // 100}.jpg")
-    with urllib.request.urlopen(url, timeout=10) as response:  # served small: one 480 px JPEG per 100 items
-        assert response.headers["Content-Type"] == "image/jpeg" and len(response.read()) < 120_000
+    assert_served_small(url)
 
     page.locator("[data-testid='stSelectbox']").filter(has_text="Colour by").click()
     page.get_by_role("option", name="MAP@R").click()

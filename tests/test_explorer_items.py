@@ -63,3 +63,14 @@ def test_stratified_sample_and_interleave_scale_to_many_classes():
     assert (np.diff(keep) > 0).all()
     order = logic.interleave_classes(np.arange(0, 120_000, 7), labels)
     assert len(np.unique(labels[order[:1000]])) == 1000          # the first of a big selection: all different
+
+
+def test_umap_progress_is_read_from_its_log(tmp_path):
+    from dashboard import state
+
+    log = tmp_path / "umap.log"
+    log.write_text("Construct fuzzy simplicial set\n")
+    assert state.umap_progress({"log": log}) is None          # before the layout epochs: elapsed time is shown
+    log.write_text("UMAP layout:  41%| ████      205/500 [00:03]\rUMAP layout:  67%| ██████▋    333/500 [00:05]")
+    assert state.umap_progress({"log": log}) == 0.67
+    assert state.umap_progress({"log": tmp_path / "missing.log"}) is None
