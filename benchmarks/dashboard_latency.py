@@ -256,7 +256,14 @@ def write(results: dict) -> None:
         lines.append(f"| {row['measure']} | {row['run']} | {row['median_s']:.2f} | "
                      f"{', '.join(f'{s:.2f}' for s in row['samples_s'])} | {target} | {met} |")
     lines += ["", "Cold start: server launch to the Explore map drawn. Interactions: action to result drawn "
-              "(Streamlit idle, every image loaded); each uses a new query. See the module docstring."]
+              "(Streamlit idle, every image loaded); each uses a new query. See the module docstring.", "",
+              "Scale rows (`sop_like_*`): synthetic runs shaped like Stanford Online Products' test set (about 5.3 "
+              "items per class; the shapes test images reused, embeddings generated), on a running server. "
+              "map_first_paint: opening the run, first visit, until the map is drawn (WebGL, a stratified sample "
+              "of at most 20,000 points); map_until_idle: until the page's prefetch after paint is done (the "
+              "all-vs-all retrieval table behind the selection metrics, the faiss index); lasso_to_grid: "
+              "releasing a lasso until the selection's images and metrics are drawn; click_to_neighbours: a "
+              "click on a point until its 8 nearest neighbours are listed, ringed on the map and drawn."]
     (RESULTS / "dashboard_latency.md").write_text("\n".join(lines) + "\n")
 
 
@@ -266,8 +273,9 @@ def main(argv=None) -> int:
     parser.add_argument("--query", type=int, default=40, help="first query item of the interaction runs")
     parser.add_argument("--runs", help="comma-separated run directories (default: the first two shipped runs "
                                        "on the same data, or tiny fresh ones when there are none)")
-    parser.add_argument("--sizes", default="", help="comma-separated item counts of synthetic SOP-like runs "
-                                                     "(e.g. 1000,10000,60000,120000); kept in benchmarks/runs/")
+    parser.add_argument("--sizes", default="1000,10000,60000,120000",
+                        help="comma-separated item counts of synthetic SOP-like runs ('' for none); built once into "
+                             "benchmarks/runs/latency_scale/ (git-ignored)")
     parser.add_argument("--skip-shipped", action="store_true", help="only the synthetic runs (no cold start, "
                                                                       "no Retrieval/Attention measures)")
     args = parser.parse_args(argv)

@@ -119,12 +119,15 @@ def test_click_rings_neighbours_and_keeps_selection_across_recolouring(app):
     traces = {t["name"]: t for t in page.evaluate(TRACES)}
     assert traces[f"8 nearest of #{item}"]["ids"] == expected      # ringed on the map, as drawn in the browser
     assert traces[f"#{item}"]["ids"] == [item]
-    shot(page, "10_explore_neighbours")
     assert page.get_by_text(re.compile(rf"^Query #{item} \(keys")).count() == 1   # the clicked item is the query
 
     url = sheet.split('"')[1]   # url("http://.../app/static/thumbs/<digest>/<sheet>.jpg")
     assert url.endswith(f"/{item // 100}.jpg")
     assert_served_small(url)
+    page.mouse.move(point["x"] + 1, point["y"])   # hover again over the redrawn map: its thumbnail in the shot
+    page.locator("#metriclens-thumb").wait_for(state="visible", timeout=10_000)
+    page.wait_for_timeout(300)
+    shot(page, "10_explore_neighbours")
 
     page.locator("[data-testid='stSelectbox']").filter(has_text="Colour by").click()
     page.get_by_role("option", name="MAP@R").click()

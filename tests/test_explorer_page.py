@@ -68,6 +68,10 @@ def test_search_selects_by_class_attribute_and_number(runs):
     assert kept_ids(at) == [12]
     at.text_input(key="explore_find").set_value("purple hexagon").run()
     assert kept_ids(at) == [12] and "No item matches 'purple hexagon'" in texts(at)
+    at.button(key="explore_clear").click().run()    # clears the search box too, so the same search works again
+    assert kept_ids(at) == [] and at.text_input(key="explore_find").value == ""
+    at.text_input(key="explore_find").set_value("#12").run()
+    assert kept_ids(at) == [12]
 
 
 def test_colour_and_size_by_any_field_keep_the_selection(runs):

@@ -362,7 +362,7 @@ def neighbours_ui(run: str, art: state.Artifacts, item: int, neighbour_ids, sims
     if images is not None:
         caps = [f"query #{item}"] + [ui.item_caption(art, int(i), float(s), bool(art.labels[i] == art.labels[item]))
                                      for i, s in zip(neighbour_ids, sims)]
-        ui.image_wall(images, caps)
+        ui.image_wall(images, caps, width=100)  # the query and its 8 in one row
         st.caption("Cosine similarity in the embedding (exact, over every item); ✓/✗: same class as the query. "
                    "The neighbours are ringed on the map; click one to move to it.")
 
@@ -396,9 +396,10 @@ def selection_ui(run: str, art: state.Artifacts, selected: np.ndarray, fields: d
         export_ui(run, art, selected, fields)
     with s3:
         isolate_ui(run, selected, n)
-    if s4.button("Clear selection", key="explore_clear"):
+    def clear():  # a callback: it runs before the next script run, so it may empty the search box too
         keep(SELECTION, run, [])
-        st.rerun()
+        st.session_state["explore_find"] = ""
+    s4.button("Clear selection", key="explore_clear", on_click=clear)
     m1, m2, m3 = st.columns([1, 1, 2])
     with m1:
         ui.metric_pair("R@1", *metrics["R@1"])
