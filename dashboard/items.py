@@ -58,14 +58,10 @@ def categorical_fields(items: list[dict], class_names) -> dict[str, np.ndarray]:
 def search_text(items: list[dict], fields: dict[str, np.ndarray]) -> np.ndarray:
     """Per item the lower-case text a search reads: '#id', every field value, the file name and its
     folder (never the rest of the path: '/work/shared/...' would match 'red')."""
-    parts = [np.char.add("#", np.arange(len(items)).astype(str))]
-    parts += [np.char.lower(values.astype(str)) for values in fields.values()]
-    paths = [PurePath(str(it["path"])) if it.get("path") else None for it in items]
-    parts.append(np.asarray([f"{p.parent.name}/{p.name}".lower() if p else "" for p in paths]))
-    out = parts[0]
-    for part in parts[1:]:
-        out = np.char.add(np.char.add(out, " | "), part)
-    return out
+    columns = [[value.lower() for value in values.tolist()] for values in fields.values()]
+    files = [f"{p.parent.name}/{p.name}".lower() if p else "" for p in
+             (PurePath(str(it["path"])) if it.get("path") else None for it in items)]
+    return np.asarray([" | ".join((f"#{i}", *row)) for i, row in enumerate(zip(*columns, files))])
 
 
 def search(haystack: np.ndarray, text: str) -> np.ndarray:

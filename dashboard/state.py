@@ -337,18 +337,30 @@ def _log_tail(path: Path, chars: int = 600) -> str:
 
 # ---- the Explore page: item fields, neighbour index, thumbnails, re-projecting a selection -----------
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _item_fields(run_dir: str, stamp: float) -> tuple[dict, np.ndarray]:
+def _item_fields(run_dir: str, stamp: float) -> dict[str, np.ndarray]:
     from dashboard import items
     art = artifacts(run_dir)
     fields = items.categorical_fields(art.items, art.class_names)
-    haystack = items.search_text(art.items, fields)
-    read_only(haystack, *fields.values())
-    return fields, haystack
+    read_only(*fields.values())
+    return fields
 
 
-def item_fields(run_dir: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """(field name -> value per item, the text a search reads per item), once per artifacts version."""
+def item_fields(run_dir: str) -> dict[str, np.ndarray]:
+    """Field name -> value per item (class, split, attributes...), once per artifacts version."""
     return _item_fields(run_dir, _artifact_stamp(run_dir))
+
+
+@st.cache_resource(show_spinner="Indexing the item names for search (once per run)…", max_entries=8)
+def _search_text(run_dir: str, stamp: float) -> np.ndarray:
+    from dashboard import items
+    haystack = items.search_text(artifacts(run_dir).items, item_fields(run_dir))
+    read_only(haystack)
+    return haystack
+
+
+def search_text(run_dir: str) -> np.ndarray:
+    """The text a search reads per item; built on the first search, not before the map is drawn."""
+    return _search_text(run_dir, _artifact_stamp(run_dir))
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -194,11 +194,11 @@ def controls_ui(run: str, colour_options: list[str], size_options: list[str]) ->
     return projection, colour_by, size_by
 
 
-def search_ui(run: str, haystack: np.ndarray) -> None:
-    """A new search text selects its matches (and says how many), once per text."""
+def search_ui(run: str) -> None:
+    """A new search text selects its matches (or says there are none), once per text."""
     text = (st.session_state.get("explore_find") or "").strip()
     if text and text != st.session_state.get("explore_find_done"):
-        found = items.search(haystack, text)
+        found = items.search(state.search_text(run), text)
         st.session_state["explore_find_done"] = text
         if len(found):
             keep(SELECTION, run, found)
@@ -451,12 +451,12 @@ def page() -> None:
     run = ui.require_run()
     _, _, art = ui.load_or_stop(run)
     n = len(art.labels)
-    fields, haystack = state.item_fields(run)
+    fields = state.item_fields(run)
     colour_options = colour_options_for(run, art, fields)
     size_options = [SAME_SIZE, *items.SCORES, items.QUERY_SIMILARITY]
     link_ui(run, n, colour_options, size_options)
     projection, colour_by, size_by = controls_ui(run, colour_options, size_options)
-    search_ui(run, haystack)
+    search_ui(run)
     view = view_ui(run, art, projection)
     selected = read_selection(run, n, sampled=len(view[0]) > MAX_POINTS)
     selected = query_ui(run, n, selected)
