@@ -113,10 +113,11 @@ def embedding_map(coords: np.ndarray, ids: np.ndarray, categories: list[str] | N
     return fig
 
 
-def highlight_items(fig: go.Figure, coords: np.ndarray, ids, hover, name: str, focus: bool = False) -> go.Figure:
+def highlight_items(fig: go.Figure, coords: np.ndarray, ids, hover, name: str, focus: bool = False,
+                    thumbs: str | None = None) -> go.Figure:
     """Rings around some items (a clicked item's neighbours), or a star on the clicked item itself, drawn
-    over the map whether or not the items are in its sample."""
-    fig.add_trace(go.Scattergl(
+    over the map whether or not the items are in its sample (`thumbs`: as in embedding_map, for hovering)."""
+    fig.add_trace(go.Scattergl(meta=thumbs,
         x=np.asarray(coords)[:, 0].tolist(), y=np.asarray(coords)[:, 1].tolist(), mode="markers", name=name,
         customdata=np.asarray(ids).tolist(), text=list(hover), hovertemplate="%{text}<extra></extra>",
         marker=dict(size=18 if focus else 15, symbol="star" if focus else "circle-open", color=HIGHLIGHT,

@@ -265,6 +265,7 @@ def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, c
     shown = logic.stratified_sample(art.labels[view_ids], MAX_POINTS)
     ids = view_ids[shown]
     categories, colours, values = colour
+    thumbs = state.thumbnail_url(run)
     hover = [f"#{i} {names[i]}" for i in ids.tolist()]
     if values is not None:
         hover = [f"{h} · {colour_by} {v:.3f}" for h, v in zip(hover, values[ids].tolist())]
@@ -272,7 +273,7 @@ def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, c
     fig = figures.embedding_map(
         coords[shown], ids, None if categories is None else categories[ids], hover, colours, selected=selected,
         values=None if values is None else values[ids], value_name=colour_by,
-        sizes=None if sizes is None else sizes[ids], thumbs=state.thumbnail_url(run),
+        sizes=None if sizes is None else sizes[ids], thumbs=thumbs,
         title=f"{shown_projection} of {where} test embeddings" + (f" ({len(shown)} shown)" if len(shown) < len(view_ids) else ""))
     if focus is not None:
         item, neighbour_ids, sims = focus
@@ -281,10 +282,11 @@ def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, c
         if on_map.any():
             figures.highlight_items(fig, coords[at[on_map]], neighbour_ids[on_map],
                                     [f"#{i} {names[i]} · {s:.3f}" for i, s in zip(neighbour_ids[on_map], sims[on_map])],
-                                    f"{on_map.sum()} nearest of #{item}")
+                                    f"{on_map.sum()} nearest of #{item}", thumbs=thumbs)
         at = np.searchsorted(view_ids, item)
         if at < len(view_ids) and view_ids[at] == item:
-            figures.highlight_items(fig, coords[[at]], [item], [f"#{item} {names[item]}"], f"#{item}", focus=True)
+            figures.highlight_items(fig, coords[[at]], [item], [f"#{item} {names[item]}"], f"#{item}", focus=True,
+                                    thumbs=thumbs)
     event = st.plotly_chart(fig, key="explore_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
                             width="stretch", config={"displaylogo": False})
     st.session_state[SEEN] = event_key(event)
