@@ -67,6 +67,7 @@ def read_deep_link(runs: list[dict], current_page: str) -> list[dict]:
         return runs
     st.session_state["_deep_link_read"] = True
     params = st.query_params
+    st.session_state["_link_params"] = params.to_dict()  # a page's own keys (Explore: sel, colour, size)
     listed = {r["path"] for r in runs}
     if not TEACHING and params.get("run") and params["run"] not in listed:
         linked = Path(params["run"]).expanduser()
@@ -100,6 +101,7 @@ def write_deep_link(runs: list[dict], current_page: str) -> None:
         wanted["query"] = str(st.session_state[state.QUERY])
     if st.session_state.get(state.COMPARE) in by_path:
         wanted["compare"] = by_path[st.session_state[state.COMPARE]]
+    wanted.update((st.session_state.get("_page_link") or {}).get(current_page, {}))  # e.g. Explore's selection
     if st.query_params.to_dict() != wanted:
         st.query_params.from_dict(wanted)
 

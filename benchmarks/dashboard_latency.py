@@ -8,6 +8,15 @@
   * retrieval_query: a new query item -> its neighbours;
   * attention_query: a new query item -> every map and the Captum attribution.
   Each interaction uses a new query, so nothing is served from a cache it filled itself.
+- scale (`--sizes 1000,10000,60000,120000`): a synthetic run per size, shaped like Stanford Online
+  Products' test set (about 5.3 items per class, 12 super-categories): the real shapes test images reused
+  (item i shows image i mod 960), embeddings generated (class centres + noise, unit length), the model of
+  the first run. Per size, on a running server:
+  * map_first_paint: opening the run (its first visit: artifacts, fields, PCA map) -> the map drawn;
+  * map_until_idle: the same visit until the app is idle (its prefetch: the all-vs-all retrieval table
+    for the selection metrics, the faiss index, the thumbnail sheets started);
+  * lasso_to_grid: releasing a lasso -> the selection's grid and metrics drawn;
+  * click_to_neighbours: a click on a point -> its nearest neighbours listed, ringed and drawn.
 
 Runs on the shipped runs (checkpoints/, the first two with the same test data; tiny fresh runs when
 there are none). Medians are reported with every sample, the machine and its load average: on a
@@ -31,7 +40,10 @@ from dashboard.testing import (CHROMIUM, LAUNCH_ARGS, REPO, demo_runs, free_port
                                start_server, stop_server, wait_healthy)
 
 RESULTS = REPO / "benchmarks" / "results"
-TARGETS = {"cold_start_s": 10.0, "interaction_s": 1.0}
+TARGETS = {"cold_start_s": 10.0, "interaction_s": 1.0, "map_first_paint": 3.0, "lasso_to_grid": 1.0,
+           "click_to_neighbours": 0.5, "map_until_idle": None}
+SOP_CATEGORIES = ["bicycle", "cabinet", "chair", "coffee_maker", "fan", "kettle", "lamp", "mug", "sofa", "stapler",
+                  "table", "toaster"]
 
 
 def cold_start(browser, env: dict, run: str) -> tuple[float, float]:
@@ -120,6 +132,101 @@ def _interactions(page, base: str, run: str, repeats: int, first_query: int) -> 
     return out
 
 
+# ---- scale: SOP-sized synthetic runs -------------------------------------------------------------------
+def synthetic_run(out: Path, n: int, model_run: Path, seed: int = 0) -> Path:
+    """A run of `n` items like SOP's test set (about 5.3 per class), written once: the model and config of
+    `model_run`, its test images reused, embeddings generated around one random centre per class."""
+    import numpy as np
+
+    from core.projection import pca_2d
+
+    out = Path(out)
+    art = out / "artifacts"
+    if (art / "coords_pca.npy").exists():
+        return out
+    art.mkdir(parents=True, exist_ok=True)
+    base = json.loads((Path(model_run) / "artifacts" / "items.json").read_text())
+    dim = np.load(Path(model_run) / "artifacts" / "embeddings.npy").shape[1]
+    rng = np.random.default_rng(seed)
+    classes = max(2, round(n / 5.3))
+    labels = np.sort(np.concatenate([np.arange(classes), rng.integers(0, classes, n - classes)]))
+    centres = rng.normal(size=(classes, dim)).astype(np.float32)
+    emb = centres[labels] + rng.normal(scale=0.9, size=(n, dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    category = np.asarray(SOP_CATEGORIES)[labels % len(SOP_CATEGORIES)]
+    items = [{"split": "test", "index": base[i % len(base)]["index"], "class_name": f"{category[i]} {labels[i]}",
+              "path": f"{category[i]}_final/{labels[i]:06d}_{i}.JPG", "category": str(category[i])} for i in range(n)]
+    np.save(art / "embeddings.npy", emb)
+    np.save(art / "labels.npy", labels)
+    (art / "items.json").write_text(json.dumps(items))
+    np.save(art / "coords_pca.npy", pca_2d(emb))
+    for name in ("config.json", "weights.safetensors"):
+        (out / name).write_bytes((Path(model_run) / name).read_bytes())
+    (out / "metrics.json").write_text(json.dumps({"test": {}, "best_epoch": 0, "synthetic": True}))
+    return out
+
+
+# the point farthest from its nearest neighbour among a few hundred on screen: a click there hits it alone
+LONELY_POINT = """() => {
+  const gd = Array.from(document.querySelectorAll('.js-plotly-plot')).find(g => g.layout && g.layout.meta === 'metriclens-map');
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+  const all = gd._fullData.flatMap(t => Array.from(t.x, (x, i) => [box.left + xa._offset + xa.l2p(x), box.top + ya._offset + ya.l2p(t.y[i]), t.customdata[i]]));
+  let best = null;
+  for (let k = 0; k < Math.min(300, all.length); k++) {
+    const [px, py, id] = all[Math.floor(k * all.length / Math.min(300, all.length))];
+    let gap = Infinity;
+    for (const [qx, qy] of all) { const d = Math.hypot(qx - px, qy - py); if (d > 0 && d < gap) gap = d; }
+    if (!best || gap > best.gap) best = {x: px, y: py, id: id, gap: gap};
+  }
+  return best;
+}"""
+
+
+def scale_measures(browser, base: str, run: str, repeats: int) -> dict[str, list[float]]:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    out: dict[str, list[float]] = {"map_first_paint": [], "map_until_idle": [], "lasso_to_grid": [],
+                                   "click_to_neighbours": []}
+    try:
+        start = time.perf_counter()
+        page.goto(base + "/?" + urllib.parse.urlencode({"run": run}))
+        page.wait_for_function(MAP_DRAWN, polling="raf", timeout=120_000)
+        out["map_first_paint"].append(time.perf_counter() - start)
+        page.wait_for_function(DONE, arg="or click one", polling="raf", timeout=600_000)
+        out["map_until_idle"].append(time.perf_counter() - start)
+        settle(page, 600_000)
+        page.wait_for_timeout(1000)  # the page's click script attaches to the chart
+        centres = [(0.35, 0.4), (0.6, 0.55), (0.45, 0.65), (0.55, 0.35), (0.4, 0.5)]
+        for i in range(repeats):
+            clear = page.get_by_role("button", name="Clear selection")
+            if clear.count():
+                clear.click()
+                page.get_by_text("or click one", exact=False).wait_for(timeout=120_000)
+            settle(page)
+            lasso(page, radius_share=0.12, centre=centres[i % len(centres)], release=False)
+            out["lasso_to_grid"].append(timed(page, page.mouse.up, "Selection:"))
+        for i in range(repeats):
+            clear = page.get_by_role("button", name="Clear selection")
+            if clear.count():
+                clear.click()
+                page.get_by_text("or click one", exact=False).wait_for(timeout=120_000)
+            settle(page)
+            page.wait_for_timeout(800)
+            point = page.evaluate(LONELY_POINT)
+            page.mouse.move(point["x"], point["y"])
+            page.wait_for_timeout(300)
+            out["click_to_neighbours"].append(timed(page, lambda: page.mouse.click(point["x"], point["y"]),
+                                                    "Nearest neighbours of #"))
+        return out
+    except Exception:
+        shot = REPO / "test-output" / "dashboard_latency_failure.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot))
+        print(f"failed at {page.url}; screenshot in {shot}", file=sys.stderr)
+        raise
+    finally:
+        page.close()
+
+
 def _plot_point(page, fx: float, fy: float) -> tuple[float, float]:
     box = page.locator(".stPlotlyChart .nsewdrag").first.bounding_box()
     return box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
@@ -144,12 +251,19 @@ def write(results: dict) -> None:
              f"- runs: {', '.join(Path(r).name for r in results['runs'])}", "",
              "| measure | run | median (s) | samples (s) | target (s) | met |", "|---|---|---|---|---|---|"]
     for row in results["measures"]:
-        target = "—" if row["target_s"] is None else f"{row['target_s']:.0f}"
+        target = "—" if row["target_s"] is None else f"{row['target_s']:g}"
         met = "—" if row["met"] is None else ("yes" if row["met"] else "no")
         lines.append(f"| {row['measure']} | {row['run']} | {row['median_s']:.2f} | "
                      f"{', '.join(f'{s:.2f}' for s in row['samples_s'])} | {target} | {met} |")
     lines += ["", "Cold start: server launch to the Explore map drawn. Interactions: action to result drawn "
-              "(Streamlit idle, every image loaded); each uses a new query. See the module docstring."]
+              "(Streamlit idle, every image loaded); each uses a new query. See the module docstring.", "",
+              "Scale rows (`sop_like_*`): synthetic runs shaped like Stanford Online Products' test set (about 5.3 "
+              "items per class; the shapes test images reused, embeddings generated), on a running server. "
+              "map_first_paint: opening the run, first visit, until the map is drawn (WebGL, a stratified sample "
+              "of at most 20,000 points); map_until_idle: until the page's prefetch after paint is done (the "
+              "all-vs-all retrieval table behind the selection metrics, the faiss index); lasso_to_grid: "
+              "releasing a lasso until the selection's images and metrics are drawn; click_to_neighbours: a "
+              "click on a point until its 8 nearest neighbours are listed, ringed on the map and drawn."]
     (RESULTS / "dashboard_latency.md").write_text("\n".join(lines) + "\n")
 
 
@@ -159,6 +273,11 @@ def main(argv=None) -> int:
     parser.add_argument("--query", type=int, default=40, help="first query item of the interaction runs")
     parser.add_argument("--runs", help="comma-separated run directories (default: the first two shipped runs "
                                        "on the same data, or tiny fresh ones when there are none)")
+    parser.add_argument("--sizes", default="1000,10000,60000,120000",
+                        help="comma-separated item counts of synthetic SOP-like runs ('' for none); built once into "
+                             "benchmarks/runs/latency_scale/ (git-ignored)")
+    parser.add_argument("--skip-shipped", action="store_true", help="only the synthetic runs (no cold start, "
+                                                                      "no Retrieval/Attention measures)")
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).exists():
         print(f"{CHROMIUM} is missing: apt-get install chromium (or `make browser`)", file=sys.stderr)
@@ -170,27 +289,34 @@ def main(argv=None) -> int:
         runs = [str(Path(r).resolve()) for r in args.runs.split(",")]
     else:
         runs = [str(r.resolve()) for r in demo_runs(Path(tempfile.mkdtemp(prefix="latency_runs_")), 2)]
+    sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+    synthetic = [str(synthetic_run(REPO / "benchmarks" / "runs" / "latency_scale" / f"sop_like_{n // 1000}k", n,
+                                   Path(runs[0])).resolve()) for n in sizes]
     env = dict(os.environ, METRICLENS_AUTO_UMAP="0",
-               METRICLENS_RUNS=os.pathsep.join(sorted({str(Path(r).parent) for r in runs})))
+               METRICLENS_RUNS=os.pathsep.join(sorted({str(Path(r).parent) for r in runs + synthetic})))
     measures = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
         info["browser"] = f"Chromium {browser.version} (headless, software GL)"
-        samples = [cold_start(browser, env, runs[0]) for _ in range(args.repeats)]
-        measures.append(("cold_start", runs[0], [s[0] for s in samples], TARGETS["cold_start_s"]))
-        measures.append(("cold_start_until_idle", runs[0], [s[1] for s in samples], None))  # informational
+        if not args.skip_shipped:
+            samples = [cold_start(browser, env, runs[0]) for _ in range(args.repeats)]
+            measures.append(("cold_start", runs[0], [s[0] for s in samples], TARGETS["cold_start_s"]))
+            measures.append(("cold_start_until_idle", runs[0], [s[1] for s in samples], None))  # informational
         port = free_port()
         proc = start_server(port, env)
         try:
             wait_healthy(port, proc)
-            for run in runs:
+            for run in [] if args.skip_shipped else runs:
                 for name, values in interactions(browser, f"http://127.0.0.1:{port}", run, args.repeats, args.query).items():
                     measures.append((name, run, values, TARGETS["interaction_s"]))
+            for run in synthetic:
+                for name, values in scale_measures(browser, f"http://127.0.0.1:{port}", run, args.repeats).items():
+                    measures.append((name, run, values, TARGETS[name]))
         finally:
             stop_server(proc)
             browser.close()
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": info, "runs": runs,
+    results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": info, "runs": runs + synthetic,
                "command": "python -m benchmarks.dashboard_latency " + " ".join(argv if argv is not None else sys.argv[1:]),
                "measures": [{"measure": name, "run": Path(run).name, "samples_s": [round(s, 3) for s in values],
                              "median_s": round(statistics.median(values), 3), "target_s": target,

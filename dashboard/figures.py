@@ -44,40 +44,85 @@ def category_styles(names: list[str], colours: dict[str, str] | None = None) -> 
     return out
 
 
-def embedding_map(coords: np.ndarray, ids: np.ndarray, categories: list[str], hover: list[str],
+MAX_TRACES = 40          # more categories than this go in one trace (11k SOP classes as traces would stall)
+HIGHLIGHT = "#ff1493"    # rings around a clicked item's neighbours: no class colour is this pink
+
+
+def embedding_map(coords: np.ndarray, ids: np.ndarray, categories: list[str] | None, hover: list[str],
                   colours: dict[str, str] | None = None, title: str = "", height: int = 560,
-                  selected=None) -> go.Figure:
-    """One WebGL trace per category. customdata carries item ids as Python lists, because
-    numpy-backed customdata comes back from the browser as {'0': v} and point indices count
-    within a trace (research/dashboard.md §3.3). `selected` item ids are drawn as plotly's selection
-    (the others faded), so a selection kept across a recolouring stays visible."""
+                  selected=None, values: np.ndarray | None = None, value_name: str = "",
+                  sizes: np.ndarray | None = None, thumbs: str | None = None) -> go.Figure:
+    """The map: one WebGL trace per category, or one trace coloured on a continuous scale (`values`,
+    nan drawn grey), or one trace with a colour per point past MAX_TRACES categories. customdata
+    carries item ids, because point indices count within a trace (research/dashboard.md §3.3); a
+    selection's customdata may come back as {'0': v}, which logic.decode_customdata reads. `selected` item ids
+    are drawn as plotly's selection (the others faded), so a selection kept across a recolouring stays
+    visible. `sizes`: a marker size per point. `thumbs`: the URL folder of the thumbnail sheets, read
+    by the page's hover script (trace meta)."""
     fig = go.Figure()
-    categories = np.asarray(categories)
-    hover = np.asarray(hover)
-    ids = np.asarray(ids)
-    names = list(dict.fromkeys(categories.tolist()))  # first-seen order: stable between reruns
-    styles = category_styles(names, colours)
+    hover, ids = np.asarray(hover), np.asarray(ids)
     chosen = np.isin(ids, np.asarray(list(selected), dtype=int)) if selected is not None and len(selected) else None
-    for name in names:
-        m = categories == name
-        colour, symbol = styles[name]
-        light = colour.lower() in ("#f4f4f4", "#ffffff", "white")  # a white marker needs an outline on white
-        trace = go.Scattergl(
-            x=coords[m, 0].tolist(), y=coords[m, 1].tolist(), mode="markers", name=str(name),
-            customdata=ids[m].tolist(), text=hover[m].tolist(), hovertemplate="%{text}<extra></extra>",
-            marker=dict(size=7, color=colour, symbol=symbol, opacity=0.85,
-                        line=dict(width=1 if light or symbol.endswith("-open") else 0, color="#555" if light else colour)))
+    size = (lambda m: 7 if sizes is None else np.asarray(sizes, dtype=np.float32)[m])  # noqa: E731
+
+    def add(m, name, marker, showlegend=True):
+        # numpy arrays, not lists: plotly checks a list element by element and Streamlit deep-copies it
+        # (seconds for 20k points); arrays go to the browser as typed arrays
+        trace = go.Scattergl(x=coords[m, 0].astype(np.float32), y=coords[m, 1].astype(np.float32), mode="markers",
+                             name=str(name), customdata=ids[m], text=hover[m], hovertemplate="%{text}<extra></extra>",
+                             marker=dict(size=size(m), opacity=0.85, **marker), showlegend=showlegend, meta=thumbs)
         if chosen is not None:
             trace.update(selectedpoints=np.flatnonzero(chosen[m]).tolist(),
                          selected=dict(marker=dict(opacity=1.0)), unselected=dict(marker=dict(opacity=0.25)))
         fig.add_trace(trace)
+
+    names = []
+    if values is not None:
+        values = np.asarray(values, dtype=float)
+        finite = np.isfinite(values)
+        if (~finite).any():
+            add(~finite, f"{value_name}: none", dict(color="#9a9a9a"))
+        add(finite, value_name, dict(color=values[finite].astype(np.float32), colorscale="Viridis",
+                                     cmin=float(np.nanmin(values)) if finite.any() else 0,
+                                     cmax=float(np.nanmax(values)) if finite.any() else 1,
+                                     colorbar=dict(title=dict(text=value_name, side="right"), thickness=14)),
+            showlegend=False)
+    else:
+        categories = np.asarray(categories)
+        names = list(dict.fromkeys(categories.tolist()))  # first-seen order: stable between reruns
+        styles = category_styles(names, colours)
+        if len(names) > MAX_TRACES:  # a number per point on a stepped scale: strings per point cost seconds
+            palette = list(dict.fromkeys(styles[c][0] for c in names))
+            step = [[edge, colour] for k, colour in enumerate(palette) for edge in (k / len(palette), (k + 1) / len(palette))]
+            code = {name: palette.index(styles[name][0]) + 0.5 for name in names}
+            point_codes = np.asarray([code[c] for c in categories.tolist()], np.float32)
+            add(np.ones(len(ids), bool), "items", dict(color=point_codes, colorscale=step, cmin=0, cmax=len(palette)),
+                showlegend=False)
+        for name in names if len(names) <= MAX_TRACES else []:
+            colour, symbol = styles[name]
+            light = colour.lower() in ("#f4f4f4", "#ffffff", "white")  # a white marker needs an outline on white
+            add(categories == name, name, dict(color=colour, symbol=symbol, line=dict(
+                width=1 if light or symbol.endswith("-open") else 0, color="#555" if light else colour)))
     legend = dict(itemsizing="constant")
-    if len(names) > LEGEND_BELOW:  # rows under the map: every entry visible without scrolling
+    below = MAX_TRACES >= len(names) > LEGEND_BELOW
+    if below:  # rows under the map: every entry visible without scrolling
         legend.update(orientation="h", yanchor="top", y=-0.02, x=0, font=dict(size=11))
-    fig.update_layout(dragmode="lasso", height=height + (22 * ((len(names) + 5) // 6) if len(names) > LEGEND_BELOW else 0),
-                      margin=dict(l=10, r=10, t=30 if title else 10, b=10),
-                      title=title or None, uirevision="map", legend=legend, meta="metriclens-map",
+    fig.update_layout(dragmode="lasso", height=height + (22 * ((len(names) + 5) // 6) if below else 0),
+                      margin=dict(l=10, r=10, t=30 if title else 10, b=10), showlegend=len(names) <= MAX_TRACES,
+                      title=dict(text=title) if title else None, uirevision="map", legend=legend, meta="metriclens-map",
                       xaxis=dict(showticklabels=False, title=None), yaxis=dict(showticklabels=False, title=None))
+    return fig
+
+
+def highlight_items(fig: go.Figure, coords: np.ndarray, ids, hover, name: str, focus: bool = False,
+                    thumbs: str | None = None) -> go.Figure:
+    """Rings around some items (a clicked item's neighbours), or a star on the clicked item itself, drawn
+    over the map whether or not the items are in its sample (`thumbs`: as in embedding_map, for hovering)."""
+    fig.add_trace(go.Scattergl(meta=thumbs,
+        x=np.asarray(coords)[:, 0].tolist(), y=np.asarray(coords)[:, 1].tolist(), mode="markers", name=name,
+        customdata=np.asarray(ids).tolist(), text=list(hover), hovertemplate="%{text}<extra></extra>",
+        marker=dict(size=18 if focus else 15, symbol="star" if focus else "circle-open", color=HIGHLIGHT,
+                    line=dict(width=1.5 if focus else 2.5, color="#ffffff" if focus else HIGHLIGHT))))
+    fig.update_layout(showlegend=True)
     return fig
 
 

@@ -12,6 +12,7 @@ decided here too: `discover_runs` is the allow-list every run name from a link i
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -219,7 +220,7 @@ class Artifacts:
     items: list[dict]          # per item: split, index, path, class_name
     groups: list[slice]        # embedding dims of each group/subspace
 
-    @property
+    @functools.cached_property  # computed once per cached Artifacts (120k items: a list built per call was slow)
     def class_names(self) -> list[str]:
         return [it.get("class_name", str(l)) for it, l in zip(self.items, self.labels)]
 
@@ -228,7 +229,15 @@ def _artifact_stamp(run_dir: str) -> float:
     return _mtime(Path(run_dir) / ckpt.ARTIFACTS / EMBEDDINGS)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+def read_only(*arrays: np.ndarray) -> None:
+    """Arrays shared by every session through st.cache_resource: a write raises instead of leaking."""
+    for array in arrays:
+        array.setflags(write=False)
+
+
+# cache_resource, not cache_data: cache_data unpickles a copy on every hit, and a 120k-item run's
+# artifacts and retrieval table took seconds per rerun to copy (every image lookup reads the items)
+@st.cache_resource(show_spinner=False, max_entries=16)
 def _artifacts(run_dir: str, stamp: float, groups: tuple[tuple[int, int], ...]) -> Artifacts:
     art = Path(run_dir) / ckpt.ARTIFACTS
     missing = [n for n in (EMBEDDINGS, LABELS, ITEMS) if not (art / n).exists()]
@@ -251,6 +260,7 @@ def _artifacts(run_dir: str, stamp: float, groups: tuple[tuple[int, int], ...]) 
         raise CheckpointError(f"{art}/embeddings.npy has {emb.shape[1]} dims but the model embeds into "
                               f"{slices[-1].stop}: the artifacts belong to another model. Retrain the run "
                               f"(or re-run its training command, which rewrites them).")
+    read_only(emb, labels)
     return Artifacts(emb, labels, items, slices)
 
 
@@ -260,10 +270,12 @@ def artifacts(run_dir: str) -> Artifacts:
     return _artifacts(run_dir, _artifact_stamp(run_dir), groups)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_resource(show_spinner=False, max_entries=16)
 def _retrieval(run_dir: str, stamp: float) -> logic.RetrievalTable:
     art = artifacts(run_dir)
-    return logic.retrieval_table(art.embeddings, art.labels)
+    table = logic.retrieval_table(art.embeddings, art.labels)
+    read_only(*(value for value in vars(table).values() if isinstance(value, np.ndarray)))
+    return table
 
 
 def retrieval(run_dir: str) -> logic.RetrievalTable:
@@ -323,6 +335,110 @@ def _log_tail(path: Path, chars: int = 600) -> str:
         return Path(path).read_text(errors="replace")[-chars:].strip()
     except OSError:
         return "(no log)"
+
+
+# ---- the Explore page: item fields, neighbour index, thumbnails, re-projecting a selection -----------
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _item_fields(run_dir: str, stamp: float) -> dict[str, np.ndarray]:
+    from dashboard import items
+    art = artifacts(run_dir)
+    fields = items.categorical_fields(art.items, art.class_names)
+    read_only(*fields.values())
+    return fields
+
+
+def item_fields(run_dir: str) -> dict[str, np.ndarray]:
+    """Field name -> value per item (class, split, attributes...), once per artifacts version."""
+    return _item_fields(run_dir, _artifact_stamp(run_dir))
+
+
+@st.cache_resource(show_spinner="Indexing the item names for search (once per run)…", max_entries=8)
+def _search_text(run_dir: str, stamp: float) -> np.ndarray:
+    from dashboard import items
+    haystack = items.search_text(artifacts(run_dir).items, item_fields(run_dir))
+    read_only(haystack)
+    return haystack
+
+
+def search_text(run_dir: str) -> np.ndarray:
+    """The text a search reads per item; built on the first search, not before the map is drawn."""
+    return _search_text(run_dir, _artifact_stamp(run_dir))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _neighbour_index(run_dir: str, stamp: float):
+    from dashboard import items
+    return items.neighbour_index(artifacts(run_dir).embeddings)
+
+
+def neighbour_index(run_dir: str):
+    """The run's faiss index, built once per artifacts version and shared by every session (read-only)."""
+    return _neighbour_index(run_dir, _artifact_stamp(run_dir))
+
+
+def thumbnail_url(run_dir: str) -> str:
+    """The URL folder (relative to the app's root) of the run's thumbnail sheets, <sheet>.jpg inside."""
+    return f"app/static/thumbs/{digest(f'{run_dir}|{_artifact_stamp(run_dir)}|{data_root_override(run_dir)}')}/"
+
+
+def thumbnails(run_dir: str) -> dict:
+    """Start writing the run's hover thumbnails (once per server, run and data folder) into static/thumbs/
+    (git-ignored; Streamlit's static route serves it) in a background process: a 120k-item run decodes
+    every image, which in a thread slowed the page. The hover script shows nothing for a sheet not
+    written yet. Returns the job record."""
+    import sys
+
+    url = thumbnail_url(run_dir)
+    umap_jobs = _umap_jobs()
+    if url not in umap_jobs:
+        log = REPO / ".cache" / "thumbnail_logs" / f"{digest(url)}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as fh:
+            process = jobs.spawn([sys.executable, "-m", "dashboard.items", run_dir, str(REPO / url.removeprefix("app/")),
+                                  data_root_override(run_dir) or ""], fh, nice=10)
+        umap_jobs[url] = {"started": time.time(), "process": process, "log": log, "error": None}
+    return umap_jobs[url]
+
+
+SUBSET_UMAP = """import os, sys, numpy as np
+from core.projection import umap_2d
+np.save(sys.argv[2] + ".tmp.npy", umap_2d(np.load(sys.argv[1]), progress=True))
+os.replace(sys.argv[2] + ".tmp.npy", sys.argv[2])  # whole or absent
+"""
+
+
+def start_subset_umap(run_dir: str, ids: np.ndarray) -> dict:
+    """UMAP of some items only (an isolated selection), in a background process like the run's own UMAP;
+    {started, process, log, out, error}. The coordinates are kept in .cache/subset_umap/ by run and ids."""
+    import sys
+
+    key = digest(f"{run_dir}|{_artifact_stamp(run_dir)}|{np.asarray(ids).tobytes().hex()}")
+    folder = REPO / ".cache" / "subset_umap"
+    umap_jobs = _umap_jobs()
+    job = umap_jobs.get(key)
+    out = folder / f"{key}.npy"
+    if job is None and not out.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / f"{key}_in.npy", artifacts(run_dir).embeddings[np.asarray(ids)])
+        log = folder / f"{key}.log"
+        with open(log, "w") as fh:
+            process = jobs.spawn([sys.executable, "-c", SUBSET_UMAP, str(folder / f"{key}_in.npy"), str(out)], fh, nice=10)
+        job = umap_jobs[key] = {"started": time.time(), "process": process, "log": log, "error": None}
+    if job is None:
+        return {"out": out, "error": None, "started": time.time(), "log": None}
+    if job["process"].poll() not in (None, 0) and not job["error"]:
+        job["error"] = _log_tail(job["log"])
+    return job | {"out": out}
+
+
+def umap_progress(job: dict) -> float | None:
+    """The share of UMAP's layout epochs done, read from its tqdm bar in the job's log (None before)."""
+    import re
+    try:
+        found = re.findall(r"(\d+)%\|", Path(job["log"]).read_text(errors="replace")[-2000:])
+    except (OSError, TypeError):
+        return None
+    return int(found[-1]) / 100 if found else None
 
 
 # ---- data, images and explanations --------------------------------------------------------------

@@ -128,7 +128,7 @@ POINT_ON_SCREEN = """() => {
   const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
   // the point farthest from its nearest other point: a click there hits it alone
   let best = null;
-  const all = gd.data.flatMap(t => t.x.map((x, i) => [x, t.y[i], t.customdata[i]]));
+  const all = gd._fullData.flatMap(t => Array.from(t.x, (x, i) => [x, t.y[i], t.customdata[i]]));  // typed arrays
   for (const [x, y, id] of all.slice(0, 400)) {
     const px = box.left + xa._offset + xa.l2p(x), py = box.top + ya._offset + ya.l2p(y);
     let gap = Infinity;

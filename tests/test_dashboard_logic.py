@@ -126,7 +126,7 @@ def test_figures_overlay_and_map():
     assert figures.overlay(img, np.zeros((8, 8)) - 1, 0.5, signed=True).shape == (64, 64, 3)
     fig = figures.embedding_map(np.random.rand(5, 2), np.arange(5), list("aabbc"), list("vwxyz"))
     assert [t.type for t in fig.data] == ["scattergl"] * 3
-    assert fig.data[0].customdata == (0, 1)
+    assert list(fig.data[0].customdata) == [0, 1]
     picker = figures.patch_picker(img, 4, 4, (1, 2))
     assert len(picker.data[0].x) == 16
 

@@ -59,14 +59,23 @@ def artifacts(run: str):
 
 
 # ---- Explore ------------------------------------------------------------------------------------------
-def test_explore_map_is_webgl_with_list_customdata(runs):
+def plotly_list(value) -> list:
+    """A figure array from the chart's JSON: a list, or a typed array (numpy arrays are sent as
+    {"dtype", "bdata"}: base64 of the raw values)."""
+    if isinstance(value, dict) and "bdata" in value:
+        import base64
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).tolist()
+    return list(value)
+
+
+def test_explore_map_is_webgl_with_item_ids_as_customdata(runs):
     at = open_app(runs[0])
     chart = at.get("plotly_chart")[0]
     spec = json.loads(chart.proto.spec)
     assert spec["layout"]["dragmode"] == "lasso"
     assert all(trace["type"] == "scattergl" for trace in spec["data"])
-    ids = [i for trace in spec["data"] for i in trace["customdata"]]
-    assert sorted(ids) == list(range(len(artifacts(runs[0])[1])))  # plain lists of every item id
+    ids = [i for trace in spec["data"] for i in plotly_list(trace["customdata"])]
+    assert sorted(ids) == list(range(len(artifacts(runs[0])[1])))  # every item id once
     assert "Lasso or box-select" in texts(at)
 
 
@@ -115,7 +124,7 @@ def inject(at: AppTest, ids) -> None:
 def selected_on_map(at: AppTest) -> set[int]:
     """Item ids the map draws as selected (selectedpoints of each trace, mapped through customdata)."""
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
-    return {t["customdata"][j] for t in spec["data"] for j in (t.get("selectedpoints") or [])}
+    return {plotly_list(t["customdata"])[j] for t in spec["data"] for j in (t.get("selectedpoints") or [])}
 
 
 def test_explore_selection_survives_recolouring_and_projection(runs):

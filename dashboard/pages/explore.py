@@ -1,4 +1,7 @@
-"""Explore: the test embeddings on a 2-D map; select points to see their images and metrics."""
+"""Explore: the test embeddings on a 2-D map. Select points (lasso, box, click or search) to see their
+images and metrics; a clicked item's nearest neighbours are listed and ringed on the map; colour or size
+by any per-item field; isolate the selection and re-project it; export it; the selection and colouring
+live in the link."""
 from __future__ import annotations
 
 import json
@@ -10,43 +13,16 @@ import numpy as np
 import streamlit as st
 
 from core.run_dir import ARTIFACTS, coords_file
-from dashboard import figures, logic, state, ui
+from dashboard import figures, items, logic, state, ui
 
 MAX_POINTS = 20_000      # above this the map shows a stratified sample; metrics still use every point
 GRID_LIMIT = 40
-SELECTION, SEEN = "explore_selection", "explore_map_seen"   # kept ids; the chart value last seen
-# Streamlit's chart forces clickmode='event' while the drag mode is lasso or box, so a click on a point selects
-# nothing and its plotly_click reaches no handler. This passes the clicked point on as a one-point selection,
-# and a double-click on to the Clear button (a kept selection is not the chart's own value, which Streamlit's
-# double-click would reset).
-CLICK_BRIDGE = """<script>
-(function () {
-  const win = window.parent && window.parent.document ? window.parent : window;
-  if (win.__metriclensClickBridge) return;
-  win.__metriclensClickBridge = true;
-  const point = (p) => ({curveNumber: p.curveNumber, pointNumber: p.pointNumber, pointIndex: p.pointIndex,
-                         x: p.x, y: p.y, customdata: p.customdata});
-  win.setInterval(function () {
-    win.document.querySelectorAll(".js-plotly-plot").forEach(function (gd) {
-      if (gd.__metriclensClick || !gd.layout || gd.layout.meta !== "metriclens-map" || !gd.on) return;
-      gd.__metriclensClick = true;
-      gd.on("plotly_click", function (ev) {
-        if (!ev || !ev.points || !ev.points.length) return;
-        if (String((gd._fullLayout || {}).clickmode || "").indexOf("select") >= 0) return;  // selects by itself
-        gd.emit("plotly_selected", {points: [point(ev.points[0])], selections: []});
-      });
-      gd.on("plotly_deselect", function () {  // a double-click in lasso/box mode
-        // the page's own Clear button when it is there (the kept selection is not the chart's value, and a
-        // marker sent through a chart that was just redrawn could miss); else a "clear" marker, id -1
-        const clear = Array.from(win.document.querySelectorAll("button")).find(b => b.innerText.trim() === "Clear selection");
-        if (clear) { clear.click(); return; }
-        gd.emit("plotly_selected", {points: [{curveNumber: -1, pointNumber: -1, pointIndex: -1, customdata: -1}],
-                                    selections: []});
-      });
-    });
-  }, 400);
-})();
-</script>"""
+NEIGHBOURS = 8
+SELECTION, SEEN, ISOLATED = "explore_selection", "explore_map_seen", "explore_isolated"  # kept ids; chart value seen
+DRAWN = "explore_drawn"  # (item ids, coordinates) of the map last drawn: a lasso's polygon is in those coordinates
+SAME_SIZE = "same size"
+# the map's browser side (click -> selection, double-click -> Clear, hover thumbnails, j/k): see the file
+CLICK_BRIDGE = "<script>\n" + (Path(__file__).resolve().parents[1] / "explore_map.js").read_text() + "</script>"
 
 
 def event_key(event) -> str:
@@ -54,12 +30,27 @@ def event_key(event) -> str:
     selection = event.get("selection") if hasattr(event, "get") else None
     return json.dumps(selection, sort_keys=True, default=str)
 
-st.title("Explore the embedding")
-run = ui.require_run()
-model, cfg, art = ui.load_or_stop(run)
-n = len(art.labels)
-# the retrieval table (an all-vs-all search) is only built when a colouring or a selection needs it,
-# so the first map is drawn from the artifacts alone
+
+def kept(key: str, run: str) -> np.ndarray | None:
+    """Ids kept under a session key for this run (a selection, an isolated set); None when there are none."""
+    value = st.session_state.get(key)
+    return np.asarray(value["ids"], dtype=int) if value and value.get("run") == run else None
+
+
+def keep(key: str, run: str, ids) -> None:
+    st.session_state[key] = {"run": run, "ids": np.unique(np.asarray(ids, dtype=int)).tolist()}  # sorted
+
+
+def umap_progress_ui(job: dict, what: str) -> None:
+    """UMAP's own progress (the layout epochs in its log) or, before it starts them, the time spent."""
+    elapsed = time.time() - job["started"]
+    share = state.umap_progress(job)
+    text = (f"Computing the UMAP of {what} in the background: layout {share:.0%} ({elapsed:.0f} s). "
+            if share is not None else
+            f"Computing the UMAP of {what} in the background ({elapsed:.0f} s; a fresh process also compiles "
+            f"numba code, ~40 s). ")
+    st.progress(min(share if share is not None else elapsed / 60.0, 0.95),
+                text=text + "Showing PCA meanwhile; the map switches by itself.")
 
 
 @st.fragment(run_every=1.0)
@@ -72,50 +63,131 @@ def wait_for_umap(run_dir: str) -> None:
         st.error(f"UMAP failed; the PCA map below still works. Run `python -m core umap {run_dir}` to see why. "
                  f"Last output: {job['error']}")
         return
-    elapsed = time.time() - job["started"]
-    st.progress(min(elapsed / 60.0, 0.95),
-                text=f"Computing UMAP in the background ({elapsed:.0f} s; a fresh process also compiles numba code, "
-                     f"~40 s). Showing PCA meanwhile; the map switches by itself and UMAP is kept for next time.")
+    umap_progress_ui(job, "every item")
 
 
-# ---- controls -------------------------------------------------------------------------------------
-c1, c2, c3 = st.columns([1.2, 1.6, 2.2])
-projection = c1.radio("Projection", ["UMAP", "PCA"], horizontal=True, key="explore_projection")
-multi_maps = [name for name, shape in state.map_shapes(run).items() if shape[0] > 1]
-colour_options = ["class", "top-1 neighbour correct"]
-if len(art.groups) > 1:
-    colour_options.append("dominant group")
-colour_options += [f"dominant {name} channel" for name in multi_maps]
-colour_by = c2.selectbox("Colour by", colour_options, key="explore_colour",
-                         help="dominant group: the embedding group contributing most to the similarity with the "
-                              "item's top-1 neighbour; dominant channel: the map channel holding the most mass")
-if len(colour_options) == 2:
-    c2.caption("This model has one group and no multi-channel maps, so there is nothing 'dominant' to colour by.")
+@st.fragment(run_every=1.0)
+def wait_for_subset_umap(run_dir: str, ids: tuple[int, ...]) -> None:
+    job = state.start_subset_umap(run_dir, np.asarray(ids))
+    if Path(job["out"]).exists():
+        st.rerun(scope="app")
+    if job["error"]:
+        st.error(f"UMAP of the isolated items failed; their PCA map still works. Last output: {job['error']}")
+        return
+    umap_progress_ui(job, f"the {len(ids)} isolated items")
 
-coords = state.coords(run, "umap" if projection == "UMAP" else "pca")
-shown_projection = projection
-if coords is None:
-    shown_projection = "PCA"
-    coords = state.coords(run, "pca")
-    if os.environ.get("METRICLENS_AUTO_UMAP", "1") != "0" or st.session_state.get(f"umap_requested_{run}"):
-        wait_for_umap(run)
-    elif c3.button("Compute UMAP", help="in the background; cached next to the run in artifacts/coords_umap.npy"):
-        st.session_state[f"umap_requested_{run}"] = True
-        st.rerun()
 
-# ---- colours ----------------------------------------------------------------------------------------
-names = np.asarray(art.class_names)
-colours = None
-if colour_by == "class":
-    categories = names
-elif colour_by == "top-1 neighbour correct":
-    table = state.retrieval(run)
-    categories = np.where(table.top1_correct, "top-1 correct", "top-1 wrong")
-    colours = figures.CORRECT_COLOURS
-elif colour_by == "dominant group":
-    dom = logic.dominant_group(art.embeddings, state.retrieval(run).neighbours[:, 0], art.groups)
-    categories = np.asarray([f"group {g}" for g in dom])
-else:
+# ---- the link ---------------------------------------------------------------------------------------------
+def link_ui(run: str, n: int, colour_options: list[str], size_options: list[str]) -> None:
+    """Once per session: the selection (sel=3,7-12), colouring (colour=) and sizing (size=) from the link.
+    Values are checked against what this run offers; a bad one is said and ignored, never used."""
+    params = st.session_state.pop("_link_params", None) or {}
+    problems = []
+    for param, key, options in (("colour", "explore_colour", colour_options), ("size", "explore_size", size_options)):
+        if param in params:
+            if params[param] in options:
+                st.session_state[key] = params[param]
+            else:
+                problems.append(f"{param}={items.shown_safely(params[param])!r} is not offered for this run "
+                                f"(choose from: {', '.join(options)})")
+    if "sel" in params:
+        try:
+            keep(SELECTION, run, items.decode_ids(params["sel"], n))
+        except items.LinkError as err:
+            problems.append(str(err))
+    for problem in problems:
+        st.warning(f"The link's {problem}; it is ignored.")
+
+
+def write_link(run: str, colour_by: str, size_by: str, selected: np.ndarray) -> None:
+    """This page's part of the URL; app.py merges it into the deep link after the page ran."""
+    link = {"colour": colour_by}
+    if size_by != SAME_SIZE:
+        link["size"] = size_by
+    encoded = items.encode_ids(selected)
+    if encoded and len(encoded) <= items.MAX_LINK_CHARS:
+        link["sel"] = encoded
+    elif encoded:
+        st.caption("This selection is too scattered to fit in the link; the link keeps the colouring only.")
+    st.session_state["_page_link"] = {"explore": link}
+
+
+# ---- controls ---------------------------------------------------------------------------------------------
+def colour_options_for(run: str, art: state.Artifacts, fields: dict) -> list[str]:
+    multi_maps = [name for name, shape in state.map_shapes(run).items() if shape[0] > 1]
+    options = [*fields, "top-1 neighbour correct", *items.SCORES, items.QUERY_SIMILARITY]
+    if len(art.groups) > 1:
+        options.append("dominant group")
+    return options + [f"dominant {name} channel" for name in multi_maps]
+
+
+def controls_ui(run: str, colour_options: list[str], size_options: list[str]) -> tuple[str, str, str]:
+    c1, c2, c3, c4 = st.columns([1.1, 1.5, 1.2, 2.2])
+    projection = c1.radio("Projection", ["UMAP", "PCA"], horizontal=True, key="explore_projection")
+    colour_by = c2.selectbox("Colour by", colour_options, key="explore_colour",
+                             help="any per-item field; R-precision, MAP@R and the similarity to the query on a "
+                                  "continuous scale; dominant group: the embedding group contributing most to the "
+                                  "similarity with the item's top-1 neighbour; dominant channel: the map channel "
+                                  "holding the most mass")
+    size_by = c3.selectbox("Size by", size_options, key="explore_size")
+    c4.text_input("Find and select", key="explore_find", placeholder="e.g. red diamond, #12, a file name",
+                  help="items whose class, attributes, file name or folder contain every word; Enter selects them")
+    return projection, colour_by, size_by
+
+
+def search_ui(run: str) -> None:
+    """A new search text selects its matches (or says there are none), once per text."""
+    text = (st.session_state.get("explore_find") or "").strip()
+    if text and text != st.session_state.get("explore_find_done"):
+        found = items.search(state.search_text(run), text)
+        st.session_state["explore_find_done"] = text
+        if len(found):
+            keep(SELECTION, run, found)
+            st.session_state.pop(ISOLATED, None)
+        else:
+            st.warning(f"No item matches {items.shown_safely(text)!r}; the selection is unchanged.")
+    elif not text:
+        st.session_state.pop("explore_find_done", None)
+
+
+def query_ui(run: str, n: int, selected: np.ndarray) -> np.ndarray:
+    """Previous/next query (also j/k or ←/→): the query becomes the one selected item, neighbours shown.
+    Returns the selection (that item after a step)."""
+    q = ui.query_item(n)
+    b1, b2, b3 = st.columns([1, 1, 6])
+    step = (-1 if b1.button("‹ Previous", key="explore_prev") else 0) + (1 if b2.button("Next ›", key="explore_next") else 0)
+    if step:
+        q = (q + step) % n
+        st.session_state[state.QUERY] = q
+        st.session_state[state.UPLOAD] = None
+        keep(SELECTION, run, [q])
+        selected = np.asarray([q])
+    b3.caption(f"Query #{q} (keys j/k or →/←; a click on the map makes the clicked item the query)")
+    return selected
+
+
+# ---- colours, sizes, the view -------------------------------------------------------------------------------
+def field_values(run: str, art: state.Artifacts, name: str) -> np.ndarray:
+    """A continuous per-item field."""
+    if name == items.QUERY_SIMILARITY:
+        return art.embeddings @ art.embeddings[ui.query_item(len(art.labels))]
+    with st.spinner("Scoring every item against all others (once per run)…"):
+        return getattr(state.retrieval(run), items.SCORES[name])
+
+
+def colouring(run: str, art: state.Artifacts, colour_by: str, fields: dict):
+    """(categories, fixed colours, continuous values): categories or values is None."""
+    if colour_by in fields:
+        return fields[colour_by], None, None
+    if colour_by == "top-1 neighbour correct":
+        with st.spinner("Scoring every item against all others (once per run)…"):
+            table = state.retrieval(run)
+        return np.where(table.top1_correct, "top-1 correct", "top-1 wrong"), figures.CORRECT_COLOURS, None
+    if colour_by in items.SCORES or colour_by == items.QUERY_SIMILARITY:
+        return None, None, field_values(run, art, colour_by)
+    if colour_by == "dominant group":
+        dom = logic.dominant_group(art.embeddings, state.retrieval(run).neighbours[:, 0], art.groups)
+        return np.asarray([f"group {g}" for g in dom]), None, None
     map_name = colour_by.removeprefix("dominant ").removesuffix(" channel")
     try:
         bar = st.empty()
@@ -125,92 +197,235 @@ else:
                                             f"(once per run; kept in .cache/ for next time)")
         mass = state.map_channel_mass(run, progress)[map_name]
         bar.empty()
-        categories = np.asarray([f"{map_name} channel {k}" for k in mass.argmax(1)])
+        return np.asarray([f"{map_name} channel {k}" for k in mass.argmax(1)]), None, None
     except ui.dataset_error_type() as err:
         ui.dataset_error(err, run)
-        categories = names
+        return fields["class"], None, None
 
-shown = logic.stratified_sample(art.labels, MAX_POINTS)
-sampled = len(shown) < n
 
-# ---- selection: kept by item id, apart from the figure, so recolouring or re-projecting keeps it ----------
-# The chart's value is read before the chart is drawn: it belongs to the figure of the previous run (the one
-# the user lassoed, clicked or double-clicked). A changed figure is a new chart whose value starts empty, so
-# only a value that differs from the one seen after the last draw is a user action.
-kept = st.session_state.get(SELECTION)
-if not kept or kept.get("run") != run:
-    kept = {"run": run, "ids": []}
-before = st.session_state.get("explore_map")
-if event_key(before) != st.session_state.get(SEEN):
-    drawn_on = st.session_state.get("explore_coords_seen")
-    drawn_on = coords if drawn_on is None or len(drawn_on) != n else drawn_on
-    picked = logic.selected_ids(before, drawn_on, use_geometry=sampled)
-    kept = {"run": run, "ids": [] if (picked < 0).any() else picked[picked < n].tolist()}  # -1: double-click clear
-st.session_state[SELECTION] = kept
-selected = np.asarray(kept["ids"], dtype=int)
+def marker_sizes(run: str, art: state.Artifacts, size_by: str) -> np.ndarray | None:
+    """Marker size per item, 4–14 px over the field's range (missing values small)."""
+    if size_by == SAME_SIZE:
+        return None
+    values = field_values(run, art, size_by).astype(float)
+    lo, hi = np.nanmin(values), np.nanmax(values)
+    share = np.nan_to_num((values - lo) / (hi - lo) if hi > lo else np.full_like(values, 0.5), nan=0.0)
+    return 4 + 10 * share
 
-hover = [f"#{i} {names[i]}" for i in shown]
-fig = figures.embedding_map(coords[shown], shown, categories[shown], hover, colours, selected=selected,
-                            title=f"{shown_projection} of {n} test embeddings" + (f" ({len(shown)} shown)" if sampled else ""))
-if len(set(categories.tolist())) > 40:  # a legend that long only scrolls
-    fig.update_layout(showlegend=False)
-event = st.plotly_chart(fig, key="explore_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                        width="stretch", config={"displaylogo": False})
-st.session_state[SEEN] = event_key(event)
-st.session_state["explore_coords_seen"] = coords  # a lasso's polygon is in the coordinates it was drawn on
-st.html(CLICK_BRIDGE, unsafe_allow_javascript=True)
-if sampled:
-    st.caption(f"The map shows a stratified sample of {len(shown)} of {n} points; box and lasso select over all "
-               f"{n} points, and every metric uses the full set.")
 
-if not len(selected):
+def view_ui(run: str, art: state.Artifacts, projection: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(item ids on the map, their 2-D coordinates, projection shown): every item, or the isolated ones
+    re-projected (PCA at once, UMAP in the background)."""
+    from core.projection import pca_2d
+
+    isolated = kept(ISOLATED, run)
+    if isolated is not None and len(isolated) >= 3:
+        if projection == "UMAP":
+            job = state.start_subset_umap(run, isolated)
+            if Path(job["out"]).exists():
+                return isolated, np.load(job["out"]), "UMAP"
+            wait_for_subset_umap(run, tuple(isolated.tolist()))
+        return isolated, pca_2d(art.embeddings[isolated]), "PCA"
+    all_ids = np.arange(len(art.labels))
+    coords = state.coords(run, "umap" if projection == "UMAP" else "pca")
+    if coords is not None:
+        return all_ids, coords, projection
+    if os.environ.get("METRICLENS_AUTO_UMAP", "1") != "0" or st.session_state.get(f"umap_requested_{run}"):
+        wait_for_umap(run)
+    elif st.button("Compute UMAP", help="in the background; cached next to the run in artifacts/coords_umap.npy"):
+        st.session_state[f"umap_requested_{run}"] = True
+        st.rerun()
+    return all_ids, state.coords(run, "pca"), "PCA"
+
+
+def read_selection(run: str, n: int, sampled: bool) -> np.ndarray:
+    """The kept selection, replaced by a new lasso, box, click or double-click on the chart.
+
+    The chart's value is read before the chart is drawn: it belongs to the figure of the previous run (the
+    one the user lassoed, clicked or double-clicked). A changed figure is a new chart whose value starts
+    empty, so only a value that differs from the one seen after the last draw is a user action. No value at
+    all (the page's first draw, or a return from another page) is none either: the kept selection stays."""
+    selected = kept(SELECTION, run)
+    before = st.session_state.get("explore_map")
+    if before is not None and event_key(before) != st.session_state.get(SEEN):
+        view_ids, drawn_on = st.session_state.get(DRAWN) or (None, None)
+        picked = logic.selected_ids(before, drawn_on, use_geometry=sampled and drawn_on is not None, ids=view_ids)
+        selected = np.zeros(0, int) if (picked < 0).any() else picked[picked < n]  # -1: double-click clear
+        if len(selected) == 1:  # a click: the clicked item becomes the query (neighbours, j/k, other pages)
+            st.session_state[state.QUERY] = int(selected[0])
+            st.session_state[state.UPLOAD] = None
+    selected = np.zeros(0, int) if selected is None else selected
+    keep(SELECTION, run, selected)
+    return selected
+
+
+def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, colour: tuple,
+           sizes: np.ndarray | None, colour_by: str, selected: np.ndarray, focus: tuple | None) -> None:
+    view_ids, coords = view     # view_ids: sorted item ids
+    n, names = len(art.labels), art.class_names
+    shown = logic.stratified_sample(art.labels[view_ids], MAX_POINTS)
+    ids = view_ids[shown]
+    categories, colours, values = colour
+    thumbs = state.thumbnail_url(run)
+    hover = [f"#{i} {names[i]}" for i in ids.tolist()]
+    if values is not None:
+        hover = [f"{h} · {colour_by} {v:.3f}" for h, v in zip(hover, values[ids].tolist())]
+    where = f"{len(view_ids)} isolated" if len(view_ids) < n else str(n)
+    fig = figures.embedding_map(
+        coords[shown], ids, None if categories is None else categories[ids], hover, colours, selected=selected,
+        values=None if values is None else values[ids], value_name=colour_by,
+        sizes=None if sizes is None else sizes[ids], thumbs=thumbs,
+        title=f"{shown_projection} of {where} test embeddings" + (f" ({len(shown)} shown)" if len(shown) < len(view_ids) else ""))
+    if focus is not None:
+        item, neighbour_ids, sims = focus
+        at = np.minimum(np.searchsorted(view_ids, neighbour_ids), len(view_ids) - 1)
+        on_map = view_ids[at] == neighbour_ids     # an isolated view may leave some out
+        if on_map.any():
+            figures.highlight_items(fig, coords[at[on_map]], neighbour_ids[on_map],
+                                    [f"#{i} {names[i]} · {s:.3f}" for i, s in zip(neighbour_ids[on_map], sims[on_map])],
+                                    f"{on_map.sum()} nearest of #{item}", thumbs=thumbs)
+        at = np.searchsorted(view_ids, item)
+        if at < len(view_ids) and view_ids[at] == item:
+            figures.highlight_items(fig, coords[[at]], [item], [f"#{item} {names[item]}"], f"#{item}", focus=True,
+                                    thumbs=thumbs)
+    event = st.plotly_chart(fig, key="explore_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                            width="stretch", config={"displaylogo": False})
+    st.session_state[SEEN] = event_key(event)
+    st.session_state[DRAWN] = (view_ids, coords)
+    st.html(CLICK_BRIDGE, unsafe_allow_javascript=True)
+    if len(shown) < len(view_ids):
+        st.caption(f"The map shows a stratified sample of {len(shown)} of {len(view_ids)} points; box and lasso "
+                   f"select over all of them, and every metric uses the full set.")
+
+
+# ---- what is selected ----------------------------------------------------------------------------------------
+def neighbours_ui(run: str, art: state.Artifacts, item: int, neighbour_ids, sims) -> None:
+    st.subheader(f"Nearest neighbours of #{item} {art.items[item].get('class_name', '')}")
+    images = ui.images_or_error(run, [item, *neighbour_ids])
+    if images is not None:
+        caps = [f"query #{item}"] + [ui.item_caption(art, int(i), float(s), bool(art.labels[i] == art.labels[item]))
+                                     for i, s in zip(neighbour_ids, sims)]
+        ui.image_wall(images, caps, width=100)  # the query and its 8 in one row
+        st.caption("Cosine similarity in the embedding (exact, over every item); ✓/✗: same class as the query. "
+                   "The neighbours are ringed on the map; click one to move to it.")
+
+
+def isolate_ui(run: str, selected: np.ndarray) -> None:
+    isolated = kept(ISOLATED, run)
+    if isolated is not None:
+        if st.button(f"Show every item (the map shows {len(isolated)} isolated)", key="explore_unisolate"):
+            st.session_state.pop(ISOLATED, None)
+            st.rerun()
+    elif len(selected) >= 3 and st.button("Isolate and re-project", key="explore_isolate",
+                                          help="the map shows only the selection, projected anew: PCA at once, "
+                                               "UMAP in the background"):
+        keep(ISOLATED, run, selected)
+        st.rerun()
+
+
+def export_ui(run: str, art: state.Artifacts, selected: np.ndarray, fields: dict) -> None:
+    st.download_button(f"Export {len(selected)} as CSV", items.selection_csv(selected, art.items, art.labels, fields),
+                       file_name=f"{Path(run).name}_selection.csv", mime="text/csv", key="explore_export",
+                       help="item, label, class, split, index in the split, path and every field")
+
+
+def selection_ui(run: str, art: state.Artifacts, selected: np.ndarray, fields: dict) -> None:
+    n, names = len(art.labels), fields["class"]
+    table = state.retrieval(run)
+    metrics = logic.selection_metrics(table, selected)
+    s1, s2, s3, s4 = st.columns([2.6, 1.2, 1.6, 1.2])
+    s1.subheader(f"Selection: {len(selected)} of {n} items")
+    with s2:
+        export_ui(run, art, selected, fields)
+    with s3:
+        isolate_ui(run, selected)
+    def clear():  # a callback: it runs before the next script run, so it may empty the search box too
+        keep(SELECTION, run, [])
+        st.session_state["explore_find"] = ""
+    s4.button("Clear selection", key="explore_clear", on_click=clear)
+    m1, m2, m3 = st.columns([1, 1, 2])
+    with m1:
+        ui.metric_pair("R@1", *metrics["R@1"])
+    with m2:
+        ui.metric_pair("MAP@R", *metrics["MAP@R"])
+    classes, counts = np.unique(names[selected], return_counts=True)
+    order = np.argsort(-counts)[:5]
+    m3.markdown("**Classes in the selection:** " + ", ".join(f"{classes[i]} ({counts[i]})" for i in order)
+                + (" …" if len(classes) > 5 else ""))
+
+    grid = logic.interleave_classes(selected, art.labels)[:GRID_LIMIT]
+    images = ui.images_or_error(run, grid)
+    if images is not None:
+        caps = [ui.item_caption(art, int(i), match=bool(table.top1_correct[i])) for i in grid]
+        ui.image_wall(images, caps)
+        if len(selected) > GRID_LIMIT:
+            st.caption(f"Showing {GRID_LIMIT} of {len(selected)} selected images, taking each class in turn "
+                       f"(✓/✗: top-1 neighbour correct).")
+    o1, o2, o3 = st.columns([2, 1, 1])
+    target = o1.selectbox("Open an item of the selection", grid.tolist(), key="explore_open",
+                          format_func=lambda i: ui.item_caption(art, int(i)))
+    if o2.button("Neighbours →", key="explore_to_retrieval"):
+        ui.go_to("retrieval", int(target))
+    if o3.button("Attention →", key="explore_to_attention"):
+        ui.go_to("attention", int(target))
+
+
+def nothing_selected_ui(run: str) -> None:
     st.info("Lasso or box-select points on the map, or click one, to see their images and the retrieval metrics of "
-            "the selection against the rest. The selection stays when you recolour or switch the projection; "
-            "double-click the map to clear it.")
+            "the selection against the rest; or find items by name above. The selection stays when you recolour "
+            "or switch the projection; double-click the map to clear it.")
     test = state.summary(run).get("metrics") or {}
     if test:
         m1, m2 = st.columns(2)
         m1.metric("R@1 (test set, metrics.json)", f"{test.get('recall@1', float('nan')):.3f}")
         m2.metric("MAP@R (test set, metrics.json)", f"{test.get('map_at_r', float('nan')):.3f}")
+
+
+def prefetch(run: str) -> None:
+    """After paint: the map is on screen, so the first selection need not pay for these."""
     state.warm_up()
-    # prefetch after paint: the map is on screen, so the first selection need not pay for these
     state.retrieval(run)
+    state.neighbour_index(run)
+    state.thumbnails(run)
+
+
+def page() -> None:
+    st.title("Explore the embedding")
+    run = ui.require_run()
+    _, _, art = ui.load_or_stop(run)
+    n = len(art.labels)
+    fields = state.item_fields(run)
+    colour_options = colour_options_for(run, art, fields)
+    size_options = [SAME_SIZE, *items.SCORES, items.QUERY_SIMILARITY]
+    link_ui(run, n, colour_options, size_options)
+    projection, colour_by, size_by = controls_ui(run, colour_options, size_options)
+    search_ui(run)
+    view = view_ui(run, art, projection)
+    selected = read_selection(run, n, sampled=len(view[0]) > MAX_POINTS)
+    selected = query_ui(run, n, selected)
+    colour = colouring(run, art, colour_by, fields)
+    sizes = marker_sizes(run, art, size_by)
+    focus = None
+    if len(selected) == 1:
+        item = int(selected[0])
+        focus = (item, *items.neighbours(state.neighbour_index(run), art.embeddings, item, NEIGHBOURS))
+    map_ui(run, art, view[:2], view[2], colour, sizes, colour_by, selected, focus)
+    write_link(run, colour_by, size_by, selected)
+    if focus is not None:
+        neighbours_ui(run, art, *focus)
+    if not len(selected):
+        nothing_selected_ui(run)
+        prefetch(run)
+        return
+    selection_ui(run, art, selected, fields)
+
+
+if os.environ.get("PROFILE_PAGE"):
+    import cProfile, pstats
+    _p = cProfile.Profile(); _p.enable()
     try:
-        state.splits(run)
-    except ui.dataset_error_type():
-        pass  # reported where images are needed
-    st.stop()
-
-table = state.retrieval(run)
-metrics = logic.selection_metrics(table, selected)
-s1, s2 = st.columns([4, 1])
-s1.subheader(f"Selection: {len(selected)} of {n} items")
-if s2.button("Clear selection", key="explore_clear"):
-    st.session_state[SELECTION] = {"run": run, "ids": []}
-    st.rerun()
-m1, m2, m3 = st.columns([1, 1, 2])
-with m1:
-    ui.metric_pair("R@1", *metrics["R@1"])
-with m2:
-    ui.metric_pair("MAP@R", *metrics["MAP@R"])
-classes, counts = np.unique(names[selected], return_counts=True)
-order = np.argsort(-counts)[:5]
-m3.markdown("**Classes in the selection:** " + ", ".join(f"{classes[i]} ({counts[i]})" for i in order)
-            + (" …" if len(classes) > 5 else ""))
-
-grid = logic.interleave_classes(selected, art.labels)[:GRID_LIMIT]
-images = ui.images_or_error(run, grid)
-if images is not None:
-    caps = [ui.item_caption(art, int(i), match=bool(table.top1_correct[i])) for i in grid]
-    ui.image_wall(images, caps)
-    if len(selected) > GRID_LIMIT:
-        st.caption(f"Showing {GRID_LIMIT} of {len(selected)} selected images, taking each class in turn "
-                   f"(✓/✗: top-1 neighbour correct).")
-
-o1, o2, o3 = st.columns([2, 1, 1])
-target = o1.selectbox("Open an item of the selection", grid.tolist(), key="explore_open",
-                      format_func=lambda i: ui.item_caption(art, int(i)))
-if o2.button("Neighbours →", key="explore_to_retrieval"):
-    ui.go_to("retrieval", int(target))
-if o3.button("Attention →", key="explore_to_attention"):
-    ui.go_to("attention", int(target))
+        page()
+    finally:
+        _p.disable(); pstats.Stats(_p).sort_stats("cumulative").print_stats(30)
+else:
+    page()

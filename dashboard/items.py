@@ -1,0 +1,192 @@
+"""The Explore page's per-item logic: fields to colour or size by, search, neighbours, export, and the
+selection and colouring in a link. No Streamlit here (testable on its own); state.py caches.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sys
+from pathlib import Path, PurePath
+
+import numpy as np
+
+from core.run_dir import ARTIFACTS, ITEMS
+
+from dashboard.figures import NAMED_COLOURS, NAMED_SYMBOLS
+
+BASE_KEYS = ("split", "index", "path", "class_name")     # what every run's items.json holds
+# continuous fields: colour on a scale, or marker size
+SCORES = {"R-precision": "r_precision", "MAP@R": "map_at_r"}
+QUERY_SIMILARITY = "similarity to the query"
+
+
+def name_attributes(class_names) -> dict[str, np.ndarray]:
+    """Attributes spelled in the class names themselves, when every name carries one: a colour word
+    ("green circle" -> colour green) and a shape word (-> shape circle). The shapes set names its
+    classes so; a folder of "red_car" / "blue_car" gets a colour too."""
+    names = np.asarray(class_names, dtype=str)
+    uniq, inverse = np.unique(names, return_inverse=True)
+    out = {}
+    for field, words in (("colour", NAMED_COLOURS), ("shape", NAMED_SYMBOLS)):
+        found = [next((t for t in str(n).lower().replace("_", " ").split() if t in words), None) for n in uniq]
+        if len(uniq) > 1 and all(found) and len(set(found)) > 1:
+            out[field] = np.asarray(found)[inverse]
+    return out
+
+
+def categorical_fields(items: list[dict], class_names) -> dict[str, np.ndarray]:
+    """Field name -> one value per item, for 'Colour by' and search: class, split (when there are
+    several), every other scalar key of items.json (an imported run's metadata columns) and the
+    attributes in the class names. A field with one value, or a distinct value per item (an id or
+    a file name), colours nothing and is left out (search still reads file names)."""
+    n = len(items)
+    out = {"class": np.asarray(class_names, dtype=str)}
+    splits = np.asarray([str(it.get("split", "")) for it in items])
+    if len(set(splits.tolist())) > 1:
+        out["split"] = splits
+    extra = [k for k in dict.fromkeys(k for it in items[:1000] for k in it) if k not in BASE_KEYS]
+    for key in extra:
+        values = np.asarray(["" if it.get(key) is None else str(it.get(key)) for it in items])
+        if 1 < len(set(values.tolist())) < max(2, n // 2) and all(
+                isinstance(it.get(key), (str, int, float, bool, type(None))) for it in items[:1000]):
+            out[key] = values
+    for key, values in name_attributes(out["class"]).items():
+        out.setdefault(key, values)
+    return out
+
+
+def search_text(items: list[dict], fields: dict[str, np.ndarray]) -> np.ndarray:
+    """Per item the lower-case text a search reads: '#id', every field value, the file name and its
+    folder (never the rest of the path: '/work/shared/...' would match 'red')."""
+    columns = [[value.lower() for value in values.tolist()] for values in fields.values()]
+    files = [f"{p.parent.name}/{p.name}".lower() if p else "" for p in
+             (PurePath(str(it["path"])) if it.get("path") else None for it in items)]
+    return np.asarray([" | ".join((f"#{i}", *row)) for i, row in enumerate(zip(*columns, files))])
+
+
+def search(haystack: np.ndarray, text: str) -> np.ndarray:
+    """Ids of the items whose text holds every word of `text` (case-insensitive; '#12' is item 12)."""
+    words = [w for w in re.split(r"[\s,]+", str(text).lower().strip()) if w]
+    if not words:
+        return np.zeros(0, int)
+    keep = np.ones(len(haystack), bool)
+    for word in words:
+        if re.fullmatch(r"#\d+", word):
+            keep &= np.char.startswith(haystack, word + " ")
+        else:
+            keep &= np.char.find(haystack, word) >= 0
+    return np.flatnonzero(keep)
+
+
+# ---- neighbours of one item ---------------------------------------------------------------------
+def neighbour_index(embeddings: np.ndarray):
+    """An exact inner-product faiss index of the (unit) embeddings: cosine neighbours in milliseconds."""
+    import faiss
+
+    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+    index = faiss.IndexFlatIP(emb.shape[1])
+    index.add(emb)
+    return index
+
+
+def neighbours(index, embeddings: np.ndarray, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest other items of `item` (ids, cosine similarities), best first."""
+    query = np.ascontiguousarray(embeddings[[item]], dtype=np.float32)
+    sims, ids = index.search(query, min(k + 1, index.ntotal))
+    keep = (ids[0] != item) & (ids[0] >= 0)
+    return ids[0][keep][:k], sims[0][keep][:k]
+
+
+# ---- export -------------------------------------------------------------------------------------
+def selection_csv(ids, items: list[dict], labels, fields: dict[str, np.ndarray]) -> str:
+    """CSV of the selected items: id, label, class, split, index in its split, path and every field."""
+    extra = [name for name in fields if name != "class"]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["item", "label", "class", "split", "index", "path", *extra])
+    for i in np.asarray(ids, dtype=int):
+        it = items[i]
+        writer.writerow([int(i), labels[i].item() if hasattr(labels[i], "item") else labels[i], fields["class"][i],
+                         it.get("split", ""), it.get("index", ""), it.get("path") or "",
+                         *(fields[name][i] for name in extra)])
+    return buf.getvalue()
+
+
+# ---- the selection in a link ----------------------------------------------------------------------
+MAX_LINK_CHARS = 2000   # longer selections are left out of the link (browsers and chat apps cut long URLs)
+
+
+def encode_ids(ids) -> str:
+    """Sorted ids as runs: [1, 2, 3, 7] -> '1-3,7'."""
+    ids = np.unique(np.asarray(ids, dtype=int))
+    if not len(ids):
+        return ""
+    breaks = np.flatnonzero(np.diff(ids) != 1)
+    starts, ends = ids[np.r_[0, breaks + 1]], ids[np.r_[breaks, len(ids) - 1]]
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in zip(starts, ends))
+
+
+class LinkError(ValueError):
+    """A link value that cannot be used; the message says what is allowed."""
+
+
+def shown_safely(value: str, limit: int = 40) -> str:
+    """A link value as it may be echoed in a message: letters, digits and a few marks only (no markdown,
+    HTML or link can ride along), cut short."""
+    text = re.sub(r"[^A-Za-z0-9 _.,@#-]", "?", str(value))
+    return text[:limit] + ("…" if len(text) > limit else "")
+
+
+def decode_ids(text: str, n: int) -> np.ndarray:
+    """'1-3,7' -> [1, 2, 3, 7], each id in 0..n-1; LinkError for anything else."""
+    text = str(text).strip()
+    if len(text) > MAX_LINK_CHARS or not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", text):
+        raise LinkError(f"sel={shown_safely(text)!r} is not a list of item numbers such as 3,7-12")
+    keep = np.zeros(n, bool)   # a mask, not a list of ranges: '0-99999,0-99999,...' costs no more than once
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        lo, hi = int(a), int(b or a)
+        if hi < lo or hi >= n:
+            raise LinkError(f"sel={shown_safely(text)!r} names items outside this run's 0–{n - 1}")
+        keep[lo:hi + 1] = True
+    return np.flatnonzero(keep)
+
+
+# ---- hover thumbnails -------------------------------------------------------------------------------
+THUMB_SIDE, SHEET_SIDE = 48, 10   # thumbnails of 48 px, 10×10 to a sheet: one ~30 kB JPEG per 100 items
+
+
+def write_thumbnail_sheets(run_dir: str, folder: str, data_root: str | None = None) -> None:
+    """Every item's thumbnail, as JPEG sheets folder/<item // 100>.jpg (item i at cell i % 100, row-major).
+    Run in a background process (`python -m dashboard.items RUN FOLDER [DATA_ROOT]`), so decoding a large
+    run's images never slows the server; a sheet is written whole or not at all."""
+    from PIL import Image
+
+    from core.checkpoint import load_config
+    from core.data import build_datasets
+
+    cfg = load_config(run_dir)
+    data = build_datasets(cfg.with_overrides([f"data.root={data_root}"]).data if data_root else cfg.data,
+                          seed=cfg.train.seed)
+    metas = json.loads((Path(run_dir) / ARTIFACTS / ITEMS).read_text())
+    out, per_sheet = Path(folder), SHEET_SIDE * SHEET_SIDE
+    out.mkdir(parents=True, exist_ok=True)
+    for first in range(0, len(metas), per_sheet):
+        path = out / f"{first // per_sheet}.jpg"
+        if path.exists():
+            continue
+        sheet = Image.new("RGB", (THUMB_SIDE * SHEET_SIDE,) * 2, (128, 128, 128))
+        for j, item in enumerate(metas[first:first + per_sheet]):
+            pixels = getattr(data, item.get("split", "test"))[int(item["index"])][0].numpy()   # 3×H×W in [0, 1]
+            image = Image.fromarray((np.clip(pixels.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8))
+            sheet.paste(image.resize((THUMB_SIDE,) * 2, Image.BILINEAR),
+                        ((j % SHEET_SIDE) * THUMB_SIDE, (j // SHEET_SIDE) * THUMB_SIDE))
+        tmp = path.with_suffix(".tmp")
+        sheet.save(tmp, format="JPEG", quality=80)
+        tmp.replace(path)
+
+
+if __name__ == "__main__":
+    write_thumbnail_sheets(*sys.argv[1:4])

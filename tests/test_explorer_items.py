@@ -1,0 +1,76 @@
+"""The Explore page's item logic (dashboard/items.py): fields, search, neighbours, export, link values."""
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+
+from dashboard import items, logic
+
+
+def test_fields_from_class_names_and_metadata():
+    metas = [{"split": "test", "index": i, "path": f"/data/set/{'cars' if i % 2 else 'birds'}/img_{i}.jpg",
+              "class_name": ["red car", "blue car", "red truck", "green truck"][i % 4], "site": "ab"[i % 2],
+              "uid": f"u{i}"} for i in range(40)]
+    fields = items.categorical_fields(metas, [m["class_name"] for m in metas])
+    assert list(fields) == ["class", "site", "colour"]            # one value per item ('uid') colours nothing
+    assert fields["colour"][:4].tolist() == ["red", "blue", "red", "green"]
+    assert "shape" not in fields                                  # 'car' / 'truck' are not shape words
+    haystack = items.search_text(metas, fields)
+    assert items.search(haystack, "red TRUCK").tolist() == list(range(2, 40, 4))
+    assert items.search(haystack, "img_7.jpg").tolist() == [7]    # the file name
+    assert items.search(haystack, "cars blue").tolist() == list(range(1, 40, 4))   # its folder
+    assert items.search(haystack, "data").tolist() == []          # never the rest of the path
+    assert items.search(haystack, "#3").tolist() == [3] and items.search(haystack, "  ").tolist() == []
+
+
+def test_neighbours_are_the_exact_cosine_top_k():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(500, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    ids, sims = items.neighbours(items.neighbour_index(emb), emb, 17, 5)
+    brute = emb @ emb[17]
+    brute[17] = -np.inf
+    assert ids.tolist() == np.argsort(-brute)[:5].tolist()
+    assert np.allclose(sims, brute[ids], atol=1e-5) and 17 not in ids
+
+
+def test_selection_csv_has_items_labels_paths_and_fields():
+    metas = [{"split": "test", "index": i, "path": f"/d/{i}.png", "class_name": f"c{i % 3}"} for i in range(10)]
+    fields = {"class": np.asarray([m["class_name"] for m in metas]), "shape": np.asarray(["circle"] * 10)}
+    rows = list(csv.DictReader(io.StringIO(items.selection_csv([4, 7], metas, np.arange(10) % 3, fields))))
+    assert rows == [{"item": "4", "label": "1", "class": "c1", "split": "test", "index": "4", "path": "/d/4.png", "shape": "circle"},
+                    {"item": "7", "label": "1", "class": "c1", "split": "test", "index": "7", "path": "/d/7.png", "shape": "circle"}]
+
+
+def test_ids_in_a_link_round_trip_and_refuse_anything_else():
+    ids = [0, 1, 2, 5, 9, 10, 11, 40]
+    assert items.encode_ids(ids) == "0-2,5,9-11,40"
+    assert items.decode_ids("0-2,5,9-11,40", 41).tolist() == ids
+    for bad in ["../../etc/passwd", "1;2", "1,,2", "-1", "3-1", "0-41", "1e3", "", " 1 2", "x" * 5000]:
+        with pytest.raises(items.LinkError):
+            items.decode_ids(bad, 41)
+    assert len(items.decode_ids(",".join(["0-40"] * 300), 41)) == 41   # repeats cost no more than once
+    assert items.shown_safely("![a](http://x)<b>") == "??a??http???x??b?"   # no markdown, link or HTML survives
+
+
+def test_stratified_sample_and_interleave_scale_to_many_classes():
+    labels = np.repeat(np.arange(12_000), 10)                    # SOP-like: 120k items, 12k classes
+    keep = logic.stratified_sample(labels, 20_000)
+    assert 12_000 <= len(keep) <= 24_000 and len(np.unique(labels[keep])) == 12_000
+    assert (np.diff(keep) > 0).all()
+    order = logic.interleave_classes(np.arange(0, 120_000, 7), labels)
+    assert len(np.unique(labels[order[:1000]])) == 1000          # the first of a big selection: all different
+
+
+def test_umap_progress_is_read_from_its_log(tmp_path):
+    from dashboard import state
+
+    log = tmp_path / "umap.log"
+    log.write_text("Construct fuzzy simplicial set\n")
+    assert state.umap_progress({"log": log}) is None          # before the layout epochs: elapsed time is shown
+    log.write_text("UMAP layout:  41%| ████      205/500 [00:03]\rUMAP layout:  67%| ██████▋    333/500 [00:05]")
+    assert state.umap_progress({"log": log}) == 0.67
+    assert state.umap_progress({"log": tmp_path / "missing.log"}) is None
