@@ -15,6 +15,7 @@ import streamlit as st
 import torch
 
 from core.checkpoint import CheckpointError
+from core.importer import NoModelError
 from dashboard import state, ui
 
 # The dashboard runs one image at a time. With several intra-op threads, PyTorch's workers spin while
@@ -47,8 +48,9 @@ def run_label(summary: dict) -> str:
         status = "unfinished" if not summary.get("problem") else "damaged"
         return f"{summary['name']} · {summary.get('head', '?')} · {status}"
     # R@1 right after the name: the select box cuts long labels at its width, and the method is the part to lose
-    return (f"{summary['name']} · R@1 {m.get('recall@1', float('nan')):.3f} · "
-            f"{summary.get('method', '?')}/{summary.get('backbone', '?')}")  # the rest of the metrics show below
+    what = ("imported embeddings" if summary.get("imported")
+            else f"{summary.get('method', '?')}/{summary.get('backbone', '?')}")
+    return f"{summary['name']} · R@1 {m.get('recall@1', float('nan')):.3f} · {what}"  # the rest of the metrics show below
 
 
 def run_key(summary: dict, runs: list[dict]) -> str:
@@ -157,13 +159,16 @@ def sidebar_run_picker(runs: list[dict]) -> None:
 runs = state.discover_runs()
 page = st.navigation(list(PAGES.values()))
 current = next(key for key, p in PAGES.items() if p.title == page.title)
+st.session_state[ui.CURRENT_PAGE] = current
 runs = read_deep_link(runs, current)
 sidebar_run_picker(runs)
 write_deep_link(runs, current)
 try:
     page.run()
 except Exception as err:  # Streamlit's stop/rerun/switch-page signals are BaseExceptions: they pass
-    if isinstance(err, CheckpointError):
+    if isinstance(err, NoModelError):  # a page reached for the model of an imported run
+        st.info(f":material/info: {err}")
+    elif isinstance(err, CheckpointError):
         st.error(f"**This run cannot be used:** {err}")
     elif isinstance(err, ui.dataset_error_type()):
         ui.dataset_error(err, st.session_state.get(state.RUN, ""))

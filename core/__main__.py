@@ -1,4 +1,4 @@
-"""Command line: `python -m core train|evaluate|umap ...` (see README)."""
+"""Command line: `python -m core train|evaluate|umap|import ...` (see README)."""
 from __future__ import annotations
 
 import argparse
@@ -86,6 +86,17 @@ def cmd_umap(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from core.importer import import_run
+
+    record = import_run(args.embeddings, args.labels, args.out, label_column=args.label_column,
+                        path_column=args.path_column, coords=args.coords, image_root=args.image_root,
+                        umap=args.umap, overwrite=args.overwrite, name=args.name,
+                        log=lambda line: print(line, file=sys.stderr))
+    print(json.dumps({"run": args.out, "test": record["test"], "imported": record["imported"]}, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core", description="MetricLens: train and evaluate DML models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,7 +119,19 @@ def main(argv=None) -> int:
     u = sub.add_parser("umap", help="compute and cache UMAP coordinates of runs' test embeddings")
     u.add_argument("run_dirs", nargs="+")
     u.set_defaults(fn=cmd_umap)
-    for sp in (t, e, u):
+    i = sub.add_parser("import", help="turn your own embeddings (.npy) + a labels CSV into a run directory")
+    i.add_argument("--embeddings", required=True, help="N×D array saved with np.save")
+    i.add_argument("--labels", required=True, help="CSV with a header and one row per embedding row")
+    i.add_argument("--out", required=True, help="run directory to write, e.g. checkpoints/my_embeddings")
+    i.add_argument("--label-column", default="label", help="the CSV column holding each item's class")
+    i.add_argument("--path-column", help="the CSV column holding image paths (relative: to the CSV's folder)")
+    i.add_argument("--image-root", help="folder relative image paths start from")
+    i.add_argument("--coords", help="your own 2-D coordinates, an N×2 .npy (shown as the 'own' projection)")
+    i.add_argument("--umap", action="store_true", help="compute UMAP now (else the dashboard does it on demand)")
+    i.add_argument("--name", help="run name (default: the folder name)")
+    i.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    i.set_defaults(fn=cmd_import)
+    for sp in (t, e, u, i):
         sp.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores; "
                                                     "or set OMP_NUM_THREADS)")
     args = parser.parse_args(argv)

@@ -212,3 +212,29 @@ def patch_picker(image: np.ndarray, grid_h: int, grid_w: int, selected: tuple[in
                       xaxis=dict(range=[0, 1], visible=False, fixedrange=True),
                       yaxis=dict(range=[1, 0], visible=False, fixedrange=True, scaleanchor="x"))
     return fig
+
+
+# ---- Compare: one run's map coloured by a per-query change between two runs ---------------------------
+SHIFT_SCALE = [[0.0, "#d62728"], [0.5, "#c8c8c8"], [1.0, "#1f5fd6"]]   # worse in B · no change · better in B
+
+
+def shift_map(coords: np.ndarray, ids: np.ndarray, values: np.ndarray, hover: list[str], title: str,
+              bar_title: str, selected=None, height: int = 440) -> go.Figure:
+    """Points coloured by a signed per-item value (0 grey, B better blue, B worse red) on a symmetric
+    scale; `selected` ids drawn as plotly's selection, the rest faded, so a selection made on the other
+    run's map shows here. customdata carries item ids as lists (see `embedding_map`)."""
+    values = np.nan_to_num(np.asarray(values, dtype=float))
+    bound = float(np.abs(values).max()) or 1.0
+    trace = go.Scattergl(x=coords[:, 0].tolist(), y=coords[:, 1].tolist(), mode="markers",
+                         customdata=np.asarray(ids).tolist(), text=list(hover), hovertemplate="%{text}<extra></extra>",
+                         marker=dict(size=7, color=values.tolist(), colorscale=SHIFT_SCALE, cmin=-bound, cmax=bound,
+                                     opacity=0.9, colorbar=dict(title=dict(text=bar_title, side="right"), thickness=12)))
+    if selected is not None and len(selected):
+        chosen = np.isin(np.asarray(ids), np.asarray(list(selected), dtype=int))
+        trace.update(selectedpoints=np.flatnonzero(chosen).tolist(), selected=dict(marker=dict(opacity=1.0, size=10)),
+                     unselected=dict(marker=dict(opacity=0.15)))
+    fig = go.Figure(trace)
+    fig.update_layout(dragmode="lasso", height=height, margin=dict(l=10, r=10, t=36, b=10), title=title,
+                      uirevision="compare", meta="metriclens-map", showlegend=False,
+                      xaxis=dict(showticklabels=False, title=None), yaxis=dict(showticklabels=False, title=None))
+    return fig

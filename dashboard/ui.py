@@ -39,9 +39,28 @@ def require_run() -> str:
     return run
 
 
+# pages that work on a run's artifacts alone, so also on a run imported from embeddings (no model)
+MODEL_FREE_PAGES = ("explore", "retrieval", "compare")
+CURRENT_PAGE = "_current_page"   # session key app.py sets before it runs a page
+
+
+def no_model(run: str, what: str = "this page") -> None:
+    """The message a page that needs a model shows for an imported run, and a stopped page."""
+    from core.importer import no_model_message
+    st.info(f":material/info: {no_model_message(run, what)}")
+    st.stop()
+
+
 def load_or_stop(run: str):
-    """(model, cfg, artifacts) of the run, or a clear st.error and a stopped page."""
+    """(model, cfg, artifacts) of the run, or a clear st.error and a stopped page. A run imported from
+    embeddings gives (None, cfg, artifacts) on the pages that need no model and a clear message elsewhere."""
     try:
+        if state.imported(run):
+            page = st.session_state.get(CURRENT_PAGE, "")
+            if page not in MODEL_FREE_PAGES:
+                no_model(run, f"the {page.capitalize() or 'this'} page")
+            from core.checkpoint import load_config
+            return None, load_config(run), state.artifacts(run)
         model, cfg = state.load_model(run)
         return model, cfg, state.artifacts(run)
     except CheckpointError as err:
@@ -68,7 +87,11 @@ def images_or_error(run: str, ids) -> list[np.ndarray] | None:
     try:
         return [state.image(run, int(i)) for i in ids]
     except dataset_error_type() as err:
-        dataset_error(err, run)
+        if state.imported(run):  # no data folder to point at: the import named (or did not name) the files
+            st.caption(f":material/hide_image: No images to show: {err}. Import with `--path-column` (and "
+                       f"`--image-root`) to see them.")
+        else:
+            dataset_error(err, run)
         return None
 
 
@@ -105,8 +128,10 @@ def current_query(run: str, art: state.Artifacts) -> Query | None:
     try:
         pixels = state.model_input(run, item)
     except dataset_error_type() as err:
-        dataset_error(err, run)
-        return None
+        if not state.imported(run):
+            dataset_error(err, run)
+            return None
+        pixels = np.full((3, 64, 64), 0.85, np.float32)  # an imported item without an image: a blank tile
     return Query(pixels, art.embeddings[item], item, int(art.labels[item]),
                  f"#{item} · {art.items[item].get('class_name', art.labels[item])}")
 
@@ -199,6 +224,8 @@ def describe_map(name: str, maps: np.ndarray) -> str:
 
 def upload_widget(run: str, key: str) -> None:
     """Upload an image as the query; invalid files give a clear error, never a traceback."""
+    if state.imported(run):
+        no_model(run, "searching with an uploaded image")
     file = st.file_uploader("Upload a query image (PNG/JPEG, ≤ 10 MB)", key=key,
                             type=["png", "jpg", "jpeg", "bmp", "webp", "gif"])
     if file is None:
