@@ -152,16 +152,75 @@ def query_item(n: int) -> int:
 
 
 def query_picker(art: state.Artifacts, key: str) -> None:
-    """Item number + class shown; writes the shared query (and leaves upload mode)."""
+    """Item number, or a label / file / field search next to it; writes the shared query (and leaves upload mode)."""
     widget = f"{key}_query"
     st.session_state[widget] = query_item(len(art.items))  # the box shows the item the page shows
 
     def changed():
-        st.session_state[state.QUERY] = int(st.session_state[widget])
-        st.session_state[state.UPLOAD] = None
-        st.session_state.pop("attention_neighbour", None)  # it belonged to the previous query
-    st.number_input(f"Query item (0–{len(art.items) - 1})", 0, len(art.items) - 1, key=widget, step=1,
-                    on_change=changed, help="Any test item; pick one from the map, the failures list or here.")
+        set_query(int(st.session_state[widget]))
+    number, search = st.columns([1, 2])
+    number.number_input(f"Query item (0–{len(art.items) - 1})", 0, len(art.items) - 1, key=widget, step=1,
+                        on_change=changed, help="Any test item; pick one from the map, the failures list or here.")
+    with search:
+        query_finder(art, key)
+
+
+def set_query(item: int) -> None:
+    st.session_state[state.QUERY] = int(item)
+    st.session_state[state.UPLOAD] = None
+    st.session_state.pop("attention_neighbour", None)  # it belonged to the previous query
+
+
+def item_text(item: dict, index: int) -> str:
+    """What a search looks in: the item number, its class, its file name and every other text field."""
+    fields = [f"#{index}", str(item.get("class_name", ""))]
+    if item.get("path"):
+        fields.append(Path(str(item["path"])).name)
+    fields += [str(v) for k, v in item.items() if k not in ("split", "index", "path", "class_name") and v is not None]
+    return " ".join(fields).lower()
+
+
+def find_items(items: list[dict], text: str, limit: int = 500) -> list[int]:
+    """Items whose class, file name or fields contain every word of `text` (any case), in item order."""
+    words = text.lower().split()
+    if not words:
+        return []
+    hits = [i for i, item in enumerate(items) if all(w in item_text(item, i) for w in words)]
+    return hits[:limit]
+
+
+def query_finder(art: state.Artifacts, key: str) -> None:
+    """Type a label, file name or field value ("red diamond", "img_0042") to pick the query among the
+    matching items: Enter jumps to the first match, the list below offers the others."""
+    find, found = f"{key}_find", f"{key}_found"
+
+    def searched():
+        hits = find_items(art.items, st.session_state.get(find) or "")
+        if hits and st.session_state.get(state.QUERY) not in hits:
+            set_query(hits[0])
+    st.text_input("…or find by label, file or field", key=find, on_change=searched,
+                  placeholder="e.g. red diamond", help="Every word must appear in the item's class, file name or "
+                                                      "fields; Enter shows the first match.")
+    text = (st.session_state.get(find) or "").strip()
+    if not text:
+        return
+    hits = find_items(art.items, text)
+    if not hits:
+        st.caption(f"No item matches {text!r}.")
+        return
+    current = st.session_state.get(state.QUERY)
+    st.session_state[found] = current if current in hits else None
+
+    def picked():
+        if st.session_state.get(found) is not None:
+            set_query(st.session_state[found])
+    st.selectbox(f"{len(hits)}{'+' if len(hits) == 500 else ''} matching item{'s' if len(hits) > 1 else ''}", hits,
+                 key=found, on_change=picked, placeholder="pick one of the matches",
+                 format_func=lambda i: item_caption(art, int(i)) + _file_suffix(art.items[int(i)]))
+
+
+def _file_suffix(item: dict) -> str:
+    return f" · {Path(str(item['path'])).name}" if item.get("path") else ""
 
 
 def go_to(page: str, query: int | None = None, **session) -> None:

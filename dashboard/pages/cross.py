@@ -44,6 +44,7 @@ opacity = c4.slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key="cross_opacity")
 source = c5.radio("Maps from", ["auto", "similarity"], key="cross_source",
                   help="auto: the run's trained cross-image attention when it has one, else the similarity maps; "
                        "similarity: always the generic similarity-based correspondence (uses the temperature)")
+ui.query_finder(art, "cross")  # a label or file search sets the query: A, with its top-1 as B
 if c1.button("Swap A and B", icon=":material/swap_horiz:", key="cross_swap"):
     pair["a"], pair["b"] = pair["b"], pair["a"]
     st.rerun()
