@@ -108,6 +108,29 @@ def image_wall(images: list[np.ndarray], captions: list[str], width: int = 112) 
     st.image([figures.enlarge(img, width) for img in images], caption=captions, width=width)
 
 
+# While plotly.js loads (seconds on first paint) a chart's slot is blank: a still picture of the map stands
+# there and hides itself once the plot is drawn (a plotly chart in the same block has drawn its SVG).
+MAP_STILL_CSS = """<style>
+[data-testid="stVerticalBlock"]:has(.js-plotly-plot .main-svg) [data-testid="stLayoutWrapper"]:has(> [class*="st-key-map_still"]),
+[data-testid="stVerticalBlock"]:has(.js-plotly-plot .main-svg) [class*="st-key-map_still"] { display: none; }
+</style>"""
+
+
+def map_still(coords: np.ndarray, categories, colours: dict[str, str] | None = None, key: str = "map_still") -> None:
+    """Call right before the page's map chart (in the same block): the same points as a picture, shown at once.
+    `key` must start with map_still and be unique on the page."""
+    import base64
+    import io
+
+    from PIL import Image
+    png = io.BytesIO()
+    Image.fromarray(figures.map_still(coords, categories, colours)).save(png, format="PNG", optimize=True)
+    # markdown, not st.image: the image element is itself loaded lazily by the browser, markdown is not
+    with st.container(key=key):
+        st.markdown(f'<img alt="map" style="width:100%" src="data:image/png;base64,'
+                    f'{base64.b64encode(png.getvalue()).decode()}">', unsafe_allow_html=True)
+
+
 @dataclass
 class Query:
     pixels: np.ndarray           # 3×H×W in [0, 1], as the model sees it

@@ -13,6 +13,7 @@ from dashboard import figures, logic, state, ui
 
 MAX_POINTS = 20_000        # per map; above it a stratified sample is drawn and box/lasso select by geometry
 SELECTION = "compare_selection"
+STILL_COLOURS = {"1": figures.SHIFT_SCALE[2][1], "0": figures.SHIFT_SCALE[1][1], "-1": figures.SHIFT_SCALE[0][1]}
 MEASURES = {"first match rank": "ranks gained", "R-precision": "R-prec. gained"}
 
 
@@ -117,6 +118,8 @@ def linked_maps_ui(runs: dict[str, str], arts: dict, tables: dict) -> np.ndarray
                                 title=f"{side}: {Path(runs[side]).name} ({used})", selected=selected)
         key = f"compare_map_{side}"
         with column:
+            ui.map_still(xy[shown], np.sign(np.nan_to_num(shift[shown])).astype(int).astype(str), STILL_COLOURS,
+                         key=f"map_still_{side}")  # while the browser loads plotly.js
             event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("box", "lasso"),
                                     width="stretch", config={"displaylogo": False})
         st.session_state[f"{key}_seen"] = chart_value(event)

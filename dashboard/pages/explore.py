@@ -153,6 +153,7 @@ fig = figures.embedding_map(coords[shown], shown, categories[shown], hover, colo
                             title=f"{shown_projection} of {n} test embeddings" + (f" ({len(shown)} shown)" if sampled else ""))
 if len(set(categories.tolist())) > 40:  # a legend that long only scrolls
     fig.update_layout(showlegend=False)
+ui.map_still(coords[shown], categories[shown], colours)  # shown while the browser loads plotly.js
 event = st.plotly_chart(fig, key="explore_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
                         width="stretch", config={"displaylogo": False})
 st.session_state[SEEN] = event_key(event)
