@@ -131,6 +131,16 @@ def map_still(coords: np.ndarray, categories, colours: dict[str, str] | None = N
                     f'{base64.b64encode(png.getvalue()).decode()}">', unsafe_allow_html=True)
 
 
+# projection name on the pages -> artifacts/coords_<file>.npy ("Own 2-D": given to `python -m core import --coords`)
+PROJECTION_FILES = {"UMAP": "umap", "PCA": "pca", "Own 2-D": "own"}
+
+
+def projections(*runs: str) -> list[str]:
+    """The projections to offer for runs: UMAP and PCA, and the imported coordinates when every run has them."""
+    own = runs and all((Path(run) / "artifacts" / "coords_own.npy").exists() for run in runs)
+    return ["UMAP", "PCA"] + (["Own 2-D"] if own else [])
+
+
 @dataclass
 class Query:
     pixels: np.ndarray           # 3×H×W in [0, 1], as the model sees it

@@ -201,3 +201,19 @@ def test_compare_an_imported_run_with_its_source(imported):
     assert "The same query in both runs" in body
     # the same embeddings: every query's first true match sits at the same rank in both
     assert "later for 0" in body and "sooner for 0" in body
+
+
+def test_explore_offers_the_imported_coordinates(imported, tmp_path):
+    emb = np.load(imported["inputs"] / "embeddings.npy")
+    xy = np.random.default_rng(1).normal(size=(len(emb), 2)).astype(np.float32)
+    np.save(tmp_path / "xy.npy", xy)
+    out = tmp_path / "own_map"
+    import_run(imported["inputs"] / "embeddings.npy", imported["inputs"] / "labels.csv", out, coords=tmp_path / "xy.npy")
+    at = open_app(str(out.resolve()), extra_runs_root=str(out))
+    radio = at.radio(key="explore_projection")
+    assert "Own 2-D" in radio.options
+    radio.set_value("Own 2-D").run()
+    assert not at.exception, [e.value for e in at.exception]
+    trace = json.loads(next(c for c in at.get("plotly_chart") if c.key == "explore_map").proto.spec)["data"][0]
+    ids = np.asarray(trace["customdata"]).ravel()
+    assert np.allclose(trace["x"], xy[ids, 0]) and np.allclose(trace["y"], xy[ids, 1])

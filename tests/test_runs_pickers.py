@@ -160,3 +160,17 @@ def test_compare_refuses_runs_of_other_items(runs, tmp_path):
     errors = [e.value for e in at.error]
     assert any("not evaluated on the same test items" in e and f"{len(emb)} and {half}" in e for e in errors), errors
     assert not [c for c in at.get("plotly_chart") if c.key == "compare_map_A"]
+
+
+# ---- Back and Forward (the real browser: test_runs_browser.py) --------------------------------------------
+def test_a_url_the_browser_went_back_to_is_followed(runs):
+    """On Back, Streamlit reruns with the older URL: the page shows that query instead of writing the newer one
+    back; a query picked afterwards is written to the URL as before."""
+    at = open_app(runs[0], "retrieval", query=2)
+    assert at.query_params["query"] == "2"
+    at.query_params["query"] = "7"
+    at.run()
+    assert at.session_state["query"] == 7 and at.number_input(key="retrieval_query").value == 7
+    assert at.query_params["query"] == "7"
+    at.number_input(key="retrieval_query").set_value(4).run()
+    assert at.session_state["query"] == 4 and at.query_params["query"] == "4"

@@ -77,8 +77,8 @@ def chart_value(value) -> str:
 
 
 def projection_ui(run: str, projection: str) -> tuple[np.ndarray, str]:
-    coords = state.coords(run, "umap") if projection == "UMAP" else None
-    return (coords, "UMAP") if coords is not None else (state.coords(run, "pca"), "PCA")
+    coords = state.coords(run, ui.PROJECTION_FILES[projection]) if projection != "PCA" else None
+    return (coords, projection) if coords is not None else (state.coords(run, "pca"), "PCA")
 
 
 def linked_maps_ui(runs: dict[str, str], arts: dict, tables: dict) -> np.ndarray:
@@ -86,7 +86,7 @@ def linked_maps_ui(runs: dict[str, str], arts: dict, tables: dict) -> np.ndarray
     selected item ids (kept by id, so recolouring or re-projecting keeps them)."""
     st.subheader("The same items on both maps")
     c1, c2 = st.columns([1, 2])
-    projection = c1.radio("Projection", ["UMAP", "PCA"], horizontal=True, key="compare_projection")
+    projection = c1.radio("Projection", ui.projections(*runs.values()), horizontal=True, key="compare_projection")
     measure = c2.radio("Colour by the change from A to B of", list(MEASURES), horizontal=True, key="compare_measure",
                        help="first match rank: ranks the first true match moved up in B (blue) or down (red); "
                             "R-precision: its gain in B")
@@ -123,7 +123,7 @@ def linked_maps_ui(runs: dict[str, str], arts: dict, tables: dict) -> np.ndarray
             event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("box", "lasso"),
                                     width="stretch", config={"displaylogo": False})
         st.session_state[f"{key}_seen"] = chart_value(event)
-    if projection == "UMAP" and any(used == "PCA" for _, used in coords.values()):
+    if projection != "PCA" and any(used == "PCA" for _, used in coords.values()):
         st.caption("A run without UMAP coordinates is shown on PCA (Explore computes UMAP; "
                    "`python -m core umap RUN_DIR` does too).")
     if not len(selected):

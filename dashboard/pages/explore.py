@@ -79,7 +79,7 @@ def wait_for_umap(run_dir: str) -> None:
 
 # ---- controls -------------------------------------------------------------------------------------
 c1, c2, c3 = st.columns([1.2, 1.6, 2.2])
-projection = c1.radio("Projection", ["UMAP", "PCA"], horizontal=True, key="explore_projection")
+projection = c1.radio("Projection", ui.projections(run), horizontal=True, key="explore_projection")
 multi_maps = [name for name, shape in state.map_shapes(run).items() if shape[0] > 1]
 colour_options = ["class", "top-1 neighbour correct"]
 if len(art.groups) > 1:
@@ -91,7 +91,7 @@ colour_by = c2.selectbox("Colour by", colour_options, key="explore_colour",
 if len(colour_options) == 2:
     c2.caption("This model has one group and no multi-channel maps, so there is nothing 'dominant' to colour by.")
 
-coords = state.coords(run, "umap" if projection == "UMAP" else "pca")
+coords = state.coords(run, ui.PROJECTION_FILES[projection])
 shown_projection = projection
 if coords is None:
     shown_projection = "PCA"
