@@ -214,7 +214,7 @@ def load_model(run_dir: str):
     """(model in eval mode, RunConfig); one copy shared by every session, so treat it as read-only."""
     if imported(run_dir):  # say what the run is rather than "weights.safetensors is missing"
         from core.importer import NoModelError, no_model_message
-        raise NoModelError(no_model_message(run_dir))
+        raise NoModelError(no_model_message(run_dir, "anything that needs the network"))
     cache, stamp = model_cache(), _mtime(Path(run_dir) / ckpt.WEIGHTS)
     load = (lambda: ckpt.load_run(run_dir))
     if cache.has(run_dir, stamp):
