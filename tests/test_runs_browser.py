@@ -100,28 +100,21 @@ new MutationObserver(() => {
 """
 
 
-def test_map_area_shows_the_map_before_plotly_has_loaded(server, browser):
-    """Issue 13, defect 8: the map area stayed blank while the browser loaded plotly.js; a still picture of the
-    same points stands there from the first paint and gives way to the interactive map."""
-    base, runs, _ = server
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+def test_imported_run_map_at_first_paint_and_compare_with_linked_maps(server, browser):
+    """An imported run on Explore (issue 13, defect 8: the map area stayed blank while the browser loaded
+    plotly.js; a still picture of the same points stands there from the first paint and gives way to the
+    interactive map), a page that needs its missing model, and Compare's linked maps."""
+    base, runs, imported = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
     page.add_init_script(FIRST_PAINT)
-    page.goto(base + "/?" + urllib.parse.urlencode({"run": runs[0]}))
+    page.goto(base + "/?" + urllib.parse.urlencode({"run": imported}))
     page.locator(".stPlotlyChart .main-svg").first.wait_for(timeout=90_000)
     settle(page)
     paint = page.evaluate("window.__paint")
     assert "still" in paint and paint["still"] <= paint["plot"], paint
     assert not page.locator('[class*="st-key-map_still"]').first.is_visible()  # gone once the plot is drawn
-
-
-def test_imported_run_in_compare_with_linked_maps(server, browser):
-    base, runs, imported = server
-    page = browser.new_page(viewport={"width": 1400, "height": 1500})
-    errors: list[str] = []
-    page.on("pageerror", lambda err: errors.append(str(err)))
-    page.goto(base + "/?" + urllib.parse.urlencode({"run": imported}))
-    page.locator(".stPlotlyChart .nsewdrag").first.wait_for(timeout=90_000)
-    settle(page)
     shot(page, "runs_imported_explore")
     page.goto(base + "/attention?" + urllib.parse.urlencode({"run": imported}))
     page.get_by_text("imported from embeddings; it has no model", exact=False).wait_for(timeout=60_000)
