@@ -110,6 +110,7 @@ def build_items(rows: list[dict], labels_path: Path, label_column: str, path_col
                 image_root: str | Path | None) -> tuple[np.ndarray, list[dict], int]:
     """(label ids, items, images found). Integer labels keep their values; others are numbered in sorted order."""
     columns = list(rows[0])
+    path_column = path_column or ("path" if "path" in columns else None)  # a column named path is one
     if label_column not in columns:
         raise ImportRunError(f"{labels_path} has no column {label_column!r} (columns: {', '.join(columns)}); "
                              f"name the label column with --label-column")

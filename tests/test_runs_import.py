@@ -217,3 +217,14 @@ def test_explore_offers_the_imported_coordinates(imported, tmp_path):
     trace = json.loads(next(c for c in at.get("plotly_chart") if c.key == "explore_map").proto.spec)["data"][0]
     ids = np.asarray(trace["customdata"]).ravel()
     assert np.allclose(trace["x"], xy[ids, 0]) and np.allclose(trace["y"], xy[ids, 1])
+
+
+def test_a_path_column_is_found_by_name_and_read_relative_to_the_csv(tmp_path):
+    from core.importer import build_items, read_table
+
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "l.csv").write_text("label,path,note\n3,a.png,first\n3,b.png,\n7,,x\n")
+    labels, items, found = build_items(read_table(tmp_path / "l.csv"), tmp_path / "l.csv", "label", None, None)
+    assert labels.tolist() == [3, 3, 7] and [it["class_name"] for it in items] == ["3", "3", "7"]
+    assert items[0]["path"] == str((tmp_path / "a.png").resolve()) and items[2]["path"] is None and found == 1
+    assert items[0]["note"] == "first" and "label" not in items[0] and "path" in items[1]
