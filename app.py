@@ -16,6 +16,7 @@ import torch
 
 from core.checkpoint import CheckpointError
 from core.run_dir import CONFIG
+from core.importer import NoModelError
 from dashboard import state, ui
 
 # The dashboard runs one image at a time. With several intra-op threads, PyTorch's workers spin while
@@ -30,6 +31,8 @@ try:
 except ValueError as err:  # a mistyped METRICLENS_MODE: say so instead of guessing a mode
     st.error(str(err))
     st.stop()
+
+URL_WRITTEN = "_url_written"  # the query parameters this session wrote last (Back makes the URL differ)
 
 # Material icons ship with Streamlit's frontend, so they render even where no emoji font is installed
 TITLES = {"explore": ("Explore", ":material/scatter_plot:"), "retrieval": ("Retrieval", ":material/image_search:"),
@@ -48,8 +51,9 @@ def run_label(summary: dict) -> str:
         status = "unfinished" if not summary.get("problem") else "damaged"
         return f"{summary['name']} · {summary.get('head', '?')} · {status}"
     # R@1 right after the name: the select box cuts long labels at its width, and the method is the part to lose
-    return (f"{summary['name']} · R@1 {m.get('recall@1', float('nan')):.3f} · "
-            f"{summary.get('method', '?')}/{summary.get('backbone', '?')}")  # the rest of the metrics show below
+    what = ("imported embeddings" if summary.get("imported")
+            else f"{summary.get('method', '?')}/{summary.get('backbone', '?')}")
+    return f"{summary['name']} · R@1 {m.get('recall@1', float('nan')):.3f} · {what}"  # the rest of the metrics show below
 
 
 def run_key(summary: dict, runs: list[dict]) -> str:
@@ -92,6 +96,26 @@ def read_deep_link(runs: list[dict], current_page: str) -> list[dict]:
     return runs
 
 
+def follow_history(runs: list[dict]) -> None:
+    """Back and Forward: Streamlit pushes a history entry for every URL this app writes, and on Back it reruns
+    with the URL the browser went back to. Any difference from the URL written last is the browser's, so take
+    its query, run and comparison run (else the session's newer values would be written back over it)."""
+    written = st.session_state.get(URL_WRITTEN)
+    params = st.query_params.to_dict()
+    if written is None or params == written:
+        return
+    by_key = {run_key(r, runs): r["path"] for r in runs} | {r["path"]: r["path"] for r in runs}
+    query = params.get("query") or ""
+    if query.isdigit() and query != written.get("query"):
+        st.session_state[state.QUERY] = int(query)
+        st.session_state[state.UPLOAD] = None
+        st.session_state.pop("attention_neighbour", None)
+    for name, key in (("run", state.RUN), ("compare", state.COMPARE)):
+        if params.get(name) in by_key and params[name] != written.get(name):
+            st.session_state[key] = by_key[params[name]]
+    st.session_state[URL_WRITTEN] = params
+
+
 def write_deep_link(runs: list[dict], current_page: str) -> None:
     by_path = {r["path"]: run_key(r, runs) for r in runs}
     wanted = {"page": current_page}
@@ -103,7 +127,8 @@ def write_deep_link(runs: list[dict], current_page: str) -> None:
         wanted["compare"] = by_path[st.session_state[state.COMPARE]]
     wanted.update((st.session_state.get("_page_link") or {}).get(current_page, {}))  # e.g. Explore's selection
     if st.query_params.to_dict() != wanted:
-        st.query_params.from_dict(wanted)
+        st.query_params.from_dict(wanted)  # Streamlit's frontend pushes it as a new history entry
+    st.session_state[URL_WRITTEN] = wanted
 
 
 def sidebar_run_picker(runs: list[dict]) -> None:
@@ -160,13 +185,18 @@ def sidebar_run_picker(runs: list[dict]) -> None:
 runs = state.discover_runs()
 page = st.navigation(list(PAGES.values()))
 current = next(key for key, p in PAGES.items() if p.title == page.title)
+st.session_state[ui.CURRENT_PAGE] = current
 runs = read_deep_link(runs, current)
+follow_history(runs)
 sidebar_run_picker(runs)
 write_deep_link(runs, current)
+st.html(ui.MAP_STILL_CSS)
 try:
     page.run()
 except Exception as err:  # Streamlit's stop/rerun/switch-page signals are BaseExceptions: they pass
-    if isinstance(err, CheckpointError):
+    if isinstance(err, NoModelError):  # a page reached for the model of an imported run
+        st.info(f":material/info: {err}")
+    elif isinstance(err, CheckpointError):
         st.error(f"**This run cannot be used:** {err}")
     elif isinstance(err, ui.dataset_error_type()):
         ui.dataset_error(err, st.session_state.get(state.RUN, ""))

@@ -1,4 +1,4 @@
-"""Command line: `python -m core train|evaluate|umap|dashboard ...`, also installed as `metriclens ...` (see README).
+"""Command line: `python -m core train|evaluate|umap|import|dashboard ...`, also installed as `metriclens ...` (see README).
 
 Each subcommand is one row of SUBCOMMANDS: (help, add its arguments, run it). Imports happen inside the
 commands, so `--help` answers at once.
@@ -105,6 +105,17 @@ def cmd_umap(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from core.importer import import_run
+
+    record = import_run(args.embeddings, args.labels, args.out, label_column=args.label_column,
+                        path_column=args.path_column, coords=args.coords, image_root=args.image_root,
+                        umap=args.umap, overwrite=args.overwrite, name=args.name,
+                        log=lambda line: print(line, file=sys.stderr))
+    print(json.dumps({"run": args.out, "test": record["test"], "imported": record["imported"]}, indent=2))
+    return 0
+
+
 def cmd_dashboard(args) -> int:
     """`streamlit run app.py` as `make run` does: loopback unless an address is given."""
     command = [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.address", args.address,
@@ -146,6 +157,20 @@ def _umap_arguments(u) -> None:
     _threads_argument(u)
 
 
+def _import_arguments(i) -> None:
+    i.add_argument("--embeddings", required=True, help="N×D array saved with np.save")
+    i.add_argument("--labels", required=True, help="CSV with a header and one row per embedding row")
+    i.add_argument("--out", required=True, help="run directory to write, e.g. checkpoints/my_embeddings")
+    i.add_argument("--label-column", default="label", help="the CSV column holding each item's class")
+    i.add_argument("--path-column", help="the CSV column holding image paths (relative: to the CSV's folder)")
+    i.add_argument("--image-root", help="folder relative image paths start from")
+    i.add_argument("--coords", help="your own 2-D coordinates, an N×2 .npy (shown as the 'own' projection)")
+    i.add_argument("--umap", action="store_true", help="compute UMAP now (else the dashboard does it on demand)")
+    i.add_argument("--name", help="run name (default: the folder name)")
+    i.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _threads_argument(i)
+
+
 def _dashboard_arguments(d) -> None:
     d.add_argument("--address", default=os.environ.get("METRICLENS_ADDRESS", "127.0.0.1"),
                    help="127.0.0.1 (default): only this machine; 0.0.0.0 serves the network (teaching mode)")
@@ -161,6 +186,7 @@ SUBCOMMANDS = {  # name -> (help, add_arguments, run)
     "train": ("train a model into a run directory (resumes if it exists)", _train_arguments, cmd_train),
     "evaluate": ("Recall@K, NMI, MAP@R, R-Precision of a run", _evaluate_arguments, cmd_evaluate),
     "umap": ("compute and cache UMAP coordinates of runs' test embeddings", _umap_arguments, cmd_umap),
+    "import": ("turn your own embeddings (.npy) + a labels CSV into a run directory", _import_arguments, cmd_import),
     "dashboard": ("open the dashboard in the browser (streamlit run app.py, as `make run`)",
                   _dashboard_arguments, cmd_dashboard),
 }

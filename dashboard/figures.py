@@ -267,3 +267,56 @@ def patch_picker(image: np.ndarray, grid_h: int, grid_w: int, selected: tuple[in
                       xaxis=dict(range=[0, 1], visible=False, fixedrange=True),
                       yaxis=dict(range=[1, 0], visible=False, fixedrange=True, scaleanchor="x"))
     return fig
+
+
+# ---- Compare: one run's map coloured by a per-query change between two runs ---------------------------
+SHIFT_SCALE = [[0.0, "#d62728"], [0.5, "#c8c8c8"], [1.0, "#1f5fd6"]]   # worse in B · no change · better in B
+
+
+def shift_map(coords: np.ndarray, ids: np.ndarray, values: np.ndarray, hover: list[str], title: str,
+              bar_title: str, selected=None, height: int = 440) -> go.Figure:
+    """Points coloured by a signed per-item value (0 grey, B better blue, B worse red) on a symmetric
+    scale; `selected` ids drawn as plotly's selection, the rest faded, so a selection made on the other
+    run's map shows here. customdata carries item ids as lists (see `embedding_map`)."""
+    values = np.nan_to_num(np.asarray(values, dtype=float))
+    bound = float(np.abs(values).max()) or 1.0
+    trace = go.Scattergl(x=coords[:, 0].tolist(), y=coords[:, 1].tolist(), mode="markers",
+                         customdata=np.asarray(ids).tolist(), text=list(hover), hovertemplate="%{text}<extra></extra>",
+                         marker=dict(size=7, color=values.tolist(), colorscale=SHIFT_SCALE, cmin=-bound, cmax=bound,
+                                     opacity=0.9, colorbar=dict(title=dict(text=bar_title, side="right"), thickness=12)))
+    if selected is not None and len(selected):
+        chosen = np.isin(np.asarray(ids), np.asarray(list(selected), dtype=int))
+        trace.update(selectedpoints=np.flatnonzero(chosen).tolist(), selected=dict(marker=dict(opacity=1.0, size=10)),
+                     unselected=dict(marker=dict(opacity=0.1)))
+    fig = go.Figure(trace)
+    fig.update_layout(dragmode="lasso", height=height, margin=dict(l=10, r=10, t=36, b=10), title=title,
+                      uirevision="compare", meta="metriclens-map", showlegend=False,
+                      xaxis=dict(showticklabels=False, title=None), yaxis=dict(showticklabels=False, title=None))
+    return fig
+
+
+# ---- a still picture of a map, for the seconds before the browser has loaded plotly.js -----------------
+def map_still(coords: np.ndarray, categories, colours: dict[str, str] | None = None, width: int = 1100,
+              height: int = 560, note: str = "Loading the interactive map…") -> np.ndarray:
+    """The points in their category colours (as `embedding_map` draws them) on a white H×W×3 picture, made in
+    milliseconds with PIL: what a page shows while the browser still loads and parses plotly.js."""
+    from PIL import ImageDraw, ImageFont
+
+    categories = np.asarray(categories)
+    styles = category_styles(list(dict.fromkeys(categories.tolist())), colours)
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    pad = 24
+    lo, hi = coords.min(0), coords.max(0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    xy = np.column_stack([pad + (coords[:, 0] - lo[0]) / span[0] * (width - 2 * pad),
+                          height - pad - (coords[:, 1] - lo[1]) / span[1] * (height - 2 * pad)])
+    for (x, y), name in zip(xy, categories):
+        colour = styles[name][0]
+        draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill="#bbbbbb" if colour.lower() == "#f4f4f4" else colour)
+    try:
+        font = ImageFont.load_default(size=18)
+    except TypeError:  # Pillow < 10.1 has one bitmap size
+        font = ImageFont.load_default()
+    draw.text((10, 6), note, fill="#666666", font=font)
+    return np.asarray(img)

@@ -13,7 +13,6 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from core.run_dir import ARTIFACTS, ITEMS
-
 from dashboard.figures import NAMED_COLOURS, NAMED_SYMBOLS
 
 BASE_KEYS = ("split", "index", "path", "class_name")     # what every run's items.json holds

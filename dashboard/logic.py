@@ -144,6 +144,34 @@ def disagreements(rank_a: np.ndarray, rank_b: np.ndarray, jaccard: np.ndarray, n
     return order[:n]
 
 
+def different_items(labels_a, labels_b, items_a: list[dict], items_b: list[dict]) -> str | None:
+    """Why two runs' items cannot be compared one by one, or None when they are the same test items. Labels
+    need only agree up to a renaming (an imported run numbers its classes its own way): the same items fall
+    into the same classes. Image paths, where both runs have them, must match too."""
+    labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
+    if len(labels_a) != len(labels_b):
+        return f"they hold {len(labels_a)} and {len(labels_b)} test items"
+    to_b, to_a = {}, {}  # a one-to-one renaming of the classes, built item by item
+    for i, (a, b) in enumerate(zip(labels_a.tolist(), labels_b.tolist())):
+        if to_b.setdefault(a, b) != b or to_a.setdefault(b, a) != a:
+            return f"their items fall into different classes (first at item {i}): another data set, split or order"
+    paths = [(a.get("path"), b.get("path")) for a, b in zip(items_a, items_b)]
+    if all(pa and pb for pa, pb in paths):
+        names = [(str(pa).rsplit("/", 1)[-1], str(pb).rsplit("/", 1)[-1]) for pa, pb in paths]
+        wrong = next((i for i, (pa, pb) in enumerate(names) if pa != pb), None)
+        if wrong is not None:
+            return f"item {wrong} is {names[wrong][0]} in one run and {names[wrong][1]} in the other"
+    return None
+
+
+def rank_shift(table_a: RetrievalTable, table_b: RetrievalTable, measure: str) -> np.ndarray:
+    """Per query, how much better run B retrieves it than run A (positive: B better): fewer ranks to the
+    first true match ("first match rank") or a higher R-precision ("R-precision")."""
+    if measure == "first match rank":
+        return (table_a.first_match_rank - table_b.first_match_rank).astype(float)
+    return table_b.r_precision - table_a.r_precision
+
+
 # ---- embedding-map helpers ------------------------------------------------------------------
 def stratified_sample(labels: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
     """At most `max_points` indices (about), the same share of every class (at least one each), sorted.

@@ -95,7 +95,7 @@ def _summary(run_dir: str, metrics_mtime: float, config_mtime: float) -> dict:
         cfg = ckpt.load_config(path)
         method = " + ".join([cfg.model.head, *(b.name for b in cfg.model.blocks), *(["cia"] if cfg.model.cia else [])])
         out.update(head=cfg.model.head, method=method, backbone=cfg.model.backbone, data=cfg.data.name,
-                   description=cfg.description)
+                   description=cfg.description, imported=is_imported_config(cfg))
     except CheckpointError as err:
         out["problem"] = str(err)
     if metrics_mtime:
@@ -123,6 +123,16 @@ def discover_runs() -> list[dict]:
                 seen.add(key)
                 runs.append(_summary(key, _mtime(run / ckpt.METRICS), _mtime(run / ckpt.CONFIG)))
     return runs
+
+
+def is_imported_config(cfg) -> bool:
+    from core.importer import is_imported
+    return is_imported(cfg)
+
+
+def imported(run_dir: str) -> bool:
+    """A run made by `python -m core import` from embeddings: artifacts and metrics, no model."""
+    return bool(summary(run_dir).get("imported"))
 
 
 def summary(run_dir: str) -> dict:
@@ -205,6 +215,9 @@ def model_cache() -> ModelCache:
 
 def load_model(run_dir: str):
     """(model in eval mode, RunConfig); one copy shared by every session, so treat it as read-only."""
+    if imported(run_dir):  # say what the run is rather than "weights.safetensors is missing"
+        from core.importer import NoModelError, no_model_message
+        raise NoModelError(no_model_message(run_dir, "anything that needs the network"))
     cache, stamp = model_cache(), _mtime(Path(run_dir) / ckpt.WEIGHTS)
     load = (lambda: ckpt.load_run(run_dir))
     if cache.has(run_dir, stamp):
@@ -265,8 +278,7 @@ def _artifacts(run_dir: str, stamp: float, groups: tuple[tuple[int, int], ...]) 
 
 
 def artifacts(run_dir: str) -> Artifacts:
-    model, _ = load_model(run_dir)
-    groups = tuple((g.start or 0, g.stop) for g in model.head.groups)
+    groups = () if imported(run_dir) else tuple((g.start or 0, g.stop) for g in load_model(run_dir)[0].head.groups)
     return _artifacts(run_dir, _artifact_stamp(run_dir), groups)
 
 
@@ -458,6 +470,10 @@ def data_root_override(run_dir: str) -> str | None:
 
 def splits(run_dir: str):
     """The run's data splits (raises DatasetError when the data folder moved)."""
+    if imported(run_dir):
+        from core.data.folders import DatasetError
+        raise DatasetError(f"{Path(run_dir).name} was imported from embeddings: its images are the files named in "
+                           f"its items, it has no data set")
     return _splits(run_dir, data_root_override(run_dir))
 
 
@@ -470,7 +486,21 @@ def _model_input(run_dir: str, item: int, stamp: float, data_root: str | None) -
 
 def model_input(run_dir: str, item: int) -> np.ndarray:
     """Item `item` of the artifacts as the model sees it: 3×H×W float in [0, 1]."""
+    if imported(run_dir):
+        return _imported_image(run_dir, int(item), _artifact_stamp(run_dir))
     return _model_input(run_dir, int(item), _artifact_stamp(run_dir), data_root_override(run_dir))
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def _imported_image(run_dir: str, item: int, stamp: float) -> np.ndarray:
+    from core.data.folders import DatasetError
+    from core.importer import load_image
+    path = artifacts(run_dir).items[item].get("path")
+    try:
+        return load_image(path)
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"item {item} of imported run {Path(run_dir).name} has no readable image "
+                           f"({path or 'no path column was imported'}: {err})") from None
 
 
 def image(run_dir: str, item: int) -> np.ndarray:
@@ -524,6 +554,8 @@ def _map_shapes(run_dir: str, stamp: float) -> dict[str, tuple[int, int, int]]:
 
 
 def map_shapes(run_dir: str) -> dict[str, tuple[int, int, int]]:
+    if imported(run_dir):  # no model, no maps
+        return {}
     return _map_shapes(run_dir, weights_stamp(run_dir))
 
 

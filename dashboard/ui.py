@@ -8,6 +8,7 @@ import numpy as np
 import streamlit as st
 
 from core.checkpoint import CheckpointError
+from core.run_dir import ARTIFACTS, coords_file
 from dashboard import figures, logic, state
 
 # page name -> script, relative to app.py (st.navigation and st.switch_page both take these)
@@ -39,9 +40,28 @@ def require_run() -> str:
     return run
 
 
+# pages that work on a run's artifacts alone, so also on a run imported from embeddings (no model)
+MODEL_FREE_PAGES = ("explore", "retrieval", "compare")
+CURRENT_PAGE = "_current_page"   # session key app.py sets before it runs a page
+
+
+def no_model(run: str, what: str = "this page") -> None:
+    """The message a page that needs a model shows for an imported run, and a stopped page."""
+    from core.importer import no_model_message
+    st.info(f":material/info: {no_model_message(run, what)}")
+    st.stop()
+
+
 def load_or_stop(run: str):
-    """(model, cfg, artifacts) of the run, or a clear st.error and a stopped page."""
+    """(model, cfg, artifacts) of the run, or a clear st.error and a stopped page. A run imported from
+    embeddings gives (None, cfg, artifacts) on the pages that need no model and a clear message elsewhere."""
     try:
+        if state.imported(run):
+            page = st.session_state.get(CURRENT_PAGE, "")
+            if page not in MODEL_FREE_PAGES:
+                no_model(run, f"the {page.capitalize() or 'this'} page")
+            from core.checkpoint import load_config
+            return None, load_config(run), state.artifacts(run)
         model, cfg = state.load_model(run)
         return model, cfg, state.artifacts(run)
     except CheckpointError as err:
@@ -68,7 +88,11 @@ def images_or_error(run: str, ids) -> list[np.ndarray] | None:
     try:
         return [state.image(run, int(i)) for i in ids]
     except dataset_error_type() as err:
-        dataset_error(err, run)
+        if state.imported(run):  # no data folder to point at: the import named (or did not name) the files
+            st.caption(f":material/hide_image: No images to show: {err}. Import with `--path-column` (and "
+                       f"`--image-root`) to see them.")
+        else:
+            dataset_error(err, run)
         return None
 
 
@@ -83,6 +107,45 @@ def image_wall(images: list[np.ndarray], captions: list[str], width: int = 112) 
     """Many thumbnails in one element (one st.image call): far fewer browser nodes than a grid of
     columns, which keeps a big selection's grid quick to draw."""
     st.image([figures.enlarge(img, width) for img in images], caption=captions, width=width)
+
+
+# While plotly.js loads (seconds on first paint) a chart's slot is blank: a still picture of the map stands
+# there and hides itself once the plot is drawn (a plotly chart in the same block has drawn its SVG).
+MAP_STILL_CSS = """<style>
+[data-testid="stVerticalBlock"]:has(.js-plotly-plot .main-svg) [data-testid="stLayoutWrapper"]:has(> [class*="st-key-map_still"]),
+[data-testid="stVerticalBlock"]:has(.js-plotly-plot .main-svg) [class*="st-key-map_still"] { display: none; }
+</style>"""
+
+
+def map_still(coords: np.ndarray, categories, colours: dict[str, str] | None = None, key: str = "map_still") -> None:
+    """Call right before the page's map chart (in the same block): the same points as a picture, shown at once.
+    `key` must start with map_still and be unique on the page. Only in a session's first 30 s on the page:
+    by then plotly.js is loaded, and a picture of a big map costs a few tenths of a second per rerun."""
+    import base64
+    import io
+    import time
+
+    from PIL import Image
+    first = st.session_state.setdefault(f"_first_{key}", time.time())
+    if time.time() - first > 30:
+        return
+    png = io.BytesIO()  # 64 colours: a tenth of the bytes of a full-colour PNG (a JPEG of dots is larger still)
+    Image.fromarray(figures.map_still(coords, categories, colours)).quantize(
+        64, method=Image.Quantize.FASTOCTREE).save(png, format="PNG")
+    # markdown, not st.image: the image element is itself loaded lazily by the browser, markdown is not
+    with st.container(key=key):
+        st.markdown(f'<img alt="map" style="width:100%" src="data:image/png;base64,'
+                    f'{base64.b64encode(png.getvalue()).decode()}">', unsafe_allow_html=True)
+
+
+# projection name on the pages -> artifacts/coords_<file>.npy ("Own 2-D": given to `python -m core import --coords`)
+PROJECTION_FILES = {"UMAP": "umap", "PCA": "pca", "Own 2-D": "own"}
+
+
+def projections(*runs: str) -> list[str]:
+    """The projections to offer for runs: UMAP and PCA, and the imported coordinates when every run has them."""
+    own = runs and all((Path(run) / ARTIFACTS / coords_file("own")).exists() for run in runs)
+    return ["UMAP", "PCA"] + (["Own 2-D"] if own else [])
 
 
 @dataclass
@@ -105,8 +168,10 @@ def current_query(run: str, art: state.Artifacts) -> Query | None:
     try:
         pixels = state.model_input(run, item)
     except dataset_error_type() as err:
-        dataset_error(err, run)
-        return None
+        if not state.imported(run):
+            dataset_error(err, run)
+            return None
+        pixels = np.full((3, 64, 64), 0.85, np.float32)  # an imported item without an image: a blank tile
     return Query(pixels, art.embeddings[item], item, int(art.labels[item]),
                  f"#{item} · {art.items[item].get('class_name', art.labels[item])}")
 
@@ -127,16 +192,75 @@ def query_item(n: int) -> int:
 
 
 def query_picker(art: state.Artifacts, key: str) -> None:
-    """Item number + class shown; writes the shared query (and leaves upload mode)."""
+    """Item number, or a label / file / field search next to it; writes the shared query (and leaves upload mode)."""
     widget = f"{key}_query"
     st.session_state[widget] = query_item(len(art.items))  # the box shows the item the page shows
 
     def changed():
-        st.session_state[state.QUERY] = int(st.session_state[widget])
-        st.session_state[state.UPLOAD] = None
-        st.session_state.pop("attention_neighbour", None)  # it belonged to the previous query
-    st.number_input(f"Query item (0–{len(art.items) - 1})", 0, len(art.items) - 1, key=widget, step=1,
-                    on_change=changed, help="Any test item; pick one from the map, the failures list or here.")
+        set_query(int(st.session_state[widget]))
+    number, search = st.columns([1, 2])
+    number.number_input(f"Query item (0–{len(art.items) - 1})", 0, len(art.items) - 1, key=widget, step=1,
+                        on_change=changed, help="Any test item; pick one from the map, the failures list or here.")
+    with search:
+        query_finder(art, key)
+
+
+def set_query(item: int) -> None:
+    st.session_state[state.QUERY] = int(item)
+    st.session_state[state.UPLOAD] = None
+    st.session_state.pop("attention_neighbour", None)  # it belonged to the previous query
+
+
+def item_text(item: dict, index: int) -> str:
+    """What a search looks in: the item number, its class, its file name and every other text field."""
+    fields = [f"#{index}", str(item.get("class_name", ""))]
+    if item.get("path"):
+        fields.append(Path(str(item["path"])).name)
+    fields += [str(v) for k, v in item.items() if k not in ("split", "index", "path", "class_name") and v is not None]
+    return " ".join(fields).lower()
+
+
+def find_items(items: list[dict], text: str, limit: int = 500) -> list[int]:
+    """Items whose class, file name or fields contain every word of `text` (any case), in item order."""
+    words = text.lower().split()
+    if not words:
+        return []
+    hits = [i for i, item in enumerate(items) if all(w in item_text(item, i) for w in words)]
+    return hits[:limit]
+
+
+def query_finder(art: state.Artifacts, key: str) -> None:
+    """Type a label, file name or field value ("red diamond", "img_0042") to pick the query among the
+    matching items: Enter jumps to the first match, the list below offers the others."""
+    find, found = f"{key}_find", f"{key}_found"
+
+    def searched():
+        hits = find_items(art.items, st.session_state.get(find) or "")
+        if hits and st.session_state.get(state.QUERY) not in hits:
+            set_query(hits[0])
+    st.text_input("…or find by label, file or field", key=find, on_change=searched,
+                  placeholder="e.g. red diamond", help="Every word must appear in the item's class, file name or "
+                                                      "fields; Enter shows the first match.")
+    text = (st.session_state.get(find) or "").strip()
+    if not text:
+        return
+    hits = find_items(art.items, text)
+    if not hits:
+        st.caption(f"No item matches {text!r}.")
+        return
+    current = st.session_state.get(state.QUERY)
+    st.session_state[found] = current if current in hits else None
+
+    def picked():
+        if st.session_state.get(found) is not None:
+            set_query(st.session_state[found])
+    st.selectbox(f"{len(hits)}{'+' if len(hits) == 500 else ''} matching item{'s' if len(hits) > 1 else ''}", hits,
+                 key=found, on_change=picked, placeholder="pick one of the matches",
+                 format_func=lambda i: item_caption(art, int(i)) + _file_suffix(art.items[int(i)]))
+
+
+def _file_suffix(item: dict) -> str:
+    return f" · {Path(str(item['path'])).name}" if item.get("path") else ""
 
 
 def go_to(page: str, query: int | None = None, **session) -> None:
@@ -199,6 +323,8 @@ def describe_map(name: str, maps: np.ndarray) -> str:
 
 def upload_widget(run: str, key: str) -> None:
     """Upload an image as the query; invalid files give a clear error, never a traceback."""
+    if state.imported(run):
+        no_model(run, "searching with an uploaded image")
     file = st.file_uploader("Upload a query image (PNG/JPEG, ≤ 10 MB)", key=key,
                             type=["png", "jpg", "jpeg", "bmp", "webp", "gif"])
     if file is None:

@@ -28,6 +28,7 @@ def pair_ui(run: str, art: state.Artifacts) -> tuple[int, int]:
     c1, c2 = st.columns(2)
     c1.number_input("Image A (item)", 0, n - 1, key="cross_a", on_change=picked, args=("a",))
     c2.number_input("Image B (item)", 0, n - 1, key="cross_b", on_change=picked, args=("b",))
+    ui.query_finder(art, "cross")  # a label or file search sets the query: A, with its top-1 as B
     if c1.button("Swap A and B", icon=":material/swap_horiz:", key="cross_swap"):
         pair["a"], pair["b"] = pair["b"], pair["a"]
         st.rerun()

@@ -123,7 +123,7 @@ def colour_options_for(run: str, art: state.Artifacts, fields: dict) -> list[str
 
 def controls_ui(run: str, colour_options: list[str], size_options: list[str]) -> tuple[str, str, str]:
     c1, c2, c3, c4 = st.columns([1.1, 1.5, 1.2, 2.2])
-    projection = c1.radio("Projection", ["UMAP", "PCA"], horizontal=True, key="explore_projection")
+    projection = c1.radio("Projection", ui.projections(run), horizontal=True, key="explore_projection")
     colour_by = c2.selectbox("Colour by", colour_options, key="explore_colour",
                              help="any per-item field; R-precision, MAP@R and the similarity to the query on a "
                                   "continuous scale; dominant group: the embedding group contributing most to the "
@@ -227,7 +227,7 @@ def view_ui(run: str, art: state.Artifacts, projection: str) -> tuple[np.ndarray
             wait_for_subset_umap(run, tuple(isolated.tolist()))
         return isolated, pca_2d(art.embeddings[isolated]), "PCA"
     all_ids = np.arange(len(art.labels))
-    coords = state.coords(run, "umap" if projection == "UMAP" else "pca")
+    coords = state.coords(run, ui.PROJECTION_FILES[projection])
     if coords is not None:
         return all_ids, coords, projection
     if os.environ.get("METRICLENS_AUTO_UMAP", "1") != "0" or st.session_state.get(f"umap_requested_{run}"):
@@ -288,6 +288,8 @@ def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, c
         if at < len(view_ids) and view_ids[at] == item:
             figures.highlight_items(fig, coords[[at]], [item], [f"#{item} {names[item]}"], f"#{item}", focus=True,
                                     thumbs=thumbs)
+    # shown while the browser loads plotly.js (a session's first seconds on the page)
+    ui.map_still(coords[shown], np.full(len(shown), "") if categories is None else categories[ids], colours)
     event = st.plotly_chart(fig, key="explore_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
                             width="stretch", config={"displaylogo": False})
     st.session_state[SEEN] = event_key(event)

@@ -1,0 +1,224 @@
+"""Your own embeddings as a run: `python -m core import --embeddings emb.npy --labels labels.csv --out DIR`.
+
+The run directory has the usual artifacts (embeddings.npy, labels.npy, items.json, coords_pca.npy, optionally
+coords_own.npy) and metrics.json, but no weights: config.json names data "imported" and model "none", and
+metrics.json says `"model": null`. The dashboard's pages that need no model (Explore, Retrieval by item, Compare)
+read it like any run; the others say that it has no model (`NoModelError`).
+
+Inputs are checked before anything is written (shapes, rows, NaN, labels, paths) and the run is written into
+a temporary folder moved into place at the end, so a failed import leaves nothing half-written behind.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from core import checkpoint as ckpt
+
+IMPORTED = "imported"        # config.json's data.name (and model.head) of an imported run
+# items.json keys every run's items have; a CSV column of the same name would be ambiguous
+RESERVED = ("split", "index", "class_name")
+THUMB_SIDE = 128             # images of an imported run are shown centre-cropped to this square
+
+
+class ImportRunError(ValueError):
+    """Input that cannot become a run; the message says what is wrong and how to fix it."""
+
+
+class NoModelError(ckpt.CheckpointError):
+    """Something needs the model of a run that was imported from embeddings (it has none)."""
+
+
+def no_model_message(run_dir: str | Path, what: str = "this page") -> str:
+    return (f"Run {Path(run_dir).name!r} was imported from embeddings; it has no model, so {what} cannot work "
+            f"on it (attention maps, attributions, cross-image maps and uploaded queries all need the network). "
+            f"Explore, Retrieval by item and Compare use its embeddings.")
+
+
+def is_imported(cfg) -> bool:
+    return cfg.data.name == IMPORTED
+
+
+# ---- reading and checking the inputs ----------------------------------------------------------
+def read_embeddings(path: str | Path) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise ImportRunError(f"embeddings file {path} does not exist; give the .npy written by np.save(path, array)")
+    try:
+        emb = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise ImportRunError(f"{path} is not a NumPy .npy array ({err}); save your N×D array with "
+                             f"np.save('{path.name}', embeddings)") from None
+    if not isinstance(emb, np.ndarray) or emb.dtype.kind not in "fiu":
+        raise ImportRunError(f"{path} holds {getattr(emb, 'dtype', type(emb))!s} values, not numbers; save a float "
+                             f"array (e.g. embeddings.astype('float32'))")
+    if emb.ndim != 2 or emb.shape[0] < 2 or emb.shape[1] < 2:
+        raise ImportRunError(f"{path} has shape {emb.shape}; expected N×D with one row per item (N ≥ 2, D ≥ 2). "
+                             f"Reshape it, e.g. embeddings.reshape(len(embeddings), -1)")
+    emb = emb.astype(np.float32)
+    bad = ~np.isfinite(emb).all(1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ImportRunError(f"{path} has NaN or infinite values in {len(rows)} rows (first: row {rows[0]}); "
+                             f"drop or recompute those rows, and the matching rows of the labels CSV")
+    norms = np.linalg.norm(emb, axis=1)
+    if (norms == 0).any():
+        raise ImportRunError(f"{path} row {int(np.flatnonzero(norms == 0)[0])} is all zeros, which has no direction "
+                             f"for cosine similarity; drop it (and its CSV row)")
+    return emb / norms[:, None]  # the dashboard compares by cosine: unit rows, as trained runs store them
+
+
+def read_table(path: str | Path) -> list[dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise ImportRunError(f"labels file {path} does not exist; give a CSV with a header row and one row per "
+                             f"embedding row")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ImportRunError(f"{path} is not a readable UTF-8 CSV ({err})") from None
+    if not rows:
+        raise ImportRunError(f"{path} has no data rows under its header")
+    return rows
+
+
+def read_coords(path: str | Path, n: int) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise ImportRunError(f"coordinates file {path} does not exist")
+    try:
+        xy = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise ImportRunError(f"{path} is not a NumPy .npy array ({err})") from None
+    if xy.dtype.kind not in "fiu" or xy.shape != (n, 2):
+        raise ImportRunError(f"{path} has shape {xy.shape} and dtype {xy.dtype}; expected {n}×2 numbers "
+                             f"(x, y of each embedding row)")
+    if not np.isfinite(xy).all():
+        raise ImportRunError(f"{path} has NaN or infinite coordinates (first in row "
+                             f"{int(np.flatnonzero(~np.isfinite(xy).all(1))[0])})")
+    return xy.astype(np.float32)
+
+
+def build_items(rows: list[dict], labels_path: Path, label_column: str, path_column: str | None,
+                image_root: str | Path | None) -> tuple[np.ndarray, list[dict], int]:
+    """(label ids, items, images found). Integer labels keep their values; others are numbered in sorted order."""
+    columns = list(rows[0])
+    path_column = path_column or ("path" if "path" in columns else None)  # a column named path is one
+    if label_column not in columns:
+        raise ImportRunError(f"{labels_path} has no column {label_column!r} (columns: {', '.join(columns)}); "
+                             f"name the label column with --label-column")
+    if path_column and path_column not in columns:
+        raise ImportRunError(f"{labels_path} has no column {path_column!r} for image paths (columns: "
+                             f"{', '.join(columns)}); name it with --path-column, or leave it out")
+    clash = [c for c in columns if c in RESERVED and c != label_column]
+    if clash:
+        raise ImportRunError(f"{labels_path} has column(s) {', '.join(clash)}, which name fields every run has; "
+                             f"rename them in the CSV")
+    names = [(row.get(label_column) or "").strip() for row in rows]
+    empty = [i for i, name in enumerate(names) if not name]
+    if empty:
+        raise ImportRunError(f"{labels_path} data row {empty[0] + 1} (line {empty[0] + 2} of the file) has an empty "
+                             f"{label_column!r}; every item needs a label ({len(empty)} row(s) lack one)")
+    if all(name.lstrip("-").isdigit() for name in names):
+        labels = np.asarray([int(name) for name in names], dtype=np.int64)
+    else:
+        labels = np.searchsorted(np.asarray(sorted(set(names))), np.asarray(names)).astype(np.int64)
+    root = Path(image_root) if image_root else labels_path.parent
+    items, found = [], 0
+    for i, (row, name) in enumerate(zip(rows, names)):
+        item = {k: v for k, v in row.items() if k not in (label_column, path_column) and k is not None}
+        item.update(split="test", index=i, class_name=name, path=None)
+        if path_column and (row.get(path_column) or "").strip():
+            image = Path(row[path_column].strip()).expanduser()
+            image = image if image.is_absolute() else (root / image)
+            item["path"] = str(image.resolve())
+            found += image.is_file()
+        items.append(item)
+    return labels, items, found
+
+
+# ---- writing the run --------------------------------------------------------------------------
+def import_run(embeddings: str | Path, labels_csv: str | Path, out: str | Path, label_column: str = "label",
+               path_column: str | None = None, coords: str | Path | None = None, image_root: str | Path | None = None,
+               umap: bool = False, overwrite: bool = False, name: str | None = None, log=print) -> dict:
+    """Check the inputs, then write a run directory at `out` (all at once). Returns its metrics.json."""
+    from core.config import RunConfig
+    from core.evaluate import all_metrics
+    from core.projection import pca_2d, umap_2d
+
+    out, labels_csv = Path(out), Path(labels_csv)
+    if out.exists() and not overwrite:
+        raise ImportRunError(f"{out} already exists; choose another --out, or pass --overwrite to replace it")
+    emb = read_embeddings(embeddings)
+    rows = read_table(labels_csv)
+    if len(rows) != len(emb):
+        raise ImportRunError(f"{embeddings} has {len(emb)} rows but {labels_csv} has {len(rows)} data rows; row i "
+                             f"of the CSV must describe row i of the array (same order, same count)")
+    labels, items, found = build_items(rows, labels_csv, label_column, path_column, image_root)
+    _, counts = np.unique(labels, return_counts=True)
+    if counts.max() < 2:
+        raise ImportRunError(f"every label in {labels_csv} occurs once, so no item has a same-class neighbour and "
+                             f"retrieval metrics are undefined; give a label column shared by several items")
+    own = read_coords(coords, len(emb)) if coords else None
+    with_paths = sum(it["path"] is not None for it in items)
+    if with_paths and found < with_paths:
+        log(f"warning: {with_paths - found} of {with_paths} image paths do not exist (relative paths are read from "
+            f"{Path(image_root) if image_root else labels_csv.parent}; set --image-root); those items show no image")
+
+    metrics = all_metrics(emb, labels)
+    cfg = RunConfig()
+    cfg.name = name or out.name
+    cfg.data.name, cfg.data.root = IMPORTED, str(Path(image_root).resolve()) if image_root else None
+    cfg.model.backbone, cfg.model.head, cfg.model.embed_dim, cfg.model.pretrained = "none", IMPORTED, emb.shape[1], False
+    cfg.description = (f"imported from {Path(embeddings).name} + {labels_csv.name} ({len(emb)} items × "
+                       f"{emb.shape[1]} dims, {len(counts)} classes); no model")
+    info = {"embeddings": str(Path(embeddings).resolve()), "labels": str(labels_csv.resolve()), "items": len(emb),
+            "dims": int(emb.shape[1]), "classes": int(len(counts)), "images": found,
+            "coords": "own" if own is not None else None}
+    record = {"test": metrics, "model": None, "imported": info, "best_epoch": None}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".import"))
+    try:
+        art = tmp / ckpt.ARTIFACTS
+        art.mkdir()
+        np.save(art / "embeddings.npy", emb)
+        np.save(art / "labels.npy", labels)
+        np.save(art / "coords_pca.npy", pca_2d(emb))
+        if own is not None:
+            np.save(art / "coords_own.npy", own)
+        if umap:
+            np.save(art / "coords_umap.npy", umap_2d(emb, progress=True))
+        (art / "items.json").write_text(json.dumps(items))
+        (tmp / ckpt.CONFIG).write_text(cfg.to_json())
+        ckpt.write_json(tmp / ckpt.METRICS, record)
+        os.chmod(tmp, 0o777 & ~ckpt._UMASK)  # mkdtemp makes it owner-only
+        if out.exists():  # --overwrite: the old run goes only once the new one is complete
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return record
+
+
+def load_image(path: str | None, side: int = THUMB_SIDE) -> np.ndarray:
+    """An imported item's image as 3×side×side floats in [0, 1] (centre crop); FileNotFoundError when absent."""
+    from PIL import Image, ImageOps
+
+    if not path:
+        raise FileNotFoundError("this item has no image path")
+    with Image.open(path) as img:
+        square = ImageOps.fit(img.convert("RGB"), (side, side))
+    return (np.asarray(square, dtype=np.float32) / 255.0).transpose(2, 0, 1)
