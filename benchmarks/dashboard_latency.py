@@ -36,6 +36,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from core import run_dir as rd
 from dashboard.testing import (CHROMIUM, LAUNCH_ARGS, REPO, demo_runs, free_port, images_loaded, lasso, settle,
                                start_server, stop_server, wait_healthy)
 
@@ -141,12 +142,12 @@ def synthetic_run(out: Path, n: int, model_run: Path, seed: int = 0) -> Path:
     from core.projection import pca_2d
 
     out = Path(out)
-    art = out / "artifacts"
-    if (art / "coords_pca.npy").exists():
+    art = out / rd.ARTIFACTS
+    if (art / rd.coords_file("pca")).exists():
         return out
     art.mkdir(parents=True, exist_ok=True)
-    base = json.loads((Path(model_run) / "artifacts" / "items.json").read_text())
-    dim = np.load(Path(model_run) / "artifacts" / "embeddings.npy").shape[1]
+    base = json.loads((Path(model_run) / rd.ARTIFACTS / rd.ITEMS).read_text())
+    dim = np.load(Path(model_run) / rd.ARTIFACTS / rd.EMBEDDINGS).shape[1]
     rng = np.random.default_rng(seed)
     classes = max(2, round(n / 5.3))
     labels = np.sort(np.concatenate([np.arange(classes), rng.integers(0, classes, n - classes)]))
@@ -156,13 +157,13 @@ def synthetic_run(out: Path, n: int, model_run: Path, seed: int = 0) -> Path:
     category = np.asarray(SOP_CATEGORIES)[labels % len(SOP_CATEGORIES)]
     items = [{"split": "test", "index": base[i % len(base)]["index"], "class_name": f"{category[i]} {labels[i]}",
               "path": f"{category[i]}_final/{labels[i]:06d}_{i}.JPG", "category": str(category[i])} for i in range(n)]
-    np.save(art / "embeddings.npy", emb)
-    np.save(art / "labels.npy", labels)
-    (art / "items.json").write_text(json.dumps(items))
-    np.save(art / "coords_pca.npy", pca_2d(emb))
-    for name in ("config.json", "weights.safetensors"):
+    np.save(art / rd.EMBEDDINGS, emb)
+    np.save(art / rd.LABELS, labels)
+    (art / rd.ITEMS).write_text(json.dumps(items))
+    np.save(art / rd.coords_file("pca"), pca_2d(emb))
+    for name in (rd.CONFIG, rd.WEIGHTS):
         (out / name).write_bytes((Path(model_run) / name).read_bytes())
-    (out / "metrics.json").write_text(json.dumps({"test": {}, "best_epoch": 0, "synthetic": True}))
+    (out / rd.METRICS).write_text(json.dumps({"test": {}, "best_epoch": 0, "synthetic": True}))
     return out
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from core import checkpoint as ckpt
+from core import io
+from core import run_dir as rd
 
 IMPORTED = "imported"        # config.json's data.name (and model.head) of an imported run
 # items.json keys every run's items have; a CSV column of the same name would be ambiguous
@@ -187,19 +189,19 @@ def import_run(embeddings: str | Path, labels_csv: str | Path, out: str | Path, 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".import"))
     try:
-        art = tmp / ckpt.ARTIFACTS
+        art = tmp / rd.ARTIFACTS
         art.mkdir()
-        np.save(art / "embeddings.npy", emb)
-        np.save(art / "labels.npy", labels)
-        np.save(art / "coords_pca.npy", pca_2d(emb))
+        np.save(art / rd.EMBEDDINGS, emb)
+        np.save(art / rd.LABELS, labels)
+        np.save(art / rd.coords_file("pca"), pca_2d(emb))
         if own is not None:
-            np.save(art / "coords_own.npy", own)
+            np.save(art / rd.coords_file("own"), own)
         if umap:
-            np.save(art / "coords_umap.npy", umap_2d(emb, progress=True))
-        (art / "items.json").write_text(json.dumps(items))
-        (tmp / ckpt.CONFIG).write_text(cfg.to_json())
-        ckpt.write_json(tmp / ckpt.METRICS, record)
-        os.chmod(tmp, 0o777 & ~ckpt._UMASK)  # mkdtemp makes it owner-only
+            np.save(art / rd.coords_file("umap"), umap_2d(emb, progress=True))
+        (art / rd.ITEMS).write_text(json.dumps(items))
+        (tmp / rd.CONFIG).write_text(cfg.to_json())
+        io.write_json(tmp / rd.METRICS, record)
+        os.chmod(tmp, 0o777 & ~io._UMASK)  # mkdtemp makes it owner-only
         if out.exists():  # --overwrite: the old run goes only once the new one is complete
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
