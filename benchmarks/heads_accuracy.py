@@ -17,12 +17,12 @@ import time
 
 import numpy as np
 
-from benchmarks.common import ROOT, RUNS, md_table, write_results
+from benchmarks.common import ROOT, RUNS, md_table, registered_methods, use_method, write_results
 from core import checkpoint as ckpt
 from core.config import RunConfig
 from core.run_dir import EMBEDDINGS
 
-HEADS = ["gap", "grouping", "gsp", "csa"]
+HEADS = registered_methods()   # every registered head and block (configs/shapes_<name>.yaml, else GAP + it)
 
 
 def run_dir(head: str, epochs: int, seed: int, tag: str = ""):
@@ -43,7 +43,13 @@ def group_cosine(run, cfg: RunConfig) -> float | None:
 
 
 def config_for(head: str, epochs: int, seed: int, max_per_class: int, device: str, extra: list[str]) -> RunConfig:
-    cfg = RunConfig.load(ROOT / "configs" / f"shapes_{head}.yaml")
+    own = ROOT / "configs" / f"shapes_{head}.yaml"
+    if own.exists():
+        cfg = RunConfig.load(own)
+    else:  # a method without a demo config: shapes_gap.yaml with it (a block after the convnet's stage2)
+        cfg = RunConfig.load(ROOT / "configs" / "shapes_gap.yaml")
+        use_method(cfg.model, head, "stage2")
+        cfg.name = f"shapes_{head}"
     overrides = [f"train.epochs={epochs}", f"train.seed={seed}", f"train.device={device}"]
     if max_per_class:
         overrides.append(f"data.max_per_class={max_per_class}")

@@ -25,12 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import ROOT, RUNS, md_table, write_results
+from benchmarks.common import ROOT, RUNS, md_table, registered_methods, write_results
 from core import checkpoint as ckpt
 from core.data import build_datasets
 from core.models.blocks.csa import attention_at
-
-HEADS = ["gap", "grouping", "gsp", "csa"]
 
 
 def default_runs(epochs: int, max_per_class: int) -> list[Path]:
@@ -38,7 +36,7 @@ def default_runs(epochs: int, max_per_class: int) -> list[Path]:
     from benchmarks.heads_accuracy import config_for, train_one
 
     runs = []
-    for head in HEADS:
+    for head in registered_methods():
         found = sorted(RUNS.glob(f"acc_{head}_e*_s0"), key=lambda p: int(p.name.split("_e")[1].split("_")[0]))
         found = [p for p in found if (p / ckpt.METRICS).exists()]
         if found:

@@ -22,31 +22,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import md_table, timed_inference, timed_training_step, write_results
-from core.config import BlockConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+from benchmarks.common import md_table, registered_methods, timed_inference, timed_training_step, use_method, write_results
+from core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from core.data import build_datasets
 
 BACKBONES = {  # image size, shallow stage for CSA / non-local (and its side at that size)
     "convnet": dict(image=64, stage="stage2", where="16×16"),
     "resnet50": dict(image=224, stage="layer1", where="56×56"),
 }
-VARIANTS = ["gap", "grouping", "gsp", "gsp_unroll", "csa", "nonlocal"]
+# benchmark-specific options: prototypes ready for GSP (time the transport, not GAP), and GSP's unrolled
+# gradient as one more variant; every other registered head and block runs with its defaults
+VARIANT_ARGS = {"grouping": ("grouping", {"num_groups": 3}),
+                "gsp": ("gsp", {"memory_size": 0, "num_prototypes": 64, "grad": "analytic"}),
+                "gsp_unroll": ("gsp", {"memory_size": 0, "num_prototypes": 64, "grad": "unroll"})}
+VARIANTS = registered_methods() + ["gsp_unroll"]
 
 
 def model_config(backbone: str, variant: str) -> ModelConfig:
-    stage = BACKBONES[backbone]["stage"]
     cfg = ModelConfig(backbone=backbone, pretrained=False, head="gap", embed_dim=64 if backbone == "convnet" else 512)
-    if variant == "grouping":
-        cfg.head, cfg.head_args = "grouping", {"num_groups": 3}
-    elif variant.startswith("gsp"):
-        cfg.head = "gsp"
-        cfg.head_args = {"memory_size": 0, "num_prototypes": 64,   # prototypes ready: time the transport, not GAP
-                         "grad": "unroll" if variant == "gsp_unroll" else "analytic"}
-    elif variant == "csa":
-        cfg.blocks = [BlockConfig("csa", stage, {})]          # official defaults: 2 groups × 32 bases, side branch
-    elif variant == "nonlocal":
-        cfg.blocks = [BlockConfig("nonlocal", stage, {})]
-    return cfg
+    method, args = VARIANT_ARGS.get(variant, (variant, {}))
+    return use_method(cfg, method, BACKBONES[backbone]["stage"], args)
 
 
 

@@ -28,8 +28,10 @@ from core.config import RunConfig
 from core.projection import ensure_coords
 from core.train import train
 
-METHODS = ["gap", "grouping", "gsp", "csa", "dsl", "cia"]
 ROOT = Path(__file__).resolve().parents[1]
+# one demo run per configs/shapes_<method>.yaml (GAP first, the baseline); a new config is a new demo run
+METHODS = sorted((p.stem.removeprefix("shapes_") for p in (ROOT / "configs").glob("shapes_*.yaml")),
+                 key=lambda m: (m != "gap", m))
 
 
 def write_readme(out: Path, summary: dict) -> None:
