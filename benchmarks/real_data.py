@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import ROOT, RUNS, md_table, write_results
+from benchmarks.common import RESULTS, ROOT, RUNS, command_line, md_table, write_results
 from core.config import RunConfig
 
 OUT = RUNS / "real_data"
@@ -101,17 +101,19 @@ def data_overrides(csv_path: Path, size: int) -> list[str]:
             else "train.device=cuda"]
 
 
-def run_one(run: Path, cfg: RunConfig, force: bool) -> dict:
+def run_one(run: Path, cfg: RunConfig, force: bool) -> bool:
+    """Train `run` unless it is done; True when it trained now."""
     from core.train import train
 
     if force and run.exists():
         import shutil
         shutil.rmtree(run)
+    if (run / "metrics.json").exists():
+        return False
     start = time.time()
-    if not (run / "metrics.json").exists():
-        train(cfg, run)
-        (run / "wall_seconds.txt").write_text(f"{time.time() - start:.1f}\n")
-    return json.loads((run / "metrics.json").read_text())
+    train(cfg, run)
+    (run / "wall_seconds.txt").write_text(f"{time.time() - start:.1f}\n")
+    return True
 
 
 def ablation_cfg(overrides: list[str], csv_path: Path, size: int, epochs: int) -> RunConfig:
@@ -155,6 +157,19 @@ def _history(run: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def previous_runs(name: str, protocol: dict) -> dict:
+    """The runs of results/<name>.json made with the same protocol: their rows are kept when their run folders
+    (git-ignored) are gone, so runs made one at a time, or on another machine, add up to one table."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    keys = ("size", "train_per_class", "test_per_class", "epochs")
+    if any(old.get("protocol", {}).get(k) != protocol[k] for k in keys):
+        return {}
+    return {key: entry for key, entry in old.get("runs", {}).items() if "row" in entry}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--ablation", action="store_true", help="train the ablation rows")
@@ -172,29 +187,38 @@ def main(argv=None) -> int:
     only = set(args.only.split(",")) if args.only else None
     datasets = [d for d in args.datasets.split(",") if (DATASETS[d] / "labels.csv").exists()]
     runs = OUT / args.name  # one folder of runs per protocol (results name)
+    trained = set()  # "<set>/<run>" trained by this command
     for dataset in datasets:
         csv_path = subset_csv(dataset, args.train_per_class, args.test_per_class)
         if args.ablation:
             for name, (_, overrides) in ABLATION.items():
                 if only is None or name in only:
-                    run_one(runs / dataset / name, ablation_cfg(overrides, csv_path, args.size, args.epochs),
-                            args.force)
+                    if run_one(runs / dataset / name, ablation_cfg(overrides, csv_path, args.size, args.epochs),
+                               args.force):
+                        trained.add(f"{dataset}/{name}")
         if args.recipes:
             for method in RECIPES:
                 if only is None or method in only:
-                    run_one(runs / dataset / f"real_{method}", recipe_cfg(method, csv_path, args.size, args.epochs),
-                            args.force)
+                    if run_one(runs / dataset / f"real_{method}",
+                               recipe_cfg(method, csv_path, args.size, args.epochs), args.force):
+                        trained.add(f"{dataset}/real_{method}")
     rows, payload = [], {}
-    for dataset in datasets:
+    previous = previous_runs(args.name, vars(args))
+    for dataset in DATASETS:  # every set, so training one set keeps the other's rows
         names = [(n, "ablation", d) for n, (d, _) in ABLATION.items()]
         names += [(f"real_{m}", "recipe", f"configs/real_{m}.yaml") for m in RECIPES]
         for name, kind, description in names:
-            run = runs / dataset / name
+            run, key = runs / dataset / name, f"{dataset}/{name}"
             if not (run / "metrics.json").exists():
+                if key in previous:  # made earlier, its run folder gone: keep its row as it was
+                    rows.append(previous[key]["row"])
+                    payload[key] = previous[key]
                 continue
             metrics = json.loads((run / "metrics.json").read_text())
-            rows.append(row_of(dataset, kind, name, description, run, metrics))
-            payload[f"{dataset}/{name}"] = {"kind": kind, "description": description, "metrics": metrics}
+            row = row_of(dataset, kind, name, description, run, metrics)
+            rows.append(row)
+            payload[key] = {"kind": kind, "description": description, "metrics": metrics, "row": row,
+                            "command": command_line() if key in trained else previous.get(key, {}).get("command")}
     md = ("# Real data: frozen vs fine-tuned, ablation of the old own-folder recipe, and the recipes\n\n"
           f"Protocol: {args.size} px input; per data set a fixed subset (every class; {args.train_per_class or 'all'} "
           f"images per train class, {args.test_per_class or 'all'} per unseen test class, the data set's dml_split). "
