@@ -101,19 +101,19 @@ def data_overrides(csv_path: Path, size: int) -> list[str]:
             else "train.device=cuda"]
 
 
-def run_one(run: Path, cfg: RunConfig, force: bool) -> bool:
-    """Train `run` unless it is done; True when it trained now."""
+def run_one(run: Path, cfg: RunConfig, force: bool) -> None:
+    """Train `run` unless it is done."""
     from core.train import train
 
     if force and run.exists():
         import shutil
         shutil.rmtree(run)
     if (run / "metrics.json").exists():
-        return False
+        return
     start = time.time()
     train(cfg, run)
     (run / "wall_seconds.txt").write_text(f"{time.time() - start:.1f}\n")
-    return True
+    (run / "command.txt").write_text(command_line() + "\n")
 
 
 def ablation_cfg(overrides: list[str], csv_path: Path, size: int, epochs: int) -> RunConfig:
@@ -147,6 +147,12 @@ def row_of(dataset: str, kind: str, name: str, description: str, run: Path, metr
             f"{t['map_at_r']:.3f}", f"{t['nmi']:.3f}",
             (f"{start:.3f} → {metrics['val'].get('val_recall@1', float('nan')):.3f} (best epoch {metrics['best_epoch']})"
              if start is not None else "–"), wall, ips]
+
+
+def _command(run: Path) -> str | None:
+    """The benchmark command that trained this run."""
+    path = run / "command.txt"
+    return path.read_text().strip() if path.exists() else None
 
 
 def _history(run: Path) -> list[dict]:
@@ -187,21 +193,18 @@ def main(argv=None) -> int:
     only = set(args.only.split(",")) if args.only else None
     datasets = [d for d in args.datasets.split(",") if (DATASETS[d] / "labels.csv").exists()]
     runs = OUT / args.name  # one folder of runs per protocol (results name)
-    trained = set()  # "<set>/<run>" trained by this command
     for dataset in datasets:
         csv_path = subset_csv(dataset, args.train_per_class, args.test_per_class)
         if args.ablation:
             for name, (_, overrides) in ABLATION.items():
                 if only is None or name in only:
-                    if run_one(runs / dataset / name, ablation_cfg(overrides, csv_path, args.size, args.epochs),
-                               args.force):
-                        trained.add(f"{dataset}/{name}")
+                    run_one(runs / dataset / name, ablation_cfg(overrides, csv_path, args.size, args.epochs),
+                            args.force)
         if args.recipes:
             for method in RECIPES:
                 if only is None or method in only:
-                    if run_one(runs / dataset / f"real_{method}",
-                               recipe_cfg(method, csv_path, args.size, args.epochs), args.force):
-                        trained.add(f"{dataset}/real_{method}")
+                    run_one(runs / dataset / f"real_{method}", recipe_cfg(method, csv_path, args.size, args.epochs),
+                            args.force)
     rows, payload = [], {}
     previous = previous_runs(args.name, vars(args))
     for dataset in DATASETS:  # every set, so training one set keeps the other's rows
@@ -218,7 +221,7 @@ def main(argv=None) -> int:
             row = row_of(dataset, kind, name, description, run, metrics)
             rows.append(row)
             payload[key] = {"kind": kind, "description": description, "metrics": metrics, "row": row,
-                            "command": command_line() if key in trained else previous.get(key, {}).get("command")}
+                            "command": _command(run) or previous.get(key, {}).get("command")}
     md = ("# Real data: frozen vs fine-tuned, ablation of the old own-folder recipe, and the recipes\n\n"
           f"Protocol: {args.size} px input; per data set a fixed subset (every class; {args.train_per_class or 'all'} "
           f"images per train class, {args.test_per_class or 'all'} per unseen test class, the data set's dml_split). "
