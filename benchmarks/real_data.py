@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import ROOT, RUNS, md_table, write_results
+from benchmarks.common import RESULTS, ROOT, RUNS, command_line, md_table, write_results
 from core.config import RunConfig
 from core.run_dir import CONFIG, HISTORY, METRICS
 
@@ -102,17 +102,19 @@ def data_overrides(csv_path: Path, size: int) -> list[str]:
             else "train.device=cuda"]
 
 
-def run_one(run: Path, cfg: RunConfig, force: bool) -> dict:
+def run_one(run: Path, cfg: RunConfig, force: bool) -> None:
+    """Train `run` unless it is done."""
     from core.train import train
 
     if force and run.exists():
         import shutil
         shutil.rmtree(run)
+    if (run / METRICS).exists():
+        return
     start = time.time()
-    if not (run / METRICS).exists():
-        train(cfg, run)
-        (run / "wall_seconds.txt").write_text(f"{time.time() - start:.1f}\n")
-    return json.loads((run / METRICS).read_text())
+    train(cfg, run)
+    (run / "wall_seconds.txt").write_text(f"{time.time() - start:.1f}\n")
+    (run / "command.txt").write_text(command_line() + "\n")
 
 
 def ablation_cfg(overrides: list[str], csv_path: Path, size: int, epochs: int) -> RunConfig:
@@ -140,12 +142,27 @@ def row_of(dataset: str, kind: str, name: str, description: str, run: Path, metr
     seconds = sum(float(r["seconds"]) for r in history)
     wall = (run / "wall_seconds.txt").read_text().strip() if (run / "wall_seconds.txt").exists() else "–"
     ips = f"{train_imgs * len(history) / seconds:.1f}" if train_imgs and seconds else "–"
-    start = metrics.get("start", {}).get("val", {}).get("val_recall@1")
     return [dataset, kind, name, description, cfg["train"]["epochs"],
             f"{t['recall@1']:.3f}", f"{t['recall@2']:.3f}", f"{t['recall@4']:.3f}", f"{t['recall@8']:.3f}",
-            f"{t['map_at_r']:.3f}", f"{t['nmi']:.3f}",
-            (f"{start:.3f} → {metrics['val'].get('val_recall@1', float('nan')):.3f} (best epoch {metrics['best_epoch']})"
-             if start is not None else "–"), wall, ips]
+            f"{t['map_at_r']:.3f}", f"{t['nmi']:.3f}", val_cell(metrics), wall, ips]
+
+
+VAL = 11  # the column of val_cell in a row
+
+
+def val_cell(metrics: dict) -> str:
+    """Validation R@1 and MAP@R (the metric that picks the epoch) of the start and of the selected epoch."""
+    start, best = metrics.get("start", {}).get("val"), metrics.get("val", {})
+    if not start:
+        return "–"
+    return (f"R@1 {start['val_recall@1']:.3f} → {best['val_recall@1']:.3f}, MAP@R {start['val_map_at_r']:.3f} → "
+            f"{best['val_map_at_r']:.3f} (epoch {metrics['best_epoch']})")
+
+
+def _command(run: Path) -> str | None:
+    """The benchmark command that trained this run."""
+    path = run / "command.txt"
+    return path.read_text().strip() if path.exists() else None
 
 
 def _history(run: Path) -> list[dict]:
@@ -154,6 +171,19 @@ def _history(run: Path) -> list[dict]:
         return []
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def previous_runs(name: str, protocol: dict) -> dict:
+    """The runs of results/<name>.json made with the same protocol: their rows are kept when their run folders
+    (git-ignored) are gone, so runs made one at a time, or on another machine, add up to one table."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    keys = ("size", "train_per_class", "test_per_class", "epochs")
+    if any(old.get("protocol", {}).get(k) != protocol[k] for k in keys):
+        return {}
+    return {key: entry for key, entry in old.get("runs", {}).items() if "row" in entry}
 
 
 def main(argv=None) -> int:
@@ -186,27 +216,36 @@ def main(argv=None) -> int:
                     run_one(runs / dataset / f"real_{method}", recipe_cfg(method, csv_path, args.size, args.epochs),
                             args.force)
     rows, payload = [], {}
-    for dataset in datasets:
+    previous = previous_runs(args.name, vars(args))
+    for dataset in DATASETS:  # every set, so training one set keeps the other's rows
         names = [(n, "ablation", d) for n, (d, _) in ABLATION.items()]
         names += [(f"real_{m}", "recipe", f"configs/real_{m}.yaml") for m in RECIPES]
         for name, kind, description in names:
-            run = runs / dataset / name
+            run, key = runs / dataset / name, f"{dataset}/{name}"
             if not (run / METRICS).exists():
+                if key in previous:  # made earlier, its run folder gone: keep its row (seconds as measured)
+                    row = list(previous[key]["row"])
+                    row[VAL] = val_cell(previous[key]["metrics"])
+                    rows.append(row)
+                    payload[key] = {**previous[key], "row": row}
                 continue
             metrics = json.loads((run / METRICS).read_text())
-            rows.append(row_of(dataset, kind, name, description, run, metrics))
-            payload[f"{dataset}/{name}"] = {"kind": kind, "description": description, "metrics": metrics}
+            row = row_of(dataset, kind, name, description, run, metrics)
+            rows.append(row)
+            payload[key] = {"kind": kind, "description": description, "metrics": metrics, "row": row,
+                            "command": _command(run) or previous.get(key, {}).get("command")}
     md = ("# Real data: frozen vs fine-tuned, ablation of the old own-folder recipe, and the recipes\n\n"
           f"Protocol: {args.size} px input; per data set a fixed subset (every class; {args.train_per_class or 'all'} "
           f"images per train class, {args.test_per_class or 'all'} per unseen test class, the data set's dml_split). "
           f"Ablation rows: {args.epochs} epoch(s), 20 % of the train classes held out, the start NOT a candidate, so "
           "the test figures are those of the trained model (what training does). Recipe rows: the configs/real_*.yaml "
           f"as a user runs them (the start is a candidate), with {args.epochs} epoch(s) after their warm-up; "
-          "`val R@1` = start → selected epoch. Test = unseen classes, every image a query against the others. `s` = wall seconds of the "
-          "whole run (training, validation, test), `img/s` = training images per second of the epochs (incl. their "
-          "validation).\n\n"
+          "`val` = validation R@1 and MAP@R (which picks the epoch) of the start → the selected epoch. Test = "
+          "unseen classes, every image a query against the others. `s` = wall seconds of the whole run (training, "
+          "validation, test; the CPU was shared, so not comparable between rows), `img/s` = training images per "
+          "second of the epochs (incl. their validation).\n\n"
           + md_table(["set", "kind", "run", "what", "epochs", "R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI",
-                      "val R@1 start → best", "s", "img/s"], rows))
+                      "val start → selected", "s", "img/s"], rows))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     write_results(args.name, {"runs": payload, "protocol": vars(args)}, md, device=device)
     print(md)
