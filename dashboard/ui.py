@@ -117,6 +117,16 @@ MAP_STILL_CSS = """<style>
 </style>"""
 
 
+# the browser side of every item map (dashboard/map_bridge.js): a click selects its point, a double-click
+# clears, hover shows a thumbnail, j/k step the query; it installs itself once per browser tab
+MAP_BRIDGE = "<script>\n" + (Path(__file__).resolve().parent / "map_bridge.js").read_text() + "</script>"
+
+
+def map_bridge() -> None:
+    """Call after a page's item maps (their layout.meta is "metriclens-map")."""
+    st.html(MAP_BRIDGE, unsafe_allow_javascript=True)
+
+
 def map_still(coords: np.ndarray, categories, colours: dict[str, str] | None = None, key: str = "map_still") -> None:
     """Call right before the page's map chart (in the same block): the same points as a picture, shown at once.
     `key` must start with map_still and be unique on the page. Only in a session's first 30 s on the page:

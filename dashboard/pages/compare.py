@@ -107,7 +107,7 @@ def linked_maps_ui(runs: dict[str, str], arts: dict, tables: dict) -> np.ndarray
         value = st.session_state.get(key)
         if chart_value(value) != st.session_state.get(f"{key}_seen"):
             ids = logic.selected_ids(value, coords[side][0], use_geometry=len(shown) < n)
-            kept = {"runs": runs, "ids": ids[ids < n].tolist()}
+            kept = {"runs": runs, "ids": ids[(ids >= 0) & (ids < n)].tolist()}  # -1: the bridge's "clear"
     st.session_state[SELECTION] = kept
     selected = np.asarray(kept["ids"], dtype=int)
 
@@ -123,6 +123,7 @@ def linked_maps_ui(runs: dict[str, str], arts: dict, tables: dict) -> np.ndarray
             event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"),
                                     width="stretch", config={"displaylogo": False})
         st.session_state[f"{key}_seen"] = chart_value(event)
+    ui.map_bridge()  # a click on a point selects it (Streamlit's lasso mode alone passes no click on)
     if projection != "PCA" and any(used == "PCA" for _, used in coords.values()):
         st.caption("A run without UMAP coordinates is shown on PCA (Explore computes UMAP; "
                    "`python -m core umap RUN_DIR` does too).")

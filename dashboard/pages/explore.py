@@ -22,7 +22,6 @@ SELECTION, SEEN, ISOLATED = "explore_selection", "explore_map_seen", "explore_is
 DRAWN = "explore_drawn"  # (item ids, coordinates) of the map last drawn: a lasso's polygon is in those coordinates
 SAME_SIZE = "same size"
 # the map's browser side (click -> selection, double-click -> Clear, hover thumbnails, j/k): see the file
-CLICK_BRIDGE = "<script>\n" + (Path(__file__).resolve().parents[1] / "explore_map.js").read_text() + "</script>"
 
 
 def event_key(event) -> str:
@@ -294,7 +293,7 @@ def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, c
                             width="stretch", config={"displaylogo": False})
     st.session_state[SEEN] = event_key(event)
     st.session_state[DRAWN] = (view_ids, coords)
-    st.html(CLICK_BRIDGE, unsafe_allow_javascript=True)
+    ui.map_bridge()
     if len(shown) < len(view_ids):
         st.caption(f"The map shows a stratified sample of {len(shown)} of {len(view_ids)} points; box and lasso "
                    f"select over all of them, and every metric uses the full set.")

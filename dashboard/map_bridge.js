@@ -1,4 +1,4 @@
-// The Explore map's browser side, loaded by dashboard/pages/explore.py through st.html (once per browser tab).
+// The item maps' browser side (Explore, Compare), loaded by dashboard/ui.map_bridge through st.html (once per tab).
 // Streamlit's chart forces clickmode='event' while the drag mode is lasso or box, so a click on a point selects
 // nothing and its plotly_click reaches no handler. This passes the clicked point on as a one-point selection,
 // and a double-click on to the Clear button (a kept selection is not the chart's own value, which Streamlit's
