@@ -17,3 +17,16 @@ def tiny_cfg() -> RunConfig:
     cfg = RunConfig.load(ROOT / "configs" / "shapes_gap.yaml")
     return cfg.with_overrides(["data.max_per_class=12", "train.epochs=2", "train.batch_size=32",
                                "model.embed_dim=32", "data.shapes.test_per_class=12"])
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium driven by Playwright, one per test module (the browser tests skip without it)."""
+    from playwright.sync_api import sync_playwright
+
+    from dashboard.testing import CHROMIUM, LAUNCH_ARGS
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        yield b
+        b.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.testing import (CHROMIUM, LAUNCH_ARGS, demo_runs, free_port, images_loaded, lasso, settle,
+from dashboard.testing import (CHROMIUM, demo_runs, free_port, images_loaded, lasso, settle,
                                start_server, stop_server, wait_healthy)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,16 +35,6 @@ def server(tmp_path_factory):
         yield f"http://127.0.0.1:{port}", runs
     finally:
         stop_server(proc)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
-        yield b
-        b.close()
 
 
 def shot(page, name: str) -> None:

@@ -12,14 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core import checkpoint as ckpt
 from core.importer import ImportRunError, import_run
-from tests.test_dashboard_pages import plotly_list
+from tests.test_dashboard_pages import open_app, plotly_list
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "app.py")
 
 
 def write_inputs(folder: Path, source: Path, images: bool = True) -> tuple[Path, Path]:
@@ -151,18 +149,6 @@ def test_bad_inputs_say_what_is_wrong_and_write_nothing(imported, tmp_path, case
 
 
 # ---- the dashboard on an imported run ------------------------------------------------------------------
-def open_app(run: str, page: str | None = None, **session) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["run"] = run
-    for key, value in session.items():
-        at.session_state[key] = value
-    at.run()
-    if page:
-        at.switch_page(f"dashboard/pages/{page}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def test_imported_run_is_listed_and_explore_draws_its_map_and_images(imported):
     at = open_app(imported["run"])
     picker = at.selectbox(key="w_run")

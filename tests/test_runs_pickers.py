@@ -6,42 +6,15 @@ sends it (research/dashboard.md §3.5); the Back button is tested in a real brow
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.test_dashboard_pages import open_app, runs  # noqa: F401  (runs: the shared module fixture)
+
 ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "app.py")
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from dashboard.testing import demo_runs
-
-    saved = {k: os.environ.get(k) for k in ("METRICLENS_AUTO_UMAP", "METRICLENS_RUNS")}
-    os.environ["METRICLENS_AUTO_UMAP"] = "0"
-    found = [str(r.resolve()) for r in demo_runs(tmp_path_factory.mktemp("picker_runs"), 2)]
-    os.environ["METRICLENS_RUNS"] = os.pathsep.join(sorted({str(Path(r).parent) for r in found}))
-    yield found
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-def open_app(run: str, page: str, **session) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["run"] = run
-    for key, value in session.items():
-        at.session_state[key] = value
-    at.run()
-    at.switch_page(f"dashboard/pages/{page}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def class_of(run: str) -> list[str]:
