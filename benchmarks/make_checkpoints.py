@@ -1,6 +1,6 @@
 """Regenerate the shipped demo runs in checkpoints/: one per method on `shapes`, seeded.
 
-    python -m benchmarks.make_checkpoints [--methods gap,gsp] [--epochs N] [--plateau P --max-epochs M]
+    python -m benchmarks.make_checkpoints [--methods gap,gsp] [--epochs N] [--plateau P --max-epochs M] [--seed S]
 
 `--plateau P`: train until validation MAP@R (the configs' `train.select_metric`) has not improved for P
 epochs, in chunks of P epochs resumed from the run's resume.pt, up to `--max-epochs`; the best epoch is
@@ -24,6 +24,7 @@ from datetime import date
 from pathlib import Path
 
 from core import checkpoint as ckpt
+from core.io import write_json
 from core.config import RunConfig
 from core.projection import ensure_coords
 from core.train import train
@@ -65,6 +66,24 @@ def train_until_plateau(cfg: RunConfig, run_dir: Path, patience: int, max_epochs
         epochs = min(epochs + patience, max_epochs)
 
 
+def refresh(run_dir: Path) -> dict:
+    """A run trained elsewhere (a GPU) made ready to ship from this machine: its test artifacts embedded and
+    scored again here (float32 on the CPU, as the dashboard will compute any new query), metrics.json's test
+    figures replaced by these, UMAP made. Returns the new metrics."""
+    from core.artifacts import embed_and_score, write_artifacts
+    from core.data import build_datasets
+
+    model, cfg = ckpt.load_run(run_dir, "cpu")
+    splits = build_datasets(cfg.data, seed=cfg.train.seed)
+    test, parts = embed_and_score(model, splits, "cpu", cfg.train.recall_ks)
+    write_artifacts(run_dir, parts)
+    metrics = ckpt.read_json(run_dir / ckpt.METRICS)
+    metrics.update(test=test, trained_on=metrics.get("device"), device="cpu")
+    write_json(run_dir / ckpt.METRICS, metrics)
+    ensure_coords(run_dir, "umap")
+    return metrics
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--methods", "--only", dest="only", help="comma-separated subset of " + ",".join(METHODS))
@@ -72,6 +91,11 @@ def main(argv=None) -> int:
     parser.add_argument("--plateau", type=int, help="train on until val MAP@R has not improved for this many epochs")
     parser.add_argument("--max-epochs", type=int, default=200, help="cap for --plateau")
     parser.add_argument("--out", default=str(ROOT / "checkpoints"))
+    parser.add_argument("--seed", type=int, help="override every config's train.seed (other seeds of a schedule)")
+    parser.add_argument("--refresh", action="store_true",
+                        help="do not train: re-score the runs in --out on this machine (e.g. trained on a GPU), make UMAP")
+    parser.add_argument("--no-umap", action="store_true",
+                        help="skip UMAP (e.g. on a machine without umap-learn); later: python -m core umap RUN")
     args = parser.parse_args(argv)
     methods = args.only.split(",") if args.only else METHODS
     unknown = sorted(set(methods) - set(METHODS))
@@ -81,15 +105,27 @@ def main(argv=None) -> int:
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     for method in methods:
+        if args.refresh:
+            run_dir = out / f"shapes_{method}"
+            metrics = refresh(run_dir)
+            size = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file()) / 2**20
+            summary[method] = dict(epochs=metrics["epochs"], seconds=metrics["train_seconds"], mib=round(size, 2),
+                                   load_average=f"GPU ({metrics['trained_on']})", date=str(date.today()),
+                                   test=metrics["test"])
+            summary_path.write_text(json.dumps(summary, indent=2))
+            continue
         cfg = RunConfig.load(ROOT / "configs" / f"shapes_{method}.yaml")
         if args.epochs is not None:
             cfg = cfg.with_overrides([f"train.epochs={args.epochs}"])
+        if args.seed is not None:
+            cfg = cfg.with_overrides([f"train.seed={args.seed}"])
         run_dir = out / f"shapes_{method}"
         shutil.rmtree(run_dir, ignore_errors=True)
         start, load_before = time.time(), os.getloadavg()[0]
         metrics = train_until_plateau(cfg, run_dir, args.plateau, args.max_epochs) if args.plateau else train(cfg, run_dir)
         cfg = RunConfig.load(run_dir / ckpt.CONFIG)
-        ensure_coords(run_dir, "umap")
+        if not args.no_umap:
+            ensure_coords(run_dir, "umap")
         (run_dir / ckpt.RESUME).unlink(missing_ok=True)
         seconds = time.time() - start
         size = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file()) / 2**20

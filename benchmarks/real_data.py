@@ -70,6 +70,12 @@ ABLATION: dict[str, tuple[str, list]] = {
                            "train.epochs=2"]),
 }
 RECIPES = ["frozen", "gap", "grouping", "gsp", "csa", "dsl", "cia"]
+SEEDS = 5  # seeds looked for when tabulating
+
+
+def recipe_run(method: str, seed: int) -> str:
+    """Run folder of a recipe: real_<method> for seed 0 (as before seeds existed), real_<method>_s<seed> else."""
+    return f"real_{method}" if seed == 0 else f"real_{method}_s{seed}"
 
 
 def subset_csv(name: str, train_per_class: int, test_per_class: int) -> Path:
@@ -95,10 +101,10 @@ def subset_csv(name: str, train_per_class: int, test_per_class: int) -> Path:
     return out
 
 
-def data_overrides(csv_path: Path, size: int) -> list[str]:
+def data_overrides(csv_path: Path, size: int, workers: int = 0) -> list[str]:
     return ["data.name=csv", f"data.csv={csv_path}", "data.root=null", "data.csv_label_column=label",
             "data.csv_split_column=split", f"data.image_size={size}", "data.resize=null",
-            "data.max_per_class=null", "train.num_workers=0", "train.device=cpu" if not torch.cuda.is_available()
+            "data.max_per_class=null", f"train.num_workers={workers}", "train.device=cpu" if not torch.cuda.is_available()
             else "train.device=cuda"]
 
 
@@ -126,10 +132,10 @@ def ablation_cfg(overrides: list[str], csv_path: Path, size: int, epochs: int) -
     return RunConfig().with_overrides(extra)
 
 
-def recipe_cfg(method: str, csv_path: Path, size: int, epochs: int) -> RunConfig:
+def recipe_cfg(method: str, csv_path: Path, size: int, epochs: int, seed: int = 0, workers: int = 0) -> RunConfig:
     cfg = RunConfig.load(ROOT / "configs" / f"real_{method}.yaml")
     # the warm-up epochs come on top, so the backbone trains as many epochs as in the ablation rows
-    extra = data_overrides(csv_path, size) + (
+    extra = data_overrides(csv_path, size, workers) + [f"train.seed={seed}"] + (
         [f"train.epochs={epochs + cfg.train.warmup_epochs}"] if cfg.train.epochs else [])
     return cfg.with_overrides(extra)
 
@@ -186,6 +192,48 @@ def previous_runs(name: str, protocol: dict) -> dict:
     return {key: entry for key, entry in old.get("runs", {}).items() if "row" in entry}
 
 
+def seed_summary(payload: dict) -> str:
+    """Recipes over seeds: mean ± std per data set and method, and the targets (GAP against frozen, each head
+    against GAP). Empty when no recipe has more than one seed."""
+    import numpy as np
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for key, entry in payload.items():
+        if entry["kind"] != "recipe":
+            continue
+        dataset, run = key.split("/", 1)
+        method = run.removeprefix("real_").split("_s")[0]
+        groups.setdefault((dataset, method), []).append(entry)
+    if not any(len(v) > 1 for v in groups.values()):
+        return ""
+    cols = ["recall@1", "recall@2", "recall@4", "recall@8", "map_at_r", "nmi"]
+    mean = {}
+    rows = []
+    for (dataset, method), entries in sorted(groups.items(), key=lambda kv: (kv[0][0], RECIPES.index(kv[0][1]))):
+        values = {c: np.array([e["metrics"]["test"][c] for e in entries]) for c in cols}
+        mean[dataset, method] = {c: v.mean() for c, v in values.items()}
+        ips = [float(e["row"][-1]) for e in entries if e["row"][-1] not in ("–", None)]
+        secs = [float(e["row"][-2]) for e in entries if e["row"][-2] not in ("–", None)]
+        rows.append([dataset, method, len(entries)] + [f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}"
+                                                       for v in values.values()]
+                    + [f"{np.mean(secs):.0f}" if secs else "–", f"{np.mean(ips):.0f}" if ips else "–"])
+    targets = []
+    for dataset in sorted({d for d, _ in mean}):
+        frozen, gap = mean.get((dataset, "frozen")), mean.get((dataset, "gap"))
+        if frozen and gap:
+            targets.append(f"- {dataset}: GAP − frozen: R@1 {gap['recall@1'] - frozen['recall@1']:+.3f}, MAP@R "
+                           f"{gap['map_at_r'] - frozen['map_at_r']:+.3f} (targets on cub100: +0.03, +0.10)")
+        for method in RECIPES[2:]:
+            head = mean.get((dataset, method))
+            if head and gap:
+                targets.append(f"- {dataset}: {method} − GAP: R@1 {head['recall@1'] - gap['recall@1']:+.3f}, MAP@R "
+                               f"{head['map_at_r'] - gap['map_at_r']:+.3f}; − frozen: R@1 "
+                               f"{head['recall@1'] - frozen['recall@1']:+.3f}" if frozen else "")
+    return ("\n\n## Recipes over seeds (mean ± std)\n\n"
+            + md_table(["set", "recipe", "seeds", "R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI", "s", "img/s"], rows)
+            + "\n\nTargets (means; every head within 0.01 R@1 of GAP):\n" + "\n".join(targets) + "\n")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--ablation", action="store_true", help="train the ablation rows")
@@ -198,7 +246,10 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=1, help="ablation epochs (recipes: this + their warm-up)")
     p.add_argument("--force", action="store_true", help="retrain runs that exist")
     p.add_argument("--name", default="real_data", help="results file name (and runs folder) of this protocol")
+    p.add_argument("--seeds", default="0", help="recipes: comma-separated train.seed values (run real_<m>_s<seed>)")
+    p.add_argument("--workers", type=int, default=0, help="train.num_workers (also decodes the GPU image cache)")
     args = p.parse_args(argv)
+    seeds = [int(x) for x in args.seeds.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     only = set(args.only.split(",")) if args.only else None
     datasets = [d for d in args.datasets.split(",") if (DATASETS[d] / "labels.csv").exists()]
@@ -211,15 +262,16 @@ def main(argv=None) -> int:
                     run_one(runs / dataset / name, ablation_cfg(overrides, csv_path, args.size, args.epochs),
                             args.force)
         if args.recipes:
-            for method in RECIPES:
-                if only is None or method in only:
-                    run_one(runs / dataset / f"real_{method}", recipe_cfg(method, csv_path, args.size, args.epochs),
-                            args.force)
+            for seed in seeds:
+                for method in RECIPES:
+                    if only is None or method in only:
+                        run_one(runs / dataset / recipe_run(method, seed),
+                                recipe_cfg(method, csv_path, args.size, args.epochs, seed, args.workers), args.force)
     rows, payload = [], {}
     previous = previous_runs(args.name, vars(args))
     for dataset in DATASETS:  # every set, so training one set keeps the other's rows
         names = [(n, "ablation", d) for n, (d, _) in ABLATION.items()]
-        names += [(f"real_{m}", "recipe", f"configs/real_{m}.yaml") for m in RECIPES]
+        names += [(recipe_run(m, seed), "recipe", f"configs/real_{m}.yaml") for m in RECIPES for seed in range(SEEDS)]
         for name, kind, description in names:
             run, key = runs / dataset / name, f"{dataset}/{name}"
             if not (run / METRICS).exists():
@@ -246,6 +298,7 @@ def main(argv=None) -> int:
           "second of the epochs (incl. their validation).\n\n"
           + md_table(["set", "kind", "run", "what", "epochs", "R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI",
                       "val start → selected", "s", "img/s"], rows))
+    md += seed_summary(payload)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     write_results(args.name, {"runs": payload, "protocol": vars(args)}, md, device=device)
     print(md)

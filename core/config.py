@@ -49,6 +49,7 @@ class DataConfig:
     csv_split_column: str = "split"
     max_per_class: int | None = None  # cap train/val images per class (quick runs); test is never capped
     class_depth: int | None = None   # folder data: folder level of the classes (root/<class>/img: 1); None detects it
+    cache: str = "auto"              # decode images once into memory, augment on the training device: auto (on a GPU) | always | never
     shapes: dict[str, Any] = field(default_factory=dict)  # shapes generator knobs (see core/data/shapes.py)
 
 

@@ -36,6 +36,7 @@ from core.config import RunConfig
 from core.io import atomic_torch_save, atomic_write_text, write_json
 from core.data import DataSplits, build_datasets, build_transform, check_evaluable
 from core.data import summary as data_summary
+from core.data.cache import CachedImages, DeviceBatches, cached_splits, use_cache
 from core.evaluate import evaluate_splits
 from core.losses import DMLCriterion, build_criterion, cia_criterion
 from core.models.embedder import Embedder, build_model
@@ -123,6 +124,8 @@ class Trainer:
                 torch.cuda.set_device(self.device)
         seed_everything(cfg.train.seed)
         self.splits = splits or build_datasets(cfg.data, seed=cfg.train.seed)
+        if use_cache(cfg.data, self.device):  # decode once; train batches are gathered and augmented on the device
+            self.splits = cached_splits(self.splits, cfg.data, cfg.train.num_workers, progress)
         self.num_classes = self.splits.num_train_classes
         found = data_summary(self.splits)
         if self.num_classes < 2 and cfg.train.epochs > 0:
@@ -215,6 +218,10 @@ class Trainer:
                                              seed=t.seed * 100_003 + epoch, min_batches=self.world)
             tags = [None] * len(batches)
         batches = batches[self.rank::self.world]  # DDP: same seeded order everywhere, disjoint shards
+        if isinstance(self.splits.train, CachedImages):
+            loader = DeviceBatches(self.splits.train, batches, self.device, self.cfg.data.augment,
+                                   seed=t.seed * 100_003 + epoch)
+            return loader, tags[self.rank::self.world]
         loader = DataLoader(self.splits.train, batch_sampler=batches, num_workers=t.num_workers,
                             pin_memory=self.device.type == "cuda")
         return loader, tags[self.rank::self.world]
