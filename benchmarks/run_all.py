@@ -144,6 +144,10 @@ def assemble() -> None:
         if gpu.exists():
             text = re.sub(r"^(#+) ", r"#\1 ", gpu.read_text(), flags=re.M)
             parts.append(re.sub(r"^## (.*)$", r"## \1 — GPU", text, count=1, flags=re.M))
+    # hand-kept notes that stand for no single benchmark (e.g. demo_runs: how the shipped runs were made)
+    for md in sorted(NOTES.glob("*.md")):
+        if md.stem not in {name for name, _ in STEPS}:
+            parts.append(re.sub(r"^(#+) ", r"#\1 ", md.read_text(), flags=re.M))
     # fidelity against the official code: hand-written per method (the scripts need a checkout of that code)
     for md in sorted((ROOT / "benchmarks" / "fidelity").glob("*.md")):
         parts.append(md.read_text())  # written as "## Fidelity: <method>" sections
