@@ -217,6 +217,9 @@ class Trainer:
             batches = class_balanced_batches(self.splits.train.labels, t.m_per_class, t.batch_size,
                                              seed=t.seed * 100_003 + epoch, min_batches=self.world)
             tags = [None] * len(batches)
+        if self.world > 1:  # DDP: every rank must take the same number of steps, or the last all-reduce waits forever
+            keep = len(batches) // self.world * self.world
+            batches, tags = batches[:keep], tags[:keep]
         batches = batches[self.rank::self.world]  # DDP: same seeded order everywhere, disjoint shards
         if isinstance(self.splits.train, CachedImages):
             loader = DeviceBatches(self.splits.train, batches, self.device, self.cfg.data.augment,

@@ -54,3 +54,27 @@ def test_torchrun_trains_parameters_used_after_the_embedding(tmp_path):
     for prefix in ("cia.", "head.zsr", "blocks."):
         assert any(k.startswith(prefix) for k in weights), (prefix, sorted(weights)[:20])
     assert all(np.isfinite(v).all() for v in weights.values())
+
+
+def test_every_rank_takes_the_same_number_of_steps(tmp_path):
+    """DDP all-reduces every step: a rank with one batch more waits forever at its last step. The epoch's
+    batches are cut to a multiple of the world size before they are dealt out, so the shards are disjoint
+    and equally long (on an odd number of batches the old split hung torchrun)."""
+    from core.config import RunConfig
+    from core.train import Trainer
+
+    cfg = RunConfig.load("configs/shapes_gap.yaml").with_overrides(
+        ["data.max_per_class=12", "data.shapes.test_per_class=4", "model.embed_dim=8", "train.batch_size=32"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    odd_seen = False
+    for epoch in range(4):
+        trainer.world, trainer.rank = 1, 0
+        odd_seen |= len(trainer.train_loader(epoch)[0]) % 2 == 1
+        shards = []
+        for rank in range(2):
+            trainer.world, trainer.rank = 2, rank
+            loader, tags = trainer.train_loader(epoch)
+            shards.append([tuple(b) for b in loader.batch_sampler])
+            assert len(tags) == len(shards[-1])
+        assert len(shards[0]) == len(shards[1]) > 0 and not set(shards[0]) & set(shards[1])
+    assert odd_seen, "the test needs an epoch with an odd number of batches"
