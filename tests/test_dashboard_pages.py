@@ -409,6 +409,23 @@ def test_learn_knobs_show_their_effect_and_dsl_opens_on_the_kept_epoch(runs):
     assert any(f"Epoch {best} (the kept weights)" in c.value for c in at.caption)
 
 
+def test_lessons_without_a_run_say_which_config_trains_one(tmp_path, monkeypatch):
+    """`LessonContext.first_run`: with no run listed, every lesson with a trained part (all but GAP's) says
+    once which config trains one, and the stand-alone demos still draw."""
+    from dashboard import access
+
+    monkeypatch.setattr(access, "DEFAULT_RUNS", tmp_path)  # empty folders instead of checkpoints/: no runs at all
+    monkeypatch.setenv("METRICLENS_RUNS", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page("dashboard/pages/learn.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    hints = [i.value for i in at.info if "No finished run of this method" in i.value]
+    assert sorted(h.split("(config ")[1].split(")")[0] for h in hints) == [
+        f"shapes_{m}.yaml" for m in ("cia", "csa", "dsl", "grouping", "gsp")]
+    assert len(at.get("image")) >= 8  # GAP's, grouping's, GSP's and CSA's stand-alone panels
+
+
 # ---- deep links and bad input --------------------------------------------------------------------------
 def test_deep_link_sets_page_run_and_query(runs):
     at = AppTest.from_file(APP, default_timeout=120)
