@@ -266,11 +266,13 @@ def column_rows(at: AppTest) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def test_attention_rows_stay_readable_and_footer_matches_panels(runs):
+def test_attention_rows_stay_readable_and_footer_matches_panels(runs, monkeypatch):
     """Issue 13, defect 5: with 8 neighbours the panels wrap into rows of at most 5 (one row of 10 columns broke
     captions mid-word), every map row has a colour bar, and the attribution footer describes the third
-    panel only when it is drawn."""
-    from dashboard import logic
+    panel only when it is drawn. The third panel reuses the query's attribution towards the target drawn
+    in the first: three Captum passes for three panels, not four."""
+    import core.attribution
+    from dashboard import logic, state
 
     emb, labels = artifacts(runs[0])
     table = logic.retrieval_table(emb, labels)
@@ -286,10 +288,16 @@ def test_attention_rows_stay_readable_and_footer_matches_panels(runs):
     footer = next(c.value for c in at.caption if c.value.startswith("Red pushed"))
     assert "third panel" not in footer and "nearest true match" in footer
     wrong = int(np.flatnonzero(~table.top1_correct & (table.relevant > 0))[0])  # target != true match: 3 panels
+    passes = []
+    attribute = core.attribution.similarity_attribution
+    monkeypatch.setattr(core.attribution, "similarity_attribution",
+                        lambda *args, **kw: passes.append(1) or attribute(*args, **kw))
+    state._explanation.clear()                                  # no attribution cached by earlier tests
     at.session_state["query"] = wrong
     at.run()
     footer = next(c.value for c in at.caption if c.value.startswith("Red pushed"))
     assert "third panel" in footer
+    assert len(passes) == 3  # query → target, target → query, query → true match (the difference's other term)
 
 
 def test_retrieval_k_survives_upload_mode_and_compare_keeps_thumbnails_small(runs):
