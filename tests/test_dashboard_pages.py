@@ -373,6 +373,41 @@ def test_train_form_rejects_bad_input(runs):
     assert not at.session_state["run"].endswith("ok_name")
 
 
+def test_train_page_offers_the_real_recipes_for_your_own_folder(runs, tmp_path, monkeypatch):
+    """The picker marks the real_<method>.yaml recipes as photo recipes for your own folder or CSV; with a
+    folder picked the command trains on it (a folder that does not exist is refused first), and without a
+    GPU the quick first result is ticked and sets its epochs."""
+    import torch
+
+    from dashboard import jobs
+
+    started = []
+    monkeypatch.setattr(jobs.JobBoard, "start", lambda self, owner, name, out, command: started.append(command))
+    at = open_app(runs[0], "train")
+    labels = at.selectbox(key="train_config").options
+    assert [o for o in labels if o.startswith("real_")] and all(
+        "your own folder or CSV" in o for o in labels if o.startswith("real_"))
+    assert all("procedural shapes" in o for o in labels if o.startswith("shapes_"))
+    at.selectbox(key="train_config").set_value(ROOT / "configs" / "real_gap.yaml").run()
+    at.radio(key="train_data_source").set_value("folder").run()
+    at.text_input(key="train_data_folder").set_value(str(tmp_path / "nowhere")).run()
+    assert any("is not a folder" in e.value for e in at.error)
+    at.button[0].click().run()
+    assert not started
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    at.text_input(key="train_data_folder").set_value(str(photos)).run()
+    assert not at.error and not at.exception
+    quick = not torch.cuda.is_available()
+    assert [c.value for c in at.checkbox if c.key == "train_quick"] == ([True] if quick else [])
+    at.button[0].click().run()
+    assert not at.error, [e.value for e in at.error]
+    command = started[0]
+    assert "data.name=folder" in command and f'data.root="{photos.resolve()}"' in command
+    assert command[command.index("--epochs") + 1] == ("2" if quick else "15")
+    assert ("data.max_per_class=24" in command) == quick
+
+
 def test_learn_page_knobs(runs):
     at = open_app(runs[0], "learn")
     body = texts(at)
