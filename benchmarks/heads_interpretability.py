@@ -1,8 +1,9 @@
 """Do the attention maps look at the target object? Scored on shapes test images against their masks.
 
 For every map a trained run exposes (`Embedder.explain`: grouping `group_attention`, GSP `keep` and
-`prototypes`, CSA `csa_base`/`csa_weights`, plus `csa_at_object`: the attention CSA's object-centre
-position uses, per group, from those maps with `attention_at`):
+`prototypes`, CSA `csa_base`/`csa_weights`), plus every registered per-position explainer the model
+supports, asked about the object's centre pixel (`explain(..., explainer="csa_position", row, col)`: the
+attention CSA's object-centre position uses, per group, scored as `csa_at_object`):
 each channel is upsampled bilinearly to the image size, clipped at 0 and normalised to a
 distribution over pixels, then scored by
   * mass inside: the share of the map's mass that falls inside the target mask;
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from benchmarks.common import ROOT, RUNS, md_table, registered_methods, write_results
 from core import checkpoint as ckpt
 from core.data import build_datasets
-from core.models.blocks.csa import attention_at
+from core.explain import explain, explainers
 
 
 def default_runs(epochs: int, max_per_class: int) -> list[Path]:
@@ -100,11 +101,11 @@ def evaluate_run(run: Path, n_images: int, batch: int = 64) -> dict:
         area.append(masks.float().mean((1, 2)).numpy())
         explanation = model.explain(x)
         maps = dict(explanation.maps)
-        for name in [n for n in maps if n.split("@")[0] == "csa_base"]:     # CSA: what the object's centre attends to
-            pair = {"csa_base": maps[name], "csa_weights": maps[name.replace("csa_base", "csa_weights")]}
-            maps[name.replace("csa_base", "csa_at_object")] = torch.cat(
-                [attention_at({k: v[j:j + 1] for k, v in pair.items()}, *_centre(mk), image_hw=tuple(mk.shape))
-                 for j, mk in enumerate(masks)])
+        for explainer in explainers("position", model):   # e.g. CSA: what the object's centre pixel attends to
+            outs = [explain(model, x[j], explainer=explainer.name, row=row, col=col).maps
+                    for j, (row, col) in enumerate(map(_centre, masks))]
+            for name in outs[0]:                             # "csa_position[@stage]" -> "csa_at_object[@stage]"
+                maps[name.replace("_position", "_at_object")] = torch.stack([torch.from_numpy(o[name]) for o in outs])
         for name, tensor in maps.items():
             s = score_maps(tensor, masks)
             per_channel.setdefault(name, []).append(s)

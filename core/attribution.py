@@ -85,8 +85,10 @@ def similarity_attribution(model, image: torch.Tensor, reference: torch.Tensor, 
 
 def why_not_true_match(model, query: torch.Tensor, neighbour_embedding: torch.Tensor,
                        true_match_embedding: torch.Tensor, method: str = "gradcam",
-                       n_steps: int = 32) -> dict[str, np.ndarray]:
-    """Attribution of the query towards a neighbour and towards its true match, and their difference."""
-    to_neighbour = similarity_attribution(model, query, neighbour_embedding, method, n_steps)
+                       n_steps: int = 32, to_neighbour: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Attribution of the query towards a neighbour and towards its true match, and their difference.
+    `to_neighbour`: the first attribution when the caller already has it (same method), so Captum runs once."""
+    if to_neighbour is None:
+        to_neighbour = similarity_attribution(model, query, neighbour_embedding, method, n_steps)
     to_true = similarity_attribution(model, query, true_match_embedding, method, n_steps)
     return {"to_neighbour": to_neighbour, "to_true_match": to_true, "difference": to_neighbour - to_true}

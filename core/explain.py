@@ -11,7 +11,9 @@ Kinds (what the explainer needs besides the query image, and where the dashboard
   "position"    `row`, `col` (image pixels): maps that depend on a position of the query (per-query maps);
   "attribution" `reference` (another image 3×H×W or its embedding D): what moved cos(query, reference);
   "contrast"    `reference` and `true_match` (image or embedding), `attribution` (an attribution
-                explainer's name): why this neighbour rather than the true match;
+                explainer's name): why this neighbour rather than the true match; `to_reference`, when
+                the caller has drawn it already: that explainer's map of the query towards `reference`
+                (it is then not computed again);
   "cross"       `reference` (image B): where the query (A) looks in B and B in A;
   "patch"       `reference` (image B), `row`, `col` (feature grid of A): where A's patch lands in B.
 Images are 3×H×W in [0, 1] (tensor or numpy); the model normalises internally. Explainers run in eval
@@ -306,13 +308,13 @@ for _name, _title in (("gradcam", "Grad-CAM"), ("integrated_gradients", "Integra
 
 @register_explainer("why_neighbour", kind="contrast", title="why this neighbour")
 def why_neighbour(model, query, reference, *, true_match, attribution: str = "gradcam",
-                  n_steps: int = 32) -> Explanation:
+                  n_steps: int = 32, to_reference=None) -> Explanation:
     """The query's attribution towards the neighbour minus towards its true match: red drew it to the neighbour."""
     from core.attribution import why_not_true_match
     if attribution not in ATTRIBUTIONS:
         raise ValueError(f"attribution must be one of {', '.join(ATTRIBUTIONS)}, got {attribution!r}")
     maps = why_not_true_match(model, query, embed(model, reference), embed(model, _as_tensor(true_match)),
-                              attribution, n_steps)
+                              attribution, n_steps, None if to_reference is None else np.asarray(to_reference))
     return Explanation(maps, descriptions={
         "to_neighbour": "attribution of the similarity to the neighbour",
         "to_true_match": "attribution of the similarity to the nearest true match",

@@ -48,27 +48,33 @@ def is_imported(cfg) -> bool:
 
 
 # ---- reading and checking the inputs ----------------------------------------------------------
-def read_embeddings(path: str | Path) -> np.ndarray:
+def read_array(path: str | Path, what: str, shape_ok, expected: str, fix: str) -> np.ndarray:
+    """A .npy array of finite numbers, as float32, checked in the order one fixes it: the file exists, is a
+    .npy, holds numbers, `shape_ok(shape)` (else "expected {expected}"), and has no NaN/inf row (else `fix`)."""
     path = Path(path)
     if not path.is_file():
-        raise ImportRunError(f"embeddings file {path} does not exist; give the .npy written by np.save(path, array)")
+        raise ImportRunError(f"{what} file {path} does not exist; give the .npy written by np.save(path, array)")
     try:
-        emb = np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as err:
-        raise ImportRunError(f"{path} is not a NumPy .npy array ({err}); save your N×D array with "
-                             f"np.save('{path.name}', embeddings)") from None
-    if not isinstance(emb, np.ndarray) or emb.dtype.kind not in "fiu":
-        raise ImportRunError(f"{path} holds {getattr(emb, 'dtype', type(emb))!s} values, not numbers; save a float "
-                             f"array (e.g. embeddings.astype('float32'))")
-    if emb.ndim != 2 or emb.shape[0] < 2 or emb.shape[1] < 2:
-        raise ImportRunError(f"{path} has shape {emb.shape}; expected N×D with one row per item (N ≥ 2, D ≥ 2). "
-                             f"Reshape it, e.g. embeddings.reshape(len(embeddings), -1)")
-    emb = emb.astype(np.float32)
-    bad = ~np.isfinite(emb).all(1)
+        raise ImportRunError(f"{path} is not a NumPy .npy array ({err}); save your {what} with "
+                             f"np.save('{path.name}', array)") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
+        raise ImportRunError(f"{path} holds {getattr(array, 'dtype', type(array))!s} values, not numbers; save a "
+                             f"float array (e.g. array.astype('float32'))")
+    if not shape_ok(array.shape):
+        raise ImportRunError(f"{path} has shape {array.shape}; expected {expected}")
+    bad = ~np.isfinite(array.reshape(len(array), -1)).all(1)
     if bad.any():
         rows = np.flatnonzero(bad)
-        raise ImportRunError(f"{path} has NaN or infinite values in {len(rows)} rows (first: row {rows[0]}); "
-                             f"drop or recompute those rows, and the matching rows of the labels CSV")
+        raise ImportRunError(f"{path} has NaN or infinite values in {len(rows)} rows (first: row {rows[0]}); {fix}")
+    return array.astype(np.float32)
+
+
+def read_embeddings(path: str | Path) -> np.ndarray:
+    emb = read_array(path, "embeddings", lambda shape: len(shape) == 2 and min(shape) >= 2,
+                     "N×D with one row per item (N ≥ 2, D ≥ 2). Reshape it, e.g. embeddings.reshape(len(embeddings), -1)",
+                     "drop or recompute those rows, and the matching rows of the labels CSV")
     norms = np.linalg.norm(emb, axis=1)
     if (norms == 0).any():
         raise ImportRunError(f"{path} row {int(np.flatnonzero(norms == 0)[0])} is all zeros, which has no direction "
@@ -92,20 +98,8 @@ def read_table(path: str | Path) -> list[dict[str, str]]:
 
 
 def read_coords(path: str | Path, n: int) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise ImportRunError(f"coordinates file {path} does not exist")
-    try:
-        xy = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise ImportRunError(f"{path} is not a NumPy .npy array ({err})") from None
-    if xy.dtype.kind not in "fiu" or xy.shape != (n, 2):
-        raise ImportRunError(f"{path} has shape {xy.shape} and dtype {xy.dtype}; expected {n}×2 numbers "
-                             f"(x, y of each embedding row)")
-    if not np.isfinite(xy).all():
-        raise ImportRunError(f"{path} has NaN or infinite coordinates (first in row "
-                             f"{int(np.flatnonzero(~np.isfinite(xy).all(1))[0])})")
-    return xy.astype(np.float32)
+    return read_array(path, "coordinates", lambda shape: shape == (n, 2), f"{n}×2 numbers (x, y of each embedding row)",
+                      "give every row finite x, y (or leave out --coords)")
 
 
 def build_items(rows: list[dict], labels_path: Path, label_column: str, path_column: str | None,

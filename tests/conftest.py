@@ -11,12 +11,26 @@ os.environ.setdefault("METRICLENS_CACHE", str(ROOT / ".cache"))
 from core.config import RunConfig  # noqa: E402
 
 
-@pytest.fixture
-def tiny_cfg() -> RunConfig:
-    """A shapes run small enough to train in seconds on a CPU."""
+def _tiny_cfg() -> RunConfig:
     cfg = RunConfig.load(ROOT / "configs" / "shapes_gap.yaml")
     return cfg.with_overrides(["data.max_per_class=12", "train.epochs=2", "train.batch_size=32",
                                "model.embed_dim=32", "data.shapes.test_per_class=12"])
+
+
+@pytest.fixture
+def tiny_cfg() -> RunConfig:
+    """A shapes run small enough to train in seconds on a CPU."""
+    return _tiny_cfg()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """(run directory, metrics) of one tiny_cfg run, trained once per test module: tests read it, and a
+    test that changes a run copies it first."""
+    from core.train import train
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    return run, train(_tiny_cfg(), run)
 
 
 @pytest.fixture(scope="module")

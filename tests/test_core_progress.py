@@ -34,6 +34,13 @@ def test_a_short_training_run_writes_epoch_and_phase_lines(tmp_path):
     assert last_epoch["done"] == last_epoch["total"] and last_epoch["eta_s"] == 0
     assert all(line["eta_s"] is not None for line in lines if line["done"] > 0)
     assert [line["time"] for line in lines] == sorted(line["time"] for line in lines)
+    # every evaluation phase reports (the first and last step of a phase are always written), and the
+    # starting weights are scored before the first epoch
+    val_embedding = [line for line in lines if line["phase"].startswith("val classes: embedding")]
+    assert val_embedding and val_embedding[-1]["done"] == val_embedding[-1]["total"]
+    assert any(p.startswith(("test classes: embedding", "test: embedding")) for p in phases)
+    assert "test: nearest neighbours + k-means (NMI)" in phases and "val: nearest neighbours + k-means (NMI)" in phases
+    assert any(p.startswith("val classes: embedding") for p in phases[:phases.index("epoch 1/1")])
 
     bars = jobs.progress_bars(lines)
     assert bars[0].label == "epochs" and bars[0].fraction == 1.0 and "done" in bars[0].text

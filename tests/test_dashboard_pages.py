@@ -186,6 +186,10 @@ def test_dominant_channel_reports_progress_and_is_kept_on_disk(runs, tmp_path, m
     multi = next((r for r in runs if any(s[0] > 1 for s in state.map_shapes(r).values())), None)
     if multi is None:
         pytest.skip("no run with multi-channel maps")
+    calls = []  # one pass over the test images (the page's call below finds it in memory), reporting progress
+    first = state._map_channel_mass(multi, state._artifact_stamp(multi), None, state.weights_stamp(multi),
+                                    _progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1][0] == calls[-1][1] == len(artifacts(multi)[1])
     at = open_app(multi)
     option = next(o for o in at.selectbox(key="explore_colour").options if o.startswith("dominant ") and "channel" in o)
     at.selectbox(key="explore_colour").set_value(option).run()
@@ -194,18 +198,13 @@ def test_dominant_channel_reports_progress_and_is_kept_on_disk(runs, tmp_path, m
     assert names and all(" channel " in n for n in names)
     files = list((tmp_path / ".cache" / "channel_mass").glob("*.npz"))
     assert len(files) == 1
-    calls = []
+    calls.clear()
     st.cache_data.clear()  # as a restarted server: only the disk copy is left
-    first = state._map_channel_mass(multi, state._artifact_stamp(multi), None, state.weights_stamp(multi),
+    again = state._map_channel_mass(multi, state._artifact_stamp(multi), None, state.weights_stamp(multi),
                                     _progress=lambda done, total: calls.append((done, total)))
     assert not calls  # read back, not recomputed
     with np.load(files[0]) as saved:
-        assert set(saved.files) == set(first)
-    files[0].unlink()
-    st.cache_data.clear()
-    state._map_channel_mass(multi, state._artifact_stamp(multi), None, state.weights_stamp(multi),
-                            _progress=lambda done, total: calls.append((done, total)))
-    assert calls and calls[-1][0] == calls[-1][1] == len(artifacts(multi)[1])
+        assert set(saved.files) == set(first) == set(again)
 
 
 # ---- Retrieval ----------------------------------------------------------------------------------------
@@ -266,11 +265,13 @@ def column_rows(at: AppTest) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def test_attention_rows_stay_readable_and_footer_matches_panels(runs):
+def test_attention_rows_stay_readable_and_footer_matches_panels(runs, monkeypatch):
     """Issue 13, defect 5: with 8 neighbours the panels wrap into rows of at most 5 (one row of 10 columns broke
     captions mid-word), every map row has a colour bar, and the attribution footer describes the third
-    panel only when it is drawn."""
-    from dashboard import logic
+    panel only when it is drawn. The third panel reuses the query's attribution towards the target drawn
+    in the first: three Captum passes for three panels, not four."""
+    import core.attribution
+    from dashboard import logic, state
 
     emb, labels = artifacts(runs[0])
     table = logic.retrieval_table(emb, labels)
@@ -286,10 +287,16 @@ def test_attention_rows_stay_readable_and_footer_matches_panels(runs):
     footer = next(c.value for c in at.caption if c.value.startswith("Red pushed"))
     assert "third panel" not in footer and "nearest true match" in footer
     wrong = int(np.flatnonzero(~table.top1_correct & (table.relevant > 0))[0])  # target != true match: 3 panels
+    passes = []
+    attribute = core.attribution.similarity_attribution
+    monkeypatch.setattr(core.attribution, "similarity_attribution",
+                        lambda *args, **kw: passes.append(1) or attribute(*args, **kw))
+    state._explanation.clear()                                  # no attribution cached by earlier tests
     at.session_state["query"] = wrong
     at.run()
     footer = next(c.value for c in at.caption if c.value.startswith("Red pushed"))
     assert "third panel" in footer
+    assert len(passes) == 3  # query → target, target → query, query → true match (the difference's other term)
 
 
 def test_retrieval_k_survives_upload_mode_and_compare_keeps_thumbnails_small(runs):
@@ -365,6 +372,41 @@ def test_train_form_rejects_bad_input(runs):
     assert not at.session_state["run"].endswith("ok_name")
 
 
+def test_train_page_offers_the_real_recipes_for_your_own_folder(runs, tmp_path, monkeypatch):
+    """The picker marks the real_<method>.yaml recipes as photo recipes for your own folder or CSV; with a
+    folder picked the command trains on it (a folder that does not exist is refused first), and without a
+    GPU the quick first result is ticked and sets its epochs."""
+    import torch
+
+    from dashboard import jobs
+
+    started = []
+    monkeypatch.setattr(jobs.JobBoard, "start", lambda self, owner, name, out, command: started.append(command))
+    at = open_app(runs[0], "train")
+    labels = at.selectbox(key="train_config").options
+    assert [o for o in labels if o.startswith("real_")] and all(
+        "your own folder or CSV" in o for o in labels if o.startswith("real_"))
+    assert all("procedural shapes" in o for o in labels if o.startswith("shapes_"))
+    at.selectbox(key="train_config").set_value(ROOT / "configs" / "real_gap.yaml").run()
+    at.radio(key="train_data_source").set_value("folder").run()
+    at.text_input(key="train_data_folder").set_value(str(tmp_path / "nowhere")).run()
+    assert any("is not a folder" in e.value for e in at.error)
+    at.button[0].click().run()
+    assert not started
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    at.text_input(key="train_data_folder").set_value(str(photos)).run()
+    assert not at.error and not at.exception
+    quick = not torch.cuda.is_available()
+    assert [c.value for c in at.checkbox if c.key == "train_quick"] == ([True] if quick else [])
+    at.button[0].click().run()
+    assert not at.error, [e.value for e in at.error]
+    command = started[0]
+    assert "data.name=folder" in command and f'data.root="{photos.resolve()}"' in command
+    assert command[command.index("--epochs") + 1] == ("2" if quick else "15")
+    assert ("data.max_per_class=24" in command) == quick
+
+
 def test_learn_page_knobs(runs):
     at = open_app(runs[0], "learn")
     body = texts(at)
@@ -407,6 +449,23 @@ def test_learn_knobs_show_their_effect_and_dsl_opens_on_the_kept_epoch(runs):
     slider = next(s for s in at.slider if s.key.startswith("learn_dsl_epoch"))
     assert logged[slider.value] == best
     assert any(f"Epoch {best} (the kept weights)" in c.value for c in at.caption)
+
+
+def test_lessons_without_a_run_say_which_config_trains_one(tmp_path, monkeypatch):
+    """`LessonContext.first_run`: with no run listed, every lesson with a trained part (all but GAP's) says
+    once which config trains one, and the stand-alone demos still draw."""
+    from dashboard import access
+
+    monkeypatch.setattr(access, "DEFAULT_RUNS", tmp_path)  # empty folders instead of checkpoints/: no runs at all
+    monkeypatch.setenv("METRICLENS_RUNS", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page("dashboard/pages/learn.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    hints = [i.value for i in at.info if "No finished run of this method" in i.value]
+    assert sorted(h.split("(config ")[1].split(")")[0] for h in hints) == [
+        f"shapes_{m}.yaml" for m in ("cia", "csa", "dsl", "grouping", "gsp")]
+    assert len(at.get("image")) >= 8  # GAP's, grouping's, GSP's and CSA's stand-alone panels
 
 
 # ---- deep links and bad input --------------------------------------------------------------------------
@@ -550,12 +609,17 @@ def test_train_page_runs_lists_and_cancels_a_job(runs, tmp_path):
 @pytest.mark.parametrize("config,epochs", [("shapes_grouping.yaml", 0), ("shapes_gsp.yaml", 0),
                                            ("shapes_csa.yaml", 0), ("shapes_cia.yaml", 0), ("shapes_dsl.yaml", 1)])
 def test_pages_render_every_method(runs, tmp_path_factory, config, epochs):
-    """Maps are rendered generically, whatever their names and channel counts (no page knows a method)."""
-    from dashboard.testing import train_tiny
+    """Maps are rendered generically, whatever their names and channel counts (no page knows a method): on
+    the shipped run of the config (checkpoints/<config stem>) when there is one, else on a tiny fresh one."""
+    from dashboard.testing import is_finished, train_tiny
 
     if not (ROOT / "configs" / config).exists():
         pytest.skip(f"configs/{config} is not in this build")
-    run = str(train_tiny(tmp_path_factory.mktemp("method") / Path(config).stem, config=config, epochs=epochs))
+    shipped = ROOT / "checkpoints" / Path(config).stem
+    if is_finished(shipped) and not os.environ.get("METRICLENS_TEST_FRESH_RUNS"):
+        run = str(shipped.resolve())
+    else:
+        run = str(train_tiny(tmp_path_factory.mktemp("method") / Path(config).stem, config=config, epochs=epochs))
     at = open_app(run, extra_runs_root=run)
     assert at.get("plotly_chart")
     for page in ("retrieval", "attention", "cross", "learn"):

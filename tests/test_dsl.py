@@ -197,58 +197,61 @@ def test_training_steps_on_real_shapes_batches_lower_each_learner_loss(tmp_path)
     assert torch.isfinite(model.head.loss(model(x, with_features=True)[0], y, None)["dml"])
 
 
-@pytest.mark.slow
-def test_trainer_grows_learners_and_the_run_directory_replays_them(tmp_path):
+@pytest.fixture(scope="module")
+def dsl_runs(tmp_path_factory):
+    """One short scripted DSL run straight through and the same run interrupted in its last epoch and
+    resumed (32-px shapes: what is tested is the growth bookkeeping, not the images). Scripted validation:
+    NMI only falls (growth decided after epoch 1, applied before epoch 2; epoch 3 trains on the clusters
+    of epoch 2, which the resumed run reads back), MAP@R only rises (the last epoch is kept); epoch 4
+    fine-tunes the whole vector. The straight run records the batch tags the head saw."""
     from core.train import Trainer
 
+    root = tmp_path_factory.mktemp("dsl_runs")
     cfg = RunConfig.load("configs/shapes_dsl.yaml").with_overrides([
-        "data.max_per_class=10", "data.shapes.test_per_class=6", "train.batch_size=32", "train.epochs=4",
-        "model.embed_dim=32", "model.head_args.finetune_epoch=3", "model.head_args.min_split_size=4",
-        "model.head_args.min_candidates=2", "model.head_args.threshold=0.3", "model.head_args.learners=2"])
-    trainer = Trainer(cfg, tmp_path)
-    # scripted validation: NMI only falls (growth after epoch 1), MAP@R only rises (the last epoch is kept)
-    trainer.validate = lambda: {"val_nmi": 0.9 - 0.1 * trainer.epoch, "val_map_at_r": 0.1 * (trainer.epoch + 1)}
+        "data.max_per_class=8", "data.shapes.test_per_class=4", "data.image_size=32", "train.batch_size=32",
+        "train.epochs=5", "model.embed_dim=32", "model.head_args.finetune_epoch=4",
+        "model.head_args.min_split_size=4", "model.head_args.min_candidates=2", "model.head_args.threshold=0.3",
+        "model.head_args.learners=2"])
+
+    def scripted(trainer):
+        trainer.validate = lambda: {"val_nmi": 0.9 - 0.1 * trainer.epoch, "val_map_at_r": 0.1 * (trainer.epoch + 1)}
+        return trainer
+
+    straight = scripted(Trainer(cfg, root / "straight"))
     seen_tags = []
-    real = trainer.model.head.on_batch_start
-    trainer.model.head.on_batch_start = lambda t, tag: (seen_tags.append(tag), real(t, tag))
-    trainer.fit()
-    assert set(seen_tags) >= {0, 1, 2, None}              # per-cluster batches (K grew to 3), then fine-tuning
-    replay = json.loads((tmp_path / "dsl_events.json").read_text())
-    assert [row["epoch"] for row in replay["epochs"]] == [0, 1, 2, 3] and replay["finetune_epoch"] == 3
+    real = straight.model.head.on_batch_start
+    straight.model.head.on_batch_start = lambda t, tag: (seen_tags.append(tag), real(t, tag))
+    straight.fit()
+
+    def interrupt_in_last_epoch(step, total, message):
+        if message.startswith("epoch 5/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        scripted(Trainer(cfg, root / "resumed", progress=interrupt_in_last_epoch)).fit()
+    scripted(Trainer(cfg, root / "resumed")).fit()
+    return {"straight": root / "straight", "resumed": root / "resumed", "seen_tags": seen_tags}
+
+
+@pytest.mark.slow
+def test_trainer_grows_learners_and_the_run_directory_replays_them(dsl_runs):
+    run = dsl_runs["straight"]
+    assert set(dsl_runs["seen_tags"]) >= {0, 1, 2, None}  # per-cluster batches (K grew to 3), then fine-tuning
+    replay = json.loads((run / "dsl_events.json").read_text())
+    assert [row["epoch"] for row in replay["epochs"]] == [0, 1, 2, 3, 4] and replay["finetune_epoch"] == 4
     assert [(e["decided_epoch"], e["applied_epoch"]) for e in replay["events"]] == [(1, 2)]
     assert replay["events"][0]["learners_before"] == [list(range(16)), list(range(16, 32))]
     assert [i for s in replay["learners"] for i in s] == list(range(32)) and len(replay["learners"]) == 3
-    assert (tmp_path / "dsl_clusters.npy").exists()
-    loaded, _ = ckpt.load_run(tmp_path)
+    assert (run / "dsl_clusters.npy").exists()
+    loaded, _ = ckpt.load_run(run)
     assert [[a, b] for a, b in loaded.head.learners] == replay["groups"]
 
 
 @pytest.mark.slow
-def test_interrupted_dsl_run_resumes_to_the_same_weights_and_learners(tmp_path):
-    from core.train import Trainer
-
-    cfg = RunConfig.load("configs/shapes_dsl.yaml").with_overrides([
-        "data.max_per_class=8", "data.shapes.test_per_class=4", "train.batch_size=32", "train.epochs=5",
-        "model.head_args.finetune_epoch=4",
-        "model.embed_dim=32", "model.head_args.min_split_size=4", "model.head_args.min_candidates=2",
-        "model.head_args.threshold=0.3"])
-
-    def scripted(trainer):  # growth decided after epoch 1, applied before epoch 2; epoch 3 resumes with saved clusters
-        trainer.validate = lambda: {"val_nmi": 0.9 - 0.1 * trainer.epoch, "val_map_at_r": 0.1 * trainer.epoch}
-        return trainer
-
-    scripted(Trainer(cfg, tmp_path / "straight")).fit()
-
-    def interrupt_in_last_epoch(step, total, message):
-        if message.startswith("epoch 4/"):
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        scripted(Trainer(cfg, tmp_path / "resumed", progress=interrupt_in_last_epoch)).fit()
-    scripted(Trainer(cfg, tmp_path / "resumed")).fit()
-    a = ckpt.load_resume(tmp_path / "straight" / ckpt.RESUME)
-    b = ckpt.load_resume(tmp_path / "resumed" / ckpt.RESUME)
-    assert a["head_state"]["learners"] == b["head_state"]["learners"] and len(a["head_state"]["learners"]) == 2
+def test_interrupted_dsl_run_resumes_to_the_same_weights_and_learners(dsl_runs):
+    a = ckpt.load_resume(dsl_runs["straight"] / ckpt.RESUME)
+    b = ckpt.load_resume(dsl_runs["resumed"] / ckpt.RESUME)
+    assert a["head_state"]["learners"] == b["head_state"]["learners"] and len(a["head_state"]["learners"]) == 3
     for key, value in a["model"].items():
         assert torch.allclose(value, b["model"][key], atol=1e-6), key
 

@@ -111,6 +111,10 @@ def test_attribution_explainers_agree_with_captum_and_the_difference_is_exact():
     out = explain(model, query, neighbour, explainer="why_neighbour", true_match=true)
     assert out.signed == {"to_neighbour", "to_true_match", "difference"}
     np.testing.assert_allclose(out.maps["difference"], out.maps["to_neighbour"] - out.maps["to_true_match"])
+    # the caller's own map towards the neighbour (the Attention page draws it first) is used, not recomputed
+    given = explain(model, query, neighbour, explainer="why_neighbour", true_match=true,
+                    to_reference=out.maps["to_neighbour"] + 1.0)
+    np.testing.assert_allclose(given.maps["difference"], out.maps["difference"] + 1.0, rtol=1e-5, atol=1e-6)
     assert np.abs(out.maps["difference"]).max() > 0          # the two references pull differently
 
 

@@ -113,19 +113,6 @@ def test_some_single_image_classes_warn(tmp_path, caplog):
     assert "1-3 per class" in summary(splits)
 
 
-def test_progress_reports_every_evaluation_phase(tmp_path, tiny_cfg):
-    seen = []
-    cfg = tiny_cfg.with_overrides(["train.epochs=1"])
-    Trainer(cfg, tmp_path, progress=lambda step, total, message: seen.append((step, total, message))).fit()
-    messages = [m for _, _, m in seen]
-    val_batches = [(s, t) for s, t, m in seen if m.startswith("val classes: embedding")]
-    assert val_batches and val_batches[-1][0] == val_batches[-1][1]  # every batch reported, up to the total
-    assert any(m.startswith("test classes: embedding") or m.startswith("test: embedding") for m in messages)
-    assert "test: nearest neighbours + k-means (NMI)" in messages and "val: nearest neighbours + k-means (NMI)" in messages
-    first_epoch = messages.index(next(m for m in messages if m.startswith("epoch 1/1")))
-    assert any(m.startswith("val classes: embedding") for m in messages[:first_epoch])  # the start, scored first
-
-
 def test_cli_progress_bar_shows_an_eta(capsys):
     from core.__main__ import _progress_bar
 

@@ -125,6 +125,12 @@ def _bad(tmp_path: Path, inputs: Path, case: str) -> tuple[Path, Path, dict]:
         np.save(tmp_path / "e.npy", emb)
         np.save(tmp_path / "xy.npy", np.zeros((len(emb), 3)))
         kwargs["coords"] = tmp_path / "xy.npy"
+    elif case == "coords_nan":
+        np.save(tmp_path / "e.npy", emb)
+        xy = np.zeros((len(emb), 2))
+        xy[5, 1] = np.inf
+        np.save(tmp_path / "xy.npy", xy)
+        kwargs["coords"] = tmp_path / "xy.npy"
     (tmp_path / "l.csv").write_text("\n".join(rows) + "\n")
     return tmp_path / "e.npy", tmp_path / "l.csv", kwargs
 
@@ -137,6 +143,7 @@ def _bad(tmp_path: Path, inputs: Path, case: str) -> tuple[Path, Path, dict]:
     ("column", ["no column 'species'", "--label-column", "label, file, colour"]),
     ("empty_label", ["row 10", "empty 'label'"]),
     ("coords", ["expected 960×2"]),
+    ("coords_nan", ["NaN or infinite", "row 5", "--coords"]),
 ])
 def test_bad_inputs_say_what_is_wrong_and_write_nothing(imported, tmp_path, case, says):
     emb, labels, kwargs = _bad(tmp_path, imported["inputs"], case)

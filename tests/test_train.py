@@ -10,8 +10,8 @@ from core import checkpoint as ckpt
 from core.train import Trainer, TrainingError, train
 
 
-def test_run_directory_and_learning(tmp_path, tiny_cfg):
-    metrics = train(tiny_cfg, tmp_path)
+def test_run_directory_and_learning(tiny_run, tiny_cfg):
+    tmp_path, metrics = tiny_run
     for name in (ckpt.CONFIG, ckpt.WEIGHTS, ckpt.METRICS, ckpt.HISTORY, ckpt.RESUME):
         assert (tmp_path / name).exists(), name
     art = tmp_path / ckpt.ARTIFACTS
@@ -28,8 +28,8 @@ def test_run_directory_and_learning(tmp_path, tiny_cfg):
     assert saved["start"]["val"]["val_map_at_r"] < saved["val"]["val_map_at_r"]
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_cfg):
-    train(tiny_cfg, tmp_path / "straight")
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_cfg, tiny_run):
+    straight = tiny_run[0]
 
     def interrupt_in_second_epoch(step, total, message):
         if message.startswith("epoch 2/"):
@@ -40,7 +40,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_cfg):
     assert ckpt.load_resume(tmp_path / "resumed" / ckpt.RESUME)["epoch"] == 0
     trainer = Trainer(tiny_cfg, tmp_path / "resumed")
     trainer.fit()
-    a = ckpt.load_resume(tmp_path / "straight" / ckpt.RESUME)
+    a = ckpt.load_resume(straight / ckpt.RESUME)
     b = ckpt.load_resume(tmp_path / "resumed" / ckpt.RESUME)
     assert a["epoch"] == b["epoch"] == 1 and len(b["history"]) == 3  # start + 2 epochs
     start_row = {k: v for k, v in b["history"][0].items() if k.startswith("val_")}
@@ -221,13 +221,17 @@ def test_too_few_classes_for_validation_warns_and_keeps_the_last_epoch(tmp_path,
     assert metrics["best_epoch"] == 1
 
 
-def test_a_run_trained_further_is_unfinished_until_its_new_artifacts_are_written(tmp_path, tiny_cfg, monkeypatch):
+def test_a_run_trained_further_is_unfinished_until_its_new_artifacts_are_written(tmp_path, tiny_cfg, tiny_run,
+                                                                                  monkeypatch):
     """metrics.json marks a finished run: training the same run further removes it first, and finishing
     writes it only after the artifacts, so a run killed on the way never pairs new weights with old results."""
+    import shutil
+
     import core.artifacts
 
-    train(tiny_cfg, tmp_path)
-    assert (tmp_path / ckpt.METRICS).exists()
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)  # the module's finished tiny run, trained further below
+    assert (run / ckpt.METRICS).exists()
 
     def killed_while_writing(*args, **kwargs):
         raise KeyboardInterrupt
@@ -235,5 +239,5 @@ def test_a_run_trained_further_is_unfinished_until_its_new_artifacts_are_written
     monkeypatch.setattr(core.artifacts, "write_artifacts", killed_while_writing)
     longer = tiny_cfg.with_overrides([f"train.epochs={tiny_cfg.train.epochs + 1}"])
     with pytest.raises(KeyboardInterrupt):
-        Trainer(longer, tmp_path).fit()
-    assert not (tmp_path / ckpt.METRICS).exists()
+        Trainer(longer, run).fit()
+    assert not (run / ckpt.METRICS).exists()

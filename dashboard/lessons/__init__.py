@@ -12,7 +12,8 @@ Adding one: a module in this package (imported below, or anywhere before the pag
     @register_lesson("my_head", title="My head — one line on what it does")
     def my_head(ctx):
         st.markdown("How it pools …")
-        for run in ctx.runs[:1]:
+        run = ctx.first_run("my_head.yaml", "there is no trained map to show.")
+        if run is not None:
             out = state.explanation(run, ctx.pixels)
             for name, maps in out.maps.items():
                 ctx.panels(list(maps), [f"{name}[{k}]" for k in range(len(maps))])
@@ -87,11 +88,14 @@ class LessonContext:
                     panel = figures.mark_cell(panel, *mark, grid_h, grid_w)
                 col.image(panel, caption=cap, width="stretch")
 
-    @staticmethod
-    def train_hint(config: str, what: str) -> None:
-        """Say which run would make this section show a trained model, and how to get it."""
+    def first_run(self, config: str, what: str) -> str | None:
+        """The trained run this lesson shows (the sidebar's run when it uses the method, else the first found);
+        without one, say what is missing (`what`: the sentence's end) and which config trains it, and return None."""
+        if self.runs:
+            return self.runs[0]
         st.info(f"No finished run of this method was found, so {what} Train one on the **Train** page (config "
                 f"{config}) or run `python -m core train --config configs/{config} --out checkpoints/{Path(config).stem}`.")
+        return None
 
 
 BUILT_IN = ("gap", "grouping", "gsp", "csa", "dsl", "cia")  # the order of the Learn page

@@ -15,6 +15,5 @@ def cia(ctx: LessonContext) -> None:
                 "embedding has learned from it at no extra cost. The **Cross-image** page shows where one image "
                 "looks in another (the trained attention for a CIA run, a similarity-based correspondence otherwise).")
     st.page_link(ui.PAGES["cross"], label="Open the Cross-image page", icon=":material/compare_arrows:")
-    if not ctx.runs:
-        ctx.train_hint("shapes_cia.yaml", "the Cross-image page shows similarity-based correspondence, not trained "
-                                          "cross-image attention.")
+    ctx.first_run("shapes_cia.yaml", "the Cross-image page shows similarity-based correspondence, not trained "
+                                     "cross-image attention.")

@@ -48,7 +48,6 @@ def csa(ctx: LessonContext) -> None:
     ctx.panels([demo["rebuilt"], demo["full"]], [f"CSA: Σ weight × base map for ({row}, {col})",
                                                  f"exact self-attention of ({row}, {col})"], mark=(row, col))
     st.caption(f"Overlap of CSA's map and the exact one: {demo['agreement']:.0%} (100% = identical).")
-    if ctx.runs:
-        trained_position_maps(ctx, ctx.runs[0], row, col)
-    else:
-        ctx.train_hint("shapes_csa.yaml", "the maps above are the stand-alone demo only.")
+    run = ctx.first_run("shapes_csa.yaml", "the maps above are the stand-alone demo only.")
+    if run is not None:
+        trained_position_maps(ctx, run, row, col)

@@ -37,10 +37,9 @@ def dsl(ctx: LessonContext) -> None:
                 "**subspaces (learners)**, each trained on its own cluster of the data. When validation stops "
                 "improving, the last learner **splits**: its most important neurons stay, the rest become a new "
                 "learner. The replay below steps through a run's growth log.")
-    if not ctx.runs:
-        ctx.train_hint("shapes_dsl.yaml", "there is no growth log to replay.")
+    run = ctx.first_run("shapes_dsl.yaml", "there is no growth log to replay.")
+    if run is None:
         return
-    run = ctx.runs[0]
     events = Path(run) / EVENTS_FILE
     if not events.exists():
         st.info(f"Run {Path(run).name} has no {EVENTS_FILE} (it is written while training).")

@@ -26,10 +26,9 @@ def grouping(ctx: LessonContext) -> None:
                scale=learn_demos.RELATIVE_SCALE)
     st.caption(f"Colour: a position's weight relative to the uniform 1/(h·w), on a fixed scale 0 → "
                f"{learn_demos.RELATIVE_SCALE:g}× (the same for every temperature, so a flat map stays dim).")
-    if not ctx.runs:
-        ctx.train_hint("shapes_grouping.yaml", "the maps above are the stand-alone demo only.")
+    run = ctx.first_run("shapes_grouping.yaml", "the maps above are the stand-alone demo only.")
+    if run is None:
         return
-    run = ctx.runs[0]
     out = state.explanation(run, ctx.pixels)
     for name, maps in out.maps.items():
         st.markdown(f"Trained run **{Path(run).name}** — **{name}**: {out.describe(name)}")

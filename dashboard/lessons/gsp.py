@@ -54,13 +54,12 @@ def gsp(ctx: LessonContext) -> None:
     s1, s2 = st.columns(2)
     mu = s1.slider("Transport ratio μ", 0.05, 1.0, 0.3, 0.05, key="learn_mu")
     gamma = s2.slider("Entropy weight γ", 1.0, 20.0, 5.0, 0.5, key="learn_gamma")
-    if ctx.runs:
-        run = ctx.runs[0]
+    run = ctx.first_run("shapes_gsp.yaml", "the maps below come from the stand-alone transport, not trained prototypes.")
+    if run is not None:
         keep = trained_keep_map(run, ctx.pixels, mu, gamma)
         st.markdown(f"Trained run **{Path(run).name}**: its prototypes and projection, with your μ and γ.")
         ctx.panels([keep], [f"keep map, μ={mu:.2f}, brightest {keep.max():.2f}"], scale=learn_demos.keep_scale(keep))
     else:
-        ctx.train_hint("shapes_gsp.yaml", "the maps below come from the stand-alone transport, not trained prototypes.")
         keep, plan = learn_demos.gsp_transport(ctx.features, object_prototypes(ctx), mu, gamma)
         ctx.panels([keep], [f"keep map, μ={mu:.2f}, brightest {keep.max():.2f}"], scale=learn_demos.keep_scale(keep))
         ctx.panels(list(plan), [f"transport to prototype {j}" for j in range(len(plan))])

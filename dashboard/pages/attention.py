@@ -185,7 +185,8 @@ def attribution_ui(model, p: Panels, opacity: float) -> None:
     if p.true_match is not None and target != p.true_match and query.item is not None:
         for contrast in explainers("contrast", model):
             out = state.explanation(p.run, query.pixels, art.embeddings[target], explainer=contrast.name,
-                                    true_match=art.embeddings[p.true_match], attribution=method)
+                                    true_match=art.embeddings[p.true_match], attribution=method,
+                                    to_reference=to_target)  # drawn above: Captum runs once less
             maps.append((p.images[0], out.maps["difference"], f"why #{target} rather than the true match #{p.true_match}"))
         true_sim = float(art.embeddings[p.true_match] @ query.embedding)
         extra_panels = [(p.images[1 + p.ids.index(p.true_match)],

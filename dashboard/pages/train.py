@@ -1,9 +1,13 @@
 """Train: a form over a config -> `python -m core train` in a subprocess, with live progress and curves.
 
-A job belongs to the browser session that started it: only that session sees its panel and may
-cancel or restart it; others see that the machine is busy. Not part of the teaching mode."""
+The shapes_<method>.yaml configs train on the procedural shapes; the real_<method>.yaml recipes train on
+photos: the config's own data set, or the user's image folder or CSV (`data_ui`), with a quick first
+result offered where there is no GPU. A job belongs to the browser session that started it: only that
+session sees its panel and may cancel or restart it; others see that the machine is busy. Not part of
+the teaching mode."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -18,6 +22,27 @@ from core.run_dir import CONFIG, HISTORY
 from dashboard import figures, jobs, state, ui
 
 
+# what a config's `data.name` trains on, as the config picker says it
+PROCEDURAL = "shapes"
+QUICK = ["data.max_per_class=24", "data.image_size=160", "train.num_workers=0"]  # real_gap.yaml's CPU hint
+QUICK_EPOCHS = 2
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _config_label(path: str, mtime: float) -> str:
+    try:
+        data = RunConfig.load(path).data
+    except (ValueError, TypeError, OSError):
+        return f"{Path(path).name} (cannot be read)"
+    own = Path(data.csv).parent.name if data.name == "csv" and data.csv else data.name  # e.g. cub100
+    kind = "procedural shapes" if data.name == PROCEDURAL else f"photos ({own}, or your own folder or CSV)"
+    return f"{Path(path).name} · {kind}"
+
+
+def config_label(path: Path) -> str:
+    return _config_label(str(path), path.stat().st_mtime)
+
+
 def config_ui() -> tuple[Path, RunConfig]:
     """The config file picked, read (the page stops with a message when none can be read)."""
     configs = sorted((state.REPO / "configs").glob("*.yaml"))
@@ -25,7 +50,11 @@ def config_ui() -> tuple[Path, RunConfig]:
         st.error(f"No config files in {state.REPO / 'configs'}; add a YAML config (see configs/shapes_gap.yaml in the repo).")
         st.stop()
     names = [p.name for p in configs]
-    config_path = st.selectbox("Config file", configs, key="train_config", format_func=lambda p: p.name,
+    st.caption("**shapes_<method>.yaml** train a small network from scratch on procedural shapes (minutes on a CPU). "
+               "**real_<method>.yaml** are the real-photo recipes, one per method (ImageNet-pretrained "
+               "EfficientNet-Lite0, 224 px): they train on their own data set or on **your image folder or CSV** "
+               "(below, once one is picked).")
+    config_path = st.selectbox("Config file", configs, key="train_config", format_func=config_label,
                                index=names.index("shapes_gap.yaml") if "shapes_gap.yaml" in names else 0)
     try:
         base = RunConfig.load(config_path)
@@ -37,12 +66,75 @@ def config_ui() -> tuple[Path, RunConfig]:
     return config_path, base
 
 
-def form_ui(config_path: Path, base: RunConfig) -> dict | None:
+def config_data(data) -> tuple[str, bool]:
+    """(what the config's own data is, whether it is here)."""
+    if data.name == PROCEDURAL:
+        return "procedural shapes, generated on the fly", True
+    if data.name == "csv" and data.csv:
+        where = Path(data.csv) if Path(data.csv).is_absolute() else state.REPO / data.csv
+        return f"the CSV {data.csv}", where.is_file()
+    where = Path(data.root or "") if Path(data.root or "").is_absolute() else state.REPO / (data.root or "")
+    return f"{data.name} at {data.root or '(no data.root set)'}", bool(data.root) and where.exists()
+
+
+def data_ui(base: RunConfig) -> list[str] | None:
+    """Where the images come from: the config's own data, or the user's folder or CSV (the real_<method>.yaml
+    recipes are made for that). The overrides it needs, or None (after saying why) when it cannot train."""
+    own, here = config_data(base.data)
+    sources = {"config": f"The config's data: {own}" + ("" if here else " — not found on this machine"),
+               "folder": "My image folder: one sub-folder per class (root/<class>/<image>, or nested deeper)",
+               "csv": "My CSV: a path column and a label column (optionally split: train/test/query/gallery)"}
+    source = st.radio("Train on", list(sources), format_func=sources.get, key="train_data_source")
+    if source == "config":
+        if not here:
+            st.warning(f"{own} is not on this machine, so this config cannot train as it is: pick your own folder "
+                       f"or CSV above, or get the data first (docs/datasets.md).")
+            return None
+        return []
+    if base.data.name == PROCEDURAL:
+        st.caption("The shapes configs train a small network from scratch on 64-px drawings; for photos pick a "
+                   "real_<method>.yaml recipe (ImageNet-pretrained EfficientNet-Lite0).")
+    folder = source == "folder"
+    given = st.text_input("Image folder" if folder else "CSV file", key=f"train_data_{source}",
+                          placeholder="/data/my_images" if folder else "/data/my_images/labels.csv",
+                          help=("classes are the sub-folders; the first half of the sorted classes train, the rest "
+                                "test" if folder else "paths relative to the CSV's folder; without a split column "
+                                "the first half of the sorted classes train, the rest test"))
+    if not given.strip():
+        st.info(f"Give the path of your {'image folder' if folder else 'CSV file'} to train on it.")
+        return None
+    path = Path(given.strip()).expanduser().resolve()
+    if not (path.is_dir() if folder else path.is_file()):
+        st.error(f"{path} is not {'a folder' if folder else 'a file'} on this machine (the server's); give the "
+                 f"path as the server sees it.")
+        return None
+    quoted = json.dumps(str(path))  # read as a YAML string whatever the path looks like
+    if folder:
+        return ["data.name=folder", f"data.root={quoted}", "data.csv=null"]
+    return ["data.name=csv", f"data.csv={quoted}", "data.root=null", "data.csv_label_column=label",
+            "data.csv_split_column=split"]
+
+
+def quick_ui(base: RunConfig) -> bool:
+    """Photos without a GPU: offer (and default to) a first result in minutes instead of hours."""
+    import torch
+
+    if base.data.name == PROCEDURAL or torch.cuda.is_available():
+        return False
+    return st.checkbox(f"Quick first result on this CPU: {QUICK_EPOCHS} epochs, 24 images per class, 160 px",
+                       value=True, key="train_quick",
+                       help=f"the recipe's full schedule ({base.train.epochs} epochs at {base.data.image_size} px on "
+                            f"every image) takes hours without a GPU; adds {' '.join(QUICK)}")
+
+
+def form_ui(config_path: Path, base: RunConfig, quick: bool = False) -> dict | None:
     """The settings form; its values once submitted, else None."""
     stem = config_path.stem
     with st.form(f"train_form_{stem}"):
         c1, c2, c3 = st.columns(3)
-        epochs = c1.number_input("Epochs", 1, 1000, int(base.train.epochs), key=f"train_epochs_{stem}")
+        # its own key when quick: ticking the box sets the epochs, unticking brings back the config's
+        epochs = c1.number_input("Epochs", 1, 1000, QUICK_EPOCHS if quick else int(base.train.epochs),
+                                 key=f"train_epochs_{stem}{'_quick' if quick else ''}")
         lr = c1.number_input("Learning rate", 1e-6, 1.0, float(base.train.lr), format="%.0e", step=1e-4, key=f"train_lr_{stem}")
         heads = HEADS.names()
         head = c2.selectbox("Head", heads, index=heads.index(base.model.head) if base.model.head in heads else 0,
@@ -65,12 +157,12 @@ def form_ui(config_path: Path, base: RunConfig) -> dict | None:
     return dict(epochs=epochs, lr=lr, head=head, backbone=backbone, seed=seed, name=name, root=root, extra=extra)
 
 
-def start_job(board, owner: str, config_path: Path, base: RunConfig, form: dict) -> None:
-    """Check the form and start the training child (or say what is wrong)."""
+def start_job(board, owner: str, config_path: Path, base: RunConfig, form: dict, data: list[str]) -> None:
+    """Check the form and start the training child (or say what is wrong); `data`: data_ui's overrides."""
     name, extra = form["name"], form["extra"]
     problem = jobs.validate_name(name)
     out = Path(form["root"]).expanduser() / name
-    overrides = [f"train.lr={form['lr']:g}", f"model.backbone={form['backbone']}"]
+    overrides = data + [f"train.lr={form['lr']:g}", f"model.backbone={form['backbone']}"]
     if form["head"] != base.model.head:  # the config's head arguments belong to its own head
         overrides += [f"model.head={form['head']}", "model.head_args={}"]
     overrides += extra.split()
@@ -122,7 +214,7 @@ def job_panel(key: str) -> None:
     status = job.status
     icon = {"running": ":material/hourglass_top:", "finished": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/stop_circle:"}[status]
     st.markdown(f"#### {icon} {job.name} — {status}")
-    st.caption(f"`{' '.join(job.command[1:])}` · log: `{job.log_path}`")
+    st.caption(f"`python {' '.join(job.command[1:])}` · log: `{job.log_path}`")
     if status == "running":
         progress_panel(job)
         if st.button("Cancel (keeps the completed epochs)", key=f"cancel_{key}"):
@@ -152,6 +244,9 @@ def job_panel(key: str) -> None:
         h1, h2 = st.columns(2)
         h1.plotly_chart(figures.history_curves(history, losses, "training loss"), key=f"loss_{key}", width="stretch")
         h2.plotly_chart(figures.history_curves(history, scores, "validation metrics"), key=f"val_{key}", width="stretch")
+        if (history["epoch"] < 0).any():
+            st.caption("Epoch −1: the starting weights, scored before training (the run keeps them if no epoch "
+                       "beats them).")
     with st.expander("Log", expanded=status == "failed"):
         st.code(job.log_tail() or "(empty)", language=None)
     if status != "running" and not job.announced:
@@ -184,10 +279,15 @@ def main() -> None:
         st.info("Training is off in teaching mode (the dashboard is shared read-only).")
         st.stop()
     config_path, base = config_ui()
-    form = form_ui(config_path, base)
+    data = data_ui(base)
+    quick = quick_ui(base)
+    form = form_ui(config_path, base, quick)
     board, owner = state.training_jobs(), state.session_owner()
     if form is not None:
-        start_job(board, owner, config_path, base, form)
+        if data is None:
+            st.error("Choose data this config can train on (above) first.")
+        else:
+            start_job(board, owner, config_path, base, form, data + (QUICK if quick else []))
     jobs_ui(board, owner)
 
 
