@@ -114,7 +114,7 @@ def evaluate_run(run: Path, n_images: int, batch: int = 64) -> dict:
     area = np.concatenate(area)
     trained = json.loads((run / ckpt.METRICS).read_text())
     result = {"run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
-              "trained": f"{trained.get('epochs', '?')} epochs on {trained.get('device', '?')}",
+              "trained": f"{trained.get('epochs', '?')} epochs on {trained.get('trained_on', trained.get('device', '?'))}",
               "head": cfg.model.head, "blocks": [b.name for b in cfg.model.blocks], "images": int(len(idx)),
               "uniform_mass": float(area.mean()), "uniform_pointing": float(area.mean()),
               "maps": {name: _summarise(cat(per_channel[name]), cat(aggregate[name])) for name in per_channel}}
