@@ -33,6 +33,22 @@ def spec(at: AppTest) -> dict:
     return fig
 
 
+def focus(at: AppTest) -> dict:
+    """The clicked item and its neighbours as the page hands them to the map's browser side."""
+    import html
+    import re
+    (body,) = [h.proto.body for h in at.get("html") if h.proto.body.startswith("<div class=\"metriclens-focus\"")]
+    return json.loads(html.unescape(re.search(r'data-focus="([^"]*)"', body).group(1)))
+
+
+def spec_point(at: AppTest, item: int) -> tuple[float, float]:
+    for trace in spec(at)["data"]:
+        if item in trace["customdata"]:
+            k = trace["customdata"].index(item)
+            return trace["x"][k], trace["y"][k]
+    raise AssertionError(f"#{item} is not on the map")
+
+
 def kept_ids(at: AppTest) -> list[int]:
     return sorted(at.session_state["explore_selection"]["ids"])
 
@@ -45,11 +61,10 @@ def test_click_lists_neighbours_and_rings_them_on_the_map(runs):
     sims[5] = -np.inf
     expected = np.argsort(-sims, kind="stable")[:8]
     assert "Nearest neighbours of #5" in texts(at)
-    traces = {t["name"]: t for t in spec(at)["data"]}
-    ring = traces["8 nearest of #5"]
-    assert ring["customdata"] == expected.tolist()          # the exact top 8 by cosine, best first
-    assert ring["marker"]["symbol"] == "circle-open"
-    assert traces["#5"]["customdata"] == [5] and traces["#5"]["marker"]["symbol"] == "star"
+    marks = focus(at)   # drawn above the map by its browser side (map_bridge.js): the star, then the rings
+    assert marks["item"] == 5 and marks["ids"] == [5, *expected.tolist()]   # the exact top 8 by cosine, best first
+    assert marks["name"] == "8 nearest of #5" and marks["text"][1].startswith(f"#{expected[0]} ")
+    assert marks["x"][0] == pytest.approx(spec_point(at, 5)[0], abs=1e-4)    # where the map draws the item
     captions = [c.caption for img in at.get("image") for c in img.proto.imgs]
     assert f"{sims[expected[0]]:.3f}" in captions[1]         # similarities listed with the neighbour images
     assert at.session_state["query"] == 5                      # the clicked item is the query

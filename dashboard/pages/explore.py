@@ -4,6 +4,7 @@ by any per-item field; isolate the selection and re-project it; export it; the s
 live in the link."""
 from __future__ import annotations
 
+import html
 import json
 import os
 import time
@@ -20,6 +21,7 @@ GRID_LIMIT = 40
 NEIGHBOURS = 8
 SELECTION, SEEN, ISOLATED = "explore_selection", "explore_map_seen", "explore_isolated"  # kept ids; chart value seen
 DRAWN = "explore_drawn"  # (item ids, coordinates) of the map last drawn: a lasso's polygon is in those coordinates
+FIGURE = "explore_figure"  # what the map's figure was last built with: see figure_selection
 SAME_SIZE = "same size"
 # the map's browser side (click -> selection, double-click -> Clear, hover thumbnails, j/k): see the file
 
@@ -109,6 +111,14 @@ def write_link(run: str, colour_by: str, size_by: str, selected: np.ndarray) -> 
     elif encoded:
         st.caption("This selection is too scattered to fit in the link; the link keeps the colouring only.")
     st.session_state["_page_link"] = {"explore": link}
+    # app.py writes the link after a full run; a rerun of the map's fragment alone does not reach it
+    params = {k: v for k, v in st.query_params.to_dict().items() if k not in ("colour", "size", "sel")}
+    if st.session_state.get(state.QUERY) is not None and not st.session_state.get(state.UPLOAD):
+        params["query"] = str(st.session_state[state.QUERY])
+    params.update(link)
+    if params != st.query_params.to_dict():
+        st.query_params.from_dict(params)
+    st.session_state["_url_written"] = params  # app.py's URL_WRITTEN: this URL is the page's, not the browser's Back
 
 
 # ---- controls ---------------------------------------------------------------------------------------------
@@ -237,29 +247,58 @@ def view_ui(run: str, art: state.Artifacts, projection: str) -> tuple[np.ndarray
     return all_ids, state.coords(run, "pca"), "PCA"
 
 
-def read_selection(run: str, n: int, sampled: bool) -> np.ndarray:
-    """The kept selection, replaced by a new lasso, box, click or double-click on the chart.
+def read_selection(run: str, n: int, sampled: bool) -> tuple[np.ndarray, str | None]:
+    """(the kept selection, replaced by a new lasso, box, click or double-click on the chart; the kind of that
+    chart action: "area" (lasso or box), "points" (a click), "clear" (a double-click), None for no action).
 
     The chart's value is read before the chart is drawn: it belongs to the figure of the previous run (the
     one the user lassoed, clicked or double-clicked). A changed figure is a new chart whose value starts
     empty, so only a value that differs from the one seen after the last draw is a user action. No value at
     all (the page's first draw, or a return from another page) is none either: the kept selection stays."""
-    selected = kept(SELECTION, run)
+    selected, kind = kept(SELECTION, run), None
     before = st.session_state.get("explore_map")
     if before is not None and event_key(before) != st.session_state.get(SEEN):
         view_ids, drawn_on = st.session_state.get(DRAWN) or (None, None)
         picked = logic.selected_ids(before, drawn_on, use_geometry=sampled and drawn_on is not None, ids=view_ids)
-        selected = np.zeros(0, int) if (picked < 0).any() else picked[picked < n]  # -1: double-click clear
+        selection = before.get("selection") or {}
+        kind = ("clear" if (picked < 0).any() else
+                "area" if selection.get("lasso") or selection.get("box") else "points")
+        selected = np.zeros(0, int) if kind == "clear" else picked[picked < n]  # -1: double-click clear
         if len(selected) == 1:  # a click: the clicked item becomes the query (neighbours, j/k, other pages)
             st.session_state[state.QUERY] = int(selected[0])
             st.session_state[state.UPLOAD] = None
     selected = np.zeros(0, int) if selected is None else selected
     keep(SELECTION, run, selected)
-    return selected
+    return np.asarray(st.session_state[SELECTION]["ids"], dtype=int), kind
+
+
+def figure_selection(look: str, selected: np.ndarray, kind: str | None) -> tuple[np.ndarray, int]:
+    """(the selection to draw into the map's figure, the figure's revision).
+
+    Streamlit's frontend keeps a chart whose figure is unchanged, and builds a new WebGL plot for any other
+    figure: on a big map most of a lasso's or a click's latency. So a selection made on the chart itself
+    leaves the figure as it was: a lasso or box shows its selection by itself, and a clicked item on a map
+    showing no selection is shown by the star and rings above the plot (focus_ui). Anything else that
+    changes the selection or the look (search, link, Clear, previous/next, recolouring) draws the selection
+    into a new figure with a new revision: never the figure of an earlier chart, whose selection the
+    browser would bring back."""
+    fig = st.session_state.get(FIGURE) or {"rev": 0, "shown": []}
+    shown = np.asarray(fig["shown"], dtype=int)         # what the chart shows as selected now
+    if kind == "area":
+        shown = selected
+    elif kind == "clear":                                # plotly cleared its own selection on the double-click
+        shown = np.zeros(0, int)
+    in_step = np.array_equal(shown, selected) or (not len(shown) and len(selected) == 1)
+    if fig.get("look") != look or not in_step:
+        fig = {"look": look, "sel": selected.tolist(), "shown": selected.tolist(), "rev": fig["rev"] + 1}
+    else:
+        fig = fig | {"shown": shown.tolist()}
+    st.session_state[FIGURE] = fig
+    return np.asarray(fig["sel"], dtype=int), fig["rev"]
 
 
 def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, colour: tuple,
-           sizes: np.ndarray | None, colour_by: str, selected: np.ndarray, focus: tuple | None) -> None:
+           sizes: np.ndarray | None, colour_by: str, look: str, selected: np.ndarray, kind: str | None) -> None:
     view_ids, coords = view     # view_ids: sorted item ids
     n, names = len(art.labels), art.class_names
     shown = logic.stratified_sample(art.labels[view_ids], MAX_POINTS)
@@ -270,23 +309,13 @@ def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, c
     if values is not None:
         hover = [f"{h} · {colour_by} {v:.3f}" for h, v in zip(hover, values[ids].tolist())]
     where = f"{len(view_ids)} isolated" if len(view_ids) < n else str(n)
+    drawn, revision = figure_selection(look, selected, kind)
     fig = figures.embedding_map(
-        coords[shown], ids, None if categories is None else categories[ids], hover, colours, selected=selected,
+        coords[shown], ids, None if categories is None else categories[ids], hover, colours, selected=drawn,
         values=None if values is None else values[ids], value_name=colour_by,
         sizes=None if sizes is None else sizes[ids], thumbs=thumbs,
         title=f"{shown_projection} of {where} test embeddings" + (f" ({len(shown)} shown)" if len(shown) < len(view_ids) else ""))
-    if focus is not None:
-        item, neighbour_ids, sims = focus
-        at = np.minimum(np.searchsorted(view_ids, neighbour_ids), len(view_ids) - 1)
-        on_map = view_ids[at] == neighbour_ids     # an isolated view may leave some out
-        if on_map.any():
-            figures.highlight_items(fig, coords[at[on_map]], neighbour_ids[on_map],
-                                    [f"#{i} {names[i]} · {s:.3f}" for i, s in zip(neighbour_ids[on_map], sims[on_map])],
-                                    f"{on_map.sum()} nearest of #{item}", thumbs=thumbs)
-        at = np.searchsorted(view_ids, item)
-        if at < len(view_ids) and view_ids[at] == item:
-            figures.highlight_items(fig, coords[[at]], [item], [f"#{item} {names[item]}"], f"#{item}", focus=True,
-                                    thumbs=thumbs)
+    fig.update_layout(datarevision=revision)  # a new revision is a new chart (figure_selection)
     # shown while the browser loads plotly.js (a session's first seconds on the page)
     ui.map_still(coords[shown], np.full(len(shown), "") if categories is None else categories[ids], colours)
     event = st.plotly_chart(fig, key="explore_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
@@ -297,6 +326,25 @@ def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, c
     if len(shown) < len(view_ids):
         st.caption(f"The map shows a stratified sample of {len(shown)} of {len(view_ids)} points; box and lasso "
                    f"select over all of them, and every metric uses the full set.")
+
+
+def focus_ui(run: str, art: state.Artifacts, view: tuple, focus: tuple | None) -> None:
+    """The clicked item (a star) and its nearest neighbours (rings) for the map's browser side
+    (map_bridge.js), which draws them above the plot: the map's figure stays the same (figure_selection), so
+    a click costs no new WebGL plot. Always one element, so the chart keeps its place on the page."""
+    payload = {}
+    if focus is not None:
+        view_ids, coords = view
+        item, neighbour_ids, sims = focus
+        names, marked = art.class_names, np.asarray([item, *neighbour_ids])
+        at = np.minimum(np.searchsorted(view_ids, marked), len(view_ids) - 1)
+        on_map = view_ids[at] == marked     # an isolated view may leave some out
+        texts = [f"#{item} {names[item]}"] + [f"#{i} {names[i]} · {s:.3f}" for i, s in zip(neighbour_ids, sims)]
+        payload = {"item": item, "name": f"{int(on_map[1:].sum())} nearest of #{item}", "colour": figures.HIGHLIGHT,
+                   "thumbs": state.thumbnail_url(run), "ids": marked[on_map].tolist(),
+                   "x": coords[at[on_map], 0].tolist(), "y": coords[at[on_map], 1].tolist(),
+                   "text": [t for t, keep in zip(texts, on_map) if keep]}
+    st.html(f'<div class="metriclens-focus" data-focus="{html.escape(json.dumps(payload))}"></div>')
 
 
 # ---- what is selected ----------------------------------------------------------------------------------------
@@ -342,7 +390,9 @@ def selection_ui(run: str, art: state.Artifacts, selected: np.ndarray, fields: d
         isolate_ui(run, selected)
     def clear():  # a callback: it runs before the next script run, so it may empty the search box too
         keep(SELECTION, run, [])
-        st.session_state["explore_find"] = ""
+        if st.session_state.get("explore_find"):  # the box is outside the fragment: the whole page reruns
+            st.session_state["explore_find"] = ""
+            st.session_state["_explore_rerun_app"] = True
     s4.button("Clear selection", key="explore_clear", on_click=clear)
     m1, m2, m3 = st.columns([1, 1, 2])
     with m1:
@@ -390,6 +440,36 @@ def prefetch(run: str) -> None:
     state.thumbnails(run)
 
 
+@st.fragment
+def selection_area(run: str, art: state.Artifacts, fields: dict, view: tuple, colour: tuple, sizes, colour_by: str,
+                   size_by: str, look: str, query_drawn: int | None) -> None:
+    """The map and what is selected on it. A fragment: a lasso, a click, previous/next or a button of the
+    selection reruns this part only, not the page's controls and sidebar above it."""
+    n = len(art.labels)
+    if st.session_state.pop("_explore_rerun_app", False):  # Clear emptied the search box, which is outside
+        st.rerun(scope="app")
+    selected, kind = read_selection(run, n, sampled=len(view[0]) > MAX_POINTS)
+    stepped = query_ui(run, n, selected)
+    if not np.array_equal(stepped, selected):
+        selected, kind = stepped, None
+    if query_drawn is not None and st.session_state.get(state.QUERY) != query_drawn:
+        st.rerun(scope="app")  # coloured or sized by the similarity to the query, which changed
+    focus = None
+    if len(selected) == 1:
+        item = int(selected[0])
+        focus = (item, *items.neighbours(state.neighbour_index(run), art.embeddings, item, NEIGHBOURS))
+    map_ui(run, art, view[:2], view[2], colour, sizes, colour_by, look, selected, kind)
+    focus_ui(run, art, view[:2], focus)
+    write_link(run, colour_by, size_by, selected)
+    if focus is not None:
+        neighbours_ui(run, art, *focus)
+    if not len(selected):
+        nothing_selected_ui(run)
+        prefetch(run)
+        return
+    selection_ui(run, art, selected, fields)
+
+
 def page() -> None:
     st.title("Explore the embedding")
     run = ui.require_run()
@@ -402,23 +482,12 @@ def page() -> None:
     projection, colour_by, size_by = controls_ui(run, colour_options, size_options)
     search_ui(run)
     view = view_ui(run, art, projection)
-    selected = read_selection(run, n, sampled=len(view[0]) > MAX_POINTS)
-    selected = query_ui(run, n, selected)
     colour = colouring(run, art, colour_by, fields)
     sizes = marker_sizes(run, art, size_by)
-    focus = None
-    if len(selected) == 1:
-        item = int(selected[0])
-        focus = (item, *items.neighbours(state.neighbour_index(run), art.embeddings, item, NEIGHBOURS))
-    map_ui(run, art, view[:2], view[2], colour, sizes, colour_by, selected, focus)
-    write_link(run, colour_by, size_by, selected)
-    if focus is not None:
-        neighbours_ui(run, art, *focus)
-    if not len(selected):
-        nothing_selected_ui(run)
-        prefetch(run)
-        return
-    selection_ui(run, art, selected, fields)
+    query_drawn = ui.query_item(n) if items.QUERY_SIMILARITY in (colour_by, size_by) else None
+    # what the figure shows besides the selection (figure_selection): a change is a new chart
+    look = f"{run}|{view[2]}|{len(view[0])}:{hash(view[0].tobytes())}|{colour_by}|{size_by}|{query_drawn}"
+    selection_area(run, art, fields, view, colour, sizes, colour_by, size_by, look, query_drawn)
 
 
 if os.environ.get("PROFILE_PAGE"):
