@@ -16,7 +16,7 @@ import streamlit as st
 from core.run_dir import ARTIFACTS, coords_file
 from dashboard import figures, items, logic, state, ui
 
-MAX_POINTS = 20_000      # above this the map shows a stratified sample; metrics still use every point
+MAX_POINTS = 10_000      # above this the map is thinned where points overlap; metrics still use every point
 GRID_LIMIT = 40
 NEIGHBOURS = 8
 SELECTION, SEEN, ISOLATED = "explore_selection", "explore_map_seen", "explore_isolated"  # kept ids; chart value seen
@@ -281,18 +281,23 @@ def figure_selection(look: str, selected: np.ndarray, kind: str | None) -> tuple
     showing no selection is shown by the star and rings above the plot (focus_ui). Anything else that
     changes the selection or the look (search, link, Clear, previous/next, recolouring) draws the selection
     into a new figure with a new revision: never the figure of an earlier chart, whose selection the
-    browser would bring back."""
-    fig = st.session_state.get(FIGURE) or {"rev": 0, "shown": []}
+    browser would bring back. So does a selection that differs from the chart's value (its last lasso or
+    click): the same gesture again would leave that value unchanged, and so unseen."""
+    fig = st.session_state.get(FIGURE) or {"rev": 0, "shown": [], "value": []}
     shown = np.asarray(fig["shown"], dtype=int)         # what the chart shows as selected now
+    value = np.asarray(fig["value"], dtype=int)         # the selection in the chart's value
+    if kind is not None:
+        value = np.asarray([-1]) if kind == "clear" else selected
     if kind == "area":
         shown = selected
     elif kind == "clear":                                # plotly cleared its own selection on the double-click
         shown = np.zeros(0, int)
-    in_step = np.array_equal(shown, selected) or (not len(shown) and len(selected) == 1)
-    if fig.get("look") != look or not in_step:
-        fig = {"look": look, "sel": selected.tolist(), "shown": selected.tolist(), "rev": fig["rev"] + 1}
+    in_step = ((np.array_equal(shown, selected) or (not len(shown) and len(selected) == 1))
+               and (not len(value) or np.array_equal(value, selected)))
+    if fig.get("look") != look or not in_step:           # a new chart, whose value starts empty
+        fig = {"look": look, "sel": selected.tolist(), "shown": selected.tolist(), "value": [], "rev": fig["rev"] + 1}
     else:
-        fig = fig | {"shown": shown.tolist()}
+        fig = fig | {"shown": shown.tolist(), "value": value.tolist()}
     st.session_state[FIGURE] = fig
     return np.asarray(fig["sel"], dtype=int), fig["rev"]
 
@@ -301,7 +306,7 @@ def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, c
            sizes: np.ndarray | None, colour_by: str, look: str, selected: np.ndarray, kind: str | None) -> None:
     view_ids, coords = view     # view_ids: sorted item ids
     n, names = len(art.labels), art.class_names
-    shown = logic.stratified_sample(art.labels[view_ids], MAX_POINTS)
+    shown = logic.thinned_sample(coords, MAX_POINTS)   # fewer points: a faster first paint, lasso and redraw
     ids = view_ids[shown]
     categories, colours, values = colour
     thumbs = state.thumbnail_url(run)
@@ -324,8 +329,9 @@ def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, c
     st.session_state[DRAWN] = (view_ids, coords)
     ui.map_bridge()
     if len(shown) < len(view_ids):
-        st.caption(f"The map shows a stratified sample of {len(shown)} of {len(view_ids)} points; box and lasso "
-                   f"select over all of them, and every metric uses the full set.")
+        st.caption(f"The map draws {len(shown)} of {len(view_ids)} points, thinned where they overlap (sparse "
+                   f"regions keep every point); box and lasso select over all of them, and every metric uses the "
+                   f"full set.")
 
 
 def focus_ui(run: str, art: state.Artifacts, view: tuple, focus: tuple | None) -> None:
