@@ -22,6 +22,7 @@ NEIGHBOURS = 8
 SELECTION, SEEN, ISOLATED = "explore_selection", "explore_map_seen", "explore_isolated"  # kept ids; chart value seen
 DRAWN = "explore_drawn"  # (item ids, coordinates) of the map last drawn: a lasso's polygon is in those coordinates
 FIGURE = "explore_figure"  # what the map's figure was last built with: see figure_selection
+BUILT = "explore_built"    # ((look, revision), the figure): the last figure, reused while they stay the same
 SAME_SIZE = "same size"
 # the map's browser side (click -> selection, double-click -> Clear, hover thumbnails, j/k): see the file
 
@@ -309,18 +310,23 @@ def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, c
     shown = logic.thinned_sample(coords, MAX_POINTS)   # fewer points: a faster first paint, lasso and redraw
     ids = view_ids[shown]
     categories, colours, values = colour
-    thumbs = state.thumbnail_url(run)
-    hover = [f"#{i} {names[i]}" for i in ids.tolist()]
-    if values is not None:
-        hover = [f"{h} · {colour_by} {v:.3f}" for h, v in zip(hover, values[ids].tolist())]
-    where = f"{len(view_ids)} isolated" if len(view_ids) < n else str(n)
     drawn, revision = figure_selection(look, selected, kind)
-    fig = figures.embedding_map(
-        coords[shown], ids, None if categories is None else categories[ids], hover, colours, selected=drawn,
-        values=None if values is None else values[ids], value_name=colour_by,
-        sizes=None if sizes is None else sizes[ids], thumbs=thumbs,
-        title=f"{shown_projection} of {where} test embeddings" + (f" ({len(shown)} shown)" if len(shown) < len(view_ids) else ""))
-    fig.update_layout(datarevision=revision)  # a new revision is a new chart (figure_selection)
+    built = st.session_state.get(BUILT)
+    if built is not None and built[0] == (look, revision):
+        fig = built[1]      # the same figure as last run: not built again (a tenth of a second on a big map)
+    else:
+        thumbs = state.thumbnail_url(run)
+        hover = [f"#{i} {names[i]}" for i in ids.tolist()]
+        if values is not None:
+            hover = [f"{h} · {colour_by} {v:.3f}" for h, v in zip(hover, values[ids].tolist())]
+        where = f"{len(view_ids)} isolated" if len(view_ids) < n else str(n)
+        fig = figures.embedding_map(
+            coords[shown], ids, None if categories is None else categories[ids], hover, colours, selected=drawn,
+            values=None if values is None else values[ids], value_name=colour_by,
+            sizes=None if sizes is None else sizes[ids], thumbs=thumbs,
+            title=f"{shown_projection} of {where} test embeddings" + (f" ({len(shown)} shown)" if len(shown) < len(view_ids) else ""))
+        fig.update_layout(datarevision=revision)  # a new revision is a new chart (figure_selection)
+        st.session_state[BUILT] = ((look, revision), fig)
     # shown while the browser loads plotly.js (a session's first seconds on the page)
     ui.map_still(coords[shown], np.full(len(shown), "") if categories is None else categories[ids], colours)
     event = st.plotly_chart(fig, key="explore_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
@@ -379,7 +385,9 @@ def isolate_ui(run: str, selected: np.ndarray) -> None:
 
 
 def export_ui(run: str, art: state.Artifacts, selected: np.ndarray, fields: dict) -> None:
-    st.download_button(f"Export {len(selected)} as CSV", items.selection_csv(selected, art.items, art.labels, fields),
+    # a callable: the CSV is made when the button is pressed, not on every rerun (tenths of a second for 10k items)
+    st.download_button(f"Export {len(selected)} as CSV",
+                       lambda: items.selection_csv(selected, art.items, art.labels, fields), on_click="ignore",
                        file_name=f"{Path(run).name}_selection.csv", mime="text/csv", key="explore_export",
                        help="item, label, class, split, index in the split, path and every field")
 
@@ -492,7 +500,8 @@ def page() -> None:
     sizes = marker_sizes(run, art, size_by)
     query_drawn = ui.query_item(n) if items.QUERY_SIMILARITY in (colour_by, size_by) else None
     # what the figure shows besides the selection (figure_selection): a change is a new chart
-    look = f"{run}|{view[2]}|{len(view[0])}:{hash(view[0].tobytes())}|{colour_by}|{size_by}|{query_drawn}"
+    look = (f"{state.thumbnail_url(run)}|{view[2]}|{len(view[0])}:{hash(view[0].tobytes())}|{colour_by}|{size_by}"
+            f"|{query_drawn}")     # the thumbnails' folder names the run, its artifacts' version and data folder
     selection_area(run, art, fields, view, colour, sizes, colour_by, size_by, look, query_drawn)
 
 
