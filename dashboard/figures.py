@@ -58,25 +58,27 @@ HIGHLIGHT = "#ff1493"    # rings around a clicked item's neighbours: no class co
 def embedding_map(coords: np.ndarray, ids: np.ndarray, categories: list[str] | None, hover: list[str],
                   colours: dict[str, str] | None = None, title: str = "", height: int = 560,
                   selected=None, values: np.ndarray | None = None, value_name: str = "",
-                  sizes: np.ndarray | None = None, thumbs: str | None = None) -> go.Figure:
+                  sizes: np.ndarray | None = None, thumbs: str | None = None,
+                  opacities: np.ndarray | None = None) -> go.Figure:
     """The map: one WebGL trace per category, or one trace coloured on a continuous scale (`values`,
     nan drawn grey), or one trace with a colour per point past MAX_TRACES categories. customdata
     carries item ids, because point indices count within a trace (research/dashboard.md §3.3); a
     selection's customdata may come back as {'0': v}, which logic.decode_customdata reads. `selected` item ids
     are drawn as plotly's selection (the others faded), so a selection kept across a recolouring stays
-    visible. `sizes`: a marker size per point. `thumbs`: the URL folder of the thumbnail sheets, read
+    visible. `sizes`, `opacities`: a marker size and opacity per point. `thumbs`: the URL folder of the thumbnail sheets, read
     by the page's hover script (trace meta)."""
     fig = go.Figure()
     hover, ids = np.asarray(hover), np.asarray(ids)
     chosen = np.isin(ids, np.asarray(list(selected), dtype=int)) if selected is not None and len(selected) else None
     size = (lambda m: 7 if sizes is None else np.asarray(sizes, dtype=np.float32)[m])  # noqa: E731
+    opacity = (lambda m: 0.85 if opacities is None else np.asarray(opacities, dtype=np.float32)[m])  # noqa: E731
 
     def add(m, name, marker, showlegend=True):
         # numpy arrays, not lists: plotly checks a list element by element and Streamlit deep-copies it
         # (seconds for 20k points); arrays go to the browser as typed arrays
         trace = go.Scattergl(x=coords[m, 0].astype(np.float32), y=coords[m, 1].astype(np.float32), mode="markers",
                              name=str(name), customdata=ids[m], text=hover[m], hovertemplate="%{text}<extra></extra>",
-                             marker=dict(size=size(m), opacity=0.85, **marker), showlegend=showlegend, meta=thumbs)
+                             marker=dict(size=size(m), opacity=opacity(m), **marker), showlegend=showlegend, meta=thumbs)
         if chosen is not None:
             trace.update(selectedpoints=np.flatnonzero(chosen[m]).tolist(),
                          selected=dict(marker=dict(opacity=1.0)), unselected=dict(marker=dict(opacity=0.25)))

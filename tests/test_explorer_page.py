@@ -27,7 +27,7 @@ def spec(at: AppTest) -> dict:
     for trace in fig["data"]:
         for key in ("x", "y", "customdata"):
             trace[key] = plotly_list(trace[key])
-        for key in ("color", "size"):
+        for key in ("color", "size", "opacity"):
             if isinstance(trace["marker"].get(key), (dict, list)):
                 trace["marker"][key] = plotly_list(trace["marker"][key])
     return fig
@@ -113,6 +113,10 @@ def test_colour_and_size_by_any_field_keep_the_selection(runs):
     sizes = {i: s for t in spec(at)["data"] for i, s in zip(t["customdata"], t["marker"]["size"])}
     best, worst = np.nanargmax(table.r_precision), np.nanargmin(table.r_precision)
     assert sizes[best] == 14 and sizes[worst] == 4
+    at.selectbox(key="explore_opacity").set_value("R-precision").run()
+    opacity = {i: a for t in spec(at)["data"] for i, a in zip(t["customdata"], t["marker"]["opacity"])}
+    assert opacity[best] == pytest.approx(1.0) and opacity[worst] == pytest.approx(0.15)
+    assert selected_on_map(at) == {2, 9, 30}
     at.selectbox(key="explore_colour").set_value("similarity to the query").run()
     (trace,) = [t for t in spec(at)["data"] if t["name"] == "similarity to the query"]
     q = at.session_state["query"]
@@ -144,12 +148,14 @@ def test_isolate_reprojects_the_selection_and_exports_it(runs):
 def test_link_keeps_selection_and_colouring_and_refuses_hostile_values(runs):
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["run"] = runs[0]
-    at.query_params.update({"sel": "2,9,30-32", "colour": "top-1 neighbour correct", "size": "MAP@R"})
+    at.query_params.update({"sel": "2,9,30-32", "colour": "top-1 neighbour correct", "size": "MAP@R",
+                            "opacity": "R-precision"})
     at.run()
     assert not at.exception
     assert kept_ids(at) == [2, 9, 30, 31, 32]
     assert at.selectbox(key="explore_colour").value == "top-1 neighbour correct"
     assert at.selectbox(key="explore_size").value == "MAP@R"
+    assert at.selectbox(key="explore_opacity").value == "R-precision" and at.query_params["opacity"] == "R-precision"
     assert at.query_params["sel"] == "2,9,30-32" and at.query_params["colour"] == "top-1 neighbour correct"
     inject(at, [7])
     assert at.query_params["sel"] == "7"

@@ -1,6 +1,6 @@
 """Explore: the test embeddings on a 2-D map. Select points (lasso, box, click or search) to see their
-images and metrics; a clicked item's nearest neighbours are listed and ringed on the map; colour or size
-by any per-item field; isolate the selection and re-project it; export it; the selection and colouring
+images and metrics; a clicked item's nearest neighbours are listed and ringed on the map; colour, size or
+opacity by any per-item field; isolate the selection and re-project it; export it; the selection and colouring
 live in the link."""
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ SELECTION, SEEN, ISOLATED = "explore_selection", "explore_map_seen", "explore_is
 DRAWN = "explore_drawn"  # (item ids, coordinates) of the map last drawn: a lasso's polygon is in those coordinates
 FIGURE = "explore_figure"  # what the map's figure was last built with: see figure_selection
 BUILT = "explore_built"    # ((look, revision), the figure): the last figure, reused while they stay the same
-SAME_SIZE = "same size"
+SAME_SIZE, SAME_OPACITY = "same size", "same opacity"
+# marker size (px) and opacity over a field's range: the least gets the first, the most the second
+SCALES = {"size": (SAME_SIZE, 4.0, 14.0), "opacity": (SAME_OPACITY, 0.15, 1.0)}
 # the map's browser side (click -> selection, double-click -> Clear, hover thumbnails, j/k): see the file
 
 
@@ -80,12 +82,14 @@ def wait_for_subset_umap(run_dir: str, ids: tuple[int, ...]) -> None:
 
 
 # ---- the link ---------------------------------------------------------------------------------------------
-def link_ui(run: str, n: int, colour_options: list[str], size_options: list[str]) -> None:
-    """Once per session: the selection (sel=3,7-12), colouring (colour=) and sizing (size=) from the link.
+def link_ui(run: str, n: int, colour_options: list[str], scale_options: dict[str, list[str]]) -> None:
+    """Once per session: the selection (sel=3,7-12), colouring (colour=), sizing (size=) and opacity (opacity=)
+    from the link.
     Values are checked against what this run offers; a bad one is said and ignored, never used."""
     params = st.session_state.pop("_link_params", None) or {}
     problems = []
-    for param, key, options in (("colour", "explore_colour", colour_options), ("size", "explore_size", size_options)):
+    for param, options in (("colour", colour_options), *scale_options.items()):
+        key = f"explore_{param}"
         if param in params:
             if params[param] in options:
                 st.session_state[key] = params[param]
@@ -101,11 +105,10 @@ def link_ui(run: str, n: int, colour_options: list[str], size_options: list[str]
         st.warning(f"The link's {problem}; it is ignored.")
 
 
-def write_link(run: str, colour_by: str, size_by: str, selected: np.ndarray) -> None:
+def write_link(run: str, colour_by: str, scale_by: dict[str, str], selected: np.ndarray) -> None:
     """This page's part of the URL; app.py merges it into the deep link after the page ran."""
     link = {"colour": colour_by}
-    if size_by != SAME_SIZE:
-        link["size"] = size_by
+    link.update((what, by) for what, by in scale_by.items() if by != SCALES[what][0])
     encoded = items.encode_ids(selected)
     if encoded and len(encoded) <= items.MAX_LINK_CHARS:
         link["sel"] = encoded
@@ -113,7 +116,7 @@ def write_link(run: str, colour_by: str, size_by: str, selected: np.ndarray) -> 
         st.caption("This selection is too scattered to fit in the link; the link keeps the colouring only.")
     st.session_state["_page_link"] = {"explore": link}
     # app.py writes the link after a full run; a rerun of the map's fragment alone does not reach it
-    params = {k: v for k, v in st.query_params.to_dict().items() if k not in ("colour", "size", "sel")}
+    params = {k: v for k, v in st.query_params.to_dict().items() if k not in ("colour", *SCALES, "sel")}
     if st.session_state.get(state.QUERY) is not None and not st.session_state.get(state.UPLOAD):
         params["query"] = str(st.session_state[state.QUERY])
     params.update(link)
@@ -131,18 +134,20 @@ def colour_options_for(run: str, art: state.Artifacts, fields: dict) -> list[str
     return options + [f"dominant {name} channel" for name in multi_maps]
 
 
-def controls_ui(run: str, colour_options: list[str], size_options: list[str]) -> tuple[str, str, str]:
-    c1, c2, c3, c4 = st.columns([1.1, 1.5, 1.2, 2.2])
+def controls_ui(run: str, colour_options: list[str], scale_options: dict[str, list[str]]) -> tuple[str, str, dict]:
+    c1, c2, c3, c4, c5 = st.columns([1.1, 1.5, 1.1, 1.1, 2.0])
     projection = c1.radio("Projection", ui.projections(run), horizontal=True, key="explore_projection")
     colour_by = c2.selectbox("Colour by", colour_options, key="explore_colour",
                              help="any per-item field; R-precision, MAP@R and the similarity to the query on a "
                                   "continuous scale; dominant group: the embedding group contributing most to the "
                                   "similarity with the item's top-1 neighbour; dominant channel: the map channel "
                                   "holding the most mass")
-    size_by = c3.selectbox("Size by", size_options, key="explore_size")
-    c4.text_input("Find and select", key="explore_find", placeholder="e.g. red diamond, #12, a file name",
+    scale_by = {what: column.selectbox(f"{what.capitalize()} by", scale_options[what], key=f"explore_{what}",
+                                       help="a per-item score over its range: least small (faint), most large (opaque)")
+                for what, column in (("size", c3), ("opacity", c4))}
+    c5.text_input("Find and select", key="explore_find", placeholder="e.g. red diamond, #12, a file name",
                   help="items whose class, attributes, file name or folder contain every word; Enter selects them")
-    return projection, colour_by, size_by
+    return projection, colour_by, scale_by
 
 
 def search_ui(run: str) -> None:
@@ -213,14 +218,15 @@ def colouring(run: str, art: state.Artifacts, colour_by: str, fields: dict):
         return fields["class"], None, None
 
 
-def marker_sizes(run: str, art: state.Artifacts, size_by: str) -> np.ndarray | None:
-    """Marker size per item, 4–14 px over the field's range (missing values small)."""
-    if size_by == SAME_SIZE:
+def marker_scale(run: str, art: state.Artifacts, what: str, by: str) -> np.ndarray | None:
+    """Marker size (4–14 px) or opacity (0.15–1) per item over the field's range (missing values least)."""
+    same, low, high = SCALES[what]
+    if by == same:
         return None
-    values = field_values(run, art, size_by).astype(float)
+    values = field_values(run, art, by).astype(float)
     lo, hi = np.nanmin(values), np.nanmax(values)
     share = np.nan_to_num((values - lo) / (hi - lo) if hi > lo else np.full_like(values, 0.5), nan=0.0)
-    return 4 + 10 * share
+    return low + (high - low) * share
 
 
 def view_ui(run: str, art: state.Artifacts, projection: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -304,7 +310,7 @@ def figure_selection(look: str, selected: np.ndarray, kind: str | None) -> tuple
 
 
 def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, colour: tuple,
-           sizes: np.ndarray | None, colour_by: str, look: str, selected: np.ndarray, kind: str | None) -> None:
+           scales: dict, colour_by: str, look: str, selected: np.ndarray, kind: str | None) -> None:
     view_ids, coords = view     # view_ids: sorted item ids
     n, names = len(art.labels), art.class_names
     shown = logic.thinned_sample(coords, MAX_POINTS)   # fewer points: a faster first paint, lasso and redraw
@@ -323,7 +329,8 @@ def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, c
         fig = figures.embedding_map(
             coords[shown], ids, None if categories is None else categories[ids], hover, colours, selected=drawn,
             values=None if values is None else values[ids], value_name=colour_by,
-            sizes=None if sizes is None else sizes[ids], thumbs=thumbs,
+            sizes=None if scales["size"] is None else scales["size"][ids],
+            opacities=None if scales["opacity"] is None else scales["opacity"][ids], thumbs=thumbs,
             title=f"{shown_projection} of {where} test embeddings" + (f" ({len(shown)} shown)" if len(shown) < len(view_ids) else ""))
         fig.update_layout(datarevision=revision)  # a new revision is a new chart (figure_selection)
         st.session_state[BUILT] = ((look, revision), fig)
@@ -455,8 +462,8 @@ def prefetch(run: str) -> None:
 
 
 @st.fragment
-def selection_area(run: str, art: state.Artifacts, fields: dict, view: tuple, colour: tuple, sizes, colour_by: str,
-                   size_by: str, look: str, query_drawn: int | None) -> None:
+def selection_area(run: str, art: state.Artifacts, fields: dict, view: tuple, colour: tuple, scales: dict,
+                   colour_by: str, scale_by: dict, look: str, query_drawn: int | None) -> None:
     """The map and what is selected on it. A fragment: a lasso, a click, previous/next or a button of the
     selection reruns this part only, not the page's controls and sidebar above it."""
     n = len(art.labels)
@@ -472,9 +479,9 @@ def selection_area(run: str, art: state.Artifacts, fields: dict, view: tuple, co
     if len(selected) == 1:
         item = int(selected[0])
         focus = (item, *items.neighbours(state.neighbour_index(run), art.embeddings, item, NEIGHBOURS))
-    map_ui(run, art, view[:2], view[2], colour, sizes, colour_by, look, selected, kind)
+    map_ui(run, art, view[:2], view[2], colour, scales, colour_by, look, selected, kind)
     focus_ui(run, art, view[:2], focus)
-    write_link(run, colour_by, size_by, selected)
+    write_link(run, colour_by, scale_by, selected)
     if focus is not None:
         neighbours_ui(run, art, *focus)
     if not len(selected):
@@ -491,18 +498,18 @@ def page() -> None:
     n = len(art.labels)
     fields = state.item_fields(run)
     colour_options = colour_options_for(run, art, fields)
-    size_options = [SAME_SIZE, *items.SCORES, items.QUERY_SIMILARITY]
-    link_ui(run, n, colour_options, size_options)
-    projection, colour_by, size_by = controls_ui(run, colour_options, size_options)
+    scale_options = {what: [same, *items.SCORES, items.QUERY_SIMILARITY] for what, (same, _, _) in SCALES.items()}
+    link_ui(run, n, colour_options, scale_options)
+    projection, colour_by, scale_by = controls_ui(run, colour_options, scale_options)
     search_ui(run)
     view = view_ui(run, art, projection)
     colour = colouring(run, art, colour_by, fields)
-    sizes = marker_sizes(run, art, size_by)
-    query_drawn = ui.query_item(n) if items.QUERY_SIMILARITY in (colour_by, size_by) else None
+    scales = {what: marker_scale(run, art, what, by) for what, by in scale_by.items()}
+    query_drawn = ui.query_item(n) if items.QUERY_SIMILARITY in (colour_by, *scale_by.values()) else None
     # what the figure shows besides the selection (figure_selection): a change is a new chart
-    look = (f"{state.thumbnail_url(run)}|{view[2]}|{len(view[0])}:{hash(view[0].tobytes())}|{colour_by}|{size_by}"
+    look = (f"{state.thumbnail_url(run)}|{view[2]}|{len(view[0])}:{hash(view[0].tobytes())}|{colour_by}|{scale_by}"
             f"|{query_drawn}")     # the thumbnails' folder names the run, its artifacts' version and data folder
-    selection_area(run, art, fields, view, colour, sizes, colour_by, size_by, look, query_drawn)
+    selection_area(run, art, fields, view, colour, scales, colour_by, scale_by, look, query_drawn)
 
 
 if os.environ.get("PROFILE_PAGE"):
