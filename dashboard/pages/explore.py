@@ -17,7 +17,7 @@ from core.run_dir import ARTIFACTS, coords_file
 from dashboard import figures, items, logic, state, ui
 
 MAX_POINTS = 10_000      # above this the map is thinned where points overlap; metrics still use every point
-GRID_LIMIT = 40
+GRID_LIMIT = 24         # a selection's images shown: three rows (each image is made, sent and decoded)
 NEIGHBOURS = 8
 SELECTION, SEEN, ISOLATED = "explore_selection", "explore_map_seen", "explore_isolated"  # kept ids; chart value seen
 DRAWN = "explore_drawn"  # (item ids, coordinates) of the map last drawn: a lasso's polygon is in those coordinates
@@ -491,7 +491,23 @@ def selection_area(run: str, art: state.Artifacts, fields: dict, view: tuple, co
     selection_ui(run, art, selected, fields)
 
 
+def _plotly_chunk() -> str | None:
+    """The file name of Streamlit's lazily loaded plotly chart code (about 5 MB of JavaScript), if found."""
+    found = sorted((Path(st.__file__).parent / "static" / "static" / "js").glob("PlotlyChart.*.js"))
+    return found[0].name if found else None
+
+
+# The browser fetches and compiles plotly.js only when the first chart arrives, i.e. after the page's first run
+# has computed the map. Asked for first thing, it loads while the server computes (the same URL, so the chart's
+# own import later finds it loaded); on a loaded module it does nothing.
+PRELOAD_PLOTLY = ("<script>(function () { const index = document.querySelector('script[src*=\"/static/js/index.\"]'); "
+                  "if (index) import(index.src.replace(/index\\.[^/]*$/, '%s')).catch(function () {}); })();</script>"
+                  % _plotly_chunk()) if _plotly_chunk() else ""
+
+
 def page() -> None:
+    if PRELOAD_PLOTLY:  # on every run: an element fewer would move the map, which would then be drawn anew
+        st.html(PRELOAD_PLOTLY, unsafe_allow_javascript=True)
     st.title("Explore the embedding")
     run = ui.require_run()
     _, _, art = ui.load_or_stop(run)
