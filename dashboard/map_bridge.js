@@ -3,7 +3,8 @@
 // nothing and its plotly_click reaches no handler. This passes the clicked point on as a one-point selection,
 // and a double-click on to the Clear button (a kept selection is not the chart's own value, which Streamlit's
 // double-click would reset). It also shows a hovered point's thumbnail (a cell of a JPEG sheet of 10×10 items
-// served from static/thumbs/, its folder in the trace's meta) and turns j/k or →/← into the Next/Previous buttons.
+// served from static/thumbs/, its folder in the trace's meta) and turns j/k or →/← into the Next/Previous buttons
+// (on pages without them, the steps of the "Query item" box: ui.query_picker loads this script too).
 // Explore's clicked item (a star) and its nearest neighbours (rings) are drawn here, above the plot, from the page's
 // .metriclens-focus element: the figure stays the same, so a click costs no new WebGL plot (explore.figure_selection).
 (function () {
@@ -126,7 +127,12 @@
     if (e.ctrlKey || e.metaKey || e.altKey || /INPUT|TEXTAREA|SELECT/.test(t.tagName || "") || t.isContentEditable
         || (t.getAttribute && t.getAttribute("role") === "slider")) return;
     const label = {j: "Next ›", ArrowRight: "Next ›", k: "‹ Previous", ArrowLeft: "‹ Previous"}[e.key];
-    const b = label && button(label);
-    if (b) { e.preventDefault(); b.click(); }
+    // Explore's buttons; elsewhere the step buttons of the page's "Query item" box (Retrieval, Attention, ...)
+    const box = Array.from(doc.querySelectorAll("[data-testid=stNumberInput]"))
+      .find(n => (n.innerText || "").trim().indexOf("Query item") === 0);
+    const step = box && box.querySelector(label === "Next ›" ? "[data-testid=stNumberInputStepUp]"
+                                                             : "[data-testid=stNumberInputStepDown]");
+    const b = label && (button(label) || step);
+    if (b && !b.disabled) { e.preventDefault(); b.click(); }
   });
 })();

@@ -213,6 +213,7 @@ def query_picker(art: state.Artifacts, key: str) -> None:
                         on_change=changed, help="Any test item; pick one from the map, the failures list or here.")
     with search:
         query_finder(art, key)
+    map_bridge()  # its keys: j/k (or →/←) step the query here too
 
 
 def set_query(item: int) -> None:

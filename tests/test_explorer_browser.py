@@ -168,6 +168,26 @@ def test_search_selects_by_label_and_exports_it(app):
     assert not errors, errors
 
 
+def test_keys_step_the_query_on_other_pages(app):
+    """Next/previous query by keyboard outside Explore: j and k step the Retrieval page's query."""
+    base, run, browser = app
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(base + "/retrieval?" + urllib.parse.urlencode({"run": run, "query": 20}))   # Explore not visited
+    box = page.locator("[data-testid='stNumberInput'] input").first
+    box.wait_for(timeout=60_000)
+    settle(page)
+    page.get_by_text("Retrieval", exact=False).first.click()   # focus out of any input
+    page.keyboard.press("j")
+    page.wait_for_url(re.compile(r"query=21\b"), timeout=30_000)
+    settle(page)
+    page.keyboard.press("k")
+    page.wait_for_url(re.compile(r"query=20\b"), timeout=30_000)
+    assert box.input_value() == "20"
+    assert not errors, errors
+
+
 def brightness(colour: str) -> int:
     """r + g + b of a CSS colour as the browser reports it ('rgb(…)', 'rgba(…)' or '#rrggbb'); a
     transparent one counts as dark (the page shows through)."""
