@@ -249,8 +249,8 @@ def write(results: dict) -> None:
               "(Streamlit idle, every image loaded); each uses a new query. See the module docstring.", "",
               "Scale rows (`sop_like_*`): synthetic runs shaped like Stanford Online Products' test set (about 5.3 "
               "items per class; the shapes test images reused, embeddings generated), on a running server. "
-              "map_first_paint: opening the run, first visit, until the map is drawn (WebGL, a stratified sample "
-              "of at most 20,000 points); map_until_idle: until the page's prefetch after paint is done (the "
+              "map_first_paint: opening the run, first visit, until the map is drawn (WebGL, at most 10,000 "
+              "points, thinned where they overlap); map_until_idle: until the page's prefetch after paint is done (the "
               "all-vs-all retrieval table behind the selection metrics, the faiss index); lasso_to_grid: "
               "releasing a lasso until the selection's images and metrics are drawn; click_to_neighbours: a "
               "click on a point until its 8 nearest neighbours are listed, ringed on the map and drawn."]
