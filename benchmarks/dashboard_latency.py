@@ -26,6 +26,7 @@ Writes benchmarks/results/dashboard_latency.json and .md. Targets: cold start <=
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -36,9 +37,9 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from benchmarks.common import dashboard_server, require_chromium
 from core import run_dir as rd
-from dashboard.testing import (CHROMIUM, LAUNCH_ARGS, REPO, demo_runs, free_port, images_loaded, lasso, settle,
-                               start_server, stop_server, wait_healthy)
+from dashboard.testing import CHROMIUM, LAUNCH_ARGS, REPO, demo_runs, images_loaded, lasso, settle
 
 RESULTS = REPO / "benchmarks" / "results"
 TARGETS = {"cold_start_s": 10.0, "interaction_s": 1.0, "map_first_paint": 3.0, "lasso_to_grid": 1.0,
@@ -49,20 +50,17 @@ SOP_CATEGORIES = ["bicycle", "cabinet", "chair", "coffee_maker", "fan", "kettle"
 
 def cold_start(browser, env: dict, run: str) -> tuple[float, float]:
     """(server launch -> map drawn, server launch -> app idle, i.e. its prefetch after paint done)."""
-    port = free_port()
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     start = time.perf_counter()
-    proc = start_server(port, env)
     try:
-        wait_healthy(port, proc)
-        page.goto(f"http://127.0.0.1:{port}/?" + urllib.parse.urlencode({"run": run}))
-        page.wait_for_function(MAP_DRAWN, polling="raf", timeout=120_000)   # plot area and WebGL points
-        drawn = time.perf_counter() - start
-        page.wait_for_function(IDLE, polling="raf", timeout=120_000)
-        return drawn, time.perf_counter() - start
+        with dashboard_server(env) as (base, _):
+            page.goto(base + "/?" + urllib.parse.urlencode({"run": run}))
+            page.wait_for_function(MAP_DRAWN, polling="raf", timeout=120_000)   # plot area and WebGL points
+            drawn = time.perf_counter() - start
+            page.wait_for_function(IDLE, polling="raf", timeout=120_000)
+            return drawn, time.perf_counter() - start
     finally:
         page.close()
-        stop_server(proc)
 
 
 # Done = the result's text is on the page, Streamlit is idle again and every image has loaded. Checked
@@ -93,10 +91,12 @@ def set_query(page, value: int) -> None:
     box.press("Enter")
 
 
-def interactions(browser, base: str, run: str, repeats: int, first_query: int) -> dict[str, list[float]]:
+@contextlib.contextmanager
+def measured_page(browser):
+    """A new page; on a failure its screenshot goes to test-output/ and the URL is printed."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        return _interactions(page, base, run, repeats, first_query)
+        yield page
     except Exception:
         shot = REPO / "test-output" / "dashboard_latency_failure.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
@@ -107,29 +107,44 @@ def interactions(browser, base: str, run: str, repeats: int, first_query: int) -
         page.close()
 
 
-def _interactions(page, base: str, run: str, repeats: int, first_query: int) -> dict[str, list[float]]:
-    link = lambda q: "?" + urllib.parse.urlencode({"run": run, "query": q})  # noqa: E731
-    out: dict[str, list[float]] = {"explore_lasso": [], "retrieval_query": [], "attention_query": []}
-    page.goto(base + "/" + link(first_query))
-    page.locator(".stPlotlyChart .nsewdrag").first.wait_for(timeout=120_000)
-    settle(page, 120_000)
-    centres = [(0.35, 0.4), (0.6, 0.55), (0.45, 0.65), (0.55, 0.35), (0.4, 0.5)]
+def clear_selection(page) -> None:
+    """Explore keeps a selection until it is cleared: clear it, so the next gesture starts from none."""
+    clear = page.get_by_role("button", name="Clear selection")
+    if clear.count():
+        clear.click()
+        page.get_by_text("or click one", exact=False).wait_for(timeout=120_000)
+    settle(page)
+
+
+CENTRES = [(0.35, 0.4), (0.6, 0.55), (0.45, 0.65), (0.55, 0.35), (0.4, 0.5)]
+
+
+def lasso_samples(page, repeats: int, radius_share: float) -> list[float]:
+    """Releasing a lasso on Explore's map -> the selection's image grid and metrics drawn, `repeats` times
+    (the drawing of the lasso is the user's gesture; latency runs from releasing the button)."""
+    out = []
     for i in range(repeats):
-        clear = page.get_by_role("button", name="Clear selection")  # the selection is kept until cleared
-        if clear.count():
-            clear.click()
-            page.get_by_text("or click one", exact=False).wait_for(timeout=60_000)
-        settle(page)
-        # the drawing of the lasso is the user's gesture; latency runs from releasing the button
-        lasso(page, radius_share=0.22, centre=centres[i % len(centres)], release=False)
-        out["explore_lasso"].append(timed(page, page.mouse.up, "Selection:"))
-    for name, path, marker in [("retrieval_query", "/retrieval", "#{q} · "), ("attention_query", "/attention", "query #{q} · ")]:
-        page.goto(base + path + link(first_query))
+        clear_selection(page)
+        lasso(page, radius_share=radius_share, centre=CENTRES[i % len(CENTRES)], release=False)
+        out.append(timed(page, page.mouse.up, "Selection:"))
+    return out
+
+
+def interactions(browser, base: str, run: str, repeats: int, first_query: int) -> dict[str, list[float]]:
+    link = lambda q: "?" + urllib.parse.urlencode({"run": run, "query": q})  # noqa: E731
+    out: dict[str, list[float]] = {"retrieval_query": [], "attention_query": []}
+    with measured_page(browser) as page:
+        page.goto(base + "/" + link(first_query))
+        page.locator(".stPlotlyChart .nsewdrag").first.wait_for(timeout=120_000)
         settle(page, 120_000)
-        images_loaded(page)
-        for i in range(repeats):
-            q = first_query + 1 + i
-            out[name].append(timed(page, lambda: set_query(page, q), marker.format(q=q)))
+        out = {"explore_lasso": lasso_samples(page, repeats, 0.22), **out}
+        for name, path, marker in [("retrieval_query", "/retrieval", "#{q} · "), ("attention_query", "/attention", "query #{q} · ")]:
+            page.goto(base + path + link(first_query))
+            settle(page, 120_000)
+            images_loaded(page)
+            for i in range(repeats):
+                q = first_query + 1 + i
+                out[name].append(timed(page, lambda: set_query(page, q), marker.format(q=q)))
     return out
 
 
@@ -184,10 +199,9 @@ LONELY_POINT = """() => {
 
 
 def scale_measures(browser, base: str, run: str, repeats: int) -> dict[str, list[float]]:
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
     out: dict[str, list[float]] = {"map_first_paint": [], "map_until_idle": [], "lasso_to_grid": [],
                                    "click_to_neighbours": []}
-    try:
+    with measured_page(browser) as page:
         start = time.perf_counter()
         page.goto(base + "/?" + urllib.parse.urlencode({"run": run}))
         page.wait_for_function(MAP_DRAWN, polling="raf", timeout=120_000)
@@ -196,41 +210,16 @@ def scale_measures(browser, base: str, run: str, repeats: int) -> dict[str, list
         out["map_until_idle"].append(time.perf_counter() - start)
         settle(page, 600_000)
         page.wait_for_timeout(1000)  # the page's click script attaches to the chart
-        centres = [(0.35, 0.4), (0.6, 0.55), (0.45, 0.65), (0.55, 0.35), (0.4, 0.5)]
+        out["lasso_to_grid"] = lasso_samples(page, repeats, 0.12)
         for i in range(repeats):
-            clear = page.get_by_role("button", name="Clear selection")
-            if clear.count():
-                clear.click()
-                page.get_by_text("or click one", exact=False).wait_for(timeout=120_000)
-            settle(page)
-            lasso(page, radius_share=0.12, centre=centres[i % len(centres)], release=False)
-            out["lasso_to_grid"].append(timed(page, page.mouse.up, "Selection:"))
-        for i in range(repeats):
-            clear = page.get_by_role("button", name="Clear selection")
-            if clear.count():
-                clear.click()
-                page.get_by_text("or click one", exact=False).wait_for(timeout=120_000)
-            settle(page)
+            clear_selection(page)
             page.wait_for_timeout(800)
             point = page.evaluate(LONELY_POINT)
             page.mouse.move(point["x"], point["y"])
             page.wait_for_timeout(300)
             out["click_to_neighbours"].append(timed(page, lambda: page.mouse.click(point["x"], point["y"]),
                                                     "Nearest neighbours of #"))
-        return out
-    except Exception:
-        shot = REPO / "test-output" / "dashboard_latency_failure.png"
-        shot.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(shot))
-        print(f"failed at {page.url}; screenshot in {shot}", file=sys.stderr)
-        raise
-    finally:
-        page.close()
-
-
-def _plot_point(page, fx: float, fy: float) -> tuple[float, float]:
-    box = page.locator(".stPlotlyChart .nsewdrag").first.bounding_box()
-    return box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
+    return out
 
 
 def machine() -> dict:
@@ -260,8 +249,8 @@ def write(results: dict) -> None:
               "(Streamlit idle, every image loaded); each uses a new query. See the module docstring.", "",
               "Scale rows (`sop_like_*`): synthetic runs shaped like Stanford Online Products' test set (about 5.3 "
               "items per class; the shapes test images reused, embeddings generated), on a running server. "
-              "map_first_paint: opening the run, first visit, until the map is drawn (WebGL, a stratified sample "
-              "of at most 20,000 points); map_until_idle: until the page's prefetch after paint is done (the "
+              "map_first_paint: opening the run, first visit, until the map is drawn (WebGL, at most 10,000 "
+              "points, thinned where they overlap); map_until_idle: until the page's prefetch after paint is done (the "
               "all-vs-all retrieval table behind the selection metrics, the faiss index); lasso_to_grid: "
               "releasing a lasso until the selection's images and metrics are drawn; click_to_neighbours: a "
               "click on a point until its 8 nearest neighbours are listed, ringed on the map and drawn."]
@@ -280,8 +269,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-shipped", action="store_true", help="only the synthetic runs (no cold start, "
                                                                       "no Retrieval/Attention measures)")
     args = parser.parse_args(argv)
-    if not Path(CHROMIUM).exists():
-        print(f"{CHROMIUM} is missing: apt-get install chromium (or `make browser`)", file=sys.stderr)
+    if not require_chromium():
         return 2
     from playwright.sync_api import sync_playwright
 
@@ -303,19 +291,14 @@ def main(argv=None) -> int:
             samples = [cold_start(browser, env, runs[0]) for _ in range(args.repeats)]
             measures.append(("cold_start", runs[0], [s[0] for s in samples], TARGETS["cold_start_s"]))
             measures.append(("cold_start_until_idle", runs[0], [s[1] for s in samples], None))  # informational
-        port = free_port()
-        proc = start_server(port, env)
-        try:
-            wait_healthy(port, proc)
+        with dashboard_server(env) as (base, _):
             for run in [] if args.skip_shipped else runs:
-                for name, values in interactions(browser, f"http://127.0.0.1:{port}", run, args.repeats, args.query).items():
+                for name, values in interactions(browser, base, run, args.repeats, args.query).items():
                     measures.append((name, run, values, TARGETS["interaction_s"]))
             for run in synthetic:
-                for name, values in scale_measures(browser, f"http://127.0.0.1:{port}", run, args.repeats).items():
+                for name, values in scale_measures(browser, base, run, args.repeats).items():
                     measures.append((name, run, values, TARGETS[name]))
-        finally:
-            stop_server(proc)
-            browser.close()
+        browser.close()
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": info, "runs": runs + synthetic,
                "command": "python -m benchmarks.dashboard_latency " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -36,9 +36,10 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from benchmarks.common import dashboard_server, require_chromium
 from benchmarks.dashboard_latency import DONE, MAP_DRAWN, machine
 from core.run_dir import WEIGHTS
-from dashboard.testing import CHROMIUM, LAUNCH_ARGS, REPO, free_port, shipped_runs, start_server, stop_server, wait_healthy
+from dashboard.testing import CHROMIUM, LAUNCH_ARGS, REPO, shipped_runs
 
 RESULTS = REPO / "benchmarks" / "results"
 # page -> (path, marker of a drawn page, marker of the interaction's result; {q} = the session's query)
@@ -231,8 +232,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-warm-up", dest="warm", action="store_false",
                         help="start the crowd on a cold server (models are then loaded under load)")
     args = parser.parse_args(argv)
-    if not Path(CHROMIUM).exists():
-        print(f"{CHROMIUM} is missing: apt-get install chromium (or `make browser`)", file=sys.stderr)
+    if not require_chromium():
         return 2
     shipped = {r.name: str(r.resolve()) for r in shipped_runs()}
     missing = [n for n in args.runs.split(",") if n not in shipped]
@@ -244,13 +244,8 @@ def main(argv=None) -> int:
     log = Path(tempfile.mkdtemp(prefix="dashboard_load_")) / "server.log"
     os.environ["METRICLENS_SERVER_LOG"] = str(log)  # start_server sends the server's stderr there
     env = dict(os.environ, METRICLENS_AUTO_UMAP="0", METRICLENS_MODE="demo")
-    port = free_port()
-    proc = start_server(port, env)
-    try:
-        wait_healthy(port, proc)
-        out = asyncio.run(load(f"http://127.0.0.1:{port}", proc.pid, runs, args.sessions, args.warm))
-    finally:
-        stop_server(proc)
+    with dashboard_server(env) as (base, proc):
+        out = asyncio.run(load(base, proc.pid, runs, args.sessions, args.warm))
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     server_log = log.read_text(errors="replace")
     tracebacks = server_log.count("Traceback (most recent call last)")

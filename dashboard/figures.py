@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 
 import numpy as np
@@ -33,7 +34,13 @@ def category_styles(names: list[str], colours: dict[str, str] | None = None) -> 
     """name -> (colour, marker symbol). Explicit `colours` win; names that all carry a colour word use
     it (and a shape word, when they all have one, picks the symbol); otherwise ten distinct hues, then
     a new symbol for each further ten."""
-    names = list(names)
+    return dict(_category_styles(tuple(names), tuple(sorted((colours or {}).items()))))
+
+
+@functools.lru_cache(maxsize=32)
+def _category_styles(names: tuple[str, ...], colours: tuple[tuple[str, str], ...]) -> tuple:
+    """category_styles, kept per list of names: 11k SOP classes took a tenth of a second per map drawn."""
+    colours = dict(colours)
     named = all(_word(n, NAMED_COLOURS) for n in names)
     shaped = named and all(_word(n, NAMED_SYMBOLS) for n in names)
     out = {}
@@ -41,7 +48,7 @@ def category_styles(names: list[str], colours: dict[str, str] | None = None) -> 
         colour = (colours or {}).get(name) or (_word(name, NAMED_COLOURS) if named else DISTINCT[i % len(DISTINCT)])
         symbol = _word(name, NAMED_SYMBOLS) if shaped else SYMBOLS[(i // len(DISTINCT)) % len(SYMBOLS)]
         out[name] = (colour, symbol)
-    return out
+    return tuple(out.items())
 
 
 MAX_TRACES = 40          # more categories than this go in one trace (11k SOP classes as traces would stall)
@@ -51,25 +58,27 @@ HIGHLIGHT = "#ff1493"    # rings around a clicked item's neighbours: no class co
 def embedding_map(coords: np.ndarray, ids: np.ndarray, categories: list[str] | None, hover: list[str],
                   colours: dict[str, str] | None = None, title: str = "", height: int = 560,
                   selected=None, values: np.ndarray | None = None, value_name: str = "",
-                  sizes: np.ndarray | None = None, thumbs: str | None = None) -> go.Figure:
+                  sizes: np.ndarray | None = None, thumbs: str | None = None,
+                  opacities: np.ndarray | None = None) -> go.Figure:
     """The map: one WebGL trace per category, or one trace coloured on a continuous scale (`values`,
     nan drawn grey), or one trace with a colour per point past MAX_TRACES categories. customdata
     carries item ids, because point indices count within a trace (research/dashboard.md §3.3); a
     selection's customdata may come back as {'0': v}, which logic.decode_customdata reads. `selected` item ids
     are drawn as plotly's selection (the others faded), so a selection kept across a recolouring stays
-    visible. `sizes`: a marker size per point. `thumbs`: the URL folder of the thumbnail sheets, read
+    visible. `sizes`, `opacities`: a marker size and opacity per point. `thumbs`: the URL folder of the thumbnail sheets, read
     by the page's hover script (trace meta)."""
     fig = go.Figure()
     hover, ids = np.asarray(hover), np.asarray(ids)
     chosen = np.isin(ids, np.asarray(list(selected), dtype=int)) if selected is not None and len(selected) else None
     size = (lambda m: 7 if sizes is None else np.asarray(sizes, dtype=np.float32)[m])  # noqa: E731
+    opacity = (lambda m: 0.85 if opacities is None else np.asarray(opacities, dtype=np.float32)[m])  # noqa: E731
 
     def add(m, name, marker, showlegend=True):
         # numpy arrays, not lists: plotly checks a list element by element and Streamlit deep-copies it
         # (seconds for 20k points); arrays go to the browser as typed arrays
         trace = go.Scattergl(x=coords[m, 0].astype(np.float32), y=coords[m, 1].astype(np.float32), mode="markers",
                              name=str(name), customdata=ids[m], text=hover[m], hovertemplate="%{text}<extra></extra>",
-                             marker=dict(size=size(m), opacity=0.85, **marker), showlegend=showlegend, meta=thumbs)
+                             marker=dict(size=size(m), opacity=opacity(m), **marker), showlegend=showlegend, meta=thumbs)
         if chosen is not None:
             trace.update(selectedpoints=np.flatnonzero(chosen[m]).tolist(),
                          selected=dict(marker=dict(opacity=1.0)), unselected=dict(marker=dict(opacity=0.25)))
@@ -299,24 +308,29 @@ def shift_map(coords: np.ndarray, ids: np.ndarray, values: np.ndarray, hover: li
 def map_still(coords: np.ndarray, categories, colours: dict[str, str] | None = None, width: int = 1100,
               height: int = 560, note: str = "Loading the interactive map…") -> np.ndarray:
     """The points in their category colours (as `embedding_map` draws them) on a white H×W×3 picture, made in
-    milliseconds with PIL: what a page shows while the browser still loads and parses plotly.js."""
+    milliseconds with numpy (a small disc per point, stamped for all points at once): what a page shows while
+    the browser still loads and parses plotly.js."""
     from PIL import ImageDraw, ImageFont
 
     categories = np.asarray(categories)
+    names, which = np.unique(categories, return_inverse=True)
     styles = category_styles(list(dict.fromkeys(categories.tolist())), colours)
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
+    hexes = ["#bbbbbb" if styles[name][0].lower() == "#f4f4f4" else styles[name][0] for name in names.tolist()]
+    rgb = np.asarray([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in hexes], dtype=np.uint8)[which.ravel()]
+    img = np.full((height, width, 3), 255, dtype=np.uint8)
     pad = 24
     lo, hi = coords.min(0), coords.max(0)
     span = np.where(hi > lo, hi - lo, 1.0)
-    xy = np.column_stack([pad + (coords[:, 0] - lo[0]) / span[0] * (width - 2 * pad),
-                          height - pad - (coords[:, 1] - lo[1]) / span[1] * (height - 2 * pad)])
-    for (x, y), name in zip(xy, categories):
-        colour = styles[name][0]
-        draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill="#bbbbbb" if colour.lower() == "#f4f4f4" else colour)
+    x = np.round(pad + (coords[:, 0] - lo[0]) / span[0] * (width - 2 * pad)).astype(int)
+    y = np.round(height - pad - (coords[:, 1] - lo[1]) / span[1] * (height - 2 * pad)).astype(int)
+    for dy in range(-3, 4):
+        for dx in range(-3, 4):
+            if dx * dx + dy * dy <= 10:   # a disc of radius 3 px
+                img[np.clip(y + dy, 0, height - 1), np.clip(x + dx, 0, width - 1)] = rgb
+    picture = Image.fromarray(img)
     try:
         font = ImageFont.load_default(size=18)
     except TypeError:  # Pillow < 10.1 has one bitmap size
         font = ImageFont.load_default()
-    draw.text((10, 6), note, fill="#666666", font=font)
-    return np.asarray(img)
+    ImageDraw.Draw(picture).text((10, 6), note, fill="#666666", font=font)
+    return np.asarray(picture)

@@ -3,7 +3,10 @@
 // nothing and its plotly_click reaches no handler. This passes the clicked point on as a one-point selection,
 // and a double-click on to the Clear button (a kept selection is not the chart's own value, which Streamlit's
 // double-click would reset). It also shows a hovered point's thumbnail (a cell of a JPEG sheet of 10×10 items
-// served from static/thumbs/, its folder in the trace's meta) and turns j/k or →/← into the Next/Previous buttons.
+// served from static/thumbs/, its folder in the trace's meta) and turns j/k or →/← into the Next/Previous buttons
+// (on pages without them, the steps of the "Query item" box: ui.query_picker loads this script too).
+// Explore's clicked item (a star) and its nearest neighbours (rings) are drawn here, above the plot, from the page's
+// .metriclens-focus element: the figure stays the same, so a click costs no new WebGL plot (explore.figure_selection).
 (function () {
   const win = window.parent && window.parent.document ? window.parent : window;
   if (win.__metriclensClickBridge) return;
@@ -17,6 +20,79 @@
   tip.style.cssText = "position:fixed;display:none;pointer-events:none;z-index:1000;width:96px;height:96px;" +
     "border:2px solid #888;border-radius:4px;background-color:#808080;background-size:960px 960px;";
   doc.body.appendChild(tip);
+  const showThumb = function (base, id, e) {
+    const cell = id % 100;
+    tip.style.backgroundImage = "url('" + base + Math.floor(id / 100) + ".jpg')";
+    tip.style.backgroundPosition = (-96 * (cell % 10)) + "px " + (-96 * Math.floor(cell / 10)) + "px";
+    tip.style.left = Math.min((e.clientX || 0) + 16, win.innerWidth - 110) + "px";
+    tip.style.top = Math.max((e.clientY || 0) - 112, 4) + "px";
+    tip.style.display = "block";
+  };
+  const SVG = "http://www.w3.org/2000/svg";
+  const svgEl = function (name, attrs) {
+    const el = doc.createElementNS(SVG, name);
+    Object.keys(attrs).forEach(function (k) { el.setAttribute(k, attrs[k]); });
+    return el;
+  };
+  // the star and rings over the first item map, in its axes' pixels (again after every zoom, pan or redraw)
+  const drawFocus = function () {
+    const gd = Array.from(doc.querySelectorAll(".js-plotly-plot")).find(g => g.layout && g.layout.meta === "metriclens-map");
+    const holder = doc.querySelector(".metriclens-focus");
+    const box = gd && gd.querySelector(".svg-container");
+    if (!box || !gd._fullLayout || !gd._fullLayout.xaxis) return;
+    const text = holder ? holder.getAttribute("data-focus") || "{}" : "{}";
+    let layer = box.querySelector("#metriclens-focus-layer");
+    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+    const where = text + "|" + xa.range + "|" + ya.range + "|" + xa._length + "|" + ya._length + "|" + xa._offset;
+    if (layer && layer.__where === where) return;
+    if (layer) layer.remove();
+    const focus = JSON.parse(text);
+    if (!focus.ids || !focus.ids.length) return;
+    layer = svgEl("svg", {id: "metriclens-focus-layer", width: box.clientWidth, height: box.clientHeight,
+                          "data-item": focus.item, "data-ids": JSON.stringify(focus.ids.filter(i => i !== focus.item)),
+                          "data-name": focus.name});
+    layer.__where = where;
+    layer.style.cssText = "position:absolute;left:0;top:0;pointer-events:none;overflow:hidden;";
+    const clip = svgEl("clipPath", {id: "metriclens-focus-clip"});
+    clip.appendChild(svgEl("rect", {x: xa._offset, y: ya._offset, width: xa._length, height: ya._length}));
+    layer.appendChild(clip);
+    const marks = svgEl("g", {"clip-path": "url(#metriclens-focus-clip)"});
+    layer.appendChild(marks);
+    focus.ids.forEach(function (id, k) {
+      const x = xa._offset + xa.l2p(focus.x[k]), y = ya._offset + ya.l2p(focus.y[k]);
+      const mark = id === focus.item
+        ? svgEl("path", {d: "M0,-11L2.6,-3.6L10.5,-3.4L4.2,1.4L6.5,8.9L0,4.4L-6.5,8.9L-4.2,1.4L-10.5,-3.4L-2.6,-3.6Z",
+                         transform: "translate(" + x + "," + y + ")", fill: focus.colour, stroke: "#ffffff",
+                         "stroke-width": 1.5, "data-id": id})
+        : svgEl("circle", {cx: x, cy: y, r: 7.5, fill: "none", stroke: focus.colour, "stroke-width": 2.5, "data-id": id});
+      // the ring's stroke takes the pointer (its centre leaves the point below to plotly): hover shows the
+      // item's thumbnail, a click moves to it, also where the sampled map does not draw that item
+      mark.style.pointerEvents = "visibleStroke";
+      mark.style.cursor = "pointer";
+      const title = svgEl("title", {});
+      title.textContent = focus.text[k];
+      mark.appendChild(title);
+      mark.addEventListener("mouseenter", function (e) { if (focus.thumbs) showThumb(focus.thumbs, id, e); });
+      mark.addEventListener("mouseleave", function () { tip.style.display = "none"; });
+      mark.addEventListener("click", function () {
+        gd.emit("plotly_selected", {points: [{curveNumber: 0, pointNumber: 0, pointIndex: 0, x: focus.x[k],
+                                              y: focus.y[k], customdata: id}], selections: []});
+      });
+      marks.appendChild(mark);
+    });
+    const label = svgEl("text", {x: xa._offset + 6, y: ya._offset + 16, "font-size": 12, fill: focus.colour,
+                                 stroke: "#ffffff", "stroke-width": 3, "paint-order": "stroke"});
+    label.textContent = "★ " + focus.text[focus.ids.indexOf(focus.item)] + "   ◯ " + focus.name;
+    if (focus.ids.indexOf(focus.item) < 0) label.textContent = "◯ " + focus.name;
+    layer.appendChild(label);
+    box.appendChild(layer);
+  };
+  let queued = false;
+  new win.MutationObserver(function () {  // a rerun changed the page: redraw the marks on the next frame if needed
+    if (queued) return;
+    queued = true;
+    win.requestAnimationFrame(function () { queued = false; drawFocus(); });
+  }).observe(doc.body, {childList: true, subtree: true, attributes: true, attributeFilter: ["data-focus"]});
   win.setInterval(function () {
     doc.querySelectorAll(".js-plotly-plot").forEach(function (gd) {
       if (gd.__metriclensClick || !gd.layout || gd.layout.meta !== "metriclens-map" || !gd.on) return;
@@ -39,14 +115,10 @@
         const base = p && p.data && p.data.meta;
         const id = p ? Number(Array.isArray(p.customdata) ? p.customdata[0] : p.customdata) : NaN;
         if (!base || !(id >= 0)) return;
-        const cell = id % 100;
-        tip.style.backgroundImage = "url('" + base + Math.floor(id / 100) + ".jpg')";
-        tip.style.backgroundPosition = (-96 * (cell % 10)) + "px " + (-96 * Math.floor(cell / 10)) + "px";
-        const e = ev.event || {};
-        tip.style.left = Math.min((e.clientX || 0) + 16, win.innerWidth - 110) + "px";
-        tip.style.top = Math.max((e.clientY || 0) - 112, 4) + "px";
-        tip.style.display = "block";
+        showThumb(base, id, ev.event || {});
       });
+      gd.on("plotly_afterplot", drawFocus);   // zoom, pan, resize
+      drawFocus();
       gd.on("plotly_unhover", function () { tip.style.display = "none"; });
     });
   }, 400);
@@ -55,7 +127,12 @@
     if (e.ctrlKey || e.metaKey || e.altKey || /INPUT|TEXTAREA|SELECT/.test(t.tagName || "") || t.isContentEditable
         || (t.getAttribute && t.getAttribute("role") === "slider")) return;
     const label = {j: "Next ›", ArrowRight: "Next ›", k: "‹ Previous", ArrowLeft: "‹ Previous"}[e.key];
-    const b = label && button(label);
-    if (b) { e.preventDefault(); b.click(); }
+    // Explore's buttons; elsewhere the step buttons of the page's "Query item" box (Retrieval, Attention, ...)
+    const box = Array.from(doc.querySelectorAll("[data-testid=stNumberInput]"))
+      .find(n => (n.innerText || "").trim().indexOf("Query item") === 0);
+    const step = box && box.querySelector(label === "Next ›" ? "[data-testid=stNumberInputStepUp]"
+                                                             : "[data-testid=stNumberInputStepDown]");
+    const b = label && (button(label) || step);
+    if (b && !b.disabled) { e.preventDefault(); b.click(); }
   });
 })();

@@ -129,21 +129,21 @@ def map_bridge() -> None:
 
 def map_still(coords: np.ndarray, categories, colours: dict[str, str] | None = None, key: str = "map_still") -> None:
     """Call right before the page's map chart (in the same block): the same points as a picture, shown at once.
-    `key` must start with map_still and be unique on the page. Only in a session's first 30 s on the page:
-    by then plotly.js is loaded, and a picture of a big map costs a few tenths of a second per rerun."""
+    `key` must start with map_still and be unique on the page. Only on a session's first draw of the map: by
+    the next rerun plotly.js is loaded, and a picture of a big map costs a few tenths of a second per rerun.
+    The container stays (empty) on every rerun, so the chart after it keeps its place and is not redrawn."""
     import base64
     import io
-    import time
 
     from PIL import Image
-    first = st.session_state.setdefault(f"_first_{key}", time.time())
-    if time.time() - first > 30:
-        return
-    png = io.BytesIO()  # 64 colours: a tenth of the bytes of a full-colour PNG (a JPEG of dots is larger still)
-    Image.fromarray(figures.map_still(coords, categories, colours)).quantize(
-        64, method=Image.Quantize.FASTOCTREE).save(png, format="PNG")
-    # markdown, not st.image: the image element is itself loaded lazily by the browser, markdown is not
     with st.container(key=key):
+        if st.session_state.get(f"_first_{key}"):
+            return
+        st.session_state[f"_first_{key}"] = True
+        png = io.BytesIO()  # 64 colours: a tenth of the bytes of a full-colour PNG (a JPEG of dots is larger still)
+        Image.fromarray(figures.map_still(coords, categories, colours)).quantize(
+            64, method=Image.Quantize.FASTOCTREE).save(png, format="PNG")
+        # markdown, not st.image: the image element is itself loaded lazily by the browser, markdown is not
         st.markdown(f'<img alt="map" style="width:100%" src="data:image/png;base64,'
                     f'{base64.b64encode(png.getvalue()).decode()}">', unsafe_allow_html=True)
 
@@ -213,6 +213,7 @@ def query_picker(art: state.Artifacts, key: str) -> None:
                         on_change=changed, help="Any test item; pick one from the map, the failures list or here.")
     with search:
         query_finder(art, key)
+    map_bridge()  # its keys: j/k (or →/←) step the query here too
 
 
 def set_query(item: int) -> None:

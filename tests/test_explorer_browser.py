@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.testing import (CHROMIUM, LAUNCH_ARGS, demo_runs, free_port, images_loaded, settle, start_server,
+from dashboard.testing import (CHROMIUM, demo_runs, free_port, images_loaded, settle, start_server,
                                stop_server, wait_healthy)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,20 +27,15 @@ pytestmark = [pytest.mark.browser,
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    """(base URL, run, browser) shared by the module's tests."""
-    from playwright.sync_api import sync_playwright
-
+def app(tmp_path_factory, browser):
+    """(base URL, run, browser) shared by the module's tests (the browser: conftest.py's)."""
     run = str(demo_runs(tmp_path_factory.mktemp("explorer_runs"), 1)[0].resolve())
     env = dict(os.environ, METRICLENS_AUTO_UMAP="0", METRICLENS_RUNS=str(Path(run).parent))
     port = free_port()
     proc = start_server(port, env)
     try:
         wait_healthy(port, proc)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
-            yield f"http://127.0.0.1:{port}", run, browser
-            browser.close()
+        yield f"http://127.0.0.1:{port}", run, browser
     finally:
         stop_server(proc)
 
@@ -77,6 +72,12 @@ LONELY_POINT = """() => {
   }
   return best;
 }""" % MAP
+RING_AT = """(() => {  // (ring centre, the point's own pixel) of an item, in the plot's pixels
+  const gd = %s, id = %%d, xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  const ring = document.querySelector('#metriclens-focus-layer circle[data-id="' + id + '"]');
+  const t = gd._fullData.find(t => Array.from(t.customdata).includes(id)), k = Array.from(t.customdata).indexOf(id);
+  return [[+ring.getAttribute('cx'), +ring.getAttribute('cy')], [xa._offset + xa.l2p(t.x[k]), ya._offset + ya.l2p(t.y[k])]];
+})()""" % MAP
 TRACES = "() => %s._fullData.map(t => ({name: t.name, ids: Array.from(t.customdata), sel: t.selectedpoints ? Array.from(t.selectedpoints) : null}))" % MAP
 
 
@@ -116,9 +117,11 @@ def test_click_rings_neighbours_and_keeps_selection_across_recolouring(app):
     sims = emb @ emb[item]
     sims[item] = -np.inf
     expected = np.argsort(-sims, kind="stable")[:8].tolist()
-    traces = {t["name"]: t for t in page.evaluate(TRACES)}
-    assert traces[f"8 nearest of #{item}"]["ids"] == expected      # ringed on the map, as drawn in the browser
-    assert traces[f"#{item}"]["ids"] == [item]
+    layer = page.locator("#metriclens-focus-layer")   # the star and rings the page's script draws over the map
+    layer.wait_for(state="attached", timeout=10_000)
+    assert int(layer.get_attribute("data-item")) == item and json.loads(layer.get_attribute("data-ids")) == expected
+    drawn, plotted = page.evaluate(RING_AT % expected[0])
+    assert abs(drawn[0] - plotted[0]) < 1 and abs(drawn[1] - plotted[1]) < 1   # the ring sits on its point
     assert page.get_by_text(re.compile(rf"^Query #{item} \(keys")).count() == 1   # the clicked item is the query
 
     url = sheet.split('"')[1]   # url("http://.../app/static/thumbs/<digest>/<sheet>.jpg")
@@ -162,6 +165,26 @@ def test_search_selects_by_label_and_exports_it(app):
     assert [int(r["item"]) for r in rows] == wanted and {r["class"] for r in rows} == {"red diamond"}
     assert {r["colour"] for r in rows} == {"red"} and {r["shape"] for r in rows} == {"diamond"}
     assert "sel=" in page.url
+    assert not errors, errors
+
+
+def test_keys_step_the_query_on_other_pages(app):
+    """Next/previous query by keyboard outside Explore: j and k step the Retrieval page's query."""
+    base, run, browser = app
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(base + "/retrieval?" + urllib.parse.urlencode({"run": run, "query": 20}))   # Explore not visited
+    box = page.locator("[data-testid='stNumberInput'] input").first
+    box.wait_for(timeout=60_000)
+    settle(page)
+    page.get_by_text("Retrieval", exact=False).first.click()   # focus out of any input
+    page.keyboard.press("j")
+    page.wait_for_url(re.compile(r"query=21\b"), timeout=30_000)
+    settle(page)
+    page.keyboard.press("k")
+    page.wait_for_url(re.compile(r"query=20\b"), timeout=30_000)
+    assert box.input_value() == "20"
     assert not errors, errors
 
 

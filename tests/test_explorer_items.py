@@ -65,6 +65,19 @@ def test_stratified_sample_and_interleave_scale_to_many_classes():
     assert len(np.unique(labels[order[:1000]])) == 1000          # the first of a big selection: all different
 
 
+def test_thinned_sample_keeps_sparse_points_and_thins_dense_ones():
+    rng = np.random.default_rng(0)
+    blob = rng.normal(scale=0.05, size=(100_000, 2))                 # 100k points on a few pixels
+    sparse = rng.uniform(-10, 10, size=(2_000, 2))                   # 2k spread out: each its own cell
+    keep = logic.thinned_sample(np.concatenate([blob, sparse]), 10_000)
+    assert len(keep) <= 10_000 and (np.diff(keep) > 0).all()
+    assert (keep >= 100_000).sum() >= 1_900                          # (almost) every sparse point stays
+    assert 100 <= (keep < 100_000).sum() <= 8_100                    # the blob is still drawn, thinned
+    assert logic.thinned_sample(sparse, 10_000).tolist() == list(range(2_000))
+    many = logic.thinned_sample(rng.uniform(size=(50_000, 2)), 1_000)  # more occupied cells than the budget
+    assert 500 <= len(many) <= 1_000
+
+
 def test_umap_progress_is_read_from_its_log(tmp_path):
     from dashboard import state
 

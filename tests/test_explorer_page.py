@@ -27,10 +27,26 @@ def spec(at: AppTest) -> dict:
     for trace in fig["data"]:
         for key in ("x", "y", "customdata"):
             trace[key] = plotly_list(trace[key])
-        for key in ("color", "size"):
+        for key in ("color", "size", "opacity"):
             if isinstance(trace["marker"].get(key), (dict, list)):
                 trace["marker"][key] = plotly_list(trace["marker"][key])
     return fig
+
+
+def focus(at: AppTest) -> dict:
+    """The clicked item and its neighbours as the page hands them to the map's browser side."""
+    import html
+    import re
+    (body,) = [h.proto.body for h in at.get("html") if h.proto.body.startswith("<div class=\"metriclens-focus\"")]
+    return json.loads(html.unescape(re.search(r'data-focus="([^"]*)"', body).group(1)))
+
+
+def spec_point(at: AppTest, item: int) -> tuple[float, float]:
+    for trace in spec(at)["data"]:
+        if item in trace["customdata"]:
+            k = trace["customdata"].index(item)
+            return trace["x"][k], trace["y"][k]
+    raise AssertionError(f"#{item} is not on the map")
 
 
 def kept_ids(at: AppTest) -> list[int]:
@@ -45,11 +61,10 @@ def test_click_lists_neighbours_and_rings_them_on_the_map(runs):
     sims[5] = -np.inf
     expected = np.argsort(-sims, kind="stable")[:8]
     assert "Nearest neighbours of #5" in texts(at)
-    traces = {t["name"]: t for t in spec(at)["data"]}
-    ring = traces["8 nearest of #5"]
-    assert ring["customdata"] == expected.tolist()          # the exact top 8 by cosine, best first
-    assert ring["marker"]["symbol"] == "circle-open"
-    assert traces["#5"]["customdata"] == [5] and traces["#5"]["marker"]["symbol"] == "star"
+    marks = focus(at)   # drawn above the map by its browser side (map_bridge.js): the star, then the rings
+    assert marks["item"] == 5 and marks["ids"] == [5, *expected.tolist()]   # the exact top 8 by cosine, best first
+    assert marks["name"] == "8 nearest of #5" and marks["text"][1].startswith(f"#{expected[0]} ")
+    assert marks["x"][0] == pytest.approx(spec_point(at, 5)[0], abs=1e-4)    # where the map draws the item
     captions = [c.caption for img in at.get("image") for c in img.proto.imgs]
     assert f"{sims[expected[0]]:.3f}" in captions[1]         # similarities listed with the neighbour images
     assert at.session_state["query"] == 5                      # the clicked item is the query
@@ -98,6 +113,10 @@ def test_colour_and_size_by_any_field_keep_the_selection(runs):
     sizes = {i: s for t in spec(at)["data"] for i, s in zip(t["customdata"], t["marker"]["size"])}
     best, worst = np.nanargmax(table.r_precision), np.nanargmin(table.r_precision)
     assert sizes[best] == 14 and sizes[worst] == 4
+    at.selectbox(key="explore_opacity").set_value("R-precision").run()
+    opacity = {i: a for t in spec(at)["data"] for i, a in zip(t["customdata"], t["marker"]["opacity"])}
+    assert opacity[best] == pytest.approx(1.0) and opacity[worst] == pytest.approx(0.15)
+    assert selected_on_map(at) == {2, 9, 30}
     at.selectbox(key="explore_colour").set_value("similarity to the query").run()
     (trace,) = [t for t in spec(at)["data"] if t["name"] == "similarity to the query"]
     q = at.session_state["query"]
@@ -129,12 +148,14 @@ def test_isolate_reprojects_the_selection_and_exports_it(runs):
 def test_link_keeps_selection_and_colouring_and_refuses_hostile_values(runs):
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["run"] = runs[0]
-    at.query_params.update({"sel": "2,9,30-32", "colour": "top-1 neighbour correct", "size": "MAP@R"})
+    at.query_params.update({"sel": "2,9,30-32", "colour": "top-1 neighbour correct", "size": "MAP@R",
+                            "opacity": "R-precision"})
     at.run()
     assert not at.exception
     assert kept_ids(at) == [2, 9, 30, 31, 32]
     assert at.selectbox(key="explore_colour").value == "top-1 neighbour correct"
     assert at.selectbox(key="explore_size").value == "MAP@R"
+    assert at.selectbox(key="explore_opacity").value == "R-precision" and at.query_params["opacity"] == "R-precision"
     assert at.query_params["sel"] == "2,9,30-32" and at.query_params["colour"] == "top-1 neighbour correct"
     inject(at, [7])
     assert at.query_params["sel"] == "7"

@@ -1,9 +1,10 @@
 """Explore: the test embeddings on a 2-D map. Select points (lasso, box, click or search) to see their
-images and metrics; a clicked item's nearest neighbours are listed and ringed on the map; colour or size
-by any per-item field; isolate the selection and re-project it; export it; the selection and colouring
+images and metrics; a clicked item's nearest neighbours are listed and ringed on the map; colour, size or
+opacity by any per-item field; isolate the selection and re-project it; export it; the selection and colouring
 live in the link."""
 from __future__ import annotations
 
+import html
 import json
 import os
 import time
@@ -15,12 +16,16 @@ import streamlit as st
 from core.run_dir import ARTIFACTS, coords_file
 from dashboard import figures, items, logic, state, ui
 
-MAX_POINTS = 20_000      # above this the map shows a stratified sample; metrics still use every point
-GRID_LIMIT = 40
+MAX_POINTS = 10_000      # above this the map is thinned where points overlap; metrics still use every point
+GRID_LIMIT = 24         # a selection's images shown: three rows (each image is made, sent and decoded)
 NEIGHBOURS = 8
 SELECTION, SEEN, ISOLATED = "explore_selection", "explore_map_seen", "explore_isolated"  # kept ids; chart value seen
 DRAWN = "explore_drawn"  # (item ids, coordinates) of the map last drawn: a lasso's polygon is in those coordinates
-SAME_SIZE = "same size"
+FIGURE = "explore_figure"  # what the map's figure was last built with: see figure_selection
+BUILT = "explore_built"    # ((look, revision), the figure): the last figure, reused while they stay the same
+SAME_SIZE, SAME_OPACITY = "same size", "same opacity"
+# marker size (px) and opacity over a field's range: the least gets the first, the most the second
+SCALES = {"size": (SAME_SIZE, 4.0, 14.0), "opacity": (SAME_OPACITY, 0.15, 1.0)}
 # the map's browser side (click -> selection, double-click -> Clear, hover thumbnails, j/k): see the file
 
 
@@ -77,12 +82,14 @@ def wait_for_subset_umap(run_dir: str, ids: tuple[int, ...]) -> None:
 
 
 # ---- the link ---------------------------------------------------------------------------------------------
-def link_ui(run: str, n: int, colour_options: list[str], size_options: list[str]) -> None:
-    """Once per session: the selection (sel=3,7-12), colouring (colour=) and sizing (size=) from the link.
+def link_ui(run: str, n: int, colour_options: list[str], scale_options: dict[str, list[str]]) -> None:
+    """Once per session: the selection (sel=3,7-12), colouring (colour=), sizing (size=) and opacity (opacity=)
+    from the link.
     Values are checked against what this run offers; a bad one is said and ignored, never used."""
     params = st.session_state.pop("_link_params", None) or {}
     problems = []
-    for param, key, options in (("colour", "explore_colour", colour_options), ("size", "explore_size", size_options)):
+    for param, options in (("colour", colour_options), *scale_options.items()):
+        key = f"explore_{param}"
         if param in params:
             if params[param] in options:
                 st.session_state[key] = params[param]
@@ -98,17 +105,24 @@ def link_ui(run: str, n: int, colour_options: list[str], size_options: list[str]
         st.warning(f"The link's {problem}; it is ignored.")
 
 
-def write_link(run: str, colour_by: str, size_by: str, selected: np.ndarray) -> None:
+def write_link(run: str, colour_by: str, scale_by: dict[str, str], selected: np.ndarray) -> None:
     """This page's part of the URL; app.py merges it into the deep link after the page ran."""
     link = {"colour": colour_by}
-    if size_by != SAME_SIZE:
-        link["size"] = size_by
+    link.update((what, by) for what, by in scale_by.items() if by != SCALES[what][0])
     encoded = items.encode_ids(selected)
     if encoded and len(encoded) <= items.MAX_LINK_CHARS:
         link["sel"] = encoded
     elif encoded:
         st.caption("This selection is too scattered to fit in the link; the link keeps the colouring only.")
     st.session_state["_page_link"] = {"explore": link}
+    # app.py writes the link after a full run; a rerun of the map's fragment alone does not reach it
+    params = {k: v for k, v in st.query_params.to_dict().items() if k not in ("colour", *SCALES, "sel")}
+    if st.session_state.get(state.QUERY) is not None and not st.session_state.get(state.UPLOAD):
+        params["query"] = str(st.session_state[state.QUERY])
+    params.update(link)
+    if params != st.query_params.to_dict():
+        st.query_params.from_dict(params)
+    st.session_state["_url_written"] = params  # app.py's URL_WRITTEN: this URL is the page's, not the browser's Back
 
 
 # ---- controls ---------------------------------------------------------------------------------------------
@@ -120,18 +134,20 @@ def colour_options_for(run: str, art: state.Artifacts, fields: dict) -> list[str
     return options + [f"dominant {name} channel" for name in multi_maps]
 
 
-def controls_ui(run: str, colour_options: list[str], size_options: list[str]) -> tuple[str, str, str]:
-    c1, c2, c3, c4 = st.columns([1.1, 1.5, 1.2, 2.2])
+def controls_ui(run: str, colour_options: list[str], scale_options: dict[str, list[str]]) -> tuple[str, str, dict]:
+    c1, c2, c3, c4, c5 = st.columns([1.1, 1.5, 1.1, 1.1, 2.0])
     projection = c1.radio("Projection", ui.projections(run), horizontal=True, key="explore_projection")
     colour_by = c2.selectbox("Colour by", colour_options, key="explore_colour",
                              help="any per-item field; R-precision, MAP@R and the similarity to the query on a "
                                   "continuous scale; dominant group: the embedding group contributing most to the "
                                   "similarity with the item's top-1 neighbour; dominant channel: the map channel "
                                   "holding the most mass")
-    size_by = c3.selectbox("Size by", size_options, key="explore_size")
-    c4.text_input("Find and select", key="explore_find", placeholder="e.g. red diamond, #12, a file name",
+    scale_by = {what: column.selectbox(f"{what.capitalize()} by", scale_options[what], key=f"explore_{what}",
+                                       help="a per-item score over its range: least small (faint), most large (opaque)")
+                for what, column in (("size", c3), ("opacity", c4))}
+    c5.text_input("Find and select", key="explore_find", placeholder="e.g. red diamond, #12, a file name",
                   help="items whose class, attributes, file name or folder contain every word; Enter selects them")
-    return projection, colour_by, size_by
+    return projection, colour_by, scale_by
 
 
 def search_ui(run: str) -> None:
@@ -202,14 +218,15 @@ def colouring(run: str, art: state.Artifacts, colour_by: str, fields: dict):
         return fields["class"], None, None
 
 
-def marker_sizes(run: str, art: state.Artifacts, size_by: str) -> np.ndarray | None:
-    """Marker size per item, 4–14 px over the field's range (missing values small)."""
-    if size_by == SAME_SIZE:
+def marker_scale(run: str, art: state.Artifacts, what: str, by: str) -> np.ndarray | None:
+    """Marker size (4–14 px) or opacity (0.15–1) per item over the field's range (missing values least)."""
+    same, low, high = SCALES[what]
+    if by == same:
         return None
-    values = field_values(run, art, size_by).astype(float)
+    values = field_values(run, art, by).astype(float)
     lo, hi = np.nanmin(values), np.nanmax(values)
     share = np.nan_to_num((values - lo) / (hi - lo) if hi > lo else np.full_like(values, 0.5), nan=0.0)
-    return 4 + 10 * share
+    return low + (high - low) * share
 
 
 def view_ui(run: str, art: state.Artifacts, projection: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -237,56 +254,86 @@ def view_ui(run: str, art: state.Artifacts, projection: str) -> tuple[np.ndarray
     return all_ids, state.coords(run, "pca"), "PCA"
 
 
-def read_selection(run: str, n: int, sampled: bool) -> np.ndarray:
-    """The kept selection, replaced by a new lasso, box, click or double-click on the chart.
+def read_selection(run: str, n: int, sampled: bool) -> tuple[np.ndarray, str | None]:
+    """(the kept selection, replaced by a new lasso, box, click or double-click on the chart; the kind of that
+    chart action: "area" (lasso or box), "points" (a click), "clear" (a double-click), None for no action).
 
     The chart's value is read before the chart is drawn: it belongs to the figure of the previous run (the
     one the user lassoed, clicked or double-clicked). A changed figure is a new chart whose value starts
     empty, so only a value that differs from the one seen after the last draw is a user action. No value at
     all (the page's first draw, or a return from another page) is none either: the kept selection stays."""
-    selected = kept(SELECTION, run)
+    selected, kind = kept(SELECTION, run), None
     before = st.session_state.get("explore_map")
     if before is not None and event_key(before) != st.session_state.get(SEEN):
         view_ids, drawn_on = st.session_state.get(DRAWN) or (None, None)
         picked = logic.selected_ids(before, drawn_on, use_geometry=sampled and drawn_on is not None, ids=view_ids)
-        selected = np.zeros(0, int) if (picked < 0).any() else picked[picked < n]  # -1: double-click clear
+        selection = before.get("selection") or {}
+        kind = ("clear" if (picked < 0).any() else
+                "area" if selection.get("lasso") or selection.get("box") else "points")
+        selected = np.zeros(0, int) if kind == "clear" else picked[picked < n]  # -1: double-click clear
         if len(selected) == 1:  # a click: the clicked item becomes the query (neighbours, j/k, other pages)
             st.session_state[state.QUERY] = int(selected[0])
             st.session_state[state.UPLOAD] = None
     selected = np.zeros(0, int) if selected is None else selected
     keep(SELECTION, run, selected)
-    return selected
+    return np.asarray(st.session_state[SELECTION]["ids"], dtype=int), kind
+
+
+def figure_selection(look: str, selected: np.ndarray, kind: str | None) -> tuple[np.ndarray, int]:
+    """(the selection to draw into the map's figure, the figure's revision).
+
+    Streamlit's frontend keeps a chart whose figure is unchanged, and builds a new WebGL plot for any other
+    figure: on a big map most of a lasso's or a click's latency. So a selection made on the chart itself
+    leaves the figure as it was: a lasso or box shows its selection by itself, and a clicked item on a map
+    showing no selection is shown by the star and rings above the plot (focus_ui). Anything else that
+    changes the selection or the look (search, link, Clear, previous/next, recolouring) draws the selection
+    into a new figure with a new revision: never the figure of an earlier chart, whose selection the
+    browser would bring back. So does a selection that differs from the chart's value (its last lasso or
+    click): the same gesture again would leave that value unchanged, and so unseen."""
+    fig = st.session_state.get(FIGURE) or {"rev": 0, "shown": [], "value": []}
+    shown = np.asarray(fig["shown"], dtype=int)         # what the chart shows as selected now
+    value = np.asarray(fig["value"], dtype=int)         # the selection in the chart's value
+    if kind is not None:
+        value = np.asarray([-1]) if kind == "clear" else selected
+    if kind == "area":
+        shown = selected
+    elif kind == "clear":                                # plotly cleared its own selection on the double-click
+        shown = np.zeros(0, int)
+    in_step = ((np.array_equal(shown, selected) or (not len(shown) and len(selected) == 1))
+               and (not len(value) or np.array_equal(value, selected)))
+    if fig.get("look") != look or not in_step:           # a new chart, whose value starts empty
+        fig = {"look": look, "sel": selected.tolist(), "shown": selected.tolist(), "value": [], "rev": fig["rev"] + 1}
+    else:
+        fig = fig | {"shown": shown.tolist(), "value": value.tolist()}
+    st.session_state[FIGURE] = fig
+    return np.asarray(fig["sel"], dtype=int), fig["rev"]
 
 
 def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, colour: tuple,
-           sizes: np.ndarray | None, colour_by: str, selected: np.ndarray, focus: tuple | None) -> None:
+           scales: dict, colour_by: str, look: str, selected: np.ndarray, kind: str | None) -> None:
     view_ids, coords = view     # view_ids: sorted item ids
     n, names = len(art.labels), art.class_names
-    shown = logic.stratified_sample(art.labels[view_ids], MAX_POINTS)
+    shown = logic.thinned_sample(coords, MAX_POINTS)   # fewer points: a faster first paint, lasso and redraw
     ids = view_ids[shown]
     categories, colours, values = colour
-    thumbs = state.thumbnail_url(run)
-    hover = [f"#{i} {names[i]}" for i in ids.tolist()]
-    if values is not None:
-        hover = [f"{h} · {colour_by} {v:.3f}" for h, v in zip(hover, values[ids].tolist())]
-    where = f"{len(view_ids)} isolated" if len(view_ids) < n else str(n)
-    fig = figures.embedding_map(
-        coords[shown], ids, None if categories is None else categories[ids], hover, colours, selected=selected,
-        values=None if values is None else values[ids], value_name=colour_by,
-        sizes=None if sizes is None else sizes[ids], thumbs=thumbs,
-        title=f"{shown_projection} of {where} test embeddings" + (f" ({len(shown)} shown)" if len(shown) < len(view_ids) else ""))
-    if focus is not None:
-        item, neighbour_ids, sims = focus
-        at = np.minimum(np.searchsorted(view_ids, neighbour_ids), len(view_ids) - 1)
-        on_map = view_ids[at] == neighbour_ids     # an isolated view may leave some out
-        if on_map.any():
-            figures.highlight_items(fig, coords[at[on_map]], neighbour_ids[on_map],
-                                    [f"#{i} {names[i]} · {s:.3f}" for i, s in zip(neighbour_ids[on_map], sims[on_map])],
-                                    f"{on_map.sum()} nearest of #{item}", thumbs=thumbs)
-        at = np.searchsorted(view_ids, item)
-        if at < len(view_ids) and view_ids[at] == item:
-            figures.highlight_items(fig, coords[[at]], [item], [f"#{item} {names[item]}"], f"#{item}", focus=True,
-                                    thumbs=thumbs)
+    drawn, revision = figure_selection(look, selected, kind)
+    built = st.session_state.get(BUILT)
+    if built is not None and built[0] == (look, revision):
+        fig = built[1]      # the same figure as last run: not built again (a tenth of a second on a big map)
+    else:
+        thumbs = state.thumbnail_url(run)
+        hover = [f"#{i} {names[i]}" for i in ids.tolist()]
+        if values is not None:
+            hover = [f"{h} · {colour_by} {v:.3f}" for h, v in zip(hover, values[ids].tolist())]
+        where = f"{len(view_ids)} isolated" if len(view_ids) < n else str(n)
+        fig = figures.embedding_map(
+            coords[shown], ids, None if categories is None else categories[ids], hover, colours, selected=drawn,
+            values=None if values is None else values[ids], value_name=colour_by,
+            sizes=None if scales["size"] is None else scales["size"][ids],
+            opacities=None if scales["opacity"] is None else scales["opacity"][ids], thumbs=thumbs,
+            title=f"{shown_projection} of {where} test embeddings" + (f" ({len(shown)} shown)" if len(shown) < len(view_ids) else ""))
+        fig.update_layout(datarevision=revision)  # a new revision is a new chart (figure_selection)
+        st.session_state[BUILT] = ((look, revision), fig)
     # shown while the browser loads plotly.js (a session's first seconds on the page)
     ui.map_still(coords[shown], np.full(len(shown), "") if categories is None else categories[ids], colours)
     event = st.plotly_chart(fig, key="explore_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
@@ -295,8 +342,28 @@ def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, c
     st.session_state[DRAWN] = (view_ids, coords)
     ui.map_bridge()
     if len(shown) < len(view_ids):
-        st.caption(f"The map shows a stratified sample of {len(shown)} of {len(view_ids)} points; box and lasso "
-                   f"select over all of them, and every metric uses the full set.")
+        st.caption(f"The map draws {len(shown)} of {len(view_ids)} points, thinned where they overlap (sparse "
+                   f"regions keep every point); box and lasso select over all of them, and every metric uses the "
+                   f"full set.")
+
+
+def focus_ui(run: str, art: state.Artifacts, view: tuple, focus: tuple | None) -> None:
+    """The clicked item (a star) and its nearest neighbours (rings) for the map's browser side
+    (map_bridge.js), which draws them above the plot: the map's figure stays the same (figure_selection), so
+    a click costs no new WebGL plot. Always one element, so the chart keeps its place on the page."""
+    payload = {}
+    if focus is not None:
+        view_ids, coords = view
+        item, neighbour_ids, sims = focus
+        names, marked = art.class_names, np.asarray([item, *neighbour_ids])
+        at = np.minimum(np.searchsorted(view_ids, marked), len(view_ids) - 1)
+        on_map = view_ids[at] == marked     # an isolated view may leave some out
+        texts = [f"#{item} {names[item]}"] + [f"#{i} {names[i]} · {s:.3f}" for i, s in zip(neighbour_ids, sims)]
+        payload = {"item": item, "name": f"{int(on_map[1:].sum())} nearest of #{item}", "colour": figures.HIGHLIGHT,
+                   "thumbs": state.thumbnail_url(run), "ids": marked[on_map].tolist(),
+                   "x": coords[at[on_map], 0].tolist(), "y": coords[at[on_map], 1].tolist(),
+                   "text": [t for t, keep in zip(texts, on_map) if keep]}
+    st.html(f'<div class="metriclens-focus" data-focus="{html.escape(json.dumps(payload))}"></div>')
 
 
 # ---- what is selected ----------------------------------------------------------------------------------------
@@ -325,7 +392,9 @@ def isolate_ui(run: str, selected: np.ndarray) -> None:
 
 
 def export_ui(run: str, art: state.Artifacts, selected: np.ndarray, fields: dict) -> None:
-    st.download_button(f"Export {len(selected)} as CSV", items.selection_csv(selected, art.items, art.labels, fields),
+    # a callable: the CSV is made when the button is pressed, not on every rerun (tenths of a second for 10k items)
+    st.download_button(f"Export {len(selected)} as CSV",
+                       lambda: items.selection_csv(selected, art.items, art.labels, fields), on_click="ignore",
                        file_name=f"{Path(run).name}_selection.csv", mime="text/csv", key="explore_export",
                        help="item, label, class, split, index in the split, path and every field")
 
@@ -342,7 +411,9 @@ def selection_ui(run: str, art: state.Artifacts, selected: np.ndarray, fields: d
         isolate_ui(run, selected)
     def clear():  # a callback: it runs before the next script run, so it may empty the search box too
         keep(SELECTION, run, [])
-        st.session_state["explore_find"] = ""
+        if st.session_state.get("explore_find"):  # the box is outside the fragment: the whole page reruns
+            st.session_state["explore_find"] = ""
+            st.session_state["_explore_rerun_app"] = True
     s4.button("Clear selection", key="explore_clear", on_click=clear)
     m1, m2, m3 = st.columns([1, 1, 2])
     with m1:
@@ -390,28 +461,27 @@ def prefetch(run: str) -> None:
     state.thumbnails(run)
 
 
-def page() -> None:
-    st.title("Explore the embedding")
-    run = ui.require_run()
-    _, _, art = ui.load_or_stop(run)
+@st.fragment
+def selection_area(run: str, art: state.Artifacts, fields: dict, view: tuple, colour: tuple, scales: dict,
+                   colour_by: str, scale_by: dict, look: str, query_drawn: int | None) -> None:
+    """The map and what is selected on it. A fragment: a lasso, a click, previous/next or a button of the
+    selection reruns this part only, not the page's controls and sidebar above it."""
     n = len(art.labels)
-    fields = state.item_fields(run)
-    colour_options = colour_options_for(run, art, fields)
-    size_options = [SAME_SIZE, *items.SCORES, items.QUERY_SIMILARITY]
-    link_ui(run, n, colour_options, size_options)
-    projection, colour_by, size_by = controls_ui(run, colour_options, size_options)
-    search_ui(run)
-    view = view_ui(run, art, projection)
-    selected = read_selection(run, n, sampled=len(view[0]) > MAX_POINTS)
-    selected = query_ui(run, n, selected)
-    colour = colouring(run, art, colour_by, fields)
-    sizes = marker_sizes(run, art, size_by)
+    if st.session_state.pop("_explore_rerun_app", False):  # Clear emptied the search box, which is outside
+        st.rerun(scope="app")
+    selected, kind = read_selection(run, n, sampled=len(view[0]) > MAX_POINTS)
+    stepped = query_ui(run, n, selected)
+    if not np.array_equal(stepped, selected):
+        selected, kind = stepped, None
+    if query_drawn is not None and st.session_state.get(state.QUERY) != query_drawn:
+        st.rerun(scope="app")  # coloured or sized by the similarity to the query, which changed
     focus = None
     if len(selected) == 1:
         item = int(selected[0])
         focus = (item, *items.neighbours(state.neighbour_index(run), art.embeddings, item, NEIGHBOURS))
-    map_ui(run, art, view[:2], view[2], colour, sizes, colour_by, selected, focus)
-    write_link(run, colour_by, size_by, selected)
+    map_ui(run, art, view[:2], view[2], colour, scales, colour_by, look, selected, kind)
+    focus_ui(run, art, view[:2], focus)
+    write_link(run, colour_by, scale_by, selected)
     if focus is not None:
         neighbours_ui(run, art, *focus)
     if not len(selected):
@@ -419,6 +489,43 @@ def page() -> None:
         prefetch(run)
         return
     selection_ui(run, art, selected, fields)
+
+
+def _plotly_chunk() -> str | None:
+    """The file name of Streamlit's lazily loaded plotly chart code (about 5 MB of JavaScript), if found."""
+    found = sorted((Path(st.__file__).parent / "static" / "static" / "js").glob("PlotlyChart.*.js"))
+    return found[0].name if found else None
+
+
+# The browser fetches and compiles plotly.js only when the first chart arrives, i.e. after the page's first run
+# has computed the map. Asked for first thing, it loads while the server computes (the same URL, so the chart's
+# own import later finds it loaded); on a loaded module it does nothing.
+PRELOAD_PLOTLY = ("<script>(function () { const index = document.querySelector('script[src*=\"/static/js/index.\"]'); "
+                  "if (index) import(index.src.replace(/index\\.[^/]*$/, '%s')).catch(function () {}); })();</script>"
+                  % _plotly_chunk()) if _plotly_chunk() else ""
+
+
+def page() -> None:
+    if PRELOAD_PLOTLY:  # on every run: an element fewer would move the map, which would then be drawn anew
+        st.html(PRELOAD_PLOTLY, unsafe_allow_javascript=True)
+    st.title("Explore the embedding")
+    run = ui.require_run()
+    _, _, art = ui.load_or_stop(run)
+    n = len(art.labels)
+    fields = state.item_fields(run)
+    colour_options = colour_options_for(run, art, fields)
+    scale_options = {what: [same, *items.SCORES, items.QUERY_SIMILARITY] for what, (same, _, _) in SCALES.items()}
+    link_ui(run, n, colour_options, scale_options)
+    projection, colour_by, scale_by = controls_ui(run, colour_options, scale_options)
+    search_ui(run)
+    view = view_ui(run, art, projection)
+    colour = colouring(run, art, colour_by, fields)
+    scales = {what: marker_scale(run, art, what, by) for what, by in scale_by.items()}
+    query_drawn = ui.query_item(n) if items.QUERY_SIMILARITY in (colour_by, *scale_by.values()) else None
+    # what the figure shows besides the selection (figure_selection): a change is a new chart
+    look = (f"{state.thumbnail_url(run)}|{view[2]}|{len(view[0])}:{hash(view[0].tobytes())}|{colour_by}|{scale_by}"
+            f"|{query_drawn}")     # the thumbnails' folder names the run, its artifacts' version and data folder
+    selection_area(run, art, fields, view, colour, scales, colour_by, scale_by, look, query_drawn)
 
 
 if os.environ.get("PROFILE_PAGE"):
