@@ -20,7 +20,12 @@
   tip.style.cssText = "position:fixed;display:none;pointer-events:none;z-index:1000;width:96px;height:96px;" +
     "border:2px solid #888;border-radius:4px;background-color:#808080;background-size:960px 960px;";
   doc.body.appendChild(tip);
-  const showThumb = function (base, id, e) {
+  // the thumbnail belongs to the element hovered (a map or a ring): it goes when the pointer leaves that element or
+  // the element leaves the page (a lasso ends with no plotly_unhover, and a page switch removes the map under it)
+  const hideThumb = function () { tip.style.display = "none"; tip.owner = null; };
+  doc.addEventListener("mousemove", function (e) { if (tip.owner && !tip.owner.contains(e.target)) hideThumb(); }, true);
+  const showThumb = function (base, id, e, owner) {
+    tip.owner = owner;
     const cell = id % 100;
     tip.style.backgroundImage = "url('" + base + Math.floor(id / 100) + ".jpg')";
     tip.style.backgroundPosition = (-96 * (cell % 10)) + "px " + (-96 * Math.floor(cell / 10)) + "px";
@@ -72,8 +77,8 @@
       const title = svgEl("title", {});
       title.textContent = focus.text[k];
       mark.appendChild(title);
-      mark.addEventListener("mouseenter", function (e) { if (focus.thumbs) showThumb(focus.thumbs, id, e); });
-      mark.addEventListener("mouseleave", function () { tip.style.display = "none"; });
+      mark.addEventListener("mouseenter", function (e) { if (focus.thumbs) showThumb(focus.thumbs, id, e, mark); });
+      mark.addEventListener("mouseleave", hideThumb);
       mark.addEventListener("click", function () {
         gd.emit("plotly_selected", {points: [{curveNumber: 0, pointNumber: 0, pointIndex: 0, x: focus.x[k],
                                               y: focus.y[k], customdata: id}], selections: []});
@@ -115,12 +120,13 @@
         const base = p && p.data && p.data.meta;
         const id = p ? Number(Array.isArray(p.customdata) ? p.customdata[0] : p.customdata) : NaN;
         if (!base || !(id >= 0)) return;
-        showThumb(base, id, ev.event || {});
+        showThumb(base, id, ev.event || {}, gd);
       });
       gd.on("plotly_afterplot", drawFocus);   // zoom, pan, resize
       drawFocus();
-      gd.on("plotly_unhover", function () { tip.style.display = "none"; });
+      gd.on("plotly_unhover", hideThumb);
     });
+    if (tip.owner && !tip.owner.isConnected) hideThumb();
   }, 400);
   doc.addEventListener("keydown", function (e) {
     const t = e.target || {};

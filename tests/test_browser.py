@@ -71,6 +71,8 @@ def test_every_page_in_chromium(server, browser):
     page.get_by_text("Top 8 neighbours", exact=False).wait_for(timeout=60_000)
     settle(page)
     assert page.get_by_text("Hardest failures").count() >= 1
+    # the map's hover thumbnail left with the map (after a lasso no plotly_unhover came, and it stayed on top)
+    page.locator("#metriclens-thumb").wait_for(state="hidden", timeout=5_000)
     shot(page, "03_retrieval")
 
     # an upload that is not an image: a clear error, no traceback
