@@ -1,7 +1,6 @@
 """Shared pieces of the head benchmarks: machine info, result files (JSON + markdown), run folders."""
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import os
@@ -126,16 +125,3 @@ def require_chromium() -> bool:
         return True
     print(f"{CHROMIUM} is missing: apt-get install chromium (or `make browser`)", file=sys.stderr)
     return False
-
-
-@contextlib.contextmanager
-def dashboard_server(env: dict):
-    """`streamlit run app.py` on a free loopback port, healthy: yields (base URL, process); stopped on exit."""
-    from dashboard.testing import free_port, start_server, stop_server, wait_healthy
-    port = free_port()
-    proc = start_server(port, env)
-    try:
-        wait_healthy(port, proc)
-        yield f"http://127.0.0.1:{port}", proc
-    finally:
-        stop_server(proc)

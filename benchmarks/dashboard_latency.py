@@ -37,7 +37,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from benchmarks.common import dashboard_server, require_chromium
+from benchmarks.common import require_chromium
+from dashboard.testing import dashboard_server
 from core import run_dir as rd
 from dashboard.testing import CHROMIUM, LAUNCH_ARGS, REPO, demo_runs, images_loaded, lasso, settle
 

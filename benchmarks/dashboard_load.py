@@ -36,7 +36,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from benchmarks.common import dashboard_server, require_chromium
+from benchmarks.common import require_chromium
+from dashboard.testing import dashboard_server
 from benchmarks.dashboard_latency import DONE, MAP_DRAWN, machine
 from core.run_dir import WEIGHTS
 from dashboard.testing import CHROMIUM, LAUNCH_ARGS, REPO, shipped_runs

@@ -7,6 +7,7 @@ the suite still runs end to end.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -146,3 +147,16 @@ def lasso(page, chart_index: int = 0, radius_share: float = 0.3, centre=(0.5, 0.
         page.mouse.move(cx + r * math.cos(a), cy + r * math.sin(a), steps=2)
     if release:
         page.mouse.up()
+
+
+@contextlib.contextmanager
+def dashboard_server(env: dict | None = None):
+    """`streamlit run app.py` on a free loopback port, healthy: yields (base URL, process); stopped on exit.
+    The one way the browser tests and the dashboard benchmarks start a server."""
+    port = free_port()
+    proc = start_server(port, env)
+    try:
+        wait_healthy(port, proc)
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        stop_server(proc)

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.testing import (CHROMIUM, demo_runs, free_port, images_loaded, settle, start_server,
-                               stop_server, wait_healthy)
+from dashboard.testing import CHROMIUM, dashboard_server, demo_runs, images_loaded, settle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-output" / "screenshots"
@@ -31,13 +30,8 @@ def app(tmp_path_factory, browser):
     """(base URL, run, browser) shared by the module's tests (the browser: conftest.py's)."""
     run = str(demo_runs(tmp_path_factory.mktemp("explorer_runs"), 1)[0].resolve())
     env = dict(os.environ, METRICLENS_AUTO_UMAP="0", METRICLENS_RUNS=str(Path(run).parent))
-    port = free_port()
-    proc = start_server(port, env)
-    try:
-        wait_healthy(port, proc)
-        yield f"http://127.0.0.1:{port}", run, browser
-    finally:
-        stop_server(proc)
+    with dashboard_server(env) as (base, _):
+        yield base, run, browser
 
 
 def shot(page, name: str) -> None:

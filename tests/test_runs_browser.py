@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dashboard.testing import (CHROMIUM, demo_runs, free_port, images_loaded, lasso, settle,
-                               start_server, stop_server, wait_healthy)
+from dashboard.testing import CHROMIUM, dashboard_server, demo_runs, images_loaded, lasso, settle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-output" / "screenshots"
@@ -34,13 +33,8 @@ def server(tmp_path_factory):
     import_run(scratch / "embeddings.npy", scratch / "labels.csv", imported)
     env = dict(os.environ, METRICLENS_AUTO_UMAP="0",
                METRICLENS_RUNS=os.pathsep.join(sorted({str(Path(r).parent) for r in runs} | {str(imported.parent)})))
-    port = free_port()
-    proc = start_server(port, env)
-    try:
-        wait_healthy(port, proc)
-        yield f"http://127.0.0.1:{port}", runs, str(imported)
-    finally:
-        stop_server(proc)
+    with dashboard_server(env) as (base, _):
+        yield base, runs, str(imported)
 
 
 def shot(page, name: str) -> None:

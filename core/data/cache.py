@@ -59,25 +59,6 @@ def _key(dataset, cfg: DataConfig) -> str:
     return h.hexdigest()
 
 
-class _Decoding(Dataset):
-    """The base data set's items through the uint8 test transform (unreadable files: its own fallback)."""
-
-    def __init__(self, base, transform):
-        self.base, self.transform = base, transform
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, index):
-        keep = self.base.transform
-        self.base.transform = self.transform  # per worker process copy: no other reader sees it
-        try:
-            image, _, served = self.base[index]
-        finally:
-            self.base.transform = keep
-        return image, served
-
-
 class CachedImages(Dataset):
     """A file data set's images decoded once (uint8 N×3×S×S); items are the test-time float images, and
     `labels`, `class_names`, `path`, `annotation`, `raw_image` and `bad` are the base data set's."""
@@ -103,8 +84,8 @@ class CachedImages(Dataset):
 
 
 def decode_once(dataset, cfg: DataConfig, num_workers: int = 0, progress=None) -> tuple[np.ndarray, set[int]]:
-    """Every image of `dataset` (an ImageListDataset) through the uint8 test transform, and the items whose
-    own file was unreadable; read back (memory-mapped) from the cache folder when decoded before."""
+    """Every image of `dataset` (an ImageListDataset whose transform is `uint8_transform(cfg)`), and the items
+    whose own file was unreadable; read back (memory-mapped) from the cache folder when decoded before."""
     root = cache_root()
     key = _key(dataset, cfg)
     images_path, bad_path = root / f"{key}.npy", root / f"{key}.bad.json"
@@ -113,9 +94,9 @@ def decode_once(dataset, cfg: DataConfig, num_workers: int = 0, progress=None) -
     size = cfg.image_size
     images = np.empty((len(dataset), 3, size, size), dtype=np.uint8)
     bad: set[int] = set()
-    loader = DataLoader(_Decoding(dataset, uint8_transform(cfg)), batch_size=64, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=64, num_workers=num_workers)
     done = 0
-    for step, (x, served) in enumerate(loader):
+    for step, (x, _, served) in enumerate(loader):  # served: the item read (a classmate for an unreadable file)
         images[done:done + len(x)] = x.numpy()
         bad.update(int(done + j) for j in np.flatnonzero(served.numpy() != np.arange(done, done + len(x))))
         done += len(x)
@@ -142,7 +123,8 @@ def cached_splits(splits, cfg: DataConfig, num_workers: int = 0, progress=None):
     label_of = {p: int(l) for ds in parts.values() for p, l in zip(ds.paths, ds.labels)}
     paths = sorted(label_of)
     class_names = {k: v for ds in parts.values() for k, v in ds.class_names.items()}
-    union = ImageListDataset(paths, np.asarray([label_of[p] for p in paths], dtype=np.int64), class_names, None)
+    union = ImageListDataset(paths, np.asarray([label_of[p] for p in paths], dtype=np.int64), class_names,
+                             uint8_transform(cfg))
     images, bad = decode_once(union, cfg, num_workers, progress)
     row = {p: i for i, p in enumerate(paths)}
     changes = {}
