@@ -10,7 +10,9 @@ classes (history row epoch -1) and stay a candidate for the best epoch, so a run
 learn returns its starting point and says so (`improved_over_start` in metrics.json). With
 `train.warmup_epochs` W, epochs 0..W-1 train only the new layers (head, projection, inserted
 blocks, CIA branch, loss parameters) while every backbone weight is frozen and its BatchNorm
-layers stay in eval mode; from epoch W the backbone trains again exactly as configured.
+layers stay in eval mode; from epoch W the backbone trains again exactly as configured. With
+`model.projection_init: pca` the head's projection first becomes the principal directions of the
+pooled train features (`init_projection`), so the start scores about like the frozen network.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from core.data.cache import CachedImages, DeviceBatches, cached_splits, use_cach
 from core.evaluate import evaluate_splits
 from core.losses import DMLCriterion, build_criterion, cia_criterion
 from core.models.embedder import Embedder, build_model
+from core.models.heads.base import pca_init_
 from core.models.mode import evaluating
 from core.sampling import class_balanced_batches
 from core.train_context import TrainContext
@@ -146,7 +149,7 @@ class Trainer:
             criterion = DMLCriterion(DistributedLossWrapper(criterion.loss),
                                      DistributedMinerWrapper(criterion.miner) if criterion.miner else None)
         self.criterion = criterion.to(self.device)
-        self._check_learning_rates()
+        self._check_settings()
         self.optimizer = self._optimizer()
         self.context = TrainContext(
             train_labels=self.splits.train.labels, seed=cfg.train.seed, epochs=cfg.train.epochs,
@@ -175,11 +178,14 @@ class Trainer:
         t = self.cfg.train
         return t.lr if t.backbone_lr is None else t.backbone_lr  # 0 means 0, not "same as lr"
 
-    def _check_learning_rates(self) -> None:
+    def _check_settings(self) -> None:
+        """Refuse values that cannot train before anything is built on them."""
         t = self.cfg.train
         for key, value in (("train.lr", t.lr), ("train.backbone_lr", t.backbone_lr)):
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise TrainingError(f"{key}={value} is not a learning rate; use a positive number such as 3e-5")
+        if self.cfg.model.projection_init not in ("random", "pca"):
+            raise TrainingError(f"model.projection_init={self.cfg.model.projection_init!r}; use random or pca")
         if t.warmup_epochs < 0:
             raise TrainingError(f"train.warmup_epochs={t.warmup_epochs} must be 0 or more")
 
@@ -373,6 +379,27 @@ class Trainer:
         # history.csv is written with the first epoch (its existence still means "an epoch completed")
         log.info("start (before any update): %s", {k: round(v, 4) for k, v in self.start_metrics.items()})
 
+    def init_projection(self) -> None:
+        """`model.projection_init: pca`: before anything else sees the weights, the head's projection starts as
+        the principal directions of the backbone's average-pooled train features (`heads.base.pca_init_`), so
+        that the start, a best-epoch candidate, scores about like the frozen network instead of below it."""
+        how = self.cfg.model.projection_init
+        if how == "random":
+            return
+        layer = self.model.head.input_projection()
+        if layer is None:
+            log.info("model.projection_init=%s: the %s head has no projection; nothing to start", how,
+                     self.cfg.model.head)
+            return
+        start = time.time()
+        rows = pca_init_(layer, self._embed_train_set(lambda features: features.float().mean((2, 3))))
+        if self.distributed:  # every rank computed the same; rank 0's copy makes sure of it
+            for p in layer.parameters():
+                dist.broadcast(p.data, 0)
+        if self.rank == 0:
+            log.info("projection started from the train features' %d leading principal directions (%.1f s)",
+                     rows, time.time() - start)
+
     def _nothing_to_learn(self) -> str | None:
         """Why training could not change anything (every trainable group has lr 0), or None."""
         t = self.cfg.train
@@ -389,6 +416,8 @@ class Trainer:
         self._prepare_run_dir()
         if self.epoch < t.epochs and self.rank == 0:  # training (again): earlier results no longer describe the weights
             (self.run_dir / ckpt.METRICS).unlink(missing_ok=True)
+        if self.epoch == 0 and not self.history:  # a fresh run (a resumed one keeps its trained weights)
+            self.init_projection()
         self.model.head.on_train_start(self.context)
         if self.epoch == 0 and not self.history and self.rank == 0 and t.epochs > 0:
             self.evaluate_start()

@@ -12,6 +12,7 @@ from core.config import BlockConfig, ModelConfig, TrainConfig
 from core.explain import cross_attention
 from core.losses import build_criterion
 from core.models.embedder import build_model
+from core.models.heads.base import pca_init_
 from core.registry import BLOCKS, HEADS, MAP_DESCRIPTIONS
 from core.train import TrainingStep
 from heads_testing import round_trip, shapes_batch
@@ -84,3 +85,21 @@ def test_contract(kind, name, batch, tmp_path):
     for key in ("a_in_b", "b_in_a"):
         assert result[key].dim() == 3 and result[key].shape[0] == k and torch.isfinite(result[key]).all()
         torch.testing.assert_close(result[key].sum((1, 2)), torch.ones(k), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", HEADS.names())
+def test_input_projection_is_the_layer_the_head_embeds_with(name, batch):
+    """`model.projection_init: pca` rewrites the layer a head names (`Head.input_projection`): it takes the
+    backbone's channels, and the embedding is made with it (rewriting it changes the embedding)."""
+    x, _, splits = batch
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="convnet", head=name, embed_dim=32), num_classes=splits.num_train_classes)
+    layer = model.eval().head.input_projection()
+    if layer is None:
+        pytest.skip(f"{name} has no projection to start from the data")
+    with torch.no_grad():
+        features = model.forward_features(x)
+        before = model(x)
+        assert pca_init_(layer, features.mean((2, 3)).numpy()) > 0
+        after = model(x)
+    assert torch.isfinite(after).all() and not torch.allclose(before, after, atol=1e-3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -73,7 +74,34 @@ class Head(nn.Module):
         """[{"params": [...], "lr_scale": float (default 1), "weight_decay": float | None (trainer's)}]."""
         return []
 
+    def input_projection(self) -> nn.Linear | nn.Conv2d | None:
+        """The new layer that maps backbone channels into the embedding space (a Linear on pooled features or
+        a 1×1 Conv2d per position), which `model.projection_init: pca` starts from the principal directions of
+        the train features; None: the head has none (e.g. GAP with embed_dim 0)."""
+        return None
+
     def extra_state(self) -> dict:
         return {}
 
     def load_extra_state(self, state: dict) -> None: ...
+
+
+@torch.no_grad()
+def pca_init_(layer: nn.Linear | nn.Conv2d, pooled: np.ndarray) -> int:
+    """Start `layer` (Linear C→D, or 1×1 Conv2d C→D) as the orthonormal projection of the features onto the D
+    leading principal directions of `pooled` (N×C, the backbone's average-pooled train features), centred by
+    its bias where it has one. With a pretrained backbone a random projection starts below the frozen network
+    it projects; this start keeps the directions in which the train images differ most, so the run's
+    starting point (a best-epoch candidate) scores about like the frozen network. Rows beyond the data's
+    rank (fewer train images than D) keep their random init. Returns the number of rows set."""
+    x = np.asarray(pooled, dtype=np.float64)
+    w = layer.weight.view(layer.weight.shape[0], -1)        # D×C (a view: the 1×1 conv is written in place)
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(f"projection takes {w.shape[1]} channels, the pooled features have {x.shape[1]}")
+    mean = x.mean(0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    k = min(w.shape[0], vt.shape[0])
+    w[:k] = torch.from_numpy(vt[:k]).to(w)
+    if layer.bias is not None:
+        layer.bias[:k] = -(w[:k] @ torch.from_numpy(mean).to(w))
+    return k

@@ -178,6 +178,9 @@ class DSLHead(LearnerGrowth, ClusterSchedule, Head):
         maps = self.attention(features)
         return maps[:, : len(self.learners)] if self.per_learner_attention else maps
 
+    def input_projection(self):
+        return self.proj
+
     def pooled(self, features, maps=None) -> torch.Tensor:
         """GAP of the attended features: B×C (shared) or B×K×C (per learner)."""
         maps = self.attention_maps(features) if maps is None else maps

@@ -17,6 +17,9 @@ class GAPHead(Head):
         self.proj = nn.Linear(in_channels, embed_dim) if embed_dim else nn.Identity()
         self.out_dim = embed_dim or in_channels
 
+    def input_projection(self):
+        return self.proj if isinstance(self.proj, nn.Linear) else None
+
     def forward(self, features):                       # B×C×h×w
         pooled = features.mean((2, 3))                 # B×C
         if self.add_max:

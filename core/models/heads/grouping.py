@@ -117,6 +117,9 @@ class GroupingHead(Head):
             groups.append({"params": [self.margin_beta], "lr_scale": self.beta_lr_scale, "weight_decay": 0.0})
         return groups
 
+    def input_projection(self):
+        return self.value                # shared by the groups: at near-uniform attention each group is value(GAP)
+
     def pool(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-group unit embeddings B×k×d, attention B×k×N)."""
         keys = self.key(features).flatten(2)                           # B×c_k×N

@@ -239,6 +239,9 @@ class GSPHead(Head):
             cost = sq.clamp_min(1e-12).sqrt().transpose(1, 2).reshape(b, -1, h, w)   # B×m×h×w
             return partial_transport(cost, self.mu, self.gamma, self.iterations, self.grad)
 
+    def input_projection(self):
+        return self.proj
+
     def forward(self, features: torch.Tensor) -> HeadOutput:          # B×C×h×w
         b, _, h, w = features.shape
         n, m = h * w, len(self.prototypes)
