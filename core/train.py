@@ -381,7 +381,7 @@ class Trainer:
 
     def init_projection(self) -> None:
         """`model.projection_init: pca`: before anything else sees the weights, the head's projection starts as
-        the principal directions of the backbone's average-pooled train features (`heads.base.pca_init_`), so
+        the principal directions of the pooled train features (`Head.projection_input`, `heads.base.pca_init_`), so
         that the start, a best-epoch candidate, scores about like the frozen network instead of below it."""
         how = self.cfg.model.projection_init
         if how == "random":
@@ -392,7 +392,7 @@ class Trainer:
                      self.cfg.model.head)
             return
         start = time.time()
-        rows = pca_init_(layer, self._embed_train_set(lambda features: features.float().mean((2, 3))))
+        rows = pca_init_(layer, self._embed_train_set(lambda f: self.model.head.projection_input(f.float())))
         if self.distributed:  # every rank computed the same; rank 0's copy makes sure of it
             for p in layer.parameters():
                 dist.broadcast(p.data, 0)

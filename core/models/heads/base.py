@@ -80,6 +80,11 @@ class Head(nn.Module):
         the train features; None: the head has none (e.g. GAP with embed_dim 0)."""
         return None
 
+    def projection_input(self, features: torch.Tensor) -> torch.Tensor:
+        """B×C: what `input_projection` sees, pooled per image (for attention pooling: at uniform attention,
+        i.e. the average), whose principal directions and mean start the projection."""
+        return features.mean((2, 3))
+
     def extra_state(self) -> dict:
         return {}
 

@@ -181,6 +181,10 @@ class DSLHead(LearnerGrowth, ClusterSchedule, Head):
     def input_projection(self):
         return self.proj
 
+    def projection_input(self, features):
+        g = self.pooled(features)                          # its attention scales the features: centre on that
+        return g.mean(1) if g.dim() == 3 else g
+
     def pooled(self, features, maps=None) -> torch.Tensor:
         """GAP of the attended features: B×C (shared) or B×K×C (per learner)."""
         maps = self.attention_maps(features) if maps is None else maps

@@ -20,8 +20,8 @@ class GAPHead(Head):
     def input_projection(self):
         return self.proj if isinstance(self.proj, nn.Linear) else None
 
+    def projection_input(self, features):
+        return features.mean((2, 3)) + (features.amax((2, 3)) if self.add_max else 0)
+
     def forward(self, features):                       # B×C×h×w
-        pooled = features.mean((2, 3))                 # B×C
-        if self.add_max:
-            pooled = pooled + features.amax((2, 3))
-        return HeadOutput(F.normalize(self.proj(pooled), dim=-1))
+        return HeadOutput(F.normalize(self.proj(self.projection_input(features)), dim=-1))
