@@ -50,7 +50,10 @@ def write_readme(out: Path, summary: dict) -> None:
              "dates show), seeded (train.seed 0). The shipped runs were trained for 40 epochs on a lent H200 GPU "
              "(`--epochs 40 --no-umap`, 30-80 s each; the 12-epoch schedule of the configs stopped about a third of the "
              "way to convergence), then re-embedded and scored on this CPU with `--refresh` (float32, as the dashboard "
-             "embeds a new query) and given UMAP coordinates; the seconds column is then the GPU training time. Runs "
+             "embeds a new query) and given UMAP coordinates; the seconds column is then the GPU training time. A run "
+             "made on \"CPU, --from\" is the chosen point of a CPU config sweep (`python -m core train ... train.epochs=40`, "
+             "1 thread at nice 19 on this busy machine), shipped with `--epochs 40 --from DIR` after its config became the "
+             "yaml's; its seconds are that training time plus UMAP. Runs "
              f"remade on a CPU ({platform.machine()}, {os.cpu_count()} cores here) keep train + UMAP seconds and the "
              "load average. Test metrics are on the 32 unseen shapes classes (960 images; chance R@1 = 0.031).\n",
              "| run | epochs | seconds | made on / load avg | size (MiB) | R@1 | MAP@R | NMI | made |",
@@ -77,15 +80,18 @@ def adopt(source: Path, run_dir: Path, cfg: RunConfig) -> dict:
     """Copy the finished run `source` to `run_dir` after checking it was trained with `cfg`. Returns its metrics."""
     if not (source / ckpt.METRICS).exists():
         raise SystemExit(f"--from: {source} is not a finished run (no {ckpt.METRICS})")
-    trained = RunConfig.load(source / ckpt.CONFIG).to_dict()
+    # the description may differ: `python -m core train` notes its command-line overrides there
+    trained = {**RunConfig.load(source / ckpt.CONFIG).to_dict(), "description": cfg.description}
     wanted = cfg.to_dict()
     if trained != wanted:
         diff = sorted(f"{s}.{k}" for s in wanted for k in (wanted[s] if isinstance(wanted[s], dict) else {})
                       if isinstance(trained.get(s), dict) and trained[s].get(k) != wanted[s][k])
         raise SystemExit(f"--from: {source} was trained with another config than {cfg.name} "
-                         f"(differs in {', '.join(diff) or 'name/description'}); retrain it or fix the yaml")
+                         f"(differs in {', '.join(diff) or 'name'}); retrain it or fix the yaml")
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns(ckpt.RESUME, "progress.jsonl"))
+    raw = json.loads((run_dir / ckpt.CONFIG).read_text())
+    write_json(run_dir / ckpt.CONFIG, {**raw, "description": cfg.description})   # the yaml's, now that it says so
     return ckpt.read_json(run_dir / ckpt.METRICS)
 
 
