@@ -2,6 +2,12 @@
 
     python -m benchmarks.make_checkpoints [--methods gap,gsp] [--epochs N] [--plateau P --max-epochs M] [--seed S]
 
+`--from DIR`: ship finished runs instead of training them: DIR/shapes_<method>, trained with the same config
+(e.g. the chosen point of a config sweep, `python -m core train --config configs/shapes_<method>.yaml --out
+DIR/shapes_<method> train.epochs=40`). Its config must equal the repo's (with --epochs/--seed applied), so the
+shipped run is the one `make checkpoints` would train; it is copied in, gets UMAP and loses resume.pt, and the
+seconds column is its training time plus UMAP.
+
 `--plateau P`: train until validation MAP@R (the configs' `train.select_metric`) has not improved for P
 epochs, in chunks of P epochs resumed from the run's resume.pt, up to `--max-epochs`; the best epoch is
 kept. A head that fixes a schedule from `train.epochs` at its start keeps the first chunk's (DSL's
@@ -44,7 +50,10 @@ def write_readme(out: Path, summary: dict) -> None:
              "dates show), seeded (train.seed 0). The shipped runs were trained for 40 epochs on a lent H200 GPU "
              "(`--epochs 40 --no-umap`, 30-80 s each; the 12-epoch schedule of the configs stopped about a third of the "
              "way to convergence), then re-embedded and scored on this CPU with `--refresh` (float32, as the dashboard "
-             "embeds a new query) and given UMAP coordinates; the seconds column is then the GPU training time. Runs "
+             "embeds a new query) and given UMAP coordinates; the seconds column is then the GPU training time. A run "
+             "made on \"CPU, --from\" is the chosen point of a CPU config sweep (`python -m core train ... train.epochs=40`, "
+             "1 thread at nice 19 on this busy machine), shipped with `--epochs 40 --from DIR` after its config became the "
+             "yaml's; its seconds are that training time plus UMAP. Runs "
              f"remade on a CPU ({platform.machine()}, {os.cpu_count()} cores here) keep train + UMAP seconds and the "
              "load average. Test metrics are on the 32 unseen shapes classes (960 images; chance R@1 = 0.031).\n",
              "| run | epochs | seconds | made on / load avg | size (MiB) | R@1 | MAP@R | NMI | made |",
@@ -65,6 +74,25 @@ def train_until_plateau(cfg: RunConfig, run_dir: Path, patience: int, max_epochs
         if epochs - 1 - metrics["best_epoch"] >= patience or epochs >= max_epochs:
             return metrics
         epochs = min(epochs + patience, max_epochs)
+
+
+def adopt(source: Path, run_dir: Path, cfg: RunConfig) -> dict:
+    """Copy the finished run `source` to `run_dir` after checking it was trained with `cfg`. Returns its metrics."""
+    if not (source / ckpt.METRICS).exists():
+        raise SystemExit(f"--from: {source} is not a finished run (no {ckpt.METRICS})")
+    # the description may differ: `python -m core train` notes its command-line overrides there
+    trained = {**RunConfig.load(source / ckpt.CONFIG).to_dict(), "description": cfg.description}
+    wanted = cfg.to_dict()
+    if trained != wanted:
+        diff = sorted(f"{s}.{k}" for s in wanted for k in (wanted[s] if isinstance(wanted[s], dict) else {})
+                      if isinstance(trained.get(s), dict) and trained[s].get(k) != wanted[s][k])
+        raise SystemExit(f"--from: {source} was trained with another config than {cfg.name} "
+                         f"(differs in {', '.join(diff) or 'name'}); retrain it or fix the yaml")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns(ckpt.RESUME, "progress.jsonl"))
+    raw = json.loads((run_dir / ckpt.CONFIG).read_text())
+    write_json(run_dir / ckpt.CONFIG, {**raw, "description": cfg.description})   # the yaml's, now that it says so
+    return ckpt.read_json(run_dir / ckpt.METRICS)
 
 
 def refresh(run_dir: Path) -> dict:
@@ -95,6 +123,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, help="override every config's train.seed (other seeds of a schedule)")
     parser.add_argument("--refresh", action="store_true",
                         help="do not train: re-score the runs in --out on this machine (e.g. trained on a GPU), make UMAP")
+    parser.add_argument("--from", dest="source", help="ship the finished runs DIR/shapes_<method> (same config) "
+                                                          "instead of training them")
     parser.add_argument("--no-umap", action="store_true",
                         help="skip UMAP (e.g. on a machine without umap-learn); later: python -m core umap RUN")
     args = parser.parse_args(argv)
@@ -123,15 +153,23 @@ def main(argv=None) -> int:
         run_dir = out / f"shapes_{method}"
         shutil.rmtree(run_dir, ignore_errors=True)
         start, load_before = time.time(), os.getloadavg()[0]
-        metrics = train_until_plateau(cfg, run_dir, args.plateau, args.max_epochs) if args.plateau else train(cfg, run_dir)
+        if args.source:
+            metrics = adopt(Path(args.source) / f"shapes_{method}", run_dir, cfg)
+            start -= metrics["train_seconds"]
+            load_before = os.getloadavg()[0]
+        elif args.plateau:
+            metrics = train_until_plateau(cfg, run_dir, args.plateau, args.max_epochs)
+        else:
+            metrics = train(cfg, run_dir)
         cfg = RunConfig.load(run_dir / ckpt.CONFIG)
         if not args.no_umap:
             ensure_coords(run_dir, "umap")
         (run_dir / ckpt.RESUME).unlink(missing_ok=True)
         seconds = time.time() - start
         size = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file()) / 2**20
+        load = round((load_before + os.getloadavg()[0]) / 2, 1)
         summary[method] = dict(epochs=cfg.train.epochs, seconds=round(seconds, 1), mib=round(size, 2),
-                               load_average=round((load_before + os.getloadavg()[0]) / 2, 1),
+                               load_average=f"CPU, --from (UMAP at load {load})" if args.source else load,
                                date=str(date.today()), test=metrics["test"])
         print(f"{method}: {seconds:.0f}s, {size:.1f} MiB, test R@1 {metrics['test']['recall@1']:.3f}", flush=True)
         summary_path.write_text(json.dumps(summary, indent=2))
