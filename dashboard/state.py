@@ -294,7 +294,7 @@ def artifacts(run_dir: str) -> Artifacts:
     return _artifacts(run_dir, _artifact_stamp(run_dir), groups)
 
 
-# From this many items on, the all-vs-all table is computed in a background process at low priority and kept
+# Past this many items the all-vs-all table is computed in a background process at low priority and kept
 # on disk: at 60k-120k items faiss took both cores for 10-70 s right after the map was sent, while the
 # browser was still building it (the map's first paint slowed by seconds), and a server restart paid again.
 TABLE_IN_PROCESS_MAX = 20_000
