@@ -52,14 +52,6 @@ def _child_setup(nice: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     if nice and hasattr(os, "nice"):
         os.nice(nice)
-        # Linux with autogroups (the default on desktops and here): a new session is a scheduling group of its
-        # own, weighed like the server's whatever the nice value of its processes, so a "niced" job still took
-        # half of a 2-core machine from the browser. The group's own nice value is what counts.
-        try:
-            with open("/proc/self/autogroup", "w") as fh:
-                fh.write(str(nice))
-        except OSError:
-            pass
     # Linux: SIGINT when the thread that started us ends, i.e. when the server dies however it dies (the
     # spawning thread lives until the child ends). The trainer then stops cleanly after its last completed
     # epoch, instead of training on unseen by the next server and outside its job limit.

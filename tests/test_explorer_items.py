@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,19 +134,3 @@ def test_loaded_artifacts_are_kept_out_of_the_garbage_collectors_walks(tmp_path)
     walked = {id(o) for o in gc.get_objects()}       # what a collection walks: not the frozen objects
     assert id(art.items) not in walked and id(art.items[0]) not in walked
 
-
-@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no Linux scheduler autogroups here")
-def test_background_jobs_are_low_priority_in_their_own_scheduling_group(tmp_path):
-    """A background job (UMAP, thumbnails, a big run's retrieval table) starts its own session, which Linux
-    schedules as a group weighed like the server's: the group itself gets the job's nice value."""
-    import time
-
-    from dashboard import jobs
-
-    log = tmp_path / "job.log"
-    with open(log, "w") as fh:
-        process = jobs.spawn(["cat", "/proc/self/autogroup"], fh, nice=10)
-    deadline = time.time() + 30
-    while process.returncode is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert log.read_text().strip().endswith("nice 10"), log.read_text()
