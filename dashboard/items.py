@@ -29,8 +29,12 @@ def name_attributes(class_names) -> dict[str, np.ndarray]:
     uniq, inverse = np.unique(names, return_inverse=True)
     out = {}
     for field, words in (("colour", NAMED_COLOURS), ("shape", NAMED_SYMBOLS)):
-        found = [next((t for t in str(n).lower().replace("_", " ").split() if t in words), None) for n in uniq]
-        if len(uniq) > 1 and all(found) and len(set(found)) > 1:
+        found = []
+        for name in uniq.tolist() if len(uniq) > 1 else []:
+            found.append(next((t for t in name.lower().replace("_", " ").split() if t in words), None))
+            if found[-1] is None:   # every name must carry one: stop at the first without (SOP: at once)
+                break
+        if found and found[-1] is not None and len(set(found)) > 1:
             out[field] = np.asarray(found)[inverse]
     return out
 
@@ -42,15 +46,15 @@ def categorical_fields(items: list[dict], class_names) -> dict[str, np.ndarray]:
     a file name), colours nothing and is left out (search still reads file names)."""
     n = len(items)
     out = {"class": np.asarray(class_names, dtype=str)}
-    splits = np.asarray([str(it.get("split", "")) for it in items])
-    if len(set(splits.tolist())) > 1:
-        out["split"] = splits
+    splits = [str(it.get("split", "")) for it in items]
+    if len(set(splits)) > 1:
+        out["split"] = np.asarray(splits)
     extra = [k for k in dict.fromkeys(k for it in items[:1000] for k in it) if k not in BASE_KEYS]
     for key in extra:
-        values = np.asarray(["" if it.get(key) is None else str(it.get(key)) for it in items])
-        if 1 < len(set(values.tolist())) < max(2, n // 2) and all(
+        values = ["" if it.get(key) is None else str(it.get(key)) for it in items]
+        if 1 < len(set(values)) < max(2, n // 2) and all(
                 isinstance(it.get(key), (str, int, float, bool, type(None))) for it in items[:1000]):
-            out[key] = values
+            out[key] = np.asarray(values)
     for key, values in name_attributes(out["class"]).items():
         out.setdefault(key, values)
     return out

@@ -6,6 +6,7 @@ expensive ones and the pages only render what these return.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,18 @@ def retrieval_table(embeddings: np.ndarray, labels: np.ndarray, k_min: int = 16)
     r_prec, map_r = precision_at_r(hits, relevant)
     first = np.where(hits.any(1), hits.argmax(1) + 1, k + 1)
     return RetrievalTable(idx, sims, hits, relevant, r_prec, map_r, first)
+
+
+def save_table(table: RetrievalTable, path) -> None:
+    """Write a table whole or not at all (a reader never sees half of one)."""
+    path = str(path)
+    np.savez(path + ".tmp.npz", **vars(table))
+    os.replace(path + ".tmp.npz", path)
+
+
+def load_table(path) -> RetrievalTable:
+    with np.load(path) as saved:
+        return RetrievalTable(**{name: saved[name] for name in saved.files})
 
 
 def selection_metrics(table: RetrievalTable, selected: np.ndarray) -> dict[str, tuple[float, float]]:

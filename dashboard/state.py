@@ -141,6 +141,15 @@ def summary(run_dir: str) -> dict:
     return _summary(run_dir, _mtime(path / ckpt.METRICS), _mtime(path / ckpt.CONFIG))
 
 
+def keep_for_good() -> None:
+    """Take every object alive now out of the cyclic garbage collector's reach (gc.freeze): the modules, models
+    and run artifacts a server keeps until it stops. Each full collection walked those millions of objects with
+    the GIL held, 0.3-0.8 s every few seconds on this 2-core machine, and a click or lasso that met one waited
+    for it. Called after the big loads; what dies later in a cycle of these few objects is never freed."""
+    import gc
+    gc.freeze()
+
+
 @st.cache_resource
 def warm_up() -> threading.Thread:
     """Import what the first interactions need (faiss and scikit-learn for retrieval, Captum for
@@ -149,6 +158,7 @@ def warm_up() -> threading.Thread:
         import captum.attr  # noqa: F401
         import core.data  # noqa: F401
         import core.evaluate  # noqa: F401
+        keep_for_good()
     thread = threading.Thread(target=work, name="warm-up", daemon=True)
     thread.start()
     return thread
@@ -190,6 +200,7 @@ class ModelCache:
             if hit:
                 return hit
             model, cfg = load()
+            keep_for_good()
             size = sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
             with self.lock:
                 self.entries[run_dir] = (stamp, model, cfg, size)
@@ -274,6 +285,7 @@ def _artifacts(run_dir: str, stamp: float, groups: tuple[tuple[int, int], ...]) 
                               f"{slices[-1].stop}: the artifacts belong to another model. Retrain the run "
                               f"(or re-run its training command, which rewrites them).")
     read_only(emb, labels)
+    keep_for_good()     # a big run's items are a million objects
     return Artifacts(emb, labels, items, slices)
 
 
@@ -282,10 +294,47 @@ def artifacts(run_dir: str) -> Artifacts:
     return _artifacts(run_dir, _artifact_stamp(run_dir), groups)
 
 
+# Past this many items the all-vs-all table is computed in a background process at low priority and kept
+# on disk: at 60k-120k items faiss took both cores for 10-70 s right after the map was sent, while the
+# browser was still building it (the map's first paint slowed by seconds), and a server restart paid again.
+TABLE_IN_PROCESS_MAX = 20_000
+RETRIEVAL_TABLE = """import sys, numpy as np
+from dashboard import logic
+art = sys.argv[1]
+logic.save_table(logic.retrieval_table(np.load(art + "/embeddings.npy"), np.load(art + "/labels.npy")), sys.argv[2])
+"""
+
+
+def retrieval_file(run_dir: str) -> Path:
+    """Where a large run's retrieval table is kept (git-ignored .cache/, by run and artifacts version)."""
+    return REPO / ".cache" / "retrieval" / f"{digest(f'{run_dir}|{_artifact_stamp(run_dir)}')}.npz"
+
+
+def _table_in_background(run_dir: str) -> logic.RetrievalTable:
+    """The kept table, or a nice'd `RETRIEVAL_TABLE` process's, waited for without holding a core."""
+    import sys
+
+    path = retrieval_file(run_dir)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".log"), "w") as fh:
+            process = jobs.spawn([sys.executable, "-c", RETRIEVAL_TABLE, str(Path(run_dir) / ckpt.ARTIFACTS),
+                                  str(path)], fh, nice=10)
+        while process.poll() is None:
+            time.sleep(0.1)
+        if process.returncode != 0:
+            raise CheckpointError(f"scoring every item of {Path(run_dir).name} against all others failed: "
+                                  f"{_log_tail(path.with_suffix('.log'))}")
+    return logic.load_table(path)
+
+
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _retrieval(run_dir: str, stamp: float) -> logic.RetrievalTable:
     art = artifacts(run_dir)
-    table = logic.retrieval_table(art.embeddings, art.labels)
+    if len(art.labels) > TABLE_IN_PROCESS_MAX:
+        table = _table_in_background(run_dir)
+    else:
+        table = logic.retrieval_table(art.embeddings, art.labels)
     read_only(*(value for value in vars(table).values() if isinstance(value, np.ndarray)))
     return table
 

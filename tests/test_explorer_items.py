@@ -87,3 +87,50 @@ def test_umap_progress_is_read_from_its_log(tmp_path):
     log.write_text("UMAP layout:  41%| ████      205/500 [00:03]\rUMAP layout:  67%| ██████▋    333/500 [00:05]")
     assert state.umap_progress({"log": log}) == 0.67
     assert state.umap_progress({"log": tmp_path / "missing.log"}) is None
+
+
+def test_a_large_runs_retrieval_table_comes_from_a_kept_background_process(tmp_path, monkeypatch):
+    """Past TABLE_IN_PROCESS_MAX items the all-vs-all table is scored by a low-priority process (not on the
+    server's cores while the browser draws the map) and kept on disk: the same table as in process, and a
+    second server reads it instead of scoring again."""
+    from dashboard import jobs, state
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 40, 300)
+    emb = rng.normal(size=(40, 16))[labels] + rng.normal(scale=0.8, size=(300, 16))
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    (tmp_path / "run" / "artifacts").mkdir(parents=True)
+    np.save(tmp_path / "run" / "artifacts" / "embeddings.npy", emb)
+    np.save(tmp_path / "run" / "artifacts" / "labels.npy", labels)
+    monkeypatch.setattr(state, "REPO", tmp_path)        # its .cache/ in the test's folder
+    run = str(tmp_path / "run")
+
+    table = state._table_in_background(run)
+    expected = logic.retrieval_table(emb, labels)
+    for name, value in vars(expected).items():
+        assert np.array_equal(getattr(table, name), value, equal_nan=value.dtype.kind == "f"), name
+    assert state.retrieval_file(run).exists()
+    monkeypatch.setattr(jobs, "spawn", lambda *a, **k: pytest.fail("scored again instead of read"))
+    again = state._table_in_background(run)
+    assert np.array_equal(again.neighbours, expected.neighbours)
+
+
+def test_loaded_artifacts_are_kept_out_of_the_garbage_collectors_walks(tmp_path):
+    """A run's artifacts (a big run's items: a million objects) are frozen out of the cyclic garbage collector
+    once loaded: its full collections walked them with the GIL held, 0.3-0.8 s pauses in the middle of clicks."""
+    import gc
+    import json
+
+    from dashboard import state
+
+    folder = tmp_path / "run" / "artifacts"
+    folder.mkdir(parents=True)
+    np.save(folder / "embeddings.npy", np.eye(4, dtype=np.float32))
+    np.save(folder / "labels.npy", np.arange(4))
+    (folder / "items.json").write_text(json.dumps([{"split": "test", "index": i, "class_name": f"c{i}"} for i in range(4)]))
+    gc.unfreeze()
+    art = state._artifacts(str(tmp_path / "run"), 0.0, ())
+    assert gc.get_freeze_count() > 0
+    walked = {id(o) for o in gc.get_objects()}       # what a collection walks: not the frozen objects
+    assert id(art.items) not in walked and id(art.items[0]) not in walked
+

@@ -456,9 +456,13 @@ def nothing_selected_ui(run: str) -> None:
 def prefetch(run: str) -> None:
     """After paint: the map is on screen, so the first selection need not pay for these."""
     state.warm_up()
-    state.retrieval(run)
-    state.neighbour_index(run)
     state.thumbnails(run)
+    state.neighbour_index(run)
+    try:  # the data set behind the grid's images: a new run's first selection paid seconds for it
+        state.splits(run)
+    except ui.dataset_error_type():
+        pass  # the selection says so when it shows images
+    state.retrieval(run)
 
 
 @st.fragment
