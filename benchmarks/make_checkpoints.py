@@ -30,6 +30,7 @@ from datetime import date
 from pathlib import Path
 
 from core import checkpoint as ckpt
+from core import run_dir as rd
 from core.io import write_json
 from core.config import RunConfig
 from core.projection import ensure_coords
@@ -89,7 +90,7 @@ def adopt(source: Path, run_dir: Path, cfg: RunConfig) -> dict:
         raise SystemExit(f"--from: {source} was trained with another config than {cfg.name} "
                          f"(differs in {', '.join(diff) or 'name'}); retrain it or fix the yaml")
     shutil.rmtree(run_dir, ignore_errors=True)
-    shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns(ckpt.RESUME, "progress.jsonl"))
+    shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns(ckpt.RESUME, rd.PROGRESS))
     raw = json.loads((run_dir / ckpt.CONFIG).read_text())
     write_json(run_dir / ckpt.CONFIG, {**raw, "description": cfg.description})   # the yaml's, now that it says so
     return ckpt.read_json(run_dir / ckpt.METRICS)
