@@ -157,7 +157,6 @@ def main(argv=None) -> int:
         if args.source:
             metrics = adopt(Path(args.source) / f"shapes_{method}", run_dir, cfg)
             start -= metrics["train_seconds"]
-            load_before = os.getloadavg()[0]
         elif args.plateau:
             metrics = train_until_plateau(cfg, run_dir, args.plateau, args.max_epochs)
         else:

@@ -392,13 +392,13 @@ class Trainer:
                      self.cfg.model.head)
             return
         start = time.time()
-        rows = pca_init_(layer, self._embed_train_set(lambda f: self.model.head.projection_input(f.float())))
-        if self.distributed:  # every rank computed the same; rank 0's copy makes sure of it
-            for p in layer.parameters():
-                dist.broadcast(p.data, 0)
-        if self.rank == 0:
+        if self.rank == 0:  # under torchrun the other ranks receive the result instead of embedding it again
+            rows = pca_init_(layer, self._embed_train_set(lambda f: self.model.head.projection_input(f.float())))
             log.info("projection started from the train features' %d leading principal directions (%.1f s)",
                      rows, time.time() - start)
+        if self.distributed:
+            for p in layer.parameters():
+                dist.broadcast(p.data, 0)
 
     def _nothing_to_learn(self) -> str | None:
         """Why training could not change anything (every trainable group has lr 0), or None."""
@@ -416,10 +416,11 @@ class Trainer:
         self._prepare_run_dir()
         if self.epoch < t.epochs and self.rank == 0:  # training (again): earlier results no longer describe the weights
             (self.run_dir / ckpt.METRICS).unlink(missing_ok=True)
-        if self.epoch == 0 and not self.history:  # a fresh run (a resumed one keeps its trained weights)
+        fresh = self.epoch == 0 and not self.history  # a resumed run keeps its trained weights and its start row
+        if fresh:
             self.init_projection()
         self.model.head.on_train_start(self.context)
-        if self.epoch == 0 and not self.history and self.rank == 0 and t.epochs > 0:
+        if fresh and self.rank == 0 and t.epochs > 0:
             self.evaluate_start()
         if not (self.run_dir / ckpt.WEIGHTS).exists() and self.rank == 0:
             # evaluate as built (epochs=0), and what a run that stops before its first epoch returns

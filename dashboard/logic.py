@@ -6,7 +6,6 @@ expensive ones and the pages only render what these return.
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,9 +60,12 @@ def retrieval_table(embeddings: np.ndarray, labels: np.ndarray, k_min: int = 16)
 
 def save_table(table: RetrievalTable, path) -> None:
     """Write a table whole or not at all (a reader never sees half of one)."""
-    path = str(path)
-    np.savez(path + ".tmp.npz", **vars(table))
-    os.replace(path + ".tmp.npz", path)
+    from core.io import atomic_write
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:   # a file object: np.savez would append .npz to a bare name
+            np.savez(fh, **vars(table))
+    atomic_write(path, write)
 
 
 def load_table(path) -> RetrievalTable:

@@ -90,16 +90,23 @@ def test_contract(kind, name, batch, tmp_path):
 @pytest.mark.parametrize("name", HEADS.names())
 def test_input_projection_is_the_layer_the_head_embeds_with(name, batch):
     """`model.projection_init: pca` rewrites the layer a head names (`Head.input_projection`): it takes the
-    backbone's channels, and the embedding is made with it (rewriting it changes the embedding)."""
+    backbone's channels, a linear one is fed exactly `Head.projection_input` (DSL: its attention-pooled features,
+    whose mean the bias must centre), and the embedding is made with it (rewriting it changes the embedding)."""
     x, _, splits = batch
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone="convnet", head=name, embed_dim=32), num_classes=splits.num_train_classes)
     layer = model.eval().head.input_projection()
     if layer is None:
         pytest.skip(f"{name} has no projection to start from the data")
+    seen = []
+    hook = layer.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
     with torch.no_grad():
         features = model.forward_features(x)
         before = model(x)
+    hook.remove()
+    if isinstance(layer, torch.nn.Linear):  # the statistic whose mean the bias centres is what the layer is fed
+        torch.testing.assert_close(model.head.projection_input(features), seen[0])
+    with torch.no_grad():
         assert pca_init_(layer, model.head.projection_input(features).numpy()) > 0
         after = model(x)
     assert torch.isfinite(after).all() and not torch.allclose(before, after, atol=1e-3)
