@@ -84,6 +84,7 @@ class TrainConfig:
     lr: float = 1e-3                 # new layers (head, projection, blocks, CIA, loss parameters)
     backbone_lr: float | None = None  # None: same as lr
     warmup_epochs: int = 0           # first epochs train only the new layers: backbone weights frozen, its BN in eval mode
+    lr_schedule: str = "constant"    # constant | cosine: every group's lr × ½(1 + cos(π·epoch/epochs)), set at each epoch's start
     eval_start: bool = True          # score the starting weights on validation first: the best epoch may be "start" (-1)
     weight_decay: float = 1e-4
     loss: str = "multi_similarity"   # margin | multi_similarity | triplet | contrastive | proxy_anchor

@@ -50,6 +50,13 @@ from core.train_context import TrainContext
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
 
+# train.lr_schedule: the factor on every group's lr at epoch e of E. Cosine decays to 0 over the run (the last
+# epochs take small steps, so the best validation epoch is not picked from a noisy lr-1e-3 plateau).
+LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "constant": lambda epoch, epochs: 1.0,
+    "cosine": lambda epoch, epochs: 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1))),
+}
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what was kept."""
@@ -188,6 +195,8 @@ class Trainer:
             raise TrainingError(f"model.projection_init={self.cfg.model.projection_init!r}; use random or pca")
         if t.warmup_epochs < 0:
             raise TrainingError(f"train.warmup_epochs={t.warmup_epochs} must be 0 or more")
+        if t.lr_schedule not in LR_SCHEDULES:
+            raise TrainingError(f"train.lr_schedule={t.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
 
     def _optimizer(self) -> torch.optim.Optimizer | None:
         t = self.cfg.train
@@ -209,7 +218,19 @@ class Trainer:
                 raise TrainingError("nothing to train: every parameter is frozen; set train.epochs=0 to "
                                     "evaluate the model as built, or unfreeze something (model.freeze_backbone=false)")
             return None
-        return cls(groups, lr=t.lr, weight_decay=t.weight_decay)
+        optimizer = cls(groups, lr=t.lr, weight_decay=t.weight_decay)
+        for g in optimizer.param_groups:
+            g["base_lr"] = g["lr"]  # what the schedule scales; kept in the optimiser's state for a resumed run
+        return optimizer
+
+    def set_epoch_lr(self, epoch: int) -> float:
+        """Every group's lr for this epoch: its base lr times the schedule's factor. Computed from the epoch
+        alone, so a resumed run continues the same curve. Returns the factor."""
+        factor = LR_SCHEDULES[self.cfg.train.lr_schedule](epoch, self.cfg.train.epochs)
+        if self.optimizer is not None:
+            for g in self.optimizer.param_groups:
+                g["lr"] = g.setdefault("base_lr", g["lr"]) * factor  # setdefault: resume files from before the schedule
+        return factor
 
     def train_loader(self, epoch: int) -> tuple[DataLoader, list]:
         """The epoch's batches and each batch's tag. The head may schedule its own (`Head.epoch_batches`,
@@ -442,9 +463,10 @@ class Trainer:
                 if self.backbone_trainable and self.warmup_epochs and self.rank == 0:
                     log.info("epoch %d: %s", epoch, self._describe_warmup(warm))
             self.context.epoch = epoch
+            lr_factor = self.set_epoch_lr(epoch)
             self.model.head.on_epoch_start(self.context, epoch)
             try:
-                row = {"epoch": epoch, **self.train_epoch(epoch)}
+                row = {"epoch": epoch, **self.train_epoch(epoch), "lr": t.lr * lr_factor}
             except NonFiniteLoss as err:
                 # the bad step was never applied; reload the best weights in finish(), keep what was done
                 self.stopped = (f"{err}; that update was not applied and the epoch's earlier ones are discarded. "

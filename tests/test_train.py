@@ -241,3 +241,33 @@ def test_a_run_trained_further_is_unfinished_until_its_new_artifacts_are_written
     with pytest.raises(KeyboardInterrupt):
         Trainer(longer, run).fit()
     assert not (run / ckpt.METRICS).exists()
+
+
+def test_cosine_schedule_sets_every_groups_lr_each_epoch_and_a_resumed_run_continues_it(tmp_path, tiny_cfg,
+                                                                                          monkeypatch):
+    cfg = tiny_cfg.with_overrides(["train.lr_schedule=cosine", "train.epochs=3", "train.backbone_lr=1e-4",
+                                   "train.lr=1e-3"])
+    seen: list[list[float]] = []  # the lrs the optimiser steps with, per epoch
+    real_epoch = Trainer.train_epoch
+
+    def record(self, epoch):
+        seen.append([g["lr"] for g in self.optimizer.param_groups])
+        if epoch == 1 and len(seen) == 2:
+            raise KeyboardInterrupt  # stop the first attempt inside epoch 1, before it trains
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", record)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path).fit()
+    Trainer(cfg, tmp_path).fit()  # resumes at epoch 1
+    factors = [1.0, 0.75, 0.25]   # ½(1 + cos(π e / 3))
+    assert len(seen) == 4 and seen[1] == seen[2]  # the resumed epoch 1 uses the lrs of the interrupted one
+    for lrs, f in zip([seen[0], seen[2], seen[3]], factors):
+        assert lrs[0] == pytest.approx(1e-4 * f) and lrs[1] == pytest.approx(1e-3 * f)  # backbone, new layers
+    rows = [r for r in ckpt.load_resume(tmp_path / ckpt.RESUME)["history"] if r["epoch"] >= 0]
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3 * f for f in factors])
+
+
+def test_unknown_lr_schedule_is_refused(tmp_path, tiny_cfg):
+    with pytest.raises(TrainingError, match="lr_schedule"):
+        Trainer(tiny_cfg.with_overrides(["train.lr_schedule=step"]), tmp_path)

@@ -239,7 +239,7 @@ def job_panel(key: str) -> None:
             st.rerun(scope="app")
     history = history_frame(job.run_dir)
     if history is not None:
-        losses = [c for c in history.columns if c not in ("epoch", "seconds") and not c.startswith(("val_", "test_"))]
+        losses = [c for c in history.columns if c not in ("epoch", "seconds", "lr") and not c.startswith(("val_", "test_"))]
         scores = [c for c in history.columns if c.startswith(("val_", "test_"))]
         h1, h2 = st.columns(2)
         h1.plotly_chart(figures.history_curves(history, losses, "training loss"), key=f"loss_{key}", width="stretch")
