@@ -6,7 +6,8 @@
 // selection value (logic.selected_ids reads both), with a sequence number so the same gesture twice is two events.
 // The plot is an ordinary plotly graph div (.js-plotly-plot, layout.meta "metriclens-map"): map_bridge.js gives it
 // click-to-select, double-click-to-clear, hover thumbnails and the star and rings, as it did Streamlit's chart.
-// the loader, also run first thing on a page by ui.PRELOAD_MAP_CODE (from "const load" to "end of load")
+// the loader, also run first thing on a page by ui.PRELOAD_MAP_CODE (from "const load" to "end of load"); the URL is
+// ui.MAP_BUNDLE, which app.py's sidebar preloads (a <link rel=preload>) on the pages with maps
 const load = function (win) {
   if (!win.__metriclensPlotly) {
     win.__metriclensPlotly = new Promise(function (resolve, reject) {

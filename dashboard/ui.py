@@ -134,6 +134,8 @@ _item_map = st.components.v2.component("metriclens_item_map", js=_MAP_JS, isolat
 # the same loader, run first thing on a page: the bundle loads while the server computes the map
 PRELOAD_MAP_CODE = ("<script>(" + _MAP_JS.split("const load = ")[1].split(";  // end of load")[0]
                     + ")(window).catch(function () {});</script>")
+MAP_BUNDLE = "app/static/vendor/plotly-gl2d/plotly-gl2d.min.js"
+PRELOAD_MAP_LINK = f'<link rel="preload" as="script" href="{MAP_BUNDLE}">'
 MAP_CONFIG = {"displaylogo": False, "responsive": True}
 
 
