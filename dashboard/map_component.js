@@ -69,6 +69,9 @@ export default function (component) {
     gd.__metriclensDrawing = false;
     if (gd.__metriclensWired) return;
     gd.__metriclensWired = true;
+    // the page's width changes without a window resize too (the sidebar opened or closed)
+    new win.ResizeObserver(function () { if (gd.isConnected && gd._fullLayout) win.Plotly.Plots.resize(gd); })
+      .observe(parentElement);
     gd.on("plotly_selected", function (ev) {
       // a click in lasso mode fires plotly_selected with nothing (map_bridge.js sends the clicked point instead);
       // so does a new figure dropping the user's lasso (no gesture: no points, no shape)
