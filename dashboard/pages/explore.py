@@ -282,8 +282,8 @@ def read_selection(run: str, n: int, sampled: bool) -> tuple[np.ndarray, str | N
 def figure_selection(look: str, selected: np.ndarray, kind: str | None) -> tuple[np.ndarray, int]:
     """(the selection to draw into the map's figure, the figure's revision).
 
-    Streamlit's frontend keeps a chart whose figure is unchanged, and builds a new WebGL plot for any other
-    figure: on a big map most of a lasso's or a click's latency. So a selection made on the chart itself
+    The map's component (ui.item_map) keeps a plot whose figure is unchanged, and redraws the WebGL plot for
+    any other figure: on a big map most of a lasso's or a click's latency. So a selection made on the chart itself
     leaves the figure as it was: a lasso or box shows its selection by itself, and a clicked item on a map
     showing no selection is shown by the star and rings above the plot (focus_ui). Anything else that
     changes the selection or the look (search, link, Clear, previous/next, recolouring) draws the selection
