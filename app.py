@@ -133,7 +133,11 @@ def write_deep_link(runs: list[dict], current_page: str) -> None:
 
 def sidebar_run_picker(runs: list[dict]) -> None:
     with st.sidebar:
-        st.markdown("### :material/travel_explore: MetricLens")
+        # the item maps' plotly bundle (ui.item_map) is fetched from the first element the browser draws, while the
+        # page computes its map: markdown is drawn at once, an st.html element only after its own code has loaded
+        maps = st.session_state.get(ui.CURRENT_PAGE) in ("explore", "compare")
+        st.markdown("### :material/travel_explore: MetricLens" + (ui.PRELOAD_MAP_LINK if maps else ""),
+                    unsafe_allow_html=True)
         if TEACHING:
             st.caption(":material/school: Teaching mode: read-only, the runs the host chose.")
         if not runs and TEACHING:

@@ -47,7 +47,7 @@ from pathlib import Path
 from benchmarks.common import require_chromium
 from dashboard.testing import dashboard_server
 from core import run_dir as rd
-from dashboard.testing import CHROMIUM, LAUNCH_ARGS, REPO, demo_runs, images_loaded, lasso, settle
+from dashboard.testing import CHROMIUM, LAUNCH_ARGS, PLOT_AREA, REPO, demo_runs, images_loaded, lasso, settle
 
 RESULTS = REPO / "benchmarks" / "results"
 TARGETS = {"cold_start_s": 10.0, "interaction_s": 1.0, "map_first_paint": 3.0, "lasso_to_grid": 1.0,
@@ -82,7 +82,9 @@ DONE = """(marker) => {
 }"""
 
 
-MAP_DRAWN = "() => !!(document.querySelector('.stPlotlyChart .nsewdrag') && document.querySelector('.stPlotlyChart canvas'))"
+# plot area and WebGL points of the first map: Explore's own renderer (dashboard/map_component.js), or Streamlit's chart
+MAP_DRAWN = ("() => !!(document.querySelector('.metriclens-map-plot .nsewdrag, .stPlotlyChart .nsewdrag') && "
+             "document.querySelector('.metriclens-map-plot canvas, .stPlotlyChart canvas'))")
 IDLE = "() => !!document.querySelector(\"[data-testid='stApp'][data-test-script-state='notRunning']\")"
 
 
@@ -143,7 +145,7 @@ def interactions(browser, base: str, run: str, repeats: int, first_query: int) -
     out: dict[str, list[float]] = {"retrieval_query": [], "attention_query": []}
     with measured_page(browser) as page:
         page.goto(base + "/" + link(first_query))
-        page.locator(".stPlotlyChart .nsewdrag").first.wait_for(timeout=120_000)
+        page.locator(PLOT_AREA).first.wait_for(timeout=120_000)
         settle(page, 120_000)
         out = {"explore_lasso": lasso_samples(page, repeats, 0.22), **out}
         for name, path, marker in [("retrieval_query", "/retrieval", "#{q} · "), ("attention_query", "/attention", "query #{q} · ")]:

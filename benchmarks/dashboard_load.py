@@ -40,7 +40,7 @@ from benchmarks.common import require_chromium
 from dashboard.testing import dashboard_server
 from benchmarks.dashboard_latency import DONE, MAP_DRAWN, machine
 from core.run_dir import WEIGHTS
-from dashboard.testing import CHROMIUM, LAUNCH_ARGS, REPO, shipped_runs
+from dashboard.testing import CHROMIUM, LAUNCH_ARGS, PLOT_AREA, REPO, shipped_runs
 
 RESULTS = REPO / "benchmarks" / "results"
 # page -> (path, marker of a drawn page, marker of the interaction's result; {q} = the session's query)
@@ -79,7 +79,7 @@ async def drawn(page, marker: str, with_map: bool) -> None:
 
 
 async def lasso(page, centre=(0.5, 0.5), radius_share=0.25) -> None:
-    box = await page.locator(".stPlotlyChart .nsewdrag").first.bounding_box()
+    box = await page.locator(PLOT_AREA).first.bounding_box()
     cx, cy = box["x"] + box["width"] * centre[0], box["y"] + box["height"] * centre[1]
     r = radius_share * min(box["width"], box["height"])
     await page.mouse.move(cx + r, cy)

@@ -1,6 +1,7 @@
 // The item maps' browser side (Explore, Compare), loaded by dashboard/ui.map_bridge through st.html (once per tab).
-// Streamlit's chart forces clickmode='event' while the drag mode is lasso or box, so a click on a point selects
-// nothing and its plotly_click reaches no handler. This passes the clicked point on as a one-point selection,
+// The maps are plotly graphs drawn by dashboard/map_component.js (ui.item_map), which passes plotly_selected on as
+// the map's selection. In lasso or box mode a click on a point selects nothing (clickmode 'event', as Streamlit's
+// chart forced it). This passes the clicked point on as a one-point selection,
 // and a double-click on to the Clear button (a kept selection is not the chart's own value, which Streamlit's
 // double-click would reset). It also shows a hovered point's thumbnail (a cell of a JPEG sheet of 10×10 items
 // served from static/thumbs/, its folder in the trace's meta) and turns j/k or →/← into the Next/Previous buttons

@@ -72,6 +72,8 @@ def demo_runs(scratch: Path, count: int = 2) -> list[Path]:
 
 # ---- a real server and browser (tests/test_browser.py, benchmarks/dashboard_latency.py) ------------
 CHROMIUM = "/usr/bin/chromium"
+# a map's plot area: Streamlit's chart (Compare) or the item map component (Explore, dashboard/map_component.js)
+PLOT_AREA = ".stPlotlyChart .nsewdrag, .metriclens-map-plot .nsewdrag"
 # root runner: no sandbox; closed network: no background traffic (research/dashboard.md §3.6)
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -137,7 +139,7 @@ def lasso(page, chart_index: int = 0, radius_share: float = 0.3, centre=(0.5, 0.
     """A closed lasso in a plot area (inside .nsewdrag: a drag started on the chart's margins selects nothing).
     `release=False` leaves the mouse button down, so a caller can time the release alone."""
     import math
-    box = page.locator(".stPlotlyChart .nsewdrag").nth(chart_index).bounding_box()
+    box = page.locator(PLOT_AREA).nth(chart_index).bounding_box()
     cx, cy = box["x"] + box["width"] * centre[0], box["y"] + box["height"] * centre[1]
     r = radius_share * min(box["width"], box["height"])
     page.mouse.move(cx + r, cy)
@@ -160,3 +162,14 @@ def dashboard_server(env: dict | None = None):
         yield f"http://127.0.0.1:{port}", proc
     finally:
         stop_server(proc)
+
+
+def item_maps(at) -> list:
+    """The item maps drawn in an AppTest run (ui.item_map: an st.components.v2 element, not a plotly chart), each
+    with `.key` and `.proto.spec` (the figure's JSON) as Streamlit's plotly chart elements have them."""
+    import json
+    from types import SimpleNamespace
+
+    maps = [e.proto for e in at.get("bidi_component") if e.proto.component_name == "metriclens_item_map"]
+    return [SimpleNamespace(key=p.id.split("-", 2)[-1], proto=SimpleNamespace(spec=json.loads(p.json)["figure"]))
+            for p in maps]

@@ -127,6 +127,26 @@ def map_bridge() -> None:
     st.html(MAP_BRIDGE, unsafe_allow_javascript=True)
 
 
+# The item map's renderer (dashboard/map_component.js): plotly's partial WebGL bundle in our own component instead
+# of Streamlit's chart, whose 4.7 MB plotly.js chunk is fetched and compiled only once the first chart arrives.
+_MAP_JS = (Path(__file__).resolve().parent / "map_component.js").read_text()
+_item_map = st.components.v2.component("metriclens_item_map", js=_MAP_JS, isolate_styles=False)
+# the same loader, run first thing on a page: the bundle loads while the server computes the map
+PRELOAD_MAP_CODE = ("<script>(" + _MAP_JS.split("const load = ")[1].split(";  // end of load")[0]
+                    + ")(window).catch(function () {});</script>")
+MAP_BUNDLE = "app/static/vendor/plotly-gl2d/plotly-gl2d.min.js"
+PRELOAD_MAP_LINK = f'<link rel="preload" as="script" href="{MAP_BUNDLE}">'
+MAP_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+def item_map(fig, key: str) -> dict:
+    """Draw an item map (layout.meta "metriclens-map"); returns its value as st.plotly_chart(on_select="rerun")
+    would: {"selection": {"points": [...], "box": [...], "lasso": [...], ...}} after a selection, else {}.
+    A selection reruns the enclosing fragment (or the page)."""
+    result = _item_map(key=key, data={"figure": fig.to_json(), "config": MAP_CONFIG}, on_selection_change=lambda: None)
+    return {"selection": result.selection} if result.selection else {}
+
+
 def map_still(coords: np.ndarray, categories, colours: dict[str, str] | None = None, key: str = "map_still") -> None:
     """Call right before the page's map chart (in the same block): the same points as a picture, shown at once.
     `key` must start with map_still and be unique on the page. Only on a session's first draw of the map: by

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.testing import CHROMIUM, dashboard_server, demo_runs, images_loaded, lasso, settle
+from dashboard.testing import CHROMIUM, PLOT_AREA, dashboard_server, demo_runs, images_loaded, lasso, settle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-output" / "screenshots"
@@ -49,7 +49,7 @@ def test_every_page_in_chromium(server, browser):
 
     # Explore: the map, then a lasso -> grid of images and metrics of the selection
     page.goto(base + "/" + link)
-    page.locator(".stPlotlyChart .nsewdrag").first.wait_for(timeout=90_000)
+    page.locator(PLOT_AREA).first.wait_for(timeout=90_000)
     settle(page)
     shot(page, "01_explore")
     lasso(page)
@@ -137,7 +137,7 @@ def test_explore_click_selects_and_selection_survives_recolouring(server, browse
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.goto(base + "/?" + urllib.parse.urlencode({"run": runs[0]}))
-    page.locator(".stPlotlyChart .nsewdrag").first.wait_for(timeout=90_000)
+    page.locator(PLOT_AREA).first.wait_for(timeout=90_000)
     settle(page)
     page.wait_for_timeout(1000)  # the click bridge attaches within 0.4 s of the chart's first draw
     point = page.evaluate(POINT_ON_SCREEN)
@@ -153,11 +153,11 @@ def test_explore_click_selects_and_selection_survives_recolouring(server, browse
     page.locator("[data-testid='stSelectbox']").filter(has_text="Colour by").click()
     page.get_by_role("option", name="top-1 neighbour correct").click()
     settle(page)
-    page.locator(".stPlotlyChart .legendtext", has_text="top-1 correct").first.wait_for(timeout=60_000)  # redrawn
+    page.locator(".metriclens-map-plot .legendtext", has_text="top-1 correct").first.wait_for(timeout=60_000)  # redrawn
     page.get_by_text("Selection: 1 of", exact=False).wait_for(timeout=60_000)
     shot(page, "09_explore_recoloured_keeps_selection")
     page.wait_for_timeout(1000)  # the click bridge attaches to the redrawn chart
-    plot = page.locator(".stPlotlyChart .nsewdrag").first.bounding_box()
+    plot = page.locator(PLOT_AREA).first.bounding_box()
     page.mouse.dblclick(plot["x"] + plot["width"] * 0.5, plot["y"] + 8)  # not a corner: those are axis handles
     page.get_by_text("or click one", exact=False).wait_for(timeout=60_000)
     settle(page)

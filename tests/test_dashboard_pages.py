@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from dashboard.testing import item_maps  # the item maps are a component, not plotly charts
+
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
 
@@ -70,7 +72,7 @@ def plotly_list(value) -> list:
 
 def test_explore_map_is_webgl_with_item_ids_as_customdata(runs):
     at = open_app(runs[0])
-    chart = at.get("plotly_chart")[0]
+    chart = item_maps(at)[0]
     spec = json.loads(chart.proto.spec)
     assert spec["layout"]["dragmode"] == "lasso"
     assert all(trace["type"] == "scattergl" for trace in spec["data"])
@@ -102,7 +104,7 @@ def test_explore_selection_shows_grid_and_metrics(runs):
 def test_explore_colour_by_correctness_and_open_item(runs):
     at = open_app(runs[0])
     at.selectbox(key="explore_colour").set_value("top-1 neighbour correct").run()
-    names = {t["name"] for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
+    names = {t["name"] for t in json.loads(item_maps(at)[0].proto.spec)["data"]}
     assert names <= {"top-1 correct", "top-1 wrong"} and names
     at.session_state["explore_map"] = {"selection": {"points": [{"customdata": 4}], "point_indices": [4],
                                                      "box": [], "lasso": []}}
@@ -123,7 +125,7 @@ def inject(at: AppTest, ids) -> None:
 
 def selected_on_map(at: AppTest) -> set[int]:
     """Item ids the map draws as selected (selectedpoints of each trace, mapped through customdata)."""
-    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    spec = json.loads(item_maps(at)[0].proto.spec)
     return {plotly_list(t["customdata"])[j] for t in spec["data"] for j in (t.get("selectedpoints") or [])}
 
 
@@ -158,7 +160,7 @@ def test_explore_legend_matches_class_names_and_stays_distinct(runs):
     symbols = {"circle": "circle", "ring": "circle-open", "square": "square", "diamond": "diamond", "cross": "cross",
                "star": "star", "hexagon": "hexagon", "triangle": "triangle-up"}
     at = open_app(runs[0])
-    traces = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    traces = json.loads(item_maps(at)[0].proto.spec)["data"]
     if all(t["name"].split()[0] in {*hues, "white"} for t in traces):  # the shapes data set
         for t in traces:
             colour, shape = t["name"].split()[0], t["name"].split()[-1]
@@ -194,7 +196,7 @@ def test_dominant_channel_reports_progress_and_is_kept_on_disk(runs, tmp_path, m
     option = next(o for o in at.selectbox(key="explore_colour").options if o.startswith("dominant ") and "channel" in o)
     at.selectbox(key="explore_colour").set_value(option).run()
     assert not at.exception
-    names = {t["name"] for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
+    names = {t["name"] for t in json.loads(item_maps(at)[0].proto.spec)["data"]}
     assert names and all(" channel " in n for n in names)
     files = list((tmp_path / ".cache" / "channel_mass").glob("*.npz"))
     assert len(files) == 1
@@ -569,7 +571,7 @@ def test_moved_dataset_keeps_map_and_explains(runs, tmp_path):
     config["data"].update(name="folder", root=str(tmp_path / "gone"))
     (moved / "config.json").write_text(json.dumps(config))
     at = open_app(str(moved), extra_runs_root=str(moved))
-    assert at.get("plotly_chart"), "the map needs only the artifacts"
+    assert item_maps(at), "the map needs only the artifacts"
     at.switch_page("dashboard/pages/retrieval.py").run()
     assert not at.exception
     assert any("images cannot be read" in e.value and "does not exist" in e.value for e in at.error)
@@ -621,7 +623,7 @@ def test_pages_render_every_method(runs, tmp_path_factory, config, epochs):
     else:
         run = str(train_tiny(tmp_path_factory.mktemp("method") / Path(config).stem, config=config, epochs=epochs))
     at = open_app(run, extra_runs_root=run)
-    assert at.get("plotly_chart")
+    assert item_maps(at)
     for page in ("retrieval", "attention", "cross", "learn"):
         at.switch_page(f"dashboard/pages/{page}.py").run()
         assert not at.exception, (page, [e.value for e in at.exception])
@@ -696,7 +698,7 @@ def test_explore_without_umap_shows_pca_at_once(runs, tmp_path):
     bare = tmp_path / "no_umap_run"
     shutil.copytree(runs[0], bare, ignore=shutil.ignore_patterns("resume.pt", "coords_umap.npy"))
     at = open_app(str(bare), extra_runs_root=str(bare))  # METRICLENS_AUTO_UMAP=0 in these tests
-    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    spec = json.loads(item_maps(at)[0].proto.spec)
     assert spec["layout"]["title"]["text"].startswith("PCA of")
     assert any(b.label == "Compute UMAP" for b in at.button)
     assert not (bare / "artifacts" / "coords_umap.npy").exists()

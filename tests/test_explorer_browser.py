@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.testing import CHROMIUM, dashboard_server, demo_runs, images_loaded, settle
+from dashboard.testing import CHROMIUM, PLOT_AREA, dashboard_server, demo_runs, images_loaded, settle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-output" / "screenshots"
@@ -47,7 +47,7 @@ def open_explore(app, **params):
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.goto(base + "/?" + urllib.parse.urlencode({"run": run, **params}))
-    page.locator(".stPlotlyChart .nsewdrag").first.wait_for(timeout=90_000)
+    page.locator(PLOT_AREA).first.wait_for(timeout=90_000)
     settle(page)
     page.wait_for_timeout(900)  # the page's script attaches to the chart within 0.4 s of its draw
     return page, errors
@@ -129,7 +129,7 @@ def test_click_rings_neighbours_and_keeps_selection_across_recolouring(app):
     page.locator("[data-testid='stSelectbox']").filter(has_text="Colour by").click()
     page.get_by_role("option", name="MAP@R").click()
     settle(page)
-    page.locator(".stPlotlyChart .colorbar").first.wait_for(timeout=60_000)   # redrawn on a continuous scale
+    page.locator(".metriclens-map-plot .colorbar").first.wait_for(timeout=60_000)   # redrawn on a continuous scale
     page.get_by_text(f"Nearest neighbours of #{item}", exact=False).wait_for(timeout=60_000)
     selected = [i for t in page.evaluate(TRACES) if t["sel"] for j in t["sel"] for i in [t["ids"][j]]]
     assert selected == [item]
@@ -199,3 +199,25 @@ def test_dark_scheme_gives_a_dark_page_and_map(app):
     assert brightness(layout[0]) < 200 and brightness(layout[1]) > 400, layout   # dark chart, light text
     shot(page, "12_explore_dark")
     assert not errors, errors
+
+
+def test_map_is_drawn_by_the_partial_bundle_not_streamlits_chart(app):
+    """Issue 13, first paint: the map is drawn by plotly's partial WebGL bundle (static/vendor/plotly-gl2d, loaded
+    from the page's first element) in the page's own component; Streamlit's 4.7 MB plotly chart code, which the
+    browser fetched and compiled only once the first chart arrived, is never requested on Explore."""
+    base, run, browser = app
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(base + "/?" + urllib.parse.urlencode({"run": run}))
+    page.locator(PLOT_AREA).first.wait_for(timeout=90_000)   # either renderer: the asserts below say which drew it
+    settle(page)
+    page.wait_for_timeout(1000)   # anything fetched lazily after the last rerun
+    bundle = [u for u in requested if "plotly-gl2d" in u]
+    # once: the sidebar's <link rel=preload>, the page's loader and the component ask for the same URL
+    assert len(bundle) == 1 and bundle[0].endswith("/app/static/vendor/plotly-gl2d/plotly-gl2d.min.js"), requested
+    assert not [u for u in requested if re.search(r"/PlotlyChart\.[^/]*\.js", u)], requested
+    assert page.evaluate("window.Plotly && window.Plotly.version") == "3.7.0"
+    assert page.evaluate("!!(%s) && !document.querySelector('.stPlotlyChart')" % MAP)   # the map, no plotly chart
+    assert page.locator(".metriclens-map-plot canvas").count() > 0   # drawn with WebGL
+    page.close()

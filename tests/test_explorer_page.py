@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.test_dashboard_pages import APP, inject, open_app, plotly_list, runs, selected_on_map, texts  # noqa: F401 (fixture)
+from tests.test_dashboard_pages import APP, inject, item_maps, open_app, plotly_list, runs, selected_on_map, texts  # noqa: F401 (fixture)
 
 
 def art(run: str):
@@ -23,7 +23,7 @@ def art(run: str):
 
 def spec(at: AppTest) -> dict:
     """The map's figure, its typed arrays decoded to lists."""
-    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    fig = json.loads(item_maps(at)[0].proto.spec)
     for trace in fig["data"]:
         for key in ("x", "y", "customdata"):
             trace[key] = plotly_list(trace[key])

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dashboard.testing import CHROMIUM, dashboard_server, demo_runs, images_loaded, lasso, settle
+from dashboard.testing import CHROMIUM, PLOT_AREA, dashboard_server, demo_runs, images_loaded, lasso, settle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-output" / "screenshots"
@@ -109,7 +109,7 @@ def test_imported_run_map_at_first_paint_and_compare_with_linked_maps(server, br
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.add_init_script(FIRST_PAINT)
     page.goto(base + "/?" + urllib.parse.urlencode({"run": imported}))
-    page.locator(".stPlotlyChart .main-svg").first.wait_for(timeout=90_000)
+    page.locator(".metriclens-map-plot .main-svg").first.wait_for(timeout=90_000)
     settle(page)
     paint = page.evaluate("window.__paint")
     assert "still" in paint and paint["still"] <= paint["plot"], paint
@@ -118,12 +118,12 @@ def test_imported_run_map_at_first_paint_and_compare_with_linked_maps(server, br
     page.goto(base + "/attention?" + urllib.parse.urlencode({"run": imported}))
     page.get_by_text("imported from embeddings; it has no model", exact=False).wait_for(timeout=60_000)
     page.goto(base + "/compare?" + urllib.parse.urlencode({"run": imported, "compare": runs[1]}))
-    page.locator(".stPlotlyChart .nsewdrag").nth(1).wait_for(timeout=90_000)
+    page.locator(PLOT_AREA).nth(1).wait_for(timeout=90_000)
     settle(page)
     lasso(page, chart_index=0, radius_share=0.25)
     page.get_by_text("Selection:", exact=False).first.wait_for(timeout=60_000)
     settle(page)
-    page.locator(".stPlotlyChart .nsewdrag").nth(1).wait_for(timeout=60_000)
+    page.locator(PLOT_AREA).nth(1).wait_for(timeout=60_000)
     page.wait_for_timeout(500)
     highlighted = page.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot'))
         .filter(g => g.layout && g.layout.uirevision === 'compare')

@@ -15,7 +15,7 @@ import pytest
 
 from core import checkpoint as ckpt
 from core.importer import ImportRunError, import_run
-from tests.test_dashboard_pages import open_app, plotly_list
+from tests.test_dashboard_pages import item_maps, open_app, plotly_list
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,7 +162,7 @@ def test_imported_run_is_listed_and_explore_draws_its_map_and_images(imported):
     r1 = imported["record"]["test"]["recall@1"]
     assert f"my_embeddings · R@1 {r1:.3f} · imported embeddings" in picker.options
     assert picker.value == imported["run"]
-    chart = next(c for c in at.get("plotly_chart") if c.key == "explore_map")
+    chart = next(c for c in item_maps(at) if c.key == "explore_map")
     assert sum(len(plotly_list(trace["x"])) for trace in json.loads(chart.proto.spec)["data"]) >= 960
     # a selection shows the imported images with their labels
     at.session_state["explore_map"] = {"selection": {"points": [{"customdata": [i]} for i in (0, 1, 2)],
@@ -208,7 +208,7 @@ def test_explore_offers_the_imported_coordinates(imported, tmp_path):
     assert "Own 2-D" in radio.options
     radio.set_value("Own 2-D").run()
     assert not at.exception, [e.value for e in at.exception]
-    trace = json.loads(next(c for c in at.get("plotly_chart") if c.key == "explore_map").proto.spec)["data"][0]
+    trace = json.loads(next(c for c in item_maps(at) if c.key == "explore_map").proto.spec)["data"][0]
     ids = np.asarray(plotly_list(trace["customdata"])).ravel()
     assert np.allclose(plotly_list(trace["x"]), xy[ids, 0]) and np.allclose(plotly_list(trace["y"]), xy[ids, 1])
 

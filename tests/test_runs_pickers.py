@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.test_dashboard_pages import open_app, runs  # noqa: F401  (runs: the shared module fixture)
+from tests.test_dashboard_pages import item_maps, open_app, runs  # noqa: F401  (runs: the shared module fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,12 +77,12 @@ def inject(at: AppTest, key: str, ids) -> None:
 
 
 def map_spec(at: AppTest, key: str) -> dict:
-    return json.loads(next(c for c in at.get("plotly_chart") if c.key == key).proto.spec)
+    return json.loads(next(c for c in item_maps(at) if c.key == key).proto.spec)
 
 
 def test_compare_selection_on_one_map_lights_up_on_the_other(runs):
     at = open_app(runs[0], "compare", compare_run=runs[1])
-    assert {"compare_map_A", "compare_map_B"} <= {c.key for c in at.get("plotly_chart")}
+    assert {"compare_map_A", "compare_map_B"} <= {c.key for c in item_maps(at)}
     picked = [3, 50, 400]
     inject(at, "compare_map_A", picked)
     at.run()
@@ -132,7 +132,7 @@ def test_compare_refuses_runs_of_other_items(runs, tmp_path):
     at = open_app(runs[0], "compare", compare_run=str(other.resolve()), extra_runs_root=str(other.parent))
     errors = [e.value for e in at.error]
     assert any("not evaluated on the same test items" in e and f"{len(emb)} and {half}" in e for e in errors), errors
-    assert not [c for c in at.get("plotly_chart") if c.key == "compare_map_A"]
+    assert not [c for c in item_maps(at) if c.key == "compare_map_A"]
 
 
 # ---- Back and Forward (the real browser: test_runs_browser.py) --------------------------------------------

@@ -120,8 +120,7 @@ def linked_maps_ui(runs: dict[str, str], arts: dict, tables: dict) -> np.ndarray
         with column:
             ui.map_still(xy[shown], np.sign(np.nan_to_num(shift[shown])).astype(int).astype(str), STILL_COLOURS,
                          key=f"map_still_{side}")  # while the browser loads plotly.js
-            event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"),
-                                    width="stretch", config={"displaylogo": False})
+            event = ui.item_map(fig, key=key)
         st.session_state[f"{key}_seen"] = chart_value(event)
     ui.map_bridge()  # a click on a point selects it (Streamlit's lasso mode alone passes no click on)
     if projection != "PCA" and any(used == "PCA" for _, used in coords.values()):

@@ -282,8 +282,8 @@ def read_selection(run: str, n: int, sampled: bool) -> tuple[np.ndarray, str | N
 def figure_selection(look: str, selected: np.ndarray, kind: str | None) -> tuple[np.ndarray, int]:
     """(the selection to draw into the map's figure, the figure's revision).
 
-    Streamlit's frontend keeps a chart whose figure is unchanged, and builds a new WebGL plot for any other
-    figure: on a big map most of a lasso's or a click's latency. So a selection made on the chart itself
+    The map's component (ui.item_map) keeps a plot whose figure is unchanged, and redraws the WebGL plot for
+    any other figure: on a big map most of a lasso's or a click's latency. So a selection made on the chart itself
     leaves the figure as it was: a lasso or box shows its selection by itself, and a clicked item on a map
     showing no selection is shown by the star and rings above the plot (focus_ui). Anything else that
     changes the selection or the look (search, link, Clear, previous/next, recolouring) draws the selection
@@ -336,8 +336,7 @@ def map_ui(run: str, art: state.Artifacts, view: tuple, shown_projection: str, c
         st.session_state[BUILT] = ((look, revision), fig)
     # shown while the browser loads plotly.js (a session's first seconds on the page)
     ui.map_still(coords[shown], np.full(len(shown), "") if categories is None else categories[ids], colours)
-    event = st.plotly_chart(fig, key="explore_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                            width="stretch", config={"displaylogo": False})
+    event = ui.item_map(fig, key="explore_map")
     st.session_state[SEEN] = event_key(event)
     st.session_state[DRAWN] = (view_ids, coords)
     ui.map_bridge()
@@ -495,23 +494,10 @@ def selection_area(run: str, art: state.Artifacts, fields: dict, view: tuple, co
     selection_ui(run, art, selected, fields)
 
 
-def _plotly_chunk() -> str | None:
-    """The file name of Streamlit's lazily loaded plotly chart code (about 5 MB of JavaScript), if found."""
-    found = sorted((Path(st.__file__).parent / "static" / "static" / "js").glob("PlotlyChart.*.js"))
-    return found[0].name if found else None
-
-
-# The browser fetches and compiles plotly.js only when the first chart arrives, i.e. after the page's first run
-# has computed the map. Asked for first thing, it loads while the server computes (the same URL, so the chart's
-# own import later finds it loaded); on a loaded module it does nothing.
-PRELOAD_PLOTLY = ("<script>(function () { const index = document.querySelector('script[src*=\"/static/js/index.\"]'); "
-                  "if (index) import(index.src.replace(/index\\.[^/]*$/, '%s')).catch(function () {}); })();</script>"
-                  % _plotly_chunk()) if _plotly_chunk() else ""
-
-
 def page() -> None:
-    if PRELOAD_PLOTLY:  # on every run: an element fewer would move the map, which would then be drawn anew
-        st.html(PRELOAD_PLOTLY, unsafe_allow_javascript=True)
+    # the map's plotly bundle starts loading while the server computes the map; on every run: an element fewer
+    # would move the map, which would then be drawn anew
+    st.html(ui.PRELOAD_MAP_CODE, unsafe_allow_javascript=True)
     st.title("Explore the embedding")
     run = ui.require_run()
     _, _, art = ui.load_or_stop(run)
