@@ -69,6 +69,9 @@ export default function (component) {
     gd.__metriclensDrawing = false;
     if (gd.__metriclensWired) return;
     gd.__metriclensWired = true;
+    // the server waits for this before its work after paint (explore.prefetch), which would otherwise take the
+    // CPU (and the GIL its web server needs) while this browser fetches, compiles and draws
+    setStateValue("drawn", true);
     // the page's width changes without a window resize too (the sidebar opened or closed)
     new win.ResizeObserver(function () { if (gd.isConnected && gd._fullLayout) win.Plotly.Plots.resize(gd); })
       .observe(parentElement);

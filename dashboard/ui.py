@@ -141,10 +141,12 @@ MAP_CONFIG = {"displaylogo": False, "responsive": True}
 
 def item_map(fig, key: str) -> dict:
     """Draw an item map (layout.meta "metriclens-map"); returns its value as st.plotly_chart(on_select="rerun")
-    would: {"selection": {"points": [...], "box": [...], "lasso": [...], ...}} after a selection, else {}.
-    A selection reruns the enclosing fragment (or the page)."""
-    result = _item_map(key=key, data={"figure": fig.to_json(), "config": MAP_CONFIG}, on_selection_change=lambda: None)
-    return {"selection": result.selection} if result.selection else {}
+    would: {"selection": {"points": [...], "box": [...], "lasso": [...], ...}} after a selection, else {}, plus
+    "drawn": True once this browser has drawn the map at least once (its first drawing reruns the fragment or
+    page once more). A selection reruns the enclosing fragment (or the page)."""
+    result = _item_map(key=key, data={"figure": fig.to_json(), "config": MAP_CONFIG},
+                       on_selection_change=lambda: None, on_drawn_change=lambda: None)
+    return ({"selection": result.selection} if result.selection else {}) | ({"drawn": True} if result.drawn else {})
 
 
 def map_still(coords: np.ndarray, categories, colours: dict[str, str] | None = None, key: str = "map_still") -> None:

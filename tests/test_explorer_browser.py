@@ -221,3 +221,23 @@ def test_map_is_drawn_by_the_partial_bundle_not_streamlits_chart(app):
     assert page.evaluate("!!(%s) && !document.querySelector('.stPlotlyChart')" % MAP)   # the map, no plotly chart
     assert page.locator(".metriclens-map-plot canvas").count() > 0   # drawn with WebGL
     page.close()
+
+
+def test_work_after_paint_starts_once_the_browser_has_drawn_the_map(app, tmp_path):
+    """The page's work after paint (explore.prefetch: faiss index, data set, hover thumbnails) waits for the
+    map's report that it is drawn, then runs: a run never opened before gets its thumbnail sheets written."""
+    import shutil
+    import time
+
+    base, run, browser = app
+    fresh = tmp_path / "fresh_run"   # a new path: no thumbnails from an earlier server
+    shutil.copytree(run, fresh, ignore=shutil.ignore_patterns("resume.pt"))
+    thumbs = ROOT / "static" / "thumbs"
+    before = set(thumbs.iterdir()) if thumbs.exists() else set()
+    page, errors = open_explore((base, str(fresh), browser))
+    deadline = time.time() + 120
+    while not [d for d in (set(thumbs.iterdir()) if thumbs.exists() else set()) - before if (d / "0.jpg").exists()]:
+        assert time.time() < deadline, "no thumbnail sheet written for a newly opened run: the work after paint never ran"
+        time.sleep(1)
+    assert not errors, errors
+    page.close()
