@@ -218,10 +218,7 @@ class Trainer:
                 raise TrainingError("nothing to train: every parameter is frozen; set train.epochs=0 to "
                                     "evaluate the model as built, or unfreeze something (model.freeze_backbone=false)")
             return None
-        optimizer = cls(groups, lr=t.lr, weight_decay=t.weight_decay)
-        for g in optimizer.param_groups:
-            g["base_lr"] = g["lr"]  # what the schedule scales; kept in the optimiser's state for a resumed run
-        return optimizer
+        return cls(groups, lr=t.lr, weight_decay=t.weight_decay)
 
     def set_epoch_lr(self, epoch: int) -> float:
         """Every group's lr for this epoch: its base lr times the schedule's factor. Computed from the epoch
@@ -229,7 +226,9 @@ class Trainer:
         factor = LR_SCHEDULES[self.cfg.train.lr_schedule](epoch, self.cfg.train.epochs)
         if self.optimizer is not None:
             for g in self.optimizer.param_groups:
-                g["lr"] = g.setdefault("base_lr", g["lr"]) * factor  # setdefault: resume files from before the schedule
+                # the group's own lr, kept beside it on the first call (in the optimiser's state, so a resumed
+                # run has it; a resume file from before the schedule had a constant lr, i.e. its own)
+                g["lr"] = g.setdefault("base_lr", g["lr"]) * factor
         return factor
 
     def train_loader(self, epoch: int) -> tuple[DataLoader, list]:

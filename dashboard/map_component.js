@@ -6,14 +6,14 @@
 // selection value (logic.selected_ids reads both), with a sequence number so the same gesture twice is two events.
 // The plot is an ordinary plotly graph div (.js-plotly-plot, layout.meta "metriclens-map"): map_bridge.js gives it
 // click-to-select, double-click-to-clear, hover thumbnails and the star and rings, as it did Streamlit's chart.
-// the loader, also run first thing on a page by ui.PRELOAD_MAP_CODE (from "const load" to "end of load"); the URL is
-// ui.MAP_BUNDLE, which app.py's sidebar preloads (a <link rel=preload>) on the pages with maps
-const load = function (win) {
+// the loader, also run first thing on a page by ui.PRELOAD_MAP_CODE (from "const load" to "end of load"); `url` is
+// ui.MAP_BUNDLE (the one spelling), which app.py's sidebar also preloads (a <link rel=preload>) on the pages with maps
+const load = function (win, url) {
   if (!win.__metriclensPlotly) {
     win.__metriclensPlotly = new Promise(function (resolve, reject) {
       if (win.Plotly) { resolve(win.Plotly); return; }
       const script = win.document.createElement("script");
-      script.src = new URL("app/static/vendor/plotly-gl2d/plotly-gl2d.min.js", win.document.baseURI).href;
+      script.src = new URL(url, win.document.baseURI).href;
       script.onload = function () { resolve(win.Plotly); };
       script.onerror = function () { win.__metriclensPlotly = null; reject(new Error("plotly bundle not loaded")); };
       win.document.head.appendChild(script);
@@ -57,7 +57,7 @@ export default function (component) {
   };
   if (gd.__metriclensFigure === data.figure) return;   // a rerun with the same figure: the plot stays as it is
   const figure = JSON.parse(data.figure);
-  load(win).then(function (Plotly) {
+  load(win, data.bundle).then(function (Plotly) {
     gd.__metriclensFigure = data.figure;
     // a new figure keeps the zoom (uirevision) but not the user's lasso or box: the figure's own selectedpoints
     // show the selection now (a kept outline would select its points again and take the next click)

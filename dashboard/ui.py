@@ -1,6 +1,7 @@
 """Streamlit pieces shared by the pages: the current run and query, image grids, error panels."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,10 +132,10 @@ def map_bridge() -> None:
 # of Streamlit's chart, whose 4.7 MB plotly.js chunk is fetched and compiled only once the first chart arrives.
 _MAP_JS = (Path(__file__).resolve().parent / "map_component.js").read_text()
 _item_map = st.components.v2.component("metriclens_item_map", js=_MAP_JS, isolate_styles=False)
+MAP_BUNDLE = "app/static/vendor/plotly-gl2d/plotly-gl2d.min.js"
 # the same loader, run first thing on a page: the bundle loads while the server computes the map
 PRELOAD_MAP_CODE = ("<script>(" + _MAP_JS.split("const load = ")[1].split(";  // end of load")[0]
-                    + ")(window).catch(function () {});</script>")
-MAP_BUNDLE = "app/static/vendor/plotly-gl2d/plotly-gl2d.min.js"
+                    + f")(window, {json.dumps(MAP_BUNDLE)}).catch(function () {{}});</script>")
 PRELOAD_MAP_LINK = f'<link rel="preload" as="script" href="{MAP_BUNDLE}">'
 MAP_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -144,7 +145,7 @@ def item_map(fig, key: str) -> dict:
     would: {"selection": {"points": [...], "box": [...], "lasso": [...], ...}} after a selection, else {}, plus
     "drawn": True once this browser has drawn the map at least once (its first drawing reruns the fragment or
     page once more). A selection reruns the enclosing fragment (or the page)."""
-    result = _item_map(key=key, data={"figure": fig.to_json(), "config": MAP_CONFIG},
+    result = _item_map(key=key, data={"figure": fig.to_json(), "config": MAP_CONFIG, "bundle": MAP_BUNDLE},
                        on_selection_change=lambda: None, on_drawn_change=lambda: None)
     return ({"selection": result.selection} if result.selection else {}) | ({"drawn": True} if result.drawn else {})
 
