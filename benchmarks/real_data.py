@@ -153,7 +153,14 @@ def row_of(dataset: str, kind: str, name: str, description: str, run: Path, metr
             f"{t['map_at_r']:.3f}", f"{t['nmi']:.3f}", val_cell(metrics), wall, ips]
 
 
-VAL = 11  # the column of val_cell in a row
+COLUMNS = ["set", "kind", "run", "what", "epochs", "R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI",
+           "val start → selected", "s", "img/s"]   # the cells of row_of, in order
+VAL = COLUMNS.index("val start → selected")
+
+
+def cell(row: list, column: str):
+    """One named cell of a table row (rows of results made earlier have the same columns)."""
+    return row[COLUMNS.index(column)]
 
 
 def val_cell(metrics: dict) -> str:
@@ -212,8 +219,8 @@ def seed_summary(payload: dict) -> str:
     for (dataset, method), entries in sorted(groups.items(), key=lambda kv: (kv[0][0], RECIPES.index(kv[0][1]))):
         values = {c: np.array([e["metrics"]["test"][c] for e in entries]) for c in cols}
         mean[dataset, method] = {c: v.mean() for c, v in values.items()}
-        ips = [float(e["row"][-1]) for e in entries if e["row"][-1] not in ("–", None)]
-        secs = [float(e["row"][-2]) for e in entries if e["row"][-2] not in ("–", None)]
+        ips = [float(cell(e["row"], "img/s")) for e in entries if cell(e["row"], "img/s") not in ("–", None)]
+        secs = [float(cell(e["row"], "s")) for e in entries if cell(e["row"], "s") not in ("–", None)]
         rows.append([dataset, method, len(entries)] + [f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}"
                                                        for v in values.values()]
                     + [f"{np.mean(secs):.0f}" if secs else "–", f"{np.mean(ips):.0f}" if ips else "–"])
@@ -296,8 +303,7 @@ def main(argv=None) -> int:
           "unseen classes, every image a query against the others. `s` = wall seconds of the whole run (training, "
           "validation, test; the CPU was shared, so not comparable between rows), `img/s` = training images per "
           "second of the epochs (incl. their validation).\n\n"
-          + md_table(["set", "kind", "run", "what", "epochs", "R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI",
-                      "val start → selected", "s", "img/s"], rows))
+          + md_table(COLUMNS, rows))
     md += seed_summary(payload)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     write_results(args.name, {"runs": payload, "protocol": vars(args)}, md, device=device)
