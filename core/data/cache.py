@@ -60,18 +60,24 @@ def _key(dataset, cfg: DataConfig) -> str:
 
 
 class CachedImages(Dataset):
-    """A file data set's images decoded once (uint8 N×3×S×S); items are the test-time float images, and
-    `labels`, `class_names`, `path`, `annotation`, `raw_image` and `bad` are the base data set's."""
+    """One part (train, val, test, ...) of a file data set whose images were decoded once: rows `rows` of the
+    data set's cache array (uint8 N×3×S×S, memory-mapped when read back), shared by every part, so a process
+    holds the decoded images once. Items are the test-time float images; `labels`, `class_names`, `path`,
+    `annotation`, `raw_image` and `bad` are the base data set's."""
 
-    def __init__(self, base, images: torch.Tensor, bad: set[int]):
-        self.base, self.images, self.bad = base, images, set(bad)
+    def __init__(self, base, images: np.ndarray, rows: np.ndarray, bad: set[int]):
+        self.base, self.images, self.rows, self.bad = base, images, np.asarray(rows, dtype=np.int64), set(bad)
         self.labels, self.class_names = base.labels, base.class_names
 
     def __len__(self):
         return len(self.labels)
 
     def __getitem__(self, index):
-        return self.images[index].float().div_(255), int(self.labels[index]), index
+        return torch.from_numpy(np.array(self.images[self.rows[index]])).float().div_(255), int(self.labels[index]), index
+
+    def gathered(self) -> torch.Tensor:
+        """This part's images as one contiguous uint8 tensor (a copy: made once, for training on a device)."""
+        return torch.from_numpy(self.images[self.rows])
 
     def path(self, index):
         return self.base.path(index)
@@ -130,8 +136,7 @@ def cached_splits(splits, cfg: DataConfig, num_workers: int = 0, progress=None):
     changes = {}
     for name, ds in parts.items():
         idx = np.asarray([row[p] for p in ds.paths], dtype=np.int64)
-        changes[name] = CachedImages(ds, torch.from_numpy(np.ascontiguousarray(images[idx])),
-                                     {j for j, i in enumerate(idx) if int(i) in bad})
+        changes[name] = CachedImages(ds, images, idx, {j for j, i in enumerate(idx) if int(i) in bad})
     return dataclasses.replace(splits, **changes)
 
 
@@ -186,7 +191,7 @@ def device_copy(data: CachedImages, device: torch.device) -> torch.Tensor:
     placed = getattr(data, "_placed", None)
     if placed is not None and placed[0] == device:
         return placed[1]
-    images = data.images
+    images = data.gathered()
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if images.nbytes <= DEVICE_SHARE * free:
