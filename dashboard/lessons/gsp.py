@@ -51,10 +51,12 @@ def gsp(ctx: LessonContext) -> None:
                 "keep their mass as residual — they are **ignored**. The pooling weight of a position is how much of "
                 "it was transported. μ = 1 transports everything and gives back average pooling; small μ keeps only "
                 "the positions that match the prototypes best. γ sharpens the transport.")
-    s1, s2 = st.columns(2)
-    mu = s1.slider("Transport ratio μ", 0.05, 1.0, 0.3, 0.05, key="learn_mu")
-    gamma = s2.slider("Entropy weight γ", 1.0, 20.0, 5.0, 0.5, key="learn_gamma")
     run = ctx.first_run("shapes_gsp.yaml", "the maps below come from the stand-alone transport, not trained prototypes.")
+    # the knobs start where the trained run's head is (TF's defaults without one)
+    head = state.load_model(run)[0].head if run is not None else None
+    s1, s2 = st.columns(2)
+    mu = s1.slider("Transport ratio μ", 0.05, 1.0, round(head.mu, 2) if head else 0.3, 0.05, key="learn_mu")
+    gamma = s2.slider("Entropy weight γ", 1.0, 50.0, float(head.gamma) if head else 5.0, 0.5, key="learn_gamma")
     if run is not None:
         keep = trained_keep_map(run, ctx.pixels, mu, gamma)
         st.markdown(f"Trained run **{Path(run).name}**: its prototypes and projection, with your μ and γ.")
