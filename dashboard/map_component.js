@@ -1,26 +1,11 @@
 // The item map's own renderer (dashboard/ui.item_map, an st.components.v2 component in the main document).
 // Streamlit's chart element loads its 4.7 MB plotly.js chunk only when the first chart arrives and spends 1-2.5 s
 // compiling it before the map can be drawn; plotly's partial WebGL bundle (static/vendor/plotly-gl2d, 1.6 MB, with
-// scattergl) is a third of that and starts loading with the page (ui.PRELOAD_MAP_CODE, the same loader).
+// scattergl) is a third of that and starts loading with the page (map_loader.js, run by ui.PRELOAD_MAP_CODE too).
 // A lasso, box or point selection goes back as the component's "selection" state, shaped like st.plotly_chart's
 // selection value (logic.selected_ids reads both), with a sequence number so the same gesture twice is two events.
 // The plot is an ordinary plotly graph div (.js-plotly-plot, layout.meta "metriclens-map"): map_bridge.js gives it
 // click-to-select, double-click-to-clear, hover thumbnails and the star and rings, as it did Streamlit's chart.
-// the loader, also run first thing on a page by ui.PRELOAD_MAP_CODE (from "const load" to "end of load"); `url` is
-// ui.MAP_BUNDLE (the one spelling), which app.py's sidebar also preloads (a <link rel=preload>) on the pages with maps
-const load = function (win, url) {
-  if (!win.__metriclensPlotly) {
-    win.__metriclensPlotly = new Promise(function (resolve, reject) {
-      if (win.Plotly) { resolve(win.Plotly); return; }
-      const script = win.document.createElement("script");
-      script.src = new URL(url, win.document.baseURI).href;
-      script.onload = function () { resolve(win.Plotly); };
-      script.onerror = function () { win.__metriclensPlotly = null; reject(new Error("plotly bundle not loaded")); };
-      win.document.head.appendChild(script);
-    });
-  }
-  return win.__metriclensPlotly;
-};  // end of load
 
 // Streamlit's colours for the figure (its chart applied its own theme): the page's text colour, no backgrounds
 const themed = function (layout, doc) {
@@ -57,7 +42,7 @@ export default function (component) {
   };
   if (gd.__metriclensFigure === data.figure) return;   // a rerun with the same figure: the plot stays as it is
   const figure = JSON.parse(data.figure);
-  load(win, data.bundle).then(function (Plotly) {
+  loadMapBundle(win, data.bundle).then(function (Plotly) {
     gd.__metriclensFigure = data.figure;
     // a new figure keeps the zoom (uirevision) but not the user's lasso or box: the figure's own selectedpoints
     // show the selection now (a kept outline would select its points again and take the next click)

@@ -130,12 +130,13 @@ def map_bridge() -> None:
 
 # The item map's renderer (dashboard/map_component.js): plotly's partial WebGL bundle in our own component instead
 # of Streamlit's chart, whose 4.7 MB plotly.js chunk is fetched and compiled only once the first chart arrives.
-_MAP_JS = (Path(__file__).resolve().parent / "map_component.js").read_text()
+_MAP_LOADER = (Path(__file__).resolve().parent / "map_loader.js").read_text()   # defines loadMapBundle(win, url)
+_MAP_JS = _MAP_LOADER + (Path(__file__).resolve().parent / "map_component.js").read_text()
 _item_map = st.components.v2.component("metriclens_item_map", js=_MAP_JS, isolate_styles=False)
 MAP_BUNDLE = "app/static/vendor/plotly-gl2d/plotly-gl2d.min.js"
 # the same loader, run first thing on a page: the bundle loads while the server computes the map
-PRELOAD_MAP_CODE = ("<script>(" + _MAP_JS.split("const load = ")[1].split(";  // end of load")[0]
-                    + f")(window, {json.dumps(MAP_BUNDLE)}).catch(function () {{}});</script>")
+PRELOAD_MAP_CODE = (f"<script>{_MAP_LOADER}loadMapBundle(window, {json.dumps(MAP_BUNDLE)})"
+                    ".catch(function () {});</script>")
 PRELOAD_MAP_LINK = f'<link rel="preload" as="script" href="{MAP_BUNDLE}">'
 MAP_CONFIG = {"displaylogo": False, "responsive": True}
 
