@@ -49,8 +49,9 @@ def default_runs(epochs: int, max_per_class: int) -> list[Path]:
     return runs
 
 
-def score_maps(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, np.ndarray]:
-    """maps B×K×h×w, masks B×H×W bool -> per image and channel: mass inside (B×K), pointing hit (B×K)."""
+def score_maps(maps: torch.Tensor, masks: torch.Tensor, clutter: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """maps B×K×h×w, masks B×H×W bool -> per image and channel: mass inside (B×K), pointing hit (B×K); with
+    `clutter` (B×H×W bool, the distractors) also the mass on it ("clutter", B×K)."""
     up = F.interpolate(maps.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False).clamp_min(0)
     total = up.sum((2, 3))                                            # B×K
     valid = total > 0
@@ -60,11 +61,17 @@ def score_maps(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, np.ndarray]
     flat = up.flatten(2).argmax(-1)                                   # B×K
     hit = m.flatten(2).expand(-1, up.size(1), -1).gather(2, flat[..., None])[..., 0]
     mass[~valid], hit[~valid] = float("nan"), float("nan")            # e.g. GSP prototypes before warm-up
-    return {"mass": mass.numpy(), "hit": hit.numpy()}
+    scores = {"mass": mass.numpy(), "hit": hit.numpy()}
+    if clutter is not None:
+        on_clutter = (dist * clutter[:, None].float()).sum((2, 3))
+        on_clutter[~valid] = float("nan")
+        scores["clutter"] = on_clutter.numpy()
+    return scores
 
 
 def _summarise(per_channel: dict[str, np.ndarray], aggregate: dict[str, np.ndarray]) -> dict:
     mass, hit = per_channel["mass"], per_channel["hit"]              # N×K
+    clutter = per_channel.get("clutter")
     channel_mass = np.nanmean(mass, 0)
     best = int(np.nanargmax(channel_mass)) if np.isfinite(channel_mass).any() else -1
     even = np.nanmean(mass[0::2], 0)
@@ -75,7 +82,10 @@ def _summarise(per_channel: dict[str, np.ndarray], aggregate: dict[str, np.ndarr
             "best_channel": best,
             "best_channel_mass": float(channel_mass[best]) if best >= 0 else float("nan"),
             "best_channel_pointing": float(np.nanmean(hit[:, best])) if best >= 0 else float("nan"),
-            "best_channel_mass_held_out": float(np.nanmean(mass[1::2, held])) if held >= 0 else float("nan")}
+            "best_channel_mass_held_out": float(np.nanmean(mass[1::2, held])) if held >= 0 else float("nan"),
+            **({"aggregate_clutter": float(np.nanmean(aggregate["clutter"])),
+                "best_channel_clutter": float(np.nanmean(clutter[:, best])) if best >= 0 else float("nan")}
+               if clutter is not None else {})}
 
 
 def _centre(mask: torch.Tensor) -> tuple[int, int]:
@@ -93,12 +103,14 @@ def evaluate_run(run: Path, n_images: int, batch: int = 64) -> dict:
     idx = np.linspace(0, len(test) - 1, min(n_images, len(test))).round().astype(int)  # spread over classes
     per_channel: dict[str, list] = {}
     aggregate: dict[str, list] = {}
-    area = []
+    area, clutter_area = [], []
     for start in range(0, len(idx), batch):
         part = idx[start:start + batch]
         x = torch.stack([test[int(i)][0] for i in part])
         masks = torch.from_numpy(np.stack([test.annotation(int(i))["mask"] for i in part]))
+        clutter = torch.from_numpy(np.stack([test.annotation(int(i))["distractors"] for i in part]))
         area.append(masks.float().mean((1, 2)).numpy())
+        clutter_area.append(clutter.float().mean((1, 2)).numpy())
         explanation = model.explain(x)
         maps = dict(explanation.maps)
         for explainer in explainers("position", model):   # e.g. CSA: what the object's centre pixel attends to
@@ -107,16 +119,17 @@ def evaluate_run(run: Path, n_images: int, batch: int = 64) -> dict:
             for name in outs[0]:                             # "csa_position[@stage]" -> "csa_at_object[@stage]"
                 maps[name.replace("_position", "_at_object")] = torch.stack([torch.from_numpy(o[name]) for o in outs])
         for name, tensor in maps.items():
-            s = score_maps(tensor, masks)
+            s = score_maps(tensor, masks, clutter)
             per_channel.setdefault(name, []).append(s)
-            aggregate.setdefault(name, []).append(score_maps(tensor.float().mean(1, keepdim=True), masks))
-    cat = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in ("mass", "hit")}
+            aggregate.setdefault(name, []).append(score_maps(tensor.float().mean(1, keepdim=True), masks, clutter))
+    cat = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in ("mass", "hit", "clutter")}
     area = np.concatenate(area)
     trained = json.loads((run / ckpt.METRICS).read_text())
     result = {"run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
               "trained": f"{trained.get('epochs', '?')} epochs on {trained.get('trained_on', trained.get('device', '?'))}",
               "head": cfg.model.head, "blocks": [b.name for b in cfg.model.blocks], "images": int(len(idx)),
               "uniform_mass": float(area.mean()), "uniform_pointing": float(area.mean()),
+              "uniform_clutter": float(np.concatenate(clutter_area).mean()),
               "maps": {name: _summarise(cat(per_channel[name]), cat(aggregate[name])) for name in per_channel}}
     return result
 
@@ -126,21 +139,23 @@ def markdown(results: list[dict], n_images: int) -> str:
     for r in results:
         label = r["head"] + (" + " + ", ".join(r["blocks"]) if r["blocks"] else "")
         rows.append([label, "uniform (baseline)", 1, f"{r['uniform_mass']:.3f}", "–", "–",
-                     f"{r['uniform_pointing']:.3f}", "–"])
+                     f"{r['uniform_pointing']:.3f}", "–", f"{r['uniform_clutter']:.3f}"])
         for name, s in r["maps"].items():
             rows.append([label, f"`{name}`", s["channels"], f"{s['aggregate_mass']:.3f}", f"{s['per_channel_mass']:.3f}",
                          f"{s['best_channel_mass']:.3f} (#{s['best_channel']}; held out {s['best_channel_mass_held_out']:.3f})", f"{s['aggregate_pointing']:.3f}",
-                         f"{s['best_channel_pointing']:.3f}"])
+                         f"{s['best_channel_pointing']:.3f}", f"{s['aggregate_clutter']:.3f}"])
     runs = ", ".join(f"`{r['run']}` ({r.get('trained', '?')})" for r in results)
     return ("# Interpretability: attention on the target object (shapes test images)\n\n"
             f"{n_images} test images (unseen classes) per run, maps upsampled bilinearly to 64×64 and normalised per "
             "channel. *Mass inside* = share of the map's mass inside the target mask; *pointing* = argmax inside "
             "the mask. Aggregate = the channel-mean map; best channel picked by mass on the same images "
             "(optimistic; held out: picked on the even images, scored on the odd ones). `csa_at_object`: the "
-            "attention CSA's object-centre position uses, per group. Uniform: mass = mask area share, pointing = chance. "
+            "attention CSA's object-centre position uses, per group. *On distractors*: the aggregate map's mass on "
+            "the smaller clutter objects (drawn from the same shapes and colours), the nuisance a pooling should "
+            "ignore; the rest is background. Uniform: mass = mask area share, pointing = chance. "
             f"Runs: {runs}.\n\n"
             + md_table(["model", "map", "K", "mass (aggregate)", "mass (per channel)", "mass (best channel)",
-                        "pointing (aggregate)", "pointing (best channel)"], rows))
+                        "pointing (aggregate)", "pointing (best channel)", "on distractors (aggregate)"], rows))
 
 
 def main(argv=None) -> int:

@@ -64,3 +64,16 @@ def test_labels_decode_with_the_specs_colour_count():
     splits = build_datasets(DataConfig(shapes={"train_per_class": 2, "test_per_class": 2, "n_shapes": 3,
                                                "n_colours": 4}, val_classes=0))
     assert splits.test.class_names[6] == "blue square"                # also when read back from the cache
+
+
+def test_distractor_mask_is_exactly_the_clutter():
+    """The distractor mask (for scoring maps on clutter vs background) covers exactly the palette-coloured pixels
+    that are not the target's: nothing of the background texture, nothing of the target, every distractor."""
+    data = generate(SPEC, "test")
+    palette = np.array(list(COLOURS.values()))
+    for i in range(0, len(data.labels), 11):
+        ann = data.annotation(i)
+        image, target, clutter = data.images[i].astype(int), ann["mask"], ann["distractors"]
+        painted = (np.abs(image[:, :, None, :] - palette).max(-1) <= 1).any(-1)   # H×W: some palette colour
+        assert clutter.any() and not (clutter & target).any()
+        assert np.array_equal(painted & ~target, clutter)

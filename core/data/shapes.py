@@ -6,8 +6,9 @@ averaging is misled by clutter and attention has something to learn. Train and t
 disjoint combinations: class (s, c) is a train class when (s + c) is even, so every shape and
 every colour occurs on both sides and test classes are unseen *combinations*.
 
-Every image keeps its target mask, box and attributes (`ShapesData.annotation(i)`), so
-explanations can be scored against ground truth.
+Every image keeps its target mask, box and attributes, and a mask of its distractors
+(`ShapesData.annotation(i)`), so explanations can be scored against ground truth: on the object,
+on the clutter, or on the background.
 """
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def render(rng: np.random.Generator, shape: int, colour: int, spec: ShapesSpec):
-    """One image of class (shape, colour): returns uint8 HxWx3 image, bool HxW target mask, box."""
+    """One image of class (shape, colour): returns uint8 HxWx3 image, bool HxW target mask, box, bool HxW
+    mask of the distractors' visible pixels (none under the target)."""
     size = spec.image_size
     img = Image.fromarray(_background(rng, size))
     draw = ImageDraw.Draw(img)
@@ -108,6 +110,7 @@ def render(rng: np.random.Generator, shape: int, colour: int, spec: ShapesSpec):
     angle = rng.uniform(0, 2 * math.pi)
     # distractors first so none occludes the target; kept away from its centre
     n_distractors = rng.integers(spec.distractors[0], spec.distractors[1] + 1)
+    clutter = Image.new("L", (size, size), 0)   # drawn beside the image: the random stream is unchanged
     for _ in range(n_distractors):
         for _attempt in range(20):
             dr = rng.uniform(0.08, 0.13) * size
@@ -115,14 +118,16 @@ def render(rng: np.random.Generator, shape: int, colour: int, spec: ShapesSpec):
             if math.hypot(dx - cx, dy - cy) > r + dr * 0.5:
                 break
         ds, dc = rng.integers(spec.n_shapes), rng.integers(spec.n_colours)
-        _draw(draw, SHAPES[ds], dx, dy, dr, rng.uniform(0, 2 * math.pi), COLOURS[COLOUR_NAMES[dc]])
+        angle_d = rng.uniform(0, 2 * math.pi)
+        _draw(draw, SHAPES[ds], dx, dy, dr, angle_d, COLOURS[COLOUR_NAMES[dc]])
+        _draw(ImageDraw.Draw(clutter), SHAPES[ds], dx, dy, dr, angle_d, 255)
     _draw(draw, SHAPES[shape], cx, cy, r, angle, COLOURS[COLOUR_NAMES[colour]])
     mask_img = Image.new("L", (size, size), 0)
     _draw(ImageDraw.Draw(mask_img), SHAPES[shape], cx, cy, r, angle, 255)
     mask = np.asarray(mask_img) > 127
     ys, xs = np.nonzero(mask)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    return np.asarray(img), mask, box
+    return np.asarray(img), mask, box, (np.asarray(clutter) > 127) & ~mask
 
 
 @dataclass
@@ -133,11 +138,13 @@ class ShapesData:
     masks: np.ndarray       # N×H×W bool, target object
     boxes: np.ndarray       # N×4 int (x0, y0, x1, y1)
     n_colours: int          # the spec's: labels are decoded as they were encoded (class_id)
+    distractors: np.ndarray  # N×H×W bool, every distractor's visible pixels
 
     def annotation(self, index: int) -> dict:
         label = int(self.labels[index])
         shape, colour = divmod(label, self.n_colours)
-        return {"mask": self.masks[index], "box": tuple(int(v) for v in self.boxes[index]),
+        return {"mask": self.masks[index], "distractors": self.distractors[index],
+                "box": tuple(int(v) for v in self.boxes[index]),
                 "shape": SHAPES[shape], "colour": COLOUR_NAMES[colour], "class_name": f"{COLOUR_NAMES[colour]} {SHAPES[shape]}"}
 
 
@@ -147,17 +154,17 @@ def generate(spec: ShapesSpec, split: str) -> ShapesData:
     per_class = spec.train_per_class if split == "train" else spec.test_per_class
     # one independent stream per split so changing one count never reshuffles the other split
     rng = np.random.default_rng([spec.seed, 0 if split == "train" else 1])
-    images, labels, masks, boxes = [], [], [], []
+    images, labels, masks, boxes, clutter = [], [], [], [], []
     for s in range(spec.n_shapes):
         for c in range(spec.n_colours):
             if is_train_class(s, c) != (split == "train"):
                 continue
             for _ in range(per_class):
-                img, mask, box = render(rng, s, c, spec)
-                images.append(img); masks.append(mask); boxes.append(box)
+                img, mask, box, distractors = render(rng, s, c, spec)
+                images.append(img); masks.append(mask); boxes.append(box); clutter.append(distractors)
                 labels.append(class_id(s, c, spec.n_colours))
     return ShapesData(np.stack(images), np.asarray(labels, dtype=np.int64), np.stack(masks), np.asarray(boxes),
-                      spec.n_colours)
+                      spec.n_colours, np.stack(clutter))
 
 
 def cache_dir() -> Path:
@@ -170,13 +177,14 @@ def load(spec: ShapesSpec, split: str) -> ShapesData:
     if path.exists():
         try:
             with np.load(path) as z:
-                return ShapesData(z["images"], z["labels"], z["masks"], z["boxes"], spec.n_colours)
-        except Exception:  # a damaged cache is regenerated, never trusted
+                return ShapesData(z["images"], z["labels"], z["masks"], z["boxes"], spec.n_colours, z["distractors"])
+        except Exception:  # a damaged cache (or one from before a field was added) is regenerated, never trusted
             path.unlink(missing_ok=True)
     data = generate(spec, split)
 
     def write(tmp):
         with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a bare name
-            np.savez_compressed(fh, images=data.images, labels=data.labels, masks=data.masks, boxes=data.boxes)
+            np.savez_compressed(fh, images=data.images, labels=data.labels, masks=data.masks, boxes=data.boxes,
+                                distractors=data.distractors)
     atomic_write(path, write)
     return data
