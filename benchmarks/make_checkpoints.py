@@ -108,7 +108,7 @@ def refresh(run_dir: Path) -> dict:
     test, parts = embed_and_score(model, splits, "cpu", cfg.train.recall_ks)
     write_artifacts(run_dir, parts)
     metrics = ckpt.read_json(run_dir / ckpt.METRICS)
-    metrics.update(test=test, trained_on=metrics.get("device"), device="cpu")
+    metrics.update(test=test, trained_on=metrics.get("trained_on") or metrics.get("device"), device="cpu")
     write_json(run_dir / ckpt.METRICS, metrics)
     ensure_coords(run_dir, "umap")
     return metrics
@@ -142,7 +142,9 @@ def main(argv=None) -> int:
             metrics = refresh(run_dir)
             size = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file()) / 2**20
             summary[method] = dict(epochs=metrics["epochs"], seconds=metrics["train_seconds"], mib=round(size, 2),
-                                   load_average=f"GPU ({metrics['trained_on']})", date=str(date.today()),
+                                   load_average=(f"GPU ({metrics['trained_on']})" if metrics["trained_on"] != "cpu"
+                                                 else summary.get(method, {}).get("load_average", "CPU")),
+                                   date=str(date.today()),
                                    test=metrics["test"])
             summary_path.write_text(json.dumps(summary, indent=2))
             continue

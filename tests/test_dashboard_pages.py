@@ -417,7 +417,8 @@ def test_learn_page_knobs(runs):
     # GSP's knobs start at the trained run's μ and γ (TF's defaults when no shapes_gsp run is found)
     gsp = [Path(r).parent / "shapes_gsp" for r in runs if (Path(r).parent / "shapes_gsp" / "config.json").exists()]
     head_args = json.loads((gsp[0] / "config.json").read_text())["model"]["head_args"] if gsp else None
-    expected = (round(head_args["transport_ratio"], 2), head_args["entropy_weight"]) if gsp else (0.3, 5.0)
+    gamma = head_args.get("eval_entropy_weight") or head_args["entropy_weight"] if gsp else None
+    expected = (round(head_args["transport_ratio"], 2), gamma) if gsp else (0.3, 5.0)
     assert (at.slider(key="learn_mu").value, at.slider(key="learn_gamma").value) == expected
     at.slider(key="learn_mu").set_value(1.0).run()
     at.slider(key="learn_groups").set_value(5).run()

@@ -3,6 +3,7 @@ finite differences and vs autograd through the iterations), the maps, the protot
 training on real shapes batches and the save/load round trip."""
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -201,3 +202,24 @@ def test_augment_adds_the_max_pool_term_or_pools_with_gem():
     torch.testing.assert_close(gem(x).embedding, F.normalize(expected, dim=-1))
     gem(x).embedding.sum().backward()
     assert gem.gem_p.grad is not None and float(gem.gem_p.grad.abs()) > 0   # p is learnt
+
+
+def test_eval_entropy_weight_sharpens_the_plan_only_outside_training():
+    """`eval_entropy_weight` (an extension): in eval mode the head transports as a head trained at that γ would,
+    in train mode as its own γ; a sharper plan concentrates the keep map; with_transport sets both."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, 6, 6)
+    build = lambda **kw: GSPHead(16, 8, num_prototypes=5, transport_ratio=0.2, memory_size=0, **kw)
+    torch.manual_seed(1)
+    head = build(entropy_weight=5.0, eval_entropy_weight=20.0)
+    torch.manual_seed(1)
+    smooth = build(entropy_weight=5.0)
+    sharp = copy.deepcopy(smooth)
+    sharp.gamma = sharp.eval_gamma = 20.0
+    with torch.no_grad():
+        torch.testing.assert_close(head.eval()(x).maps["keep"], sharp.eval()(x).maps["keep"])
+        torch.testing.assert_close(head.train()(x).maps["keep"], smooth.train()(x).maps["keep"])
+        spread = lambda keep: keep.flatten(1).std(1).mean()                  # uniform keep = 1 everywhere
+        assert spread(head.eval()(x).maps["keep"]) > 1.5 * spread(smooth.eval()(x).maps["keep"])
+        knob = head.with_transport(gamma=5.0).eval()
+        torch.testing.assert_close(knob(x).maps["keep"], smooth.eval()(x).maps["keep"])

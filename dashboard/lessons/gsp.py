@@ -56,10 +56,12 @@ def gsp(ctx: LessonContext) -> None:
     head = state.load_model(run)[0].head if run is not None else None
     s1, s2 = st.columns(2)
     mu = s1.slider("Transport ratio μ", 0.05, 1.0, round(head.mu, 2) if head else 0.3, 0.05, key="learn_mu")
-    gamma = s2.slider("Entropy weight γ", 1.0, 50.0, float(head.gamma) if head else 5.0, 0.5, key="learn_gamma")
+    gamma = s2.slider("Entropy weight γ", 1.0, 50.0, float(head.eval_gamma) if head else 5.0, 0.5, key="learn_gamma")
     if run is not None:
         keep = trained_keep_map(run, ctx.pixels, mu, gamma)
-        st.markdown(f"Trained run **{Path(run).name}**: its prototypes and projection, with your μ and γ.")
+        st.markdown(f"Trained run **{Path(run).name}**: its prototypes and projection, with your μ and γ. Try a "
+                    "sharper γ (e.g. 20) on the shipped run, trained at γ 5: the same prototypes then keep mostly "
+                    "the object (BENCHMARKS.md, 'GSP's keep map and γ').")
         ctx.panels([keep], [f"keep map, μ={mu:.2f}, brightest {keep.max():.2f}"], scale=learn_demos.keep_scale(keep))
     else:
         keep, plan = learn_demos.gsp_transport(ctx.features, object_prototypes(ctx), mu, gamma)
