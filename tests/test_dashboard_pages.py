@@ -420,6 +420,8 @@ def test_learn_page_knobs(runs):
     gamma = head_args.get("eval_entropy_weight") or head_args["entropy_weight"] if gsp else None
     expected = (round(head_args["transport_ratio"], 2), gamma) if gsp else (0.3, 5.0)
     assert (at.slider(key="learn_mu").value, at.slider(key="learn_gamma").value) == expected
+    if gsp and head_args.get("eval_entropy_weight"):   # the lesson says the run embeds with another γ than it trained
+        assert f"embeds at γ {head_args['eval_entropy_weight']:g}" in body
     at.slider(key="learn_mu").set_value(1.0).run()
     at.slider(key="learn_groups").set_value(5).run()
     at.slider(key="learn_bases").set_value(8).run()

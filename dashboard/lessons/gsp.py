@@ -59,9 +59,10 @@ def gsp(ctx: LessonContext) -> None:
     gamma = s2.slider("Entropy weight γ", 1.0, 50.0, float(head.eval_gamma) if head else 5.0, 0.5, key="learn_gamma")
     if run is not None:
         keep = trained_keep_map(run, ctx.pixels, mu, gamma)
-        st.markdown(f"Trained run **{Path(run).name}**: its prototypes and projection, with your μ and γ. Try a "
-                    "sharper γ (e.g. 20) on the shipped run, trained at γ 5: the same prototypes then keep mostly "
-                    "the object (BENCHMARKS.md, 'GSP's keep map and γ').")
+        st.markdown(f"Trained run **{Path(run).name}**: its prototypes and projection, with your μ and γ."
+                    + (f" It trained at γ {head.gamma:g} and embeds at γ {head.eval_gamma:g} (an extension of GSP): "
+                       f"set γ to {head.gamma:g} to see the smoother plan it learned with, which keeps much of the "
+                       "background too." if head.eval_gamma != head.gamma else ""))
         ctx.panels([keep], [f"keep map, μ={mu:.2f}, brightest {keep.max():.2f}"], scale=learn_demos.keep_scale(keep))
     else:
         keep, plan = learn_demos.gsp_transport(ctx.features, object_prototypes(ctx), mu, gamma)
