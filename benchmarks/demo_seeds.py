@@ -14,7 +14,6 @@ map, CSA's best base map, DSL's attention map.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +34,7 @@ R1_TARGET = 0.85
 
 
 def score_run(run: Path, images: int) -> dict:
-    cfg = json.loads((run / ckpt.CONFIG).read_text())
-    metrics = json.loads((run / ckpt.METRICS).read_text())
+    cfg, metrics = ckpt.read_json(run / ckpt.CONFIG), ckpt.read_json(run / ckpt.METRICS)
     method = cfg["name"].removeprefix("shapes_")
     maps = {}
     if method in MAP_SCORES:
@@ -67,13 +65,16 @@ def markdown(scores: list[dict]) -> str:
         maps = [f"{label} {_mean_std([s['maps'][label] for s in runs])}" for _, _, label, _ in MAP_SCORES.get(method, [])]
         summary.append([method, len(runs), ", ".join(str(s["seed"]) for s in sorted(runs, key=lambda s: s["seed"])),
                         _mean_std(r1), _mean_std([s["map_at_r"] for s in runs]), "; ".join(maps) or "–"])
-        if method != "gap":
-            ok = np.mean(r1) >= R1_TARGET and (gap is None or np.mean(r1) >= gap)
-            verdicts.append(f"- {method}: R@1 {np.mean(r1):.3f} (target ≥ {R1_TARGET}"
-                            + (f" and ≥ GAP {gap:.3f}" if gap is not None else "") + f"): {'met' if ok else 'NOT met'}"
-                            + "".join(f"; {label} {np.mean([s['maps'][label] for s in runs]):.3f} (target ≥ {t}): "
-                                      f"{'met' if np.mean([s['maps'][label] for s in runs]) >= t else 'NOT met'}"
-                                      for _, _, label, t in MAP_SCORES.get(method, []) if t is not None))
+        if method == "gap":
+            continue
+        def verdict(value: float, target: float, said: str) -> str:
+            return f"{value:.3f} (target {said}): {'met' if value >= target else 'NOT met'}"
+        # R@1: ≥ 0.85 and ≥ GAP trained on the same schedule
+        parts = ["R@1 " + (verdict(float(np.mean(r1)), max(R1_TARGET, gap), f"≥ {R1_TARGET} and ≥ GAP {gap:.3f}")
+                            if gap is not None else verdict(float(np.mean(r1)), R1_TARGET, f"≥ {R1_TARGET}"))]
+        parts += [f"{label} {verdict(float(np.mean([s['maps'][label] for s in runs])), t, f'≥ {t}')}"
+                  for _, _, label, t in MAP_SCORES.get(method, []) if t is not None]
+        verdicts.append(f"- {method}: " + "; ".join(parts))
     return ("# Demo runs over seeds (shapes, 32 unseen test classes)\n\n"
             "Test R@1 and MAP@R of each run's kept (best validation) epoch; maps scored on 320 test images as "
             "`benchmarks.heads_interpretability` (share of the map's mass on the target object; a uniform map "

@@ -25,7 +25,9 @@ from core.evaluate import all_metrics
 
 
 @torch.no_grad()
-def sweep(run: Path, mus: list[float], gammas: list[float], images: int = 320, batch: int = 160) -> list[dict]:
+def sweep(run: Path, mus: list[float] | None, gammas: list[float], images: int = 320,
+          batch: int = 160) -> tuple[list[dict], int]:
+    """One row per (μ, γ) (μ: the run's own when None), and the number of map positions."""
     model, cfg = ckpt.load_run(run)
     model.eval()
     if not hasattr(model.head, "with_transport"):
@@ -33,8 +35,8 @@ def sweep(run: Path, mus: list[float], gammas: list[float], images: int = 320, b
     test = build_datasets(cfg.data, seed=cfg.train.seed).test
     scored = set(np.linspace(0, len(test) - 1, min(images, len(test))).round().astype(int).tolist())
     trained = model.head
-    rows = []
-    for mu in mus:
+    rows, positions = [], 0
+    for mu in mus or [trained.mu]:
         for gamma in gammas:
             model.head = trained.with_transport(mu, gamma)
             embs, labels, mass, clutter, cells = [], [], [], [], []
@@ -48,6 +50,7 @@ def sweep(run: Path, mus: list[float], gammas: list[float], images: int = 320, b
                 if not keep_idx:
                     continue
                 keep = torch.as_tensor(explanation.maps["keep"])[keep_idx].float()
+                positions = keep.shape[-2] * keep.shape[-1]
                 masks = torch.from_numpy(np.stack([test.annotation(idx[j])["mask"] for j in keep_idx]))
                 distractors = torch.from_numpy(np.stack([test.annotation(idx[j])["distractors"] for j in keep_idx]))
                 s = score_maps(keep, masks, distractors)
@@ -63,7 +66,7 @@ def sweep(run: Path, mus: list[float], gammas: list[float], images: int = 320, b
                          "keep_on_distractors": float(np.concatenate(clutter).mean()),
                          "kept_positions": float(np.concatenate(cells).mean())})
     model.head = trained
-    return rows
+    return rows, positions
 
 
 def markdown(run: Path, rows: list[dict], grid: str) -> str:
@@ -86,13 +89,10 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="gsp_transport")
     args = p.parse_args(argv)
     run = args.run.resolve()
-    model, cfg = ckpt.load_run(run)
-    mus = [float(v) for v in args.mu.split(",")] if args.mu else [model.head.mu]
-    rows = sweep(run, mus, [float(v) for v in args.gamma.split(",")])
-    size = cfg.data.image_size
-    h, w = model.explain(torch.zeros(1, 3, size, size)).maps["keep"].shape[-2:]
+    mus = [float(v) for v in args.mu.split(",")] if args.mu else None
+    rows, positions = sweep(run, mus, [float(v) for v in args.gamma.split(",")])
     label = str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run)
-    md = markdown(label, rows, str(h * w))
+    md = markdown(label, rows, str(positions))
     write_results(args.name, {"run": label, "rows": rows}, md)
     print(md)
     return 0

@@ -71,7 +71,6 @@ def score_maps(maps: torch.Tensor, masks: torch.Tensor, clutter: torch.Tensor | 
 
 def _summarise(per_channel: dict[str, np.ndarray], aggregate: dict[str, np.ndarray]) -> dict:
     mass, hit = per_channel["mass"], per_channel["hit"]              # N×K
-    clutter = per_channel.get("clutter")
     channel_mass = np.nanmean(mass, 0)
     best = int(np.nanargmax(channel_mass)) if np.isfinite(channel_mass).any() else -1
     even = np.nanmean(mass[0::2], 0)
@@ -83,9 +82,7 @@ def _summarise(per_channel: dict[str, np.ndarray], aggregate: dict[str, np.ndarr
             "best_channel_mass": float(channel_mass[best]) if best >= 0 else float("nan"),
             "best_channel_pointing": float(np.nanmean(hit[:, best])) if best >= 0 else float("nan"),
             "best_channel_mass_held_out": float(np.nanmean(mass[1::2, held])) if held >= 0 else float("nan"),
-            **({"aggregate_clutter": float(np.nanmean(aggregate["clutter"])),
-                "best_channel_clutter": float(np.nanmean(clutter[:, best])) if best >= 0 else float("nan")}
-               if clutter is not None else {})}
+            "aggregate_clutter": float(np.nanmean(aggregate["clutter"]))}
 
 
 def _centre(mask: torch.Tensor) -> tuple[int, int]:
