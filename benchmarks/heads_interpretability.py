@@ -11,6 +11,10 @@ distribution over pixels, then scored by
 Reported for the channel-mean map ("aggregate"), averaged over channels ("per channel"), and for the
 single best channel by mass (chosen on the same images, so optimistic; "held out": chosen on the even
 images and scored on the odd ones). The uniform map is the baseline: its mass inside = the mask's area share, its pointing accuracy (random argmax) the same.
+The object-shaped map is the reference for "covers the object": at the map's own grid (8×8 on `shapes`), each cell weighted
+by the share of it the object covers, then upsampled and scored the same way. It is what a map that covers exactly
+the object can reach at that resolution (on `shapes` about 0.68: bilinear upsampling spreads every cell over its
+neighbours); a map scores higher only by favouring the object's inner cells.
 
     python -m benchmarks.heads_interpretability RUN_DIR [RUN_DIR ...]
     python -m benchmarks.heads_interpretability            # runs of heads_accuracy (seed 0) if present,
@@ -101,6 +105,7 @@ def evaluate_run(run: Path, n_images: int, batch: int = 64) -> dict:
     per_channel: dict[str, list] = {}
     aggregate: dict[str, list] = {}
     area, clutter_area = [], []
+    covered: dict[str, list] = {}        # map name -> the object-shaped map's mass, per batch
     for start in range(0, len(idx), batch):
         part = idx[start:start + batch]
         x = torch.stack([test[int(i)][0] for i in part])
@@ -116,6 +121,8 @@ def evaluate_run(run: Path, n_images: int, batch: int = 64) -> dict:
             for name in outs[0]:                             # "csa_position[@stage]" -> "csa_at_object[@stage]"
                 maps[name.replace("_position", "_at_object")] = torch.stack([torch.from_numpy(o[name]) for o in outs])
         for name, tensor in maps.items():
+            shaped = F.adaptive_avg_pool2d(masks[:, None].float(), tuple(tensor.shape[-2:]))
+            covered.setdefault(name, []).append(score_maps(shaped, masks)["mass"][:, 0])
             s = score_maps(tensor, masks, clutter)
             per_channel.setdefault(name, []).append(s)
             aggregate.setdefault(name, []).append(score_maps(tensor.float().mean(1, keepdim=True), masks, clutter))
@@ -127,7 +134,10 @@ def evaluate_run(run: Path, n_images: int, batch: int = 64) -> dict:
               "head": cfg.model.head, "blocks": [b.name for b in cfg.model.blocks], "images": int(len(idx)),
               "uniform_mass": float(area.mean()), "uniform_pointing": float(area.mean()),
               "uniform_clutter": float(np.concatenate(clutter_area).mean()),
-              "maps": {name: _summarise(cat(per_channel[name]), cat(aggregate[name])) for name in per_channel}}
+              "maps": {name: {**_summarise(cat(per_channel[name]), cat(aggregate[name])),
+                              "object_shaped_mass": float(np.concatenate(covered[name]).mean()),
+                              "grid": list(maps[name].shape[-2:])}
+                       for name in per_channel}}
     return result
 
 
@@ -136,11 +146,12 @@ def markdown(results: list[dict], n_images: int) -> str:
     for r in results:
         label = r["head"] + (" + " + ", ".join(r["blocks"]) if r["blocks"] else "")
         rows.append([label, "uniform (baseline)", 1, f"{r['uniform_mass']:.3f}", "–", "–",
-                     f"{r['uniform_pointing']:.3f}", "–", f"{r['uniform_clutter']:.3f}"])
+                     f"{r['uniform_pointing']:.3f}", "–", f"{r['uniform_clutter']:.3f}", "–"])
         for name, s in r["maps"].items():
             rows.append([label, f"`{name}`", s["channels"], f"{s['aggregate_mass']:.3f}", f"{s['per_channel_mass']:.3f}",
                          f"{s['best_channel_mass']:.3f} (#{s['best_channel']}; held out {s['best_channel_mass_held_out']:.3f})", f"{s['aggregate_pointing']:.3f}",
-                         f"{s['best_channel_pointing']:.3f}", f"{s['aggregate_clutter']:.3f}"])
+                         f"{s['best_channel_pointing']:.3f}", f"{s['aggregate_clutter']:.3f}",
+                         f"{s['object_shaped_mass']:.3f} ({s['grid'][0]}×{s['grid'][1]})"])
     runs = ", ".join(f"`{r['run']}` ({r.get('trained', '?')})" for r in results)
     return ("# Interpretability: attention on the target object (shapes test images)\n\n"
             f"{n_images} test images (unseen classes) per run, maps upsampled bilinearly to 64×64 and normalised per "
@@ -149,10 +160,13 @@ def markdown(results: list[dict], n_images: int) -> str:
             "(optimistic; held out: picked on the even images, scored on the odd ones). `csa_at_object`: the "
             "attention CSA's object-centre position uses, per group. *On distractors*: the aggregate map's mass on "
             "the smaller clutter objects (drawn from the same shapes and colours), the nuisance a pooling should "
-            "ignore; the rest is background. Uniform: mass = mask area share, pointing = chance. "
+            "ignore; the rest is background. Uniform: mass = mask area share, pointing = chance. *Object-shaped "
+            "map*: each cell of the map's grid weighted by the object's share of it, "
+            "upsampled and scored alike (what a map covering exactly the object reaches at that grid). "
             f"Runs: {runs}.\n\n"
             + md_table(["model", "map", "K", "mass (aggregate)", "mass (per channel)", "mass (best channel)",
-                        "pointing (aggregate)", "pointing (best channel)", "on distractors (aggregate)"], rows))
+                        "pointing (aggregate)", "pointing (best channel)", "on distractors (aggregate)",
+                        "object-shaped map (grid)"], rows))
 
 
 def main(argv=None) -> int:
