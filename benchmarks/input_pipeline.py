@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     md = (f"# Input pipeline: model-only vs end-to-end training throughput\n\n"
           f"`configs/real_gap.yaml` fine-tuning step (EfficientNet-Lite0, {args.size} px, batch "
           f"{base.train.batch_size}, {'bf16 autocast' if device == 'cuda' else 'float32'}) on {gpu}; {args.dataset}, "
-          f"{n} train images (real JPEGs), {args.epochs} epochs after a warm-up epoch, all rows in one process on "
+          f"{n} train images (real JPEGs), {args.epochs} epoch{'s' if args.epochs != 1 else ''} after a warm-up epoch, all rows in one process on "
           f"the same model. The one-off decode of all {decoded} images into the cache took {decode_s:.1f} s "
           f"({decoded / decode_s:.0f} images/s, {args.workers} workers).\n\n"
           + md_table(["pipeline", "images/s", "÷ model only"], rows))
