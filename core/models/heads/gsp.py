@@ -25,7 +25,7 @@ Normalisation: TF `L2Normalization` divides a vector by its norm only when the n
 weight of the transport outside training (embedding, validation, maps). The entropic smoothing that lets
 training reach every position also blurs what the learned prototypes select: on `shapes` the run trained at
 γ 5 keeps 48 of 64 positions (μ·n = 6.4) and puts 0.29 of its keep map on the object; the same weights at
-γ 20 keep about 13 and put 0.57 on it, with test R@1 0.853 → 0.880, while training at γ 20 learned far worse
+γ 20 keep about 13 and put 0.57 on it, with test MAP@R 0.589 → 0.646, while training at γ 20 learned far worse
 (R@1 0.65; `python -m benchmarks.gsp_transport`, BENCHMARKS.md "GSP's keep map and γ").
 
 Prototype initialisation (TF): a memory of `memory_size` (1024) normalised GAP embeddings of Z
