@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from core.models.mode import evaluating
+from core.mode import evaluating
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

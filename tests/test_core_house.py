@@ -1,5 +1,6 @@
 """The house rules of `core/` (README, Development): every module imports, no import cycle (function-local
-imports count, so a cycle cannot hide inside a function), `core.io` is a leaf, and no Streamlit anywhere."""
+imports count, so a cycle cannot hide inside a function), none between its packages either (core.models as
+one unit beside core.explain, ...), `core.io` is a leaf, and no Streamlit anywhere."""
 import ast
 import importlib
 import shutil
@@ -102,6 +103,42 @@ def test_a_cycle_added_on_purpose_is_found(tmp_path, where):
     io_file = tmp_path / "core" / "io.py"
     io_file.write_text(io_file.read_text() + line)
     assert ["core.config", "core.io"] in cycles(import_graph(tmp_path))
+
+
+def unit(name: str) -> str:
+    """The part of core a module belongs to: its sub-package (core.models.heads.gsp -> core.models), or itself
+    for a top-level module (core.explain)."""
+    return ".".join(name.split(".")[:2])
+
+
+def package_graph(root: Path) -> dict[str, set[str]]:
+    """unit -> the other units its modules import. A loop here is a loop between packages even when no two
+    modules import each other (core.models.blocks.csa -> core.explain -> core.models.mode was one)."""
+    mods, packages = modules(root)
+    units = {unit(m) for m in mods if m != "core"}
+    graph: dict[str, set[str]] = {u: set() for u in units}
+    for m, p in mods.items():
+        if m == "core":
+            continue
+        for name in imported_names(m, p, m in packages):
+            if name.startswith("core.") and unit(name) in units and unit(name) != unit(m):
+                graph[unit(m)].add(unit(name))
+    return graph
+
+
+def test_core_packages_import_each_other_in_one_direction():
+    graph = package_graph(REPO)
+    assert "core.models" in graph and "core.explain" in graph          # the walk saw the real tree
+    assert cycles(graph) == [], "loop(s) between core's packages: " + "; ".join(" <-> ".join(c) for c in cycles(graph))
+
+
+def test_a_package_loop_added_on_purpose_is_found(tmp_path):
+    """No two modules import each other, yet core.models and core.explain would: the package check sees it."""
+    shutil.copytree(REPO / "core", tmp_path / "core", ignore=shutil.ignore_patterns("__pycache__"))
+    explain = tmp_path / "core" / "explain.py"
+    explain.write_text(explain.read_text() + "\n\ndef _late():\n    from core.models.backbones import Backbone\n")
+    assert cycles(import_graph(tmp_path)) == []
+    assert ["core.explain", "core.models"] in cycles(package_graph(tmp_path))
 
 
 def test_io_is_a_leaf():
