@@ -27,7 +27,7 @@ def is_finished(run: Path) -> bool:
 
 def shipped_runs() -> list[Path]:
     """Finished shipped runs, the one the dashboard opens on first (the browser test's screenshots show it)."""
-    from dashboard.state import OPENING_RUN
+    from dashboard.catalog import OPENING_RUN
 
     runs = [run for run in list_runs(SHIPPED) if is_finished(run)]
     return sorted(runs, key=lambda run: run.name != OPENING_RUN)

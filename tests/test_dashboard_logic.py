@@ -156,8 +156,8 @@ def test_training_job_progress_and_cancel(tmp_path):
               "ProgressLog(sys.argv[1])(8, 16, 'epoch 2/4 loss 0.5')\n"
               "try:\n    print('READY'.lower(), flush=True)\n    time.sleep(60)\n"
               "except KeyboardInterrupt:\n    print('interrupted'); sys.exit(130)\n")
-    job = jobs.TrainJob.start("fake", tmp_path / "fake", [sys.executable, "-c", script,
-                                                          str(tmp_path / "fake" / "progress.jsonl")])
+    job = jobs.TrainJob("fake", tmp_path / "fake", [sys.executable, "-c", script,
+                                                    str(tmp_path / "fake" / "progress.jsonl")]).start()
     deadline = time.time() + 20
     while "ready" not in job.log_tail().splitlines() and time.time() < deadline:  # handler installed
         time.sleep(0.1)
