@@ -45,9 +45,9 @@ import urllib.parse
 from pathlib import Path
 
 from benchmarks.common import require_chromium
-from dashboard.testing import dashboard_server
+from tests.dashboard_testing import dashboard_server
 from core import run_dir as rd
-from dashboard.testing import CHROMIUM, LAUNCH_ARGS, PLOT_AREA, REPO, demo_runs, images_loaded, lasso, settle
+from tests.dashboard_testing import CHROMIUM, LAUNCH_ARGS, PLOT_AREA, REPO, demo_runs, images_loaded, lasso, settle
 
 RESULTS = REPO / "benchmarks" / "results"
 TARGETS = {"cold_start_s": 10.0, "interaction_s": 1.0, "map_first_paint": 3.0, "lasso_to_grid": 1.0,

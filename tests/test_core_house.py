@@ -1,6 +1,7 @@
 """The house rules of `core/` (README, Development): every module imports, no import cycle (function-local
 imports count, so a cycle cannot hide inside a function), none between its packages either (core.models as
-one unit beside core.explain, ...), `core.io` is a leaf, and no Streamlit anywhere."""
+one unit beside core.explain, ...), `core.io` is a leaf, and no Streamlit anywhere; the product (core/,
+dashboard/, app.py) imports neither the test harness nor, from the dashboard, the trainer."""
 import ast
 import importlib
 import shutil
@@ -164,3 +165,24 @@ def test_every_core_module_imports_without_streamlit():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     importlib.import_module("core.__main__")                      # the CLI module imports too (runs nothing)
+
+
+def product_imports(root: Path) -> dict[str, set[str]]:
+    """file -> every module name its imports (anywhere in the file) may load, for core/, dashboard/ and app.py."""
+    files = [*sorted((root / "core").rglob("*.py")), *sorted((root / "dashboard").rglob("*.py")), root / "app.py"]
+    out = {}
+    for path in files:
+        name = ".".join(path.relative_to(root).with_suffix("").parts)
+        out[str(path.relative_to(root))] = imported_names(name, path, path.name == "__init__.py")
+    return out
+
+
+def test_the_product_imports_no_test_harness_and_the_dashboard_no_trainer():
+    imports = product_imports(REPO)
+    assert "dashboard/ui.py" in imports and "app.py" in imports            # the walk saw the real tree
+    harness = {f: sorted(n for n in names if n.split(".")[0] in ("tests", "dashboard_testing", "heads_testing",
+                                                                 "pytest", "playwright"))
+               for f, names in imports.items()}
+    assert {f: n for f, n in harness.items() if n} == {}
+    trainer = [f for f, names in imports.items() if not f.startswith("core/") and "core.train" in names]
+    assert trainer == [], "the dashboard trains only through `python -m core train` in a job"

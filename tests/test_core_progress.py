@@ -14,7 +14,7 @@ from core.__main__ import main
 from core.progress import ProgressLog, read_progress
 from core.run_dir import PROGRESS
 from dashboard import jobs
-from dashboard.testing import TINY_OVERRIDES
+from dashboard_testing import TINY_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,7 @@ def test_progress_log_eta_throttle_and_partial_lines(tmp_path):
 def test_train_page_draws_a_bar_per_phase(tmp_path, monkeypatch):
     """The Train page reads the job's progress.jsonl: a running job shows its epochs and phases with ETAs."""
     from dashboard import background
-    from dashboard.testing import demo_runs
+    from dashboard_testing import demo_runs
 
     monkeypatch.setenv("METRICLENS_AUTO_UMAP", "0")  # never start UMAP's numba JIT in a test
     shown = str(demo_runs(tmp_path / "demo", 1)[0].resolve())

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.testing import item_maps  # the item maps are a component, not plotly charts
+from dashboard_testing import item_maps  # the item maps are a component, not plotly charts
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -22,7 +22,7 @@ APP = str(ROOT / "app.py")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from dashboard.testing import demo_runs
+    from dashboard_testing import demo_runs
 
     saved = {k: os.environ.get(k) for k in ("METRICLENS_AUTO_UMAP", "METRICLENS_RUNS")}
     os.environ["METRICLENS_AUTO_UMAP"] = "0"  # never start UMAP's ~40 s numba JIT in a test
@@ -621,7 +621,7 @@ def test_train_page_runs_lists_and_cancels_a_job(runs, tmp_path):
 def test_pages_render_every_method(runs, tmp_path_factory, config, epochs):
     """Maps are rendered generically, whatever their names and channel counts (no page knows a method): on
     the shipped run of the config (checkpoints/<config stem>) when there is one, else on a tiny fresh one."""
-    from dashboard.testing import is_finished, train_tiny
+    from dashboard_testing import is_finished, train_tiny
 
     if not (ROOT / "configs" / config).exists():
         pytest.skip(f"configs/{config} is not in this build")

@@ -25,7 +25,7 @@ SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from dashboard.testing import demo_runs
+    from dashboard_testing import demo_runs
 
     saved = os.environ.get("METRICLENS_AUTO_UMAP")
     os.environ["METRICLENS_AUTO_UMAP"] = "0"  # never start UMAP's ~40 s numba JIT in a test
@@ -354,7 +354,7 @@ def test_killed_trainer_loses_no_completed_epoch(tmp_path):
     as unfinished, and the same command resumes after the kept epoch."""
     from core import checkpoint as ckpt
     from dashboard.catalog import summary as run_summary
-    from dashboard.testing import TINY_OVERRIDES
+    from dashboard_testing import TINY_OVERRIDES
 
     out = tmp_path / "killed"
     overrides = [o for o in TINY_OVERRIDES if not o.startswith("train.epochs")]
