@@ -20,8 +20,9 @@ from core.importer import NoModelError
 from dashboard import catalog, session, ui
 
 # The dashboard runs one image at a time. With several intra-op threads, PyTorch's workers spin while
-# other processes hold the cores, and a 10 ms forward took 200-500 ms on the shared 2-core machine;
-# one thread is as fast when idle and stays fast under load. Training runs in its own process.
+# other processes hold the cores, and a forward took many times longer on the shared machine
+# (benchmarks/notes/dashboard_latency.md); one thread is as fast when idle and stays fast under load.
+# Training runs in its own process.
 torch.set_num_threads(int(os.environ.get("METRICLENS_TORCH_THREADS", "1")))
 
 # a local file: an emoji or :material: page icon makes the browser fetch the favicon from a CDN

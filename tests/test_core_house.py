@@ -1,12 +1,16 @@
 """The house rules of `core/` (README, Development): every module imports, no import cycle (function-local
 imports count, so a cycle cannot hide inside a function), none between its packages either (core.models as
 one unit beside core.explain, ...), `core.io` is a leaf, and no Streamlit anywhere; the product (core/,
-dashboard/, app.py) imports neither the test harness nor, from the dashboard, the trainer."""
+dashboard/, app.py) imports neither the test harness nor, from the dashboard, the trainer; and its docstrings,
+comments and config comments quote no measured retrieval result (those go stale: they live in benchmarks/)."""
 import ast
 import importlib
+import io
+import re
 import shutil
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -186,3 +190,43 @@ def test_the_product_imports_no_test_harness_and_the_dashboard_no_trainer():
     assert {f: n for f, n in harness.items() if n} == {}
     trainer = [f for f, names in imports.items() if not f.startswith("core/") and "core.train" in names]
     assert trainer == [], "the dashboard trains only through `python -m core train` in a job"
+
+
+# a retrieval metric followed by a value: "R@1 0.856", "MAP@R: 0.589", "recall@1 = .93" (not "R@1 ≥ 0.85"-style
+# targets, which say what a check asks for, nor parameters such as "margin 0.5")
+MEASURED = re.compile(r"(R@\d|MAP@R|NMI|recall@\d|R-?precision)\s*(=|:)?\s*\d?\.\d{2}", re.I)
+
+
+def quoted_results(root: Path) -> list[str]:
+    """'file:line: text' of every docstring or comment of core/, dashboard/ and app.py, and every comment of
+    configs/*.yaml, that quotes a measured retrieval result."""
+    found = []
+    for path in [*sorted((root / "core").rglob("*.py")), *sorted((root / "dashboard").rglob("*.py")), root / "app.py"]:
+        source = path.read_text()
+        texts = [(tok.start[0], tok.string) for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                 if tok.type == tokenize.COMMENT]
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node, clean=False)
+                if doc:
+                    texts.append((node.body[0].lineno, doc))
+        found += [f"{path.relative_to(root)}:{line}: {MEASURED.search(text)[0]}" for line, text in texts
+                  if MEASURED.search(text)]
+    for path in sorted((root / "configs").glob("*.yaml")):
+        for line, text in enumerate(path.read_text().splitlines(), 1):
+            comment = text.partition("#")[2]
+            if MEASURED.search(comment):
+                found.append(f"{path.relative_to(root)}:{line}: {MEASURED.search(comment)[0]}")
+    return found
+
+
+def test_no_measured_result_in_docstrings_comments_or_configs(tmp_path):
+    assert quoted_results(REPO) == []
+    (tmp_path / "core").mkdir()
+    (tmp_path / "dashboard").mkdir()
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "app.py").write_text('"""The app."""\n')
+    (tmp_path / "core" / "head.py").write_text('"""A head.\n\nOn shapes it reaches MAP@R 0.589."""\nx = 1  # R@1: .93\n')
+    (tmp_path / "configs" / "run.yaml").write_text("# shipped run: test R@1 0.856\nlr: 0.001  # margin 0.5\n")
+    assert [f.split(": ")[0] for f in quoted_results(tmp_path)] == ["core/head.py:4", "core/head.py:1",
+                                                                    "configs/run.yaml:1"]

@@ -189,7 +189,7 @@ def selection_area(run: str, art: artifacts.Artifacts, fields: dict, view: tuple
         neighbours_ui(run, art, *focus)
     if not len(selected):
         nothing_selected_ui(run)
-        if drawn:  # not before: on 2 cores it slowed the first paint by 0.3-0.6 s (1.3 s on a new server)
+        if drawn:  # not before: it slowed the first paint (benchmarks/notes/dashboard_latency.md)
             prefetch(run)
         return
     selection_ui(run, art, selected, fields)
