@@ -4,7 +4,7 @@ The entrypoint is the frame around every page: the sidebar run picker, deep link
 (`?page=attention&run=shapes_gap&query=12&compare=shapes_grouping`, read on load and written on
 change) and the navigation over dashboard/pages. Known bad input (a damaged run, a moved data
 set) ends as a clear st.error, never a traceback. In teaching mode (dashboard/access.py) there is
-no Train page and no folder box, and a link opens only runs of the allow-list `state.discover_runs`.
+no Train page and no folder box, and a link opens only runs of the allow-list `catalog.discover_runs`.
 """
 from __future__ import annotations
 
@@ -17,17 +17,18 @@ import torch
 from core.checkpoint import CheckpointError
 from core.run_dir import CONFIG
 from core.importer import NoModelError
-from dashboard import state, ui
+from dashboard import catalog, session, ui
 
 # The dashboard runs one image at a time. With several intra-op threads, PyTorch's workers spin while
-# other processes hold the cores, and a 10 ms forward took 200-500 ms on the shared 2-core machine;
-# one thread is as fast when idle and stays fast under load. Training runs in its own process.
+# other processes hold the cores, and a forward took many times longer on the shared machine
+# (benchmarks/notes/dashboard_latency.md); one thread is as fast when idle and stays fast under load.
+# Training runs in its own process.
 torch.set_num_threads(int(os.environ.get("METRICLENS_TORCH_THREADS", "1")))
 
 # a local file: an emoji or :material: page icon makes the browser fetch the favicon from a CDN
-st.set_page_config(page_title="MetricLens", page_icon=str(state.REPO / "static" / "favicon.png"), layout="wide")
+st.set_page_config(page_title="MetricLens", page_icon=str(catalog.REPO / "static" / "favicon.png"), layout="wide")
 try:
-    TEACHING = state.teaching()
+    TEACHING = session.teaching()
 except ValueError as err:  # a mistyped METRICLENS_MODE: say so instead of guessing a mode
     st.error(str(err))
     st.stop()
@@ -76,20 +77,20 @@ def read_deep_link(runs: list[dict], current_page: str) -> list[dict]:
     if not TEACHING and params.get("run") and params["run"] not in listed:
         linked = Path(params["run"]).expanduser()
         if linked.is_absolute() and (linked / CONFIG).exists() and str(linked.resolve()) not in listed:
-            st.session_state[state.EXTRA_ROOT] = str(linked)
-            runs = state.discover_runs()
+            st.session_state[session.EXTRA_ROOT] = str(linked)
+            runs = catalog.discover_runs()
     by_key = {run_key(r, runs): r["path"] for r in runs} | {r["path"]: r["path"] for r in runs}
     if params.get("run") in by_key:
-        st.session_state[state.RUN] = by_key[params["run"]]
+        st.session_state[session.RUN] = by_key[params["run"]]
     elif params.get("run"):
         st.session_state["_deep_link_problem"] = (f"run {params['run'][:80]!r} from the link is not one of the "
                                                   f"listed runs")
     if params.get("compare") in by_key:
-        st.session_state[state.COMPARE] = by_key[params["compare"]]
+        st.session_state[session.COMPARE] = by_key[params["compare"]]
     elif params.get("compare"):  # the Compare page says so instead of comparing with another run
         st.session_state["_deep_link_missing_compare"] = params["compare"][:80]
     if (params.get("query") or "").isdigit():
-        st.session_state[state.QUERY] = int(params["query"])
+        st.session_state[session.QUERY] = int(params["query"])
     page = params.get("page")
     if page in PAGES and page != current_page:
         st.switch_page(PAGES[page])
@@ -107,10 +108,10 @@ def follow_history(runs: list[dict]) -> None:
     by_key = {run_key(r, runs): r["path"] for r in runs} | {r["path"]: r["path"] for r in runs}
     query = params.get("query") or ""
     if query.isdigit() and query != written.get("query"):
-        st.session_state[state.QUERY] = int(query)
-        st.session_state[state.UPLOAD] = None
+        st.session_state[session.QUERY] = int(query)
+        st.session_state[session.UPLOAD] = None
         st.session_state.pop("attention_neighbour", None)
-    for name, key in (("run", state.RUN), ("compare", state.COMPARE)):
+    for name, key in (("run", session.RUN), ("compare", session.COMPARE)):
         if params.get(name) in by_key and params[name] != written.get(name):
             st.session_state[key] = by_key[params[name]]
     st.session_state[URL_WRITTEN] = params
@@ -119,12 +120,12 @@ def follow_history(runs: list[dict]) -> None:
 def write_deep_link(runs: list[dict], current_page: str) -> None:
     by_path = {r["path"]: run_key(r, runs) for r in runs}
     wanted = {"page": current_page}
-    if st.session_state.get(state.RUN) in by_path:
-        wanted["run"] = by_path[st.session_state[state.RUN]]
-    if st.session_state.get(state.QUERY) is not None and not st.session_state.get(state.UPLOAD):
-        wanted["query"] = str(st.session_state[state.QUERY])
-    if st.session_state.get(state.COMPARE) in by_path:
-        wanted["compare"] = by_path[st.session_state[state.COMPARE]]
+    if st.session_state.get(session.RUN) in by_path:
+        wanted["run"] = by_path[st.session_state[session.RUN]]
+    if st.session_state.get(session.QUERY) is not None and not st.session_state.get(session.UPLOAD):
+        wanted["query"] = str(st.session_state[session.QUERY])
+    if st.session_state.get(session.COMPARE) in by_path:
+        wanted["compare"] = by_path[st.session_state[session.COMPARE]]
     wanted.update((st.session_state.get("_page_link") or {}).get(current_page, {}))  # e.g. Explore's selection
     if st.query_params.to_dict() != wanted:
         st.query_params.from_dict(wanted)  # Streamlit's frontend pushes it as a new history entry
@@ -146,23 +147,23 @@ def sidebar_run_picker(runs: list[dict]) -> None:
             st.warning("No runs found. Train one on the **Train** page, or give a folder of runs below.")
         else:
             paths = [r["path"] for r in runs]
-            if st.session_state.get(state.RUN) not in paths:
-                if st.session_state.get(state.RUN):  # say so rather than silently open another run
+            if st.session_state.get(session.RUN) not in paths:
+                if st.session_state.get(session.RUN):  # say so rather than silently open another run
                     st.session_state["_deep_link_problem"] = (
-                        f"Run {Path(st.session_state[state.RUN]).name!r} is not in the run list (moved, deleted or "
+                        f"Run {Path(st.session_state[session.RUN]).name!r} is not in the run list (moved, deleted or "
                         f"in a folder this session does not list); opened another run instead.")
                 complete = [r["path"] for r in runs if r["complete"]]
-                opening = [p for p in complete if Path(p).name == state.OPENING_RUN]
-                st.session_state[state.RUN] = (opening or complete or paths)[0]
-            st.session_state["w_run"] = st.session_state[state.RUN]
+                opening = [p for p in complete if Path(p).name == catalog.OPENING_RUN]
+                st.session_state[session.RUN] = (opening or complete or paths)[0]
+            st.session_state["w_run"] = st.session_state[session.RUN]
             labels = {r["path"]: run_label(r) for r in runs}
 
             def picked():
-                st.session_state[state.RUN] = st.session_state["w_run"]
-                st.session_state[state.UPLOAD] = None
+                st.session_state[session.RUN] = st.session_state["w_run"]
+                st.session_state[session.UPLOAD] = None
             st.selectbox("Run", paths, key="w_run", format_func=labels.get, on_change=picked,
                          help="Runs in checkpoints/ and in $METRICLENS_RUNS" + ("" if TEACHING else " and in the folder below"))
-            summary = next(r for r in runs if r["path"] == st.session_state[state.RUN])
+            summary = next(r for r in runs if r["path"] == st.session_state[session.RUN])
             metrics = summary.get("metrics") or {}
             if metrics:
                 st.markdown(" · ".join(f"{name} **{metrics[key]:.3f}**" for name, key in
@@ -175,18 +176,18 @@ def sidebar_run_picker(runs: list[dict]) -> None:
             st.warning(st.session_state.pop("_deep_link_problem"))
         if TEACHING:
             return
-        st.session_state["w_extra_root"] = st.session_state.get(state.EXTRA_ROOT) or ""
+        st.session_state["w_extra_root"] = st.session_state.get(session.EXTRA_ROOT) or ""
         st.text_input("Another folder of runs", key="w_extra_root", placeholder="/path/to/runs",
-                      on_change=lambda: st.session_state.update({state.EXTRA_ROOT: st.session_state["w_extra_root"]}))
-        extra = st.session_state.get(state.EXTRA_ROOT)
+                      on_change=lambda: st.session_state.update({session.EXTRA_ROOT: st.session_state["w_extra_root"]}))
+        extra = st.session_state.get(session.EXTRA_ROOT)
         if extra and not Path(extra).expanduser().is_dir():
             st.error(f"{extra} is not a folder. Give a folder holding run directories (each with config.json "
                      f"and weights.safetensors), or a run directory itself.")
-        elif extra and not state._candidate_runs(Path(extra).expanduser().resolve()):
+        elif extra and not catalog.candidate_runs(Path(extra).expanduser().resolve()):
             st.warning(f"No runs in {extra}: a run directory holds config.json and weights.safetensors.")
 
 
-runs = state.discover_runs()
+runs = catalog.discover_runs()
 page = st.navigation(list(PAGES.values()))
 current = next(key for key, p in PAGES.items() if p.title == page.title)
 st.session_state[ui.CURRENT_PAGE] = current
@@ -203,7 +204,7 @@ except Exception as err:  # Streamlit's stop/rerun/switch-page signals are BaseE
     elif isinstance(err, CheckpointError):
         st.error(f"**This run cannot be used:** {err}")
     elif isinstance(err, ui.dataset_error_type()):
-        ui.dataset_error(err, st.session_state.get(state.RUN, ""))
+        ui.dataset_error(err, st.session_state.get(session.RUN, ""))
     else:
         raise
 write_deep_link(runs, current)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from core.models.mode import evaluating
+from core.mode import evaluating
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -120,7 +120,7 @@ def timed_inference(trainer, x: torch.Tensor) -> tuple[float, float]:
 # ---- the dashboard benchmarks (dashboard_latency, dashboard_load): a real server and browser ---------------
 def require_chromium() -> bool:
     """True when the browser the dashboard benchmarks drive is installed; else says how to get it."""
-    from dashboard.testing import CHROMIUM
+    from tests.dashboard_testing import CHROMIUM
     if Path(CHROMIUM).exists():
         return True
     print(f"{CHROMIUM} is missing: apt-get install chromium (or `make browser`)", file=sys.stderr)

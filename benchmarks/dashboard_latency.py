@@ -45,9 +45,9 @@ import urllib.parse
 from pathlib import Path
 
 from benchmarks.common import require_chromium
-from dashboard.testing import dashboard_server
+from tests.dashboard_testing import dashboard_server
 from core import run_dir as rd
-from dashboard.testing import CHROMIUM, LAUNCH_ARGS, PLOT_AREA, REPO, demo_runs, images_loaded, lasso, settle
+from tests.dashboard_testing import CHROMIUM, LAUNCH_ARGS, PLOT_AREA, REPO, demo_runs, images_loaded, lasso, settle
 
 RESULTS = REPO / "benchmarks" / "results"
 TARGETS = {"cold_start_s": 10.0, "interaction_s": 1.0, "map_first_paint": 3.0, "lasso_to_grid": 1.0,
@@ -239,7 +239,8 @@ def scale_measures(browser, base: str, run: str, repeats: int) -> dict[str, list
 
 
 def _kept_table(run: str) -> bool:
-    from dashboard.state import TABLE_IN_PROCESS_MAX, retrieval_file
+    from dashboard.artifacts import TABLE_IN_PROCESS_MAX
+    from dashboard.background import retrieval_file
     import numpy as np
     big = len(np.load(Path(run) / rd.ARTIFACTS / rd.LABELS, mmap_mode="r")) > TABLE_IN_PROCESS_MAX
     return big and retrieval_file(run).exists()
@@ -313,7 +314,7 @@ def main(argv=None) -> int:
     synthetic = [str(synthetic_run(REPO / "benchmarks" / "runs" / "latency_scale" / f"sop_like_{n // 1000}k", n,
                                    Path(runs[0])).resolve()) for n in sizes]
     if args.fresh_tables:
-        from dashboard.state import retrieval_file
+        from dashboard.background import retrieval_file
         for run in synthetic:
             retrieval_file(run).unlink(missing_ok=True)
     info["kept_retrieval_tables"] = [Path(run).name for run in synthetic if _kept_table(run)]

@@ -37,10 +37,10 @@ import urllib.parse
 from pathlib import Path
 
 from benchmarks.common import require_chromium
-from dashboard.testing import dashboard_server
+from tests.dashboard_testing import dashboard_server
 from benchmarks.dashboard_latency import DONE, MAP_DRAWN, machine
 from core.run_dir import WEIGHTS
-from dashboard.testing import CHROMIUM, LAUNCH_ARGS, PLOT_AREA, REPO, shipped_runs
+from tests.dashboard_testing import CHROMIUM, LAUNCH_ARGS, PLOT_AREA, REPO, shipped_runs
 
 RESULTS = REPO / "benchmarks" / "results"
 # page -> (path, marker of a drawn page, marker of the interaction's result; {q} = the session's query)

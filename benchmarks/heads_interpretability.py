@@ -13,8 +13,8 @@ single best channel by mass (chosen on the same images, so optimistic; "held out
 images and scored on the odd ones). The uniform map is the baseline: its mass inside = the mask's area share, its pointing accuracy (random argmax) the same.
 The object-shaped map is the reference for "covers the object": at the map's own grid (8×8 on `shapes`), each cell weighted
 by the share of it the object covers, then upsampled and scored the same way. It is what a map that covers exactly
-the object can reach at that resolution (on `shapes` about 0.68: bilinear upsampling spreads every cell over its
-neighbours); a map scores higher only by favouring the object's inner cells.
+the object can reach at that resolution (below 1: bilinear upsampling spreads every cell over its neighbours;
+its value is a column of every table); a map scores higher only by favouring the object's inner cells.
 
     python -m benchmarks.heads_interpretability RUN_DIR [RUN_DIR ...]
     python -m benchmarks.heads_interpretability            # runs of heads_accuracy (seed 0) if present,

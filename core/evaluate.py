@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import normalized_mutual_info_score
 from torch.utils.data import DataLoader
 
-from core.models.mode import evaluating
+from core.mode import evaluating
 
 log = logging.getLogger(__name__)
 

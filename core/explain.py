@@ -59,9 +59,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.models.mode import evaluating
-
 from core.attribution import METHODS as ATTRIBUTIONS
+from core.mode import evaluating
 from core.registry import MAP_DESCRIPTIONS, Registry
 
 KINDS = ("maps", "position", "attribution", "contrast", "cross", "patch")

@@ -109,8 +109,8 @@ def cia_criterion(criterion: DMLCriterion, loss: str | None = None, loss_args: d
 # Both official codes normalise the summed hinge terms the same way: by
 # `torch.sum((pos_loss > 0) + (neg_loss > 0))`. Adding two boolean tensors is a logical OR, so the
 # divisor is the number of *triplets* with at least one active term, not the number of active terms
-# (pytorch-metric-learning's MarginLoss counts terms: 0.3435 vs the official 0.4722 on one input,
-# benchmarks/fidelity/grouping.py). We follow the official code.
+# (pytorch-metric-learning's MarginLoss counts terms, and so differs from the official loss:
+# benchmarks/fidelity/methods.md). We follow the official code.
 
 def _distances(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((x[a] - x[b]).pow(2).sum(1) + 1e-8).sqrt()               # official: sqrt(‖·‖² + 1e-8)

@@ -43,7 +43,7 @@ from core.evaluate import evaluate_splits
 from core.losses import DMLCriterion, build_criterion, cia_criterion
 from core.models.embedder import Embedder, build_model
 from core.models.heads.base import pca_init_
-from core.models.mode import evaluating
+from core.mode import evaluating
 from core.sampling import class_balanced_batches
 from core.train_context import TrainContext
 

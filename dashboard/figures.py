@@ -122,19 +122,6 @@ def embedding_map(coords: np.ndarray, ids: np.ndarray, categories: list[str] | N
     return fig
 
 
-def highlight_items(fig: go.Figure, coords: np.ndarray, ids, hover, name: str, focus: bool = False,
-                    thumbs: str | None = None) -> go.Figure:
-    """Rings around some items (a clicked item's neighbours), or a star on the clicked item itself, drawn
-    over the map whether or not the items are in its sample (`thumbs`: as in embedding_map, for hovering)."""
-    fig.add_trace(go.Scattergl(meta=thumbs,
-        x=np.asarray(coords)[:, 0].tolist(), y=np.asarray(coords)[:, 1].tolist(), mode="markers", name=name,
-        customdata=np.asarray(ids).tolist(), text=list(hover), hovertemplate="%{text}<extra></extra>",
-        marker=dict(size=18 if focus else 15, symbol="star" if focus else "circle-open", color=HIGHLIGHT,
-                    line=dict(width=1.5 if focus else 2.5, color="#ffffff" if focus else HIGHLIGHT))))
-    fig.update_layout(showlegend=True)
-    return fig
-
-
 def colour_bar(low: float, high: float, signed: bool = False, width: int = 320, height: int = 14) -> np.ndarray:
     """The colour scale `overlay` uses, as a small horizontal image (low on the left, high on the right)."""
     ramp = np.tile(np.linspace(0, 1, width, dtype=np.float32), (height, 1))

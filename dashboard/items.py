@@ -1,18 +1,15 @@
 """The Explore page's per-item logic: fields to colour or size by, search, neighbours, export, and the
-selection and colouring in a link. No Streamlit here (testable on its own); state.py caches.
+selection and colouring in a link. No Streamlit here (testable on its own); dashboard/artifacts.py caches.
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
 import re
-import sys
-from pathlib import Path, PurePath
+from pathlib import PurePath
 
 import numpy as np
 
-from core.run_dir import ARTIFACTS, ITEMS
 from dashboard.figures import NAMED_COLOURS, NAMED_SYMBOLS
 
 BASE_KEYS = ("split", "index", "path", "class_name")     # what every run's items.json holds
@@ -155,41 +152,3 @@ def decode_ids(text: str, n: int) -> np.ndarray:
             raise LinkError(f"sel={shown_safely(text)!r} names items outside this run's 0–{n - 1}")
         keep[lo:hi + 1] = True
     return np.flatnonzero(keep)
-
-
-# ---- hover thumbnails -------------------------------------------------------------------------------
-THUMB_SIDE, SHEET_SIDE = 48, 10   # thumbnails of 48 px, 10×10 to a sheet: one ~30 kB JPEG per 100 items
-
-
-def write_thumbnail_sheets(run_dir: str, folder: str, data_root: str | None = None) -> None:
-    """Every item's thumbnail, as JPEG sheets folder/<item // 100>.jpg (item i at cell i % 100, row-major).
-    Run in a background process (`python -m dashboard.items RUN FOLDER [DATA_ROOT]`), so decoding a large
-    run's images never slows the server; a sheet is written whole or not at all."""
-    from PIL import Image
-
-    from core.checkpoint import load_config
-    from core.data import build_datasets
-
-    cfg = load_config(run_dir)
-    data = build_datasets(cfg.with_overrides([f"data.root={data_root}"]).data if data_root else cfg.data,
-                          seed=cfg.train.seed)
-    metas = json.loads((Path(run_dir) / ARTIFACTS / ITEMS).read_text())
-    out, per_sheet = Path(folder), SHEET_SIDE * SHEET_SIDE
-    out.mkdir(parents=True, exist_ok=True)
-    for first in range(0, len(metas), per_sheet):
-        path = out / f"{first // per_sheet}.jpg"
-        if path.exists():
-            continue
-        sheet = Image.new("RGB", (THUMB_SIDE * SHEET_SIDE,) * 2, (128, 128, 128))
-        for j, item in enumerate(metas[first:first + per_sheet]):
-            pixels = getattr(data, item.get("split", "test"))[int(item["index"])][0].numpy()   # 3×H×W in [0, 1]
-            image = Image.fromarray((np.clip(pixels.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8))
-            sheet.paste(image.resize((THUMB_SIDE,) * 2, Image.BILINEAR),
-                        ((j % SHEET_SIDE) * THUMB_SIDE, (j // SHEET_SIDE) * THUMB_SIDE))
-        tmp = path.with_suffix(".tmp")
-        sheet.save(tmp, format="JPEG", quality=80)
-        tmp.replace(path)
-
-
-if __name__ == "__main__":
-    write_thumbnail_sheets(*sys.argv[1:4])

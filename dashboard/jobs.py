@@ -1,15 +1,19 @@
-"""Training jobs launched from the dashboard: `python -m core train ...` in a subprocess.
+"""Background jobs: the programs the server runs in child processes, one abstraction for all of them.
 
-The UI never trains in its own process (Streamlit calls from worker threads fail, and a rerun
-must not kill training). The child writes its log to RUN_DIR/train.log and its progress as JSON lines
-to RUN_DIR/progress.jsonl (core.progress); the page polls those and history.csv, and draws one bar per
-phase with its ETA (`progress_bars`). Cancel sends SIGINT, which the CLI turns into a clean stop
-after which the last completed epoch stays in resume.pt; starting the same job again resumes.
-
-Jobs are shared by one server but owned by a browser session (`JobBoard`): only the owner sees
-the job's panel and may cancel or restart it; other sessions see that the machine is busy. The
-board admits one running job per session and `limit` per server. Every child is reaped by a
-waiter thread the moment it ends (`spawn`), so no finished process lingers as a zombie.
+A `Job` is a command with a log and a progress file: training (`python -m core train`, a `TrainJob`), a UMAP
+layout, a retrieval table and hover thumbnails (`python -m dashboard.workers ...`). The UI never does such
+work in its own process (Streamlit calls from worker threads fail, a rerun must not kill training, and a
+busy thread slows every page). Each job
+- starts through `spawn`: its own session (a Ctrl-C in the server's terminal does not reach it), reaped by a
+  waiter thread the moment it ends (no zombie), told to stop (SIGINT) when the server dies;
+- reports progress as JSON lines (`core.progress`), which `progress_bars` turns into one bar per phase with
+  its ETA, instead of anyone parsing terminal text;
+- is cancelled with SIGINT, which the training CLI turns into a clean stop after which the last completed
+  epoch stays in resume.pt (starting the same job again resumes);
+- belongs to the browser session that started it (`owner`), or to every session when it makes a file they
+  all read (owner ""): a `JobBoard` admits one running owned job per session and `limit` per server, and
+  starts a shared job once per key, again only when its output has gone since.
+The server's boards (st.cache_resource) and the jobs the pages start are in `dashboard/background.py`.
 """
 from __future__ import annotations
 
@@ -21,31 +25,18 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.progress import read_progress
 from core.run_dir import LOG, PROGRESS, is_complete
 
 REPO = Path(__file__).resolve().parents[1]
-LOG_NAME = LOG
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 EPOCH_PHASE = re.compile(r"^epoch (\d+)/(\d+)$")   # core.train's phase name of one epoch
 
 
-def train_command(config: str, out: str, epochs: int, seed: int, overrides: list[str]) -> list[str]:
-    return [sys.executable, "-m", "core", "train", "--config", str(config), "--out", str(out),
-            "--epochs", str(int(epochs)), "--seed", str(int(seed)), *overrides]
-
-
-def validate_name(name: str) -> str | None:
-    """None when `name` is a usable run-folder name, else what is wrong with it."""
-    if not NAME_PATTERN.match(name or ""):
-        return ("Use 1–64 letters, digits, '_', '-' or '.', starting with a letter or digit "
-                "(it becomes the run folder's name).")
-    return None
-
-
+# ---- children -----------------------------------------------------------------------------------------
 def _child_setup(nice: int) -> None:
     # a server started from a non-interactive shell with `&` inherits SIGINT as *ignored*; restore
     # the default so Cancel's SIGINT reaches the trainer and it stops cleanly (exit 130)
@@ -96,35 +87,7 @@ def spawn(command: list[str], log, nice: int = 0, env: dict | None = None) -> su
     return result
 
 
-def kept_after_stop(run_dir: Path) -> str:
-    """What a stopped run directory holds, read from its files (so Cancel never claims more than is there).
-    resume.pt is the last file an epoch writes (history.csv comes just before), so it decides."""
-    from core import checkpoint as ckpt
-
-    run_dir = Path(run_dir)
-    if not (run_dir / ckpt.RESUME).exists():
-        return "No epoch had completed, so nothing was kept: starting the same job again begins from scratch."
-    try:
-        last = int(ckpt.load_resume(run_dir / ckpt.RESUME)["epoch"])
-    except (ckpt.CheckpointError, KeyError, TypeError, ValueError) as err:
-        return f"resume.pt cannot be read ({err}); delete it to start the run afresh."
-    parts = [f"{last + 1} completed epoch(s) are kept: resume.pt holds epoch {last + 1} "
-             f"(start the same job again to resume after it)"]
-    try:
-        from safetensors import safe_open
-        with safe_open(str(run_dir / ckpt.WEIGHTS), "pt") as fh:
-            best = int((fh.metadata() or {}).get("epoch", "-2"))
-        parts.append("weights.safetensors holds the untrained starting weights" if best == -1 else
-                     f"weights.safetensors holds the best weights so far (epoch {best + 1})" if best >= 0 else
-                     "weights.safetensors does not say which epoch it holds")
-    except Exception:  # missing or unreadable: say so rather than guess
-        parts.append("there are no best weights yet (weights.safetensors is missing or unreadable)")
-    if not is_complete(run_dir):
-        parts.append("test metrics and artifacts are not written until the run finishes")
-    return "; ".join(parts) + "."
-
-
-# ---- progress bars from RUN_DIR/progress.jsonl -------------------------------------------------------
+# ---- progress bars from a job's JSON lines -------------------------------------------------------------
 @dataclass
 class Bar:
     label: str
@@ -181,32 +144,35 @@ def progress_bars(lines: list[dict]) -> list[Bar]:
     return bars
 
 
-@dataclass
-class TrainJob:
-    name: str
-    run_dir: Path
-    command: list[str]
-    process: subprocess.Popen | None = None
-    started: float = field(default_factory=time.time)
-    finished: float | None = None
-    cancelled: bool = False
-    announced: bool = False     # the page has rerun once since the job ended (to list the new run)
-    owner: str = ""             # the browser session that started it; only it may cancel or restart
-    kept: str = ""              # after a cancel: what the run directory holds (see kept_after_stop)
+# ---- jobs ----------------------------------------------------------------------------------------------
+class Job:
+    """One program run in the background: `command` (run from the repository root), its output to `log_path`,
+    its progress as JSON lines to `progress_path`. `key` names what it makes (a run directory, an output
+    file): a board holds one job per key. `output`: the file a shared job makes, so that a board runs it
+    again when the file has gone (e.g. the run was retrained). `nice`: its lowered priority."""
 
-    @property
-    def log_path(self) -> Path:
-        return self.run_dir / LOG_NAME
+    def __init__(self, key: str, command: list[str], log_path: Path, progress_path: Path, *,
+                 output: Path | None = None, owner: str = "", nice: int = 0, env: dict | None = None):
+        self.key, self.command, self.owner, self.nice, self.env = key, command, owner, nice, env
+        self.log_path, self.progress_path, self.output = Path(log_path), Path(progress_path), output
+        self.process: subprocess.Popen | None = None
+        self.started, self.finished, self.cancelled = time.time(), None, False
 
-    @classmethod
-    def start(cls, name: str, run_dir: Path, command: list[str], owner: str = "") -> "TrainJob":
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        job = cls(name, run_dir, command, owner=owner)
-        with open(job.log_path, "a", buffering=1) as log:  # the child holds its own copy of the descriptor
-            log.write(f"$ {' '.join(command)}\n")
-            job.process = spawn(command, log, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        return job
+    def again(self) -> "Job":
+        """A new job of the same program, to start once this one has ended."""
+        return Job(self.key, self.command, self.log_path, self.progress_path, output=self.output, owner=self.owner,
+                   nice=self.nice, env=self.env)
+
+    def _open_log(self):
+        return open(self.log_path, "w")
+
+    def start(self) -> "Job":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.progress_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._open_log() as log:  # the child holds its own copy of the descriptor
+            self.process = spawn(self.command, log, nice=self.nice, env=self.env)
+        self.started = time.time()
+        return self
 
     @property
     def returncode(self) -> int | None:
@@ -214,6 +180,7 @@ class TrainJob:
 
     @property
     def status(self) -> str:
+        """running, finished, failed or cancelled."""
         code = self.returncode
         if code is None:
             return "running"
@@ -223,11 +190,20 @@ class TrainJob:
             return "cancelled"
         return "finished" if code == 0 else "failed"
 
-    def cancel(self, grace: float = 20.0) -> str:
-        """SIGINT (clean stop, keeps the last completed epoch); terminate if it does not stop in time.
-        Returns what the run directory then holds (also kept in `self.kept`)."""
+    def needed_again(self) -> bool:
+        """Finished well, but what it made is gone: a shared job is started anew."""
+        return self.status == "finished" and self.output is not None and not Path(self.output).exists()
+
+    def wait(self, poll: float = 0.1) -> int:
+        """Its exit status, once it has ended; waits without holding a core (the waiter thread reaps it)."""
+        while self.process.poll() is None:
+            time.sleep(poll)
+        return self.process.returncode
+
+    def cancel(self, grace: float = 20.0) -> None:
+        """SIGINT (a clean stop); terminate if it does not stop in time, then kill."""
         if self.returncode is not None:
-            return self.kept
+            return
         self.cancelled = True
         self.process.send_signal(signal.SIGINT)
         try:
@@ -239,8 +215,6 @@ class TrainJob:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.kept = kept_after_stop(self.run_dir)
-        return self.kept
 
     def _read_log_end(self, n_bytes: int) -> str | None:
         """The last `n_bytes` of the log as text (None while the log does not exist yet)."""
@@ -260,9 +234,91 @@ class TrainJob:
         lines = [line.rsplit("\r", 1)[-1] for line in text.replace("\r\n", "\n").split("\n")]
         return "\n".join(line for line in lines if line.strip())[-max_chars:]
 
+    def error(self, max_chars: int = 600) -> str | None:
+        """What a failed job said last (None unless it failed)."""
+        return (self.log_tail(max_chars) or "(no log)") if self.status == "failed" else None
+
     def progress_bars(self) -> list[Bar]:
-        """The bars of RUN_DIR/progress.jsonl, as the child has written them so far."""
-        return progress_bars(read_progress(self.run_dir / PROGRESS))
+        """The bars of its progress file, as the child has written them so far."""
+        return progress_bars(read_progress(self.progress_path))
+
+    def fraction(self) -> float | None:
+        """The share done of the phase it reported last; None before its first step."""
+        lines = read_progress(self.progress_path)
+        if not lines or not lines[-1]["done"]:
+            return None
+        return min(lines[-1]["done"] / max(lines[-1]["total"], 1), 1.0)
+
+
+# ---- training -----------------------------------------------------------------------------------------
+def train_command(config: str, out: str, epochs: int, seed: int, overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", "core", "train", "--config", str(config), "--out", str(out),
+            "--epochs", str(int(epochs)), "--seed", str(int(seed)), *overrides]
+
+
+def validate_name(name: str) -> str | None:
+    """None when `name` is a usable run-folder name, else what is wrong with it."""
+    if not NAME_PATTERN.match(name or ""):
+        return ("Use 1–64 letters, digits, '_', '-' or '.', starting with a letter or digit "
+                "(it becomes the run folder's name).")
+    return None
+
+
+def kept_after_stop(run_dir: Path) -> str:
+    """What a stopped run directory holds, read from its files (so Cancel never claims more than is there).
+    resume.pt is the last file an epoch writes (history.csv comes just before), so it decides."""
+    from core import checkpoint as ckpt
+
+    run_dir = Path(run_dir)
+    if not (run_dir / ckpt.RESUME).exists():
+        return "No epoch had completed, so nothing was kept: starting the same job again begins from scratch."
+    try:
+        last = int(ckpt.load_resume(run_dir / ckpt.RESUME)["epoch"])
+    except (ckpt.CheckpointError, KeyError, TypeError, ValueError) as err:
+        return f"resume.pt cannot be read ({err}); delete it to start the run afresh."
+    parts = [f"{last + 1} completed epoch(s) are kept: resume.pt holds epoch {last + 1} "
+             f"(start the same job again to resume after it)"]
+    try:
+        from safetensors import safe_open
+        with safe_open(str(run_dir / ckpt.WEIGHTS), "pt") as fh:
+            best = int((fh.metadata() or {}).get("epoch", "-2"))
+        parts.append("weights.safetensors holds the untrained starting weights" if best == -1 else
+                     f"weights.safetensors holds the best weights so far (epoch {best + 1})" if best >= 0 else
+                     "weights.safetensors does not say which epoch it holds")
+    except Exception:  # missing or unreadable: say so rather than guess
+        parts.append("there are no best weights yet (weights.safetensors is missing or unreadable)")
+    if not is_complete(run_dir):
+        parts.append("test metrics and artifacts are not written until the run finishes")
+    return "; ".join(parts) + "."
+
+
+class TrainJob(Job):
+    """`python -m core train` into `run_dir`: its log is RUN_DIR/train.log (each start appends, after the
+    command line), its progress RUN_DIR/progress.jsonl, and a cancel says what the run directory kept."""
+
+    def __init__(self, name: str, run_dir: Path, command: list[str], owner: str = ""):
+        run_dir = Path(run_dir)
+        super().__init__(str(run_dir), command, run_dir / LOG, run_dir / PROGRESS, owner=owner,
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        self.name, self.run_dir = name, run_dir
+        self.announced = False      # the page has rerun once since the job ended (to list the new run)
+        self.kept = ""              # after a cancel: what the run directory holds (see kept_after_stop)
+
+    def again(self) -> "TrainJob":
+        return TrainJob(self.name, self.run_dir, self.command, self.owner)
+
+    def _open_log(self):
+        log = open(self.log_path, "a", buffering=1)
+        log.write(f"$ {' '.join(self.command)}\n")
+        return log
+
+    def cancel(self, grace: float = 20.0) -> str:
+        """A clean stop that keeps the last completed epoch; returns what the run directory then holds."""
+        if self.returncode is not None:
+            return self.kept
+        super().cancel(grace)
+        self.kept = kept_after_stop(self.run_dir)
+        return self.kept
 
     def progress(self) -> tuple[float, str]:
         """(fraction of the epochs done, message) for a one-line summary."""
@@ -275,50 +331,59 @@ class TrainJob:
         return epochs.fraction, epochs.text
 
 
+# ---- the board ----------------------------------------------------------------------------------------
 class JobLimit(RuntimeError):
     """A job that may not start now; the message says why and what to do."""
 
 
 class JobBoard:
-    """The server's training jobs (run_dir -> TrainJob), each owned by one browser session. Starting
-    is checked and recorded under one lock, so two sessions clicking at once cannot both pass a limit."""
+    """The server's jobs by key, each owned by one browser session or shared by every session (owner "").
+    Starting is checked and recorded under one lock, so two sessions clicking at once cannot both pass a
+    limit, nor start one shared job twice. `limit`: owned jobs running at once on the server."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int | None = None):
         self.limit = limit
-        self.jobs: dict[str, TrainJob] = {}
+        self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
 
-    def running(self) -> list[TrainJob]:
+    def running(self) -> list[Job]:
         return [job for job in list(self.jobs.values()) if job.status == "running"]
 
-    def mine(self, owner: str) -> dict[str, TrainJob]:
+    def mine(self, owner: str) -> dict[str, Job]:
         return {key: job for key, job in list(self.jobs.items()) if job.owner == owner}
 
-    def others_running(self, owner: str) -> list[TrainJob]:
+    def others_running(self, owner: str) -> list[Job]:
         return [job for job in self.running() if job.owner != owner]
 
-    def start(self, owner: str, name: str, run_dir: Path, command: list[str]) -> TrainJob:
-        key = str(run_dir)
+    def start(self, job: Job) -> Job:
+        """Start `job`, or say why not (JobLimit). A shared job whose key the board holds already is not
+        started again unless it is `needed_again`: that job is returned instead."""
         with self.lock:
-            running = self.running()
-            if any(job.owner == owner for job in running):
-                raise JobLimit("You already have a training job running; one per session. Cancel it or wait "
-                               "until it finishes.")
-            if any(str(job.run_dir) == key for job in running):
-                raise JobLimit(f"{run_dir} is being trained by another session; pick another run name.")
-            if len(running) >= self.limit:
-                raise JobLimit(f"The server is busy: {len(running)} training job(s) running, the most it runs at "
-                               f"once (METRICLENS_MAX_JOBS={self.limit}). Try again when one finishes.")
-            job = self.jobs[key] = TrainJob.start(name, Path(run_dir), command, owner)
+            if job.owner:
+                self._admit(job)
+            elif job.key in self.jobs and not self.jobs[job.key].needed_again():
+                return self.jobs[job.key]
+            self.jobs[job.key] = job.start()
         return job
 
-    def restart(self, owner: str, key: str) -> TrainJob:
+    def _admit(self, job: Job) -> None:
+        running = [other for other in self.running() if other.owner]
+        if any(other.owner == job.owner for other in running):
+            raise JobLimit("You already have a training job running; one per session. Cancel it or wait "
+                           "until it finishes.")
+        if any(other.key == job.key for other in running):
+            raise JobLimit(f"{job.key} is being trained by another session; pick another run name.")
+        if self.limit is not None and len(running) >= self.limit:
+            raise JobLimit(f"The server is busy: {len(running)} training job(s) running, the most it runs at "
+                           f"once (METRICLENS_MAX_JOBS={self.limit}). Try again when one finishes.")
+
+    def restart(self, owner: str, key: str) -> Job:
         job = self.jobs[key]
         if job.owner != owner:
             raise JobLimit("This job belongs to another session.")
-        return self.start(owner, job.name, job.run_dir, job.command)
+        return self.start(job.again())
 
-    def cancel(self, owner: str, key: str) -> str:
+    def cancel(self, owner: str, key: str):
         job = self.jobs[key]
         if job.owner != owner:
             raise JobLimit("This job belongs to another session; only the session that started it can cancel it.")

@@ -1,6 +1,6 @@
 """Plain logic behind the pages: retrieval tables, selections, metrics of subsets, uploads.
 
-No Streamlit here, so every function is testable on its own; `dashboard/state.py` caches the
+No Streamlit here, so every function is testable on its own; `dashboard/artifacts.py` caches the
 expensive ones and the pages only render what these return.
 """
 from __future__ import annotations

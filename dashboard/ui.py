@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.checkpoint import CheckpointError
 from core.run_dir import ARTIFACTS, coords_file
-from dashboard import figures, logic, state
+from dashboard import artifacts, caching, catalog, dataset, explanations, figures, logic, model_cache, session
 
 # page name -> script, relative to app.py (st.navigation and st.switch_page both take these)
 PAGES = {
@@ -33,7 +33,7 @@ def dataset_error_type() -> type[Exception]:
 
 def require_run() -> str:
     """The selected run directory, or a message saying how to get one (and stop the page)."""
-    run = st.session_state.get(state.RUN)
+    run = st.session_state.get(session.RUN)
     if not run:
         st.info("No run selected. Pick one in the sidebar, point the sidebar at a folder of runs, or train one "
                 "on the **Train** page (`python -m core train --config configs/shapes_gap.yaml --out checkpoints/NAME`).")
@@ -57,14 +57,14 @@ def load_or_stop(run: str):
     """(model, cfg, artifacts) of the run, or a clear st.error and a stopped page. A run imported from
     embeddings gives (None, cfg, artifacts) on the pages that need no model and a clear message elsewhere."""
     try:
-        if state.imported(run):
+        if catalog.imported(run):
             page = st.session_state.get(CURRENT_PAGE, "")
             if page not in MODEL_FREE_PAGES:
                 no_model(run, f"the {page.capitalize() or 'this'} page")
             from core.checkpoint import load_config
-            return None, load_config(run), state.artifacts(run)
-        model, cfg = state.load_model(run)
-        return model, cfg, state.artifacts(run)
+            return None, load_config(run), artifacts.artifacts(run)
+        model, cfg = model_cache.load_model(run)
+        return model, cfg, artifacts.artifacts(run)
     except CheckpointError as err:
         st.error(f"**Run {Path(run).name} cannot be used:** {err}")
         st.stop()
@@ -72,24 +72,24 @@ def load_or_stop(run: str):
 
 def dataset_error(err: Exception, run: str) -> None:
     """Explain a moved data folder and offer to point this run at its new place."""
-    if state.teaching():  # no folder box for visitors: the host moves the data back
+    if session.teaching():  # no folder box for visitors: the host moves the data back
         st.error(f"**The run's images cannot be read:** {err}\n\nMaps and metrics from the run's artifacts "
                  f"still work. The host of this shared dashboard can move the data back.")
         return
     st.error(f"**The run's images cannot be read:** {err}\n\nMaps and metrics from the run's artifacts still "
              f"work. To see images, move the data back, or give its new folder here (kept for this session).")
-    new_root = st.text_input("Data folder for this run", key=f"data_root_{state.digest(run)}",
+    new_root = st.text_input("Data folder for this run", key=f"data_root_{caching.digest(run)}",
                              placeholder="/path/to/the/dataset/root")
     if new_root:
-        st.session_state.setdefault(state.DATA_ROOTS, {})[run] = new_root
+        st.session_state.setdefault(session.DATA_ROOTS, {})[run] = new_root
 
 
 def images_or_error(run: str, ids) -> list[np.ndarray] | None:
     """Display images of items; None (after an st.error) when the data set is unreachable."""
     try:
-        return [state.image(run, int(i)) for i in ids]
+        return [dataset.image(run, int(i)) for i in ids]
     except dataset_error_type() as err:
-        if state.imported(run):  # no data folder to point at: the import named (or did not name) the files
+        if catalog.imported(run):  # no data folder to point at: the import named (or did not name) the files
             st.caption(f":material/hide_image: No images to show: {err}. Import with `--path-column` (and "
                        f"`--image-root`) to see them.")
         else:
@@ -191,18 +191,18 @@ class Query:
     caption: str
 
 
-def current_query(run: str, art: state.Artifacts) -> Query | None:
+def current_query(run: str, art: artifacts.Artifacts) -> Query | None:
     """The shared query: an uploaded image when one is active, else an item of the run's test set."""
-    upload = st.session_state.get(state.UPLOAD)
+    upload = st.session_state.get(session.UPLOAD)
     if upload is not None and upload.get("run") == run:
         pixels = upload["pixels"]
-        out = state.explain_input(run, pixels, state.weights_stamp(run))
+        out = explanations.explain_input(run, pixels)
         return Query(pixels, out["embedding"], None, None, f"uploaded: {upload['name']}")
     item = query_item(len(art.items))
     try:
-        pixels = state.model_input(run, item)
+        pixels = dataset.model_input(run, item)
     except dataset_error_type() as err:
-        if not state.imported(run):
+        if not catalog.imported(run):
             dataset_error(err, run)
             return None
         pixels = np.full((3, 64, 64), 0.85, np.float32)  # an imported item without an image: a blank tile
@@ -213,7 +213,7 @@ def current_query(run: str, art: state.Artifacts) -> Query | None:
 def query_item(n: int) -> int:
     """The shared query as an item of a set of `n`, the same on every page: a number out of range (e.g.
     `query=999999` in a link) is clamped to the nearest item, written back and said once."""
-    raw = st.session_state.get(state.QUERY, 0)
+    raw = st.session_state.get(session.QUERY, 0)
     try:
         item = int(raw or 0)
     except (TypeError, ValueError):
@@ -221,11 +221,11 @@ def query_item(n: int) -> int:
     shown = min(max(item, 0), n - 1)
     if shown != item:
         st.warning(f"Query item {item} does not exist: this run's test items are 0–{n - 1}. Showing #{shown}.")
-    st.session_state[state.QUERY] = shown
+    st.session_state[session.QUERY] = shown
     return shown
 
 
-def query_picker(art: state.Artifacts, key: str) -> None:
+def query_picker(art: artifacts.Artifacts, key: str) -> None:
     """Item number, or a label / file / field search next to it; writes the shared query (and leaves upload mode)."""
     widget = f"{key}_query"
     st.session_state[widget] = query_item(len(art.items))  # the box shows the item the page shows
@@ -241,8 +241,8 @@ def query_picker(art: state.Artifacts, key: str) -> None:
 
 
 def set_query(item: int) -> None:
-    st.session_state[state.QUERY] = int(item)
-    st.session_state[state.UPLOAD] = None
+    st.session_state[session.QUERY] = int(item)
+    st.session_state[session.UPLOAD] = None
     st.session_state.pop("attention_neighbour", None)  # it belonged to the previous query
 
 
@@ -264,14 +264,14 @@ def find_items(items: list[dict], text: str, limit: int = 500) -> list[int]:
     return hits[:limit]
 
 
-def query_finder(art: state.Artifacts, key: str) -> None:
+def query_finder(art: artifacts.Artifacts, key: str) -> None:
     """Type a label, file name or field value ("red diamond", "img_0042") to pick the query among the
     matching items: Enter jumps to the first match, the list below offers the others."""
     find, found = f"{key}_find", f"{key}_found"
 
     def searched():
         hits = find_items(art.items, st.session_state.get(find) or "")
-        if hits and st.session_state.get(state.QUERY) not in hits:
+        if hits and st.session_state.get(session.QUERY) not in hits:
             set_query(hits[0])
     st.text_input("…or find by label, file or field", key=find, on_change=searched,
                   placeholder="e.g. red diamond", help="Every word must appear in the item's class, file name or "
@@ -283,7 +283,7 @@ def query_finder(art: state.Artifacts, key: str) -> None:
     if not hits:
         st.caption(f"No item matches {text!r}.")
         return
-    current = st.session_state.get(state.QUERY)
+    current = st.session_state.get(session.QUERY)
     st.session_state[found] = current if current in hits else None
 
     def picked():
@@ -298,12 +298,12 @@ def _file_suffix(item: dict) -> str:
     return f" · {Path(str(item['path'])).name}" if item.get("path") else ""
 
 
-def go_to(page: str, query: int | None = None, **session) -> None:
+def go_to(page: str, query: int | None = None, **values) -> None:
     """Set the shared query (and any other session values) and switch page."""
     if query is not None:
-        st.session_state[state.QUERY] = int(query)
-        st.session_state[state.UPLOAD] = None
-    st.session_state.update(session)
+        st.session_state[session.QUERY] = int(query)
+        st.session_state[session.UPLOAD] = None
+    st.session_state.update(values)
     st.switch_page(PAGES[page])
 
 
@@ -331,13 +331,13 @@ def metric_pair(label: str, selected: float, rest: float) -> None:
     st.metric(f"{label} of the selection", fmt(selected), delta, help=f"rest of the set: {fmt(rest)}")
 
 
-def item_caption(art: state.Artifacts, item: int, similarity: float | None = None, match: bool | None = None) -> str:
+def item_caption(art: artifacts.Artifacts, item: int, similarity: float | None = None, match: bool | None = None) -> str:
     mark = "" if match is None else ("✓ " if match else "✗ ")
     sim = "" if similarity is None else f" · {similarity:.3f}"
     return f"{mark}#{item} {art.items[item].get('class_name', '')}{sim}"
 
 
-def neighbours_row(run: str, art: state.Artifacts, ids, sims, query_label: int | None, columns: int = 8) -> bool:
+def neighbours_row(run: str, art: artifacts.Artifacts, ids, sims, query_label: int | None, columns: int = 8) -> bool:
     """Neighbour images with cosine and ✓/✗ class match. Returns False when images are unreachable."""
     imgs = images_or_error(run, ids)
     if imgs is None:
@@ -358,7 +358,7 @@ def describe_map(name: str, maps: np.ndarray) -> str:
 
 def upload_widget(run: str, key: str) -> None:
     """Upload an image as the query; invalid files give a clear error, never a traceback."""
-    if state.imported(run):
+    if catalog.imported(run):
         no_model(run, "searching with an uploaded image")
     file = st.file_uploader("Upload a query image (PNG/JPEG, ≤ 10 MB)", key=key,
                             type=["png", "jpg", "jpeg", "bmp", "webp", "gif"])
@@ -370,7 +370,7 @@ def upload_widget(run: str, key: str) -> None:
     except logic.UploadError as err:
         st.error(f"**Upload refused:** {err}")
         return
-    upload = st.session_state.get(state.UPLOAD) or {}
+    upload = st.session_state.get(session.UPLOAD) or {}
     if upload.get("name") != file.name or upload.get("size") != len(data) or upload.get("run") != run:
-        st.session_state[state.UPLOAD] = {"name": file.name, "size": len(data), "run": run,
-                                          "pixels": state.upload_input(run, pil)}
+        st.session_state[session.UPLOAD] = {"name": file.name, "size": len(data), "run": run,
+                                            "pixels": dataset.upload_input(run, pil)}

@@ -38,7 +38,7 @@ def browser():
     """Headless Debian Chromium driven by Playwright, one per test module (the browser tests skip without it)."""
     from playwright.sync_api import sync_playwright
 
-    from dashboard.testing import CHROMIUM, LAUNCH_ARGS
+    from dashboard_testing import CHROMIUM, LAUNCH_ARGS
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)

@@ -14,7 +14,7 @@ from core.__main__ import main
 from core.progress import ProgressLog, read_progress
 from core.run_dir import PROGRESS
 from dashboard import jobs
-from dashboard.testing import TINY_OVERRIDES
+from dashboard_testing import TINY_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,8 +88,8 @@ def test_progress_log_eta_throttle_and_partial_lines(tmp_path):
 
 def test_train_page_draws_a_bar_per_phase(tmp_path, monkeypatch):
     """The Train page reads the job's progress.jsonl: a running job shows its epochs and phases with ETAs."""
-    from dashboard import state
-    from dashboard.testing import demo_runs
+    from dashboard import background
+    from dashboard_testing import demo_runs
 
     monkeypatch.setenv("METRICLENS_AUTO_UMAP", "0")  # never start UMAP's numba JIT in a test
     shown = str(demo_runs(tmp_path / "demo", 1)[0].resolve())
@@ -101,8 +101,8 @@ def test_train_page_draws_a_bar_per_phase(tmp_path, monkeypatch):
               "message": "epoch 3/5 loss 0.42"},
              {"phase": "val: embedding 40 images", "done": 2, "total": 2, "eta_s": 0.0, "time": time.time()}]
     (run / PROGRESS).write_text("".join(json.dumps(line) + "\n" for line in lines))
-    job = jobs.TrainJob.start(run.name, run, [sys.executable, "-c", "import time; time.sleep(120)"], owner="me")
-    state.training_jobs().jobs[str(run)] = job
+    job = jobs.TrainJob(run.name, run, [sys.executable, "-c", "import time; time.sleep(120)"], owner="me").start()
+    background.training_jobs().jobs[str(run)] = job
     try:
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
         at.session_state["run"] = shown
@@ -115,7 +115,7 @@ def test_train_page_draws_a_bar_per_phase(tmp_path, monkeypatch):
         assert any(text.startswith("val: embedding 40 images: 2/2") and "done" in text for _, text in bars), bars
     finally:
         job.cancel(grace=5)
-        state.training_jobs().jobs.pop(str(run), None)
+        background.training_jobs().jobs.pop(str(run), None)
 
 
 def test_an_unwritable_progress_file_does_not_stop_the_work(tmp_path, caplog):

@@ -10,7 +10,7 @@ import pytest
 from core import io, run_dir
 from core.run_dir import (ARTIFACT_FILES, ARTIFACTS, CONFIG, EMBEDDINGS, HISTORY, ITEMS, METRICS, WEIGHTS,
                           CheckpointError, is_complete, read_run)
-from dashboard.testing import demo_runs
+from dashboard_testing import demo_runs
 
 REPO = Path(__file__).resolve().parents[1]
 # every file name of the table (the folder name "artifacts" is left out: as a word it has other uses)

@@ -119,11 +119,41 @@ def test_validate_upload_accepts_images_and_refuses_the_rest():
         logic.validate_upload(png_bytes()[:60], "truncated.png")
 
 
-def test_figures_overlay_and_map():
+def test_overlay_draws_the_map_where_it_is():
+    """On a shapes image with its target's own mask as the map: the object takes the top of the colour scale and
+    the background the bottom, blended with the image by `opacity`; a coarse map lands on its own cells; a signed
+    map is red where positive and blue where negative; `scale` fixes the top of the scale. An overlay that
+    ignored the map, or its place, fails here."""
+    from matplotlib import colormaps
+
+    from core.data import shapes
+
+    data = shapes.load(shapes.ShapesSpec(test_per_class=2), "test")
+    image, mask = data.images[0], data.masks[0]                       # 64×64×3 uint8, the target's 64×64 mask
+    assert 0 < mask.mean() < 0.5
+    colour = {v: np.asarray(colormaps["inferno"](v)[:3]) * 255 for v in (0.0, 0.5, 1.0)}
+    solid = figures.overlay(image, mask.astype(np.float32), opacity=1.0).astype(float)
+    assert solid.shape == image.shape and np.abs(solid[mask] - colour[1.0]).max() <= 1
+    assert np.abs(solid[~mask] - colour[0.0]).max() <= 1
+    half = figures.overlay(image, mask.astype(np.float32), opacity=0.5).astype(float)
+    expected = 0.5 * image + 0.5 * np.where(mask[..., None], colour[1.0], colour[0.0])
+    assert np.abs(half - expected).max() <= 1
+    turned = figures.overlay(image, 1.0 - mask.astype(np.float32), opacity=1.0).astype(float)
+    assert np.abs(turned[mask] - colour[0.0]).max() <= 1                  # the map turned around: the object dark
+    cell = np.zeros((8, 8), np.float32)
+    cell[2, 5] = 1.0                                                      # one hot cell of a coarse 8×8 map
+    hot = figures.overlay(np.zeros_like(image), cell, opacity=1.0).astype(float).sum(-1)
+    row, col = np.unravel_index(hot.argmax(), hot.shape)
+    assert 16 <= row < 24 and 40 <= col < 48                              # drawn on that cell's 8×8 pixels
+    signed = figures.overlay(image, np.where(mask, 1.0, -1.0).astype(np.float32), opacity=1.0, signed=True)
+    red, blue = signed[..., 0].astype(int), signed[..., 2].astype(int)
+    assert (red[mask] > blue[mask]).all() and (blue[~mask] > red[~mask]).all()
+    scaled = figures.overlay(image, 0.5 * mask.astype(np.float32), opacity=1.0, scale=1.0).astype(float)
+    assert np.abs(scaled[mask] - colour[0.5]).max() <= 1                  # half the fixed scale, not its top
+
+
+def test_figures_map():
     img = np.zeros((64, 64, 3), np.uint8)
-    out = figures.overlay(img, np.random.rand(8, 8), 0.5)
-    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
-    assert figures.overlay(img, np.zeros((8, 8)) - 1, 0.5, signed=True).shape == (64, 64, 3)
     fig = figures.embedding_map(np.random.rand(5, 2), np.arange(5), list("aabbc"), list("vwxyz"))
     assert [t.type for t in fig.data] == ["scattergl"] * 3
     assert list(fig.data[0].customdata) == [0, 1]
@@ -156,8 +186,8 @@ def test_training_job_progress_and_cancel(tmp_path):
               "ProgressLog(sys.argv[1])(8, 16, 'epoch 2/4 loss 0.5')\n"
               "try:\n    print('READY'.lower(), flush=True)\n    time.sleep(60)\n"
               "except KeyboardInterrupt:\n    print('interrupted'); sys.exit(130)\n")
-    job = jobs.TrainJob.start("fake", tmp_path / "fake", [sys.executable, "-c", script,
-                                                          str(tmp_path / "fake" / "progress.jsonl")])
+    job = jobs.TrainJob("fake", tmp_path / "fake", [sys.executable, "-c", script,
+                                                    str(tmp_path / "fake" / "progress.jsonl")]).start()
     deadline = time.time() + 20
     while "ready" not in job.log_tail().splitlines() and time.time() < deadline:  # handler installed
         time.sleep(0.1)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.testing import item_maps  # the item maps are a component, not plotly charts
+from dashboard_testing import item_maps  # the item maps are a component, not plotly charts
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -22,7 +22,7 @@ APP = str(ROOT / "app.py")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from dashboard.testing import demo_runs
+    from dashboard_testing import demo_runs
 
     saved = {k: os.environ.get(k) for k in ("METRICLENS_AUTO_UMAP", "METRICLENS_RUNS")}
     os.environ["METRICLENS_AUTO_UMAP"] = "0"  # never start UMAP's ~40 s numba JIT in a test
@@ -181,16 +181,16 @@ def test_dominant_channel_reports_progress_and_is_kept_on_disk(runs, tmp_path, m
     computed once per run: a new server process (empty memory cache) reads it back from .cache/."""
     import streamlit as st
 
-    from dashboard import state
+    from dashboard import caching, explanations
 
-    monkeypatch.setattr(state, "REPO", tmp_path)  # the disk cache goes under tmp_path/.cache
+    monkeypatch.setattr(caching, "REPO", tmp_path)  # the disk cache goes under tmp_path/.cache
     st.cache_data.clear()  # an earlier test may hold the masses in memory
-    multi = next((r for r in runs if any(s[0] > 1 for s in state.map_shapes(r).values())), None)
+    multi = next((r for r in runs if any(s[0] > 1 for s in explanations.map_shapes(r).values())), None)
     if multi is None:
         pytest.skip("no run with multi-channel maps")
     calls = []  # one pass over the test images (the page's call below finds it in memory), reporting progress
-    first = state._map_channel_mass(multi, state._artifact_stamp(multi), None, state.weights_stamp(multi),
-                                    _progress=lambda done, total: calls.append((done, total)))
+    first = explanations._map_channel_mass(multi, caching.artifact_stamp(multi), None, caching.weights_stamp(multi),
+                                           _progress=lambda done, total: calls.append((done, total)))
     assert calls and calls[-1][0] == calls[-1][1] == len(artifacts(multi)[1])
     at = open_app(multi)
     option = next(o for o in at.selectbox(key="explore_colour").options if o.startswith("dominant ") and "channel" in o)
@@ -202,8 +202,8 @@ def test_dominant_channel_reports_progress_and_is_kept_on_disk(runs, tmp_path, m
     assert len(files) == 1
     calls.clear()
     st.cache_data.clear()  # as a restarted server: only the disk copy is left
-    again = state._map_channel_mass(multi, state._artifact_stamp(multi), None, state.weights_stamp(multi),
-                                    _progress=lambda done, total: calls.append((done, total)))
+    again = explanations._map_channel_mass(multi, caching.artifact_stamp(multi), None, caching.weights_stamp(multi),
+                                           _progress=lambda done, total: calls.append((done, total)))
     assert not calls  # read back, not recomputed
     with np.load(files[0]) as saved:
         assert set(saved.files) == set(first) == set(again)
@@ -273,7 +273,7 @@ def test_attention_rows_stay_readable_and_footer_matches_panels(runs, monkeypatc
     panel only when it is drawn. The third panel reuses the query's attribution towards the target drawn
     in the first: three Captum passes for three panels, not four."""
     import core.attribution
-    from dashboard import logic, state
+    from dashboard import explanations, logic
 
     emb, labels = artifacts(runs[0])
     table = logic.retrieval_table(emb, labels)
@@ -293,7 +293,7 @@ def test_attention_rows_stay_readable_and_footer_matches_panels(runs, monkeypatc
     attribute = core.attribution.similarity_attribution
     monkeypatch.setattr(core.attribution, "similarity_attribution",
                         lambda *args, **kw: passes.append(1) or attribute(*args, **kw))
-    state._explanation.clear()                                  # no attribution cached by earlier tests
+    explanations._explain.clear()                               # no attribution cached by earlier tests
     at.session_state["query"] = wrong
     at.run()
     footer = next(c.value for c in at.caption if c.value.startswith("Red pushed"))
@@ -383,7 +383,7 @@ def test_train_page_offers_the_real_recipes_for_your_own_folder(runs, tmp_path, 
     from dashboard import jobs
 
     started = []
-    monkeypatch.setattr(jobs.JobBoard, "start", lambda self, owner, name, out, command: started.append(command))
+    monkeypatch.setattr(jobs.JobBoard, "start", lambda self, job: started.append(job.command))
     at = open_app(runs[0], "train")
     labels = at.selectbox(key="train_config").options
     assert [o for o in labels if o.startswith("real_")] and all(
@@ -525,7 +525,7 @@ def test_bad_compare_link_says_so_instead_of_another_run(runs):
 def test_opens_on_the_opening_run_and_lists_every_run_with_metrics(runs, tmp_path, monkeypatch):
     """With no link, the dashboard opens on OPENING_RUN if present (else the first finished run) and the
     sidebar lists every run with its test metrics."""
-    from dashboard.state import OPENING_RUN
+    from dashboard.catalog import OPENING_RUN
 
     folder = tmp_path / "runs"
     for name in ("a_first", OPENING_RUN):
@@ -590,7 +590,7 @@ def test_moved_dataset_keeps_map_and_explains(runs, tmp_path):
 def test_train_page_runs_lists_and_cancels_a_job(runs, tmp_path):
     import time
 
-    from dashboard import state
+    from dashboard import background
 
     at = open_app(runs[0], "train", extra_runs_root=str(tmp_path))
     stem = Path(at.selectbox(key="train_config").value).stem
@@ -601,7 +601,7 @@ def test_train_page_runs_lists_and_cancels_a_job(runs, tmp_path):
         "data.max_per_class=8 data.shapes.test_per_class=8 data.shapes.train_per_class=8 model.embed_dim=16")
     at.button[0].click().run()
     assert not at.exception and not at.error
-    job = state.training_jobs().jobs[str(tmp_path / "tiny_job")]
+    job = background.training_jobs().jobs[str(tmp_path / "tiny_job")]
     deadline = time.time() + 120
     while not (tmp_path / "tiny_job" / "history.csv").exists() and time.time() < deadline:
         assert job.status == "running", job.log_tail()
@@ -621,7 +621,7 @@ def test_train_page_runs_lists_and_cancels_a_job(runs, tmp_path):
 def test_pages_render_every_method(runs, tmp_path_factory, config, epochs):
     """Maps are rendered generically, whatever their names and channel counts (no page knows a method): on
     the shipped run of the config (checkpoints/<config stem>) when there is one, else on a tiny fresh one."""
-    from dashboard.testing import is_finished, train_tiny
+    from dashboard_testing import is_finished, train_tiny
 
     if not (ROOT / "configs" / config).exists():
         pytest.skip(f"configs/{config} is not in this build")
@@ -645,17 +645,17 @@ def _finished_job(run, done, owner):
     import sys
     import time
 
-    from dashboard import jobs, state
+    from dashboard import background, jobs
 
     shutil.copytree(run, done, ignore=shutil.ignore_patterns("resume.pt"))
-    job = jobs.TrainJob.start(done.name, done, [sys.executable, "-c", "print('epoch 1/1 done')"], owner=owner)
+    job = jobs.TrainJob(done.name, done, [sys.executable, "-c", "print('epoch 1/1 done')"], owner=owner).start()
     while job.status == "running":
         time.sleep(0.05)
-    state.training_jobs().jobs[str(done)] = job
+    background.training_jobs().jobs[str(done)] = job
 
 
 def test_finished_job_opens_its_run(runs, tmp_path):
-    from dashboard import state
+    from dashboard import background
 
     done = tmp_path / "finished_run"
     _finished_job(runs[1], done, owner="me")
@@ -667,14 +667,14 @@ def test_finished_job_opens_its_run(runs, tmp_path):
         assert at.title[0].value == "Explore the embedding"
         assert at.session_state["run"] == str(done.resolve())
     finally:
-        state.training_jobs().jobs.pop(str(done), None)
+        background.training_jobs().jobs.pop(str(done), None)
 
 
 def test_run_trained_outside_checkpoints_is_listed_in_a_new_session(runs, tmp_path):
     """Issue 13, defect 3: a run trained from the dashboard into a folder outside the run roots is listed after a
     reload or in a new tab (a new session, without the folder the Train page added), and opening it opens
     exactly that run; a run that vanished is said, not silently swapped."""
-    from dashboard import state
+    from dashboard import background
 
     done = tmp_path / "elsewhere" / "trained_here"
     _finished_job(runs[1], done, owner="other tab")
@@ -688,7 +688,7 @@ def test_run_trained_outside_checkpoints_is_listed_in_a_new_session(runs, tmp_pa
         assert at.session_state["run"] == str(done.resolve())
         assert at.title[0].value == "Explore the embedding" and not at.warning
     finally:
-        state.training_jobs().jobs.pop(str(done), None)
+        background.training_jobs().jobs.pop(str(done), None)
     at = open_app(str(tmp_path / "gone_run"))
     assert any("gone_run" in w.value and "not in the run list" in w.value for w in at.sidebar.warning)
     assert at.session_state["run"] != str(tmp_path / "gone_run")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.testing import CHROMIUM, PLOT_AREA, dashboard_server, demo_runs, images_loaded, settle
+from dashboard_testing import CHROMIUM, PLOT_AREA, dashboard_server, demo_runs, images_loaded, settle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-output" / "screenshots"

@@ -78,22 +78,47 @@ def test_thinned_sample_keeps_sparse_points_and_thins_dense_ones():
     assert 500 <= len(many) <= 1_000
 
 
-def test_umap_progress_is_read_from_its_log(tmp_path):
-    from dashboard import state
+UMAP_BAR = "{desc}: {percentage:3.0f}%| {bar} {n_fmt}/{total_fmt} [{elapsed}]"   # umap-learn's own bar_format
 
-    log = tmp_path / "umap.log"
-    log.write_text("Construct fuzzy simplicial set\n")
-    assert state.umap_progress({"log": log}) is None          # before the layout epochs: elapsed time is shown
-    log.write_text("UMAP layout:  41%| ████      205/500 [00:03]\rUMAP layout:  67%| ██████▋    333/500 [00:05]")
-    assert state.umap_progress({"log": log}) == 0.67
-    assert state.umap_progress({"log": tmp_path / "missing.log"}) is None
+
+def test_umap_layout_epochs_reach_the_jobs_bar_as_json_lines(tmp_path):
+    """UMAP takes no progress callback, only tqdm's arguments: its bar is read into JSON progress lines
+    (core.projection.LayoutEpochs), which the job's bar shows: the share of layout epochs done, None before
+    the first."""
+    from tqdm.auto import tqdm
+
+    from core.progress import ProgressLog
+    from core.projection import LayoutEpochs
+    from dashboard import jobs
+
+    job = jobs.Job("umap", [], tmp_path / "umap.log", tmp_path / "umap.jsonl")
+    assert job.fraction() is None
+    stream = LayoutEpochs(ProgressLog(job.progress_path, min_interval=0), "UMAP layout of 9 points")
+    for epoch in tqdm(range(300), desc="UMAP layout", file=stream, bar_format=UMAP_BAR, mininterval=0):
+        if epoch == 201:
+            break
+    assert job.fraction() == pytest.approx(201 / 300)
+    bar = job.progress_bars()[-1]
+    assert bar.label == "UMAP layout of 9 points" and bar.text.startswith("UMAP layout of 9 points: 201/300")
+
+
+@pytest.mark.slow
+def test_umap_reports_its_layout_epochs(tmp_path):
+    """The same through umap-learn itself: its epochs reach the callback, the last one at the end."""
+    from core.projection import umap_2d
+
+    calls = []
+    points = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    coords = umap_2d(points, report=lambda done, total, phase: calls.append((done, total, phase)))
+    assert coords.shape == (60, 2) and len(calls) >= 2
+    assert calls[-1][0] == calls[-1][1] > 1 and calls[-1][2] == "UMAP layout of 60 points"
 
 
 def test_a_large_runs_retrieval_table_comes_from_a_kept_background_process(tmp_path, monkeypatch):
     """Past TABLE_IN_PROCESS_MAX items the all-vs-all table is scored by a low-priority process (not on the
     server's cores while the browser draws the map) and kept on disk: the same table as in process, and a
     second server reads it instead of scoring again."""
-    from dashboard import jobs, state
+    from dashboard import artifacts, background, caching, jobs
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 40, 300)
@@ -102,16 +127,17 @@ def test_a_large_runs_retrieval_table_comes_from_a_kept_background_process(tmp_p
     (tmp_path / "run" / "artifacts").mkdir(parents=True)
     np.save(tmp_path / "run" / "artifacts" / "embeddings.npy", emb)
     np.save(tmp_path / "run" / "artifacts" / "labels.npy", labels)
-    monkeypatch.setattr(state, "REPO", tmp_path)        # its .cache/ in the test's folder
+    monkeypatch.setattr(caching, "REPO", tmp_path)      # its .cache/ in the test's folder
     run = str(tmp_path / "run")
+    assert len(labels) < artifacts.TABLE_IN_PROCESS_MAX   # called directly here: the page does so past it
 
-    table = state._table_in_background(run)
+    table = background.table_in_background(run)
     expected = logic.retrieval_table(emb, labels)
     for name, value in vars(expected).items():
         assert np.array_equal(getattr(table, name), value, equal_nan=value.dtype.kind == "f"), name
-    assert state.retrieval_file(run).exists()
+    assert background.retrieval_file(run).exists()
     monkeypatch.setattr(jobs, "spawn", lambda *a, **k: pytest.fail("scored again instead of read"))
-    again = state._table_in_background(run)
+    again = background.table_in_background(run)
     assert np.array_equal(again.neighbours, expected.neighbours)
 
 
@@ -121,7 +147,7 @@ def test_loaded_artifacts_are_kept_out_of_the_garbage_collectors_walks(tmp_path)
     import gc
     import json
 
-    from dashboard import state
+    from dashboard import artifacts
 
     folder = tmp_path / "run" / "artifacts"
     folder.mkdir(parents=True)
@@ -129,7 +155,7 @@ def test_loaded_artifacts_are_kept_out_of_the_garbage_collectors_walks(tmp_path)
     np.save(folder / "labels.npy", np.arange(4))
     (folder / "items.json").write_text(json.dumps([{"split": "test", "index": i, "class_name": f"c{i}"} for i in range(4)]))
     gc.unfreeze()
-    art = state._artifacts(str(tmp_path / "run"), 0.0, ())
+    art = artifacts._artifacts(str(tmp_path / "run"), 0.0, ())
     assert gc.get_freeze_count() > 0
     walked = {id(o) for o in gc.get_objects()}       # what a collection walks: not the frozen objects
     assert id(art.items) not in walked and id(art.items[0]) not in walked

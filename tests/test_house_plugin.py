@@ -55,7 +55,7 @@ def test_a_toy_head_explainer_and_lesson_train_explain_and_render_everywhere(toy
     from core.config import RunConfig
     from core.explain import explain, explainers
     from core.train import train
-    from dashboard.testing import TINY_OVERRIDES
+    from dashboard_testing import TINY_OVERRIDES
     from dashboard.ui import PAGES
 
     # trains: one tiny epoch on shapes; the learned scale moved, so gradients reached the new head

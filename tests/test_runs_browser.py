@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dashboard.testing import CHROMIUM, PLOT_AREA, dashboard_server, demo_runs, images_loaded, lasso, settle
+from dashboard_testing import CHROMIUM, PLOT_AREA, dashboard_server, demo_runs, images_loaded, lasso, settle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-output" / "screenshots"

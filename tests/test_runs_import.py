@@ -46,7 +46,7 @@ def write_inputs(folder: Path, source: Path, images: bool = True) -> tuple[Path,
 
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
-    from dashboard.testing import demo_runs
+    from dashboard_testing import demo_runs
 
     scratch = tmp_path_factory.mktemp("import")
     source = demo_runs(scratch / "runs", 2)

@@ -25,7 +25,7 @@ SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from dashboard.testing import demo_runs
+    from dashboard_testing import demo_runs
 
     saved = os.environ.get("METRICLENS_AUTO_UMAP")
     os.environ["METRICLENS_AUTO_UMAP"] = "0"  # never start UMAP's ~40 s numba JIT in a test
@@ -132,7 +132,7 @@ PROBES = ["../../etc/passwd", "/etc/../etc/metriclens_probe", "~/..", "OUTSIDE/u
 
 @pytest.mark.parametrize("link", PROBES + ["OUTSIDE/secret_run", "escape", "ROOT/escape"])
 def test_deep_links_open_only_listed_runs(classroom, monkeypatch, link):
-    from dashboard.state import DEFAULT_RUNS
+    from dashboard.catalog import DEFAULT_RUNS
 
     root, secret = classroom
     link = link.replace("OUTSIDE", str(secret.parent)).replace("ROOT", str(root))
@@ -176,11 +176,13 @@ def board(tmp_path):
 
 
 def test_one_job_per_session_and_a_server_limit(board, tmp_path):
-    board.start("alice", "a", tmp_path / "a", SLEEPER)
+    def job(owner, name):
+        return jobs.TrainJob(name, tmp_path / name, SLEEPER, owner)
+    board.start(job("alice", "a"))
     with pytest.raises(jobs.JobLimit, match="one per session"):
-        board.start("alice", "a2", tmp_path / "a2", SLEEPER)
+        board.start(job("alice", "a2"))
     with pytest.raises(jobs.JobLimit, match="METRICLENS_MAX_JOBS=1"):
-        board.start("bob", "b", tmp_path / "b", SLEEPER)
+        board.start(job("bob", "b"))
     with pytest.raises(jobs.JobLimit, match="another session"):
         board.cancel("bob", str(tmp_path / "a"))
     with pytest.raises(jobs.JobLimit, match="another session"):
@@ -188,11 +190,39 @@ def test_one_job_per_session_and_a_server_limit(board, tmp_path):
     assert board.jobs[str(tmp_path / "a")].status == "running"
     board.limit = 2
     with pytest.raises(jobs.JobLimit, match="being trained by another session"):
-        board.start("bob", "a", tmp_path / "a", SLEEPER)
-    board.start("bob", "b", tmp_path / "b", SLEEPER)
+        board.start(job("bob", "a"))
+    board.start(job("bob", "b"))
     assert [j.name for j in board.others_running("alice")] == ["b"] and list(board.mine("alice")) == [str(tmp_path / "a")]
     assert "nothing was kept" in board.cancel("alice", str(tmp_path / "a"))  # it never completed an epoch
     assert board.jobs[str(tmp_path / "a")].status == "cancelled"
+
+
+def test_a_shared_job_runs_once_per_output_and_again_when_it_is_gone(tmp_path):
+    """Jobs that make a file every session reads (UMAP, thumbnails, ...) are nobody's: a second session asking
+    gets the running or finished job, not a second process; once its file is gone (a retrained run) it runs
+    anew; a failed one is reported, not retried in a loop; and no shared job counts against the training limit."""
+    board = jobs.JobBoard(limit=1)
+    out = tmp_path / "out.txt"
+
+    def job(code):
+        return jobs.Job("out", [sys.executable, "-c", code, str(out)], tmp_path / "log", tmp_path / "progress.jsonl",
+                        output=out)
+    write = "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text('made')"
+    first = board.start(job(write))
+    assert board.start(job(write)) is first                                   # asked again while it runs
+    assert first.wait() == 0 and out.read_text() == "made" and first.status == "finished"
+    assert board.start(job(write)) is first                                   # its file is there: not again
+    board.start(jobs.TrainJob("t", tmp_path / "t", SLEEPER, "alice"))          # the training limit is not reached
+    out.unlink()
+    second = board.start(job(write))
+    assert second is not first and second.wait() == 0 and out.exists()
+    out.unlink()
+    failing = board.start(job("import sys; print('no embeddings here'); sys.exit(3)"))
+    assert failing.wait() == 3 and failing.status == "failed" and "no embeddings here" in failing.error()
+    assert board.start(job(write)) is failing                                 # said, not retried
+    for started in board.jobs.values():
+        if started.returncode is None:
+            started.process.kill()
 
 
 def test_max_jobs_default_and_override(monkeypatch):
@@ -207,11 +237,11 @@ def test_max_jobs_default_and_override(monkeypatch):
 
 
 def test_other_sessions_see_busy_but_not_the_job(runs, tmp_path, monkeypatch):
-    from dashboard import state
+    from dashboard import background
 
     monkeypatch.setenv("METRICLENS_MODE", "full")
-    board = state.training_jobs()
-    job = board.start("alice", "alices_run", tmp_path / "alices_run", SLEEPER)
+    board = background.training_jobs()
+    job = board.start(jobs.TrainJob("alices_run", tmp_path / "alices_run", SLEEPER, "alice"))
     try:
         def train_page(owner):
             at = AppTest.from_file(APP, default_timeout=120)
@@ -263,11 +293,11 @@ def _state_of(pid: int) -> str | None:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_finished_children_are_reaped_without_polling(tmp_path):
-    from dashboard import state
+    from dashboard import background
 
     with open(tmp_path / "log", "w") as log:
         quick = jobs.spawn([sys.executable, "-c", "pass"], log)
-    umap = state.start_umap(str(tmp_path / "no_such_run"))["process"]  # fails at once: a finished UMAP child
+    umap = background.start_umap(str(tmp_path / "no_such_run")).process  # fails at once: a finished UMAP child
     deadline = time.time() + 30
     while time.time() < deadline and any(_state_of(p.pid) is not None for p in (quick, umap)):
         time.sleep(0.1)
@@ -279,7 +309,7 @@ def test_finished_children_are_reaped_without_polling(tmp_path):
 def test_model_cache_loads_once_and_evicts_least_recently_used():
     import torch
 
-    from dashboard.state import ModelCache
+    from dashboard.model_cache import ModelCache
 
     loads: list[str] = []
 
@@ -305,15 +335,16 @@ def test_model_cache_loads_once_and_evicts_least_recently_used():
     assert loads[-1] == "c" and list(cache.entries) == ["b", "d", "c"] and cache.entries["c"][0] == 2.0
 
 
-def test_state_keeps_no_global_torch_settings_or_salted_keys():
-    from dashboard import state
+def test_the_cache_modules_keep_no_global_torch_settings_or_salted_keys():
+    from dashboard import caching
 
-    code = ("import torch; torch.set_num_threads(2); import dashboard.state as s; "
-            "assert torch.get_num_threads() == 2, 'importing state changed the thread count'; print(s.digest('x'))")
+    modules = "caching, catalog, model_cache, artifacts, dataset, explanations, background"
+    code = (f"import torch; torch.set_num_threads(2); from dashboard import {modules}; "
+            "assert torch.get_num_threads() == 2, 'an import changed the thread count'; print(caching.digest('x'))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONHASHSEED="1"))
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-1] == state.digest("x")  # the same key in another process (another hash seed)
+    assert out.stdout.split()[-1] == caching.digest("x")  # the same key in another process (another hash seed)
 
 
 # ---- crash safety --------------------------------------------------------------------------------------
@@ -322,8 +353,8 @@ def test_killed_trainer_loses_no_completed_epoch(tmp_path):
     """SIGKILL (no clean stop) after the first epoch: every file a reader sees is whole, the run is listed
     as unfinished, and the same command resumes after the kept epoch."""
     from core import checkpoint as ckpt
-    from dashboard.state import summary as state_summary
-    from dashboard.testing import TINY_OVERRIDES
+    from dashboard.catalog import summary as run_summary
+    from dashboard_testing import TINY_OVERRIDES
 
     out = tmp_path / "killed"
     overrides = [o for o in TINY_OVERRIDES if not o.startswith("train.epochs")]
@@ -341,7 +372,7 @@ def test_killed_trainer_loses_no_completed_epoch(tmp_path):
     ckpt.load_config(out), ckpt.load_run(out)  # whole
     kept = ckpt.load_resume(out / ckpt.RESUME)["epoch"] + 1
     assert len(before) >= 2 + kept
-    assert not state_summary(out)["complete"]  # listed as unfinished, never read as a finished run
+    assert not run_summary(out)["complete"]  # listed as unfinished, never read as a finished run
     leftovers = [p.name for p in out.rglob("*") if p.name.endswith(".tmp") and not p.name.startswith(".")]
     assert not leftovers, leftovers  # only dot-named temporaries may remain, and nothing reads them
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -379,8 +410,8 @@ def test_killed_server_mid_umap_leaves_no_process_and_no_half_file(runs, tmp_pat
     no UMAP coordinates or whole ones (written atomically), never a partial file the map would read."""
     run = tmp_path / "umap_run"
     shutil.copytree(runs[0], run, ignore=shutil.ignore_patterns("resume.pt", "coords_umap.npy"))
-    server = ("import sys; from dashboard import state\n"
-              f"print(state.start_umap({str(run)!r})['process'].pid, flush=True)\n"
+    server = ("import sys; from dashboard import background\n"
+              f"print(background.start_umap({str(run)!r}).process.pid, flush=True)\n"
               "import time; time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", server], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True)

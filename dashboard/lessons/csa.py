@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import learn_demos, state, ui
+from dashboard import explanations, learn_demos, ui
 from dashboard.lessons import LessonContext, register_lesson
 
 
@@ -15,8 +15,8 @@ def trained_position_maps(ctx: LessonContext, run: str, row: int, col: int) -> N
     _, grid_h, grid_w = ctx.features.shape
     _, height, width = ctx.pixels.shape
     pixel = (row * height // grid_h, col * width // grid_w)        # the cell's top-left pixel
-    own = state.explanation(run, ctx.pixels, explainer="csa_position", row=pixel[0], col=pixel[1])
-    learned = state.explanation(run, ctx.pixels)
+    own = explanations.explain(run, ctx.pixels, explainer="csa_position", row=pixel[0], col=pixel[1])
+    learned = explanations.explain(run, ctx.pixels)
     for name, position_maps in own.maps.items():
         base_name = name.replace("csa_position", "csa_base")
         base, weights = learned.maps[base_name], learned.maps[name.replace("csa_position", "csa_weights")]

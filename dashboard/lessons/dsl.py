@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.models.heads.dsl import EVENTS_FILE
-from dashboard import figures, learn_demos, state, ui
+from dashboard import catalog, figures, learn_demos, ui
 from dashboard.lessons import LessonContext, register_lesson
 
 
@@ -15,7 +15,7 @@ def replay(run: str, payload: dict) -> None:
     """The growth log up to a chosen epoch, opening on the epoch whose weights the run kept (metrics.json
     best_epoch), not on the last one logged."""
     epochs = payload["epochs"]
-    best = state.summary(run).get("best_epoch")
+    best = catalog.summary(run).get("best_epoch")
     logged = [e["epoch"] for e in epochs]
     opening = logged.index(best) if best in logged else len(epochs) - 1
     step = ui.int_slider(st, "Replay up to logged epoch", 0, len(epochs) - 1, opening,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import learn_demos, state
+from dashboard import explanations, learn_demos
 from dashboard.lessons import LessonContext, register_lesson
 
 
@@ -29,7 +29,7 @@ def grouping(ctx: LessonContext) -> None:
     run = ctx.first_run("shapes_grouping.yaml", "the maps above are the stand-alone demo only.")
     if run is None:
         return
-    out = state.explanation(run, ctx.pixels)
+    out = explanations.explain(run, ctx.pixels)
     for name, maps in out.maps.items():
         st.markdown(f"Trained run **{Path(run).name}** — **{name}**: {out.describe(name)}")
         ctx.panels(list(maps), [f"{name}[{g}]" for g in range(len(maps))])

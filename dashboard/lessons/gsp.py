@@ -8,14 +8,14 @@ import torch
 
 from core.checkpoint import CheckpointError
 from core.data.folders import DatasetError
-from dashboard import learn_demos, state
+from dashboard import dataset, learn_demos, model_cache
 from dashboard.lessons import LessonContext, register_lesson
 
 
 def trained_keep_map(run: str, pixels, mu: float, gamma: float):
     """The run's keep map of this image with the chosen μ and γ, from a copy of its head (`with_transport`):
     the cached model is shared by every session and is never changed."""
-    model = state.load_model(run)[0]
+    model = model_cache.load_model(run)[0]
     head = model.head.with_transport(mu, gamma)
     with torch.inference_mode():
         out = head(model.forward_features(torch.from_numpy(pixels)[None]))
@@ -31,7 +31,7 @@ def object_prototypes(ctx: LessonContext):
     if ctx.selected is None or ctx.item is None:
         return prototypes
     try:
-        mask = state.annotation(ctx.selected, ctx.item).get("mask")
+        mask = dataset.annotation(ctx.selected, ctx.item).get("mask")
     except (CheckpointError, DatasetError, KeyError, AttributeError):
         mask = None
     if mask is None:
@@ -53,7 +53,7 @@ def gsp(ctx: LessonContext) -> None:
                 "the positions that match the prototypes best. γ sharpens the transport.")
     run = ctx.first_run("shapes_gsp.yaml", "the maps below come from the stand-alone transport, not trained prototypes.")
     # the knobs start where the trained run's head is (TF's defaults without one)
-    head = state.load_model(run)[0].head if run is not None else None
+    head = model_cache.load_model(run)[0].head if run is not None else None
     s1, s2 = st.columns(2)
     mu = s1.slider("Transport ratio μ", 0.05, 1.0, round(head.mu, 2) if head else 0.3, 0.05, key="learn_mu")
     gamma = s2.slider("Entropy weight γ", 1.0, 50.0, float(head.eval_gamma) if head else 5.0, 0.5, key="learn_gamma")

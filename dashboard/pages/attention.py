@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 
 from core.explain import explainers
-from dashboard import figures, logic, state, ui
+from dashboard import artifacts, dataset, explanations, figures, logic, session, ui
 
 PER_ROW = 5  # every panel the same size, and wide enough that a caption breaks between words, not inside them
 
@@ -18,7 +18,7 @@ PER_ROW = 5  # every panel the same size, and wide enough that a caption breaks 
 class Panels:
     """The query and the images it is compared with, as the page's rows show them."""
     run: str
-    art: state.Artifacts
+    art: artifacts.Artifacts
     query: ui.Query
     ids: list[int]                 # neighbours (+ the chosen one), then the true match when it is extra
     true_match: int | None
@@ -47,10 +47,10 @@ def colour_bar(low: float, high: float, signed: bool = False) -> None:
     st.image(figures.colour_bar(low, high, signed), caption=text, width=320)
 
 
-def controls_ui(art: state.Artifacts) -> tuple[int, float]:
+def controls_ui(art: artifacts.Artifacts) -> tuple[int, float]:
     c1, c2, c3 = st.columns([2, 1, 1])
     with c1:
-        if st.session_state.get(state.UPLOAD):
+        if st.session_state.get(session.UPLOAD):
             st.caption("Query: the uploaded image (pick a test item on the Retrieval page to leave upload mode).")
         else:
             ui.query_picker(art, "attention")
@@ -59,10 +59,10 @@ def controls_ui(art: state.Artifacts) -> tuple[int, float]:
     return k, opacity
 
 
-def compared_images(run: str, art: state.Artifacts, query: ui.Query, k: int) -> Panels | None:
+def compared_images(run: str, art: artifacts.Artifacts, query: ui.Query, k: int) -> Panels | None:
     """The query's k neighbours, the neighbour chosen elsewhere ("Explain →", even beyond k) and its nearest
     true match; None (after saying why) when their images cannot be read."""
-    table = state.retrieval(run)
+    table = artifacts.retrieval(run)
     if query.item is not None:
         ids = table.neighbours[query.item, :k].tolist()
         true_match = logic.nearest_true_match(table, art.embeddings, art.labels, query.item)
@@ -116,8 +116,8 @@ def learned_maps_ui(model, p: Panels, opacity: float) -> None:
     st.subheader("Where the model pooled")
     shown = False
     for explainer in explainers("maps", model):
-        outs = [state.explanation(p.run, p.query.pixels, explainer=explainer.name)]
-        outs += [state.explain_item(p.run, i, explainer=explainer.name) for i in p.ids]
+        outs = [explanations.explain(p.run, p.query.pixels, explainer=explainer.name)]
+        outs += [explanations.explain_item(p.run, i, explainer=explainer.name) for i in p.ids]
         for name in outs[0].maps:
             map_rows_ui(name, [o.maps[name] for o in outs], p, opacity, outs[0].describe(name))
         for name in outs[0].extras:
@@ -138,7 +138,7 @@ def position_maps_ui(model, p: Panels, opacity: float) -> None:
         c1, c2 = st.columns(2)
         row = ui.int_slider(c1, "Position row (pixels)", 0, height - 1, height // 2, key=f"attention_row_{explainer.name}")
         col = ui.int_slider(c2, "Position column (pixels)", 0, width - 1, width // 2, key=f"attention_col_{explainer.name}")
-        out = state.explanation(p.run, p.query.pixels, explainer=explainer.name, row=row, col=col)
+        out = explanations.explain(p.run, p.query.pixels, explainer=explainer.name, row=row, col=col)
         for name, maps in out.maps.items():
             maps = maps if maps.ndim == 3 else maps[None]
             grid_h, grid_w = maps.shape[1:]
@@ -175,18 +175,18 @@ def attribution_ui(model, p: Panels, opacity: float) -> None:
     target = a2.selectbox("Similarity to", p.ids, index=p.ids.index(focus) if focus in p.ids else 0,
                           key="attention_target", format_func=p.caption)
     art, query = p.art, p.query
-    to_target = state.explanation(p.run, query.pixels, art.embeddings[target], explainer=method).maps["attribution"]
-    from_target = state.explanation(p.run, state.model_input(p.run, target), query.embedding,
-                                    explainer=method).maps["attribution"]
+    to_target = explanations.explain(p.run, query.pixels, art.embeddings[target], explainer=method).maps["attribution"]
+    from_target = explanations.explain(p.run, dataset.model_input(p.run, target), query.embedding,
+                                       explainer=method).maps["attribution"]
     target_image = p.images[1 + p.ids.index(target)]
     maps = [(p.images[0], to_target, "query → similarity to the target"),
             (target_image, from_target, "target → similarity to the query")]
     extra_panels = []
     if p.true_match is not None and target != p.true_match and query.item is not None:
         for contrast in explainers("contrast", model):
-            out = state.explanation(p.run, query.pixels, art.embeddings[target], explainer=contrast.name,
-                                    true_match=art.embeddings[p.true_match], attribution=method,
-                                    to_reference=to_target)  # drawn above: Captum runs once less
+            out = explanations.explain(p.run, query.pixels, art.embeddings[target], explainer=contrast.name,
+                                       true_match=art.embeddings[p.true_match], attribution=method,
+                                       to_reference=to_target)  # drawn above: Captum runs once less
             maps.append((p.images[0], out.maps["difference"], f"why #{target} rather than the true match #{p.true_match}"))
         true_sim = float(art.embeddings[p.true_match] @ query.embedding)
         extra_panels = [(p.images[1 + p.ids.index(p.true_match)],

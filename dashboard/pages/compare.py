@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import figures, logic, state, ui
+from dashboard import artifacts, catalog, figures, logic, session, ui
 
 MAX_POINTS = 20_000        # per map; above it a stratified sample is drawn and box/lasso select by geometry
 SELECTION = "compare_selection"
@@ -20,7 +20,7 @@ MEASURES = {"first match rank": "ranks gained", "R-precision": "R-prec. gained"}
 def pick_run_b_ui(run_a: str) -> tuple[str, dict]:
     """Run B, chosen here (or in the link); a run named in the link that is not a finished, listed run is
     said, never replaced silently by another one: B stays empty until the user picks it."""
-    others = [r for r in state.discover_runs() if r["path"] != run_a and r["complete"]]
+    others = [r for r in catalog.discover_runs() if r["path"] != run_a and r["complete"]]
     if not others:
         st.info("Comparing needs a second finished run. Train one on the **Train** page (e.g. the same config with "
                 "another seed or head), import embeddings (`python -m core import`), or add a folder of runs in "
@@ -29,27 +29,27 @@ def pick_run_b_ui(run_a: str) -> tuple[str, dict]:
     paths = [r["path"] for r in others]
     labels = {r["path"]: r["name"] for r in others}
     missing = st.session_state.pop("_deep_link_missing_compare", None)
-    wanted = st.session_state.get(state.COMPARE)
+    wanted = st.session_state.get(session.COMPARE)
     if missing is None and wanted not in (None, run_a) and wanted not in paths:
         missing = wanted
     if missing is not None:
         st.warning(f"Run B {Path(str(missing)).name[:80]!r} is not a finished run in the run list, so nothing is "
                    f"compared yet. Pick run B below.")
-        st.session_state[state.COMPARE] = None
+        st.session_state[session.COMPARE] = None
         st.session_state["_compare_wait"] = True
-    elif st.session_state.get(state.COMPARE) not in paths and not st.session_state.get("_compare_wait"):
-        st.session_state[state.COMPARE] = paths[0]  # first visit, or B became the sidebar run: the first other run
-    st.session_state["compare_widget"] = st.session_state[state.COMPARE]
+    elif st.session_state.get(session.COMPARE) not in paths and not st.session_state.get("_compare_wait"):
+        st.session_state[session.COMPARE] = paths[0]  # first visit, or B became the sidebar run: the first other run
+    st.session_state["compare_widget"] = st.session_state[session.COMPARE]
 
     def chose() -> None:
-        st.session_state[state.COMPARE] = st.session_state["compare_widget"]
+        st.session_state[session.COMPARE] = st.session_state["compare_widget"]
         st.session_state["_compare_wait"] = False
     st.selectbox("Compare the sidebar run (A) with (B)", paths, key="compare_widget", format_func=labels.get,
                  on_change=chose, placeholder="pick run B")
-    if st.session_state[state.COMPARE] not in paths:
+    if st.session_state[session.COMPARE] not in paths:
         st.info("Pick run B above to compare it with the sidebar run.")
         st.stop()
-    return st.session_state[state.COMPARE], labels
+    return st.session_state[session.COMPARE], labels
 
 
 def same_items_ui(name_a: str, name_b: str, art_a, art_b) -> None:
@@ -62,7 +62,7 @@ def same_items_ui(name_a: str, name_b: str, art_a, art_b) -> None:
 
 
 def metrics_ui(run_a: str, run_b: str, name_a: str, name_b: str) -> None:
-    ma, mb = state.summary(run_a)["metrics"], state.summary(run_b)["metrics"]
+    ma, mb = catalog.summary(run_a)["metrics"], catalog.summary(run_b)["metrics"]
     keys = [k for k in ma if k in mb]
     metrics = pd.DataFrame({"metric": keys, f"A: {name_a}": [ma[k] for k in keys],
                             f"B: {name_b}": [mb[k] for k in keys], "B − A": [mb[k] - ma[k] for k in keys]})
@@ -77,8 +77,8 @@ def chart_value(value) -> str:
 
 
 def projection_ui(run: str, projection: str) -> tuple[np.ndarray, str]:
-    coords = state.coords(run, ui.PROJECTION_FILES[projection]) if projection != "PCA" else None
-    return (coords, projection) if coords is not None else (state.coords(run, "pca"), "PCA")
+    coords = artifacts.coords(run, ui.PROJECTION_FILES[projection]) if projection != "PCA" else None
+    return (coords, projection) if coords is not None else (artifacts.coords(run, "pca"), "PCA")
 
 
 def linked_maps_ui(runs: dict[str, str], arts: dict, tables: dict) -> np.ndarray:
@@ -198,7 +198,7 @@ def disagreements_ui(arts: dict, tables: dict, jaccard: np.ndarray, k: int, sele
     picked = int(worst[rows[0]]) if rows else None
     if picked is not None and picked != st.session_state.get("compare_last_pick"):  # apply a new pick once
         st.session_state["compare_last_pick"] = picked
-        st.session_state[state.QUERY] = picked
+        st.session_state[session.QUERY] = picked
         st.rerun()
     st.caption("Select a row to show that query in both runs above.")
 
@@ -211,7 +211,7 @@ _, _, art_b = ui.load_or_stop(run_b)
 name_a, name_b = Path(run_a).name, labels[run_b]
 same_items_ui(name_a, name_b, art_a, art_b)
 runs, arts = {"A": run_a, "B": run_b}, {"A": art_a, "B": art_b}
-tables = {"A": state.retrieval(run_a), "B": state.retrieval(run_b)}
+tables = {"A": artifacts.retrieval(run_a), "B": artifacts.retrieval(run_b)}
 metrics_ui(run_a, run_b, name_a, name_b)
 selected = linked_maps_ui(runs, arts, tables)
 k, jaccard = rank_shift_ui(tables)

@@ -8,22 +8,22 @@ import numpy as np
 import streamlit as st
 
 from core.explain import Explainer, explainers
-from dashboard import figures, logic, state, ui
+from dashboard import artifacts, dataset, explanations, figures, logic, session, ui
 
 
-def pair_ui(run: str, art: state.Artifacts) -> tuple[int, int]:
+def pair_ui(run: str, art: artifacts.Artifacts) -> tuple[int, int]:
     """Items A and B: by default the shared query and its top-1 neighbour; A and B can be typed or swapped."""
     n = len(art.labels)
     query = ui.query_item(n)  # clamped like every page
-    pair = st.session_state.get(state.PAIR)
+    pair = st.session_state.get(session.PAIR)
     if not pair or pair.get("query") != query or pair.get("run") != run:
-        pair = {"run": run, "query": query, "a": query, "b": int(state.retrieval(run).neighbours[query, 0])}
-        st.session_state[state.PAIR] = pair
+        pair = {"run": run, "query": query, "a": query, "b": int(artifacts.retrieval(run).neighbours[query, 0])}
+        st.session_state[session.PAIR] = pair
     for side in ("a", "b"):
         st.session_state[f"cross_{side}"] = pair[side]
 
     def picked(side: str) -> None:
-        st.session_state[state.PAIR][side] = int(st.session_state[f"cross_{side}"])
+        st.session_state[session.PAIR][side] = int(st.session_state[f"cross_{side}"])
 
     c1, c2 = st.columns(2)
     c1.number_input("Image A (item)", 0, n - 1, key="cross_a", on_change=picked, args=("a",))
@@ -51,7 +51,7 @@ def settings_ui(model) -> tuple[Explainer, float, float]:
 
 def cross_maps_ui(run: str, explainer: Explainer, pixels: tuple, images: tuple, temperature: float,
                   opacity: float) -> None:
-    out = state.explanation(run, pixels[0], pixels[1], explainer=explainer.name, temperature=temperature)
+    out = explanations.explain(run, pixels[0], pixels[1], explainer=explainer.name, temperature=temperature)
     a_in_b, b_in_a = out.maps["a_in_b"], out.maps["b_in_a"]
     st.markdown(f"**Source: {out.notes.get('source', explainer.title)}** — {explainer.description}")
     channel = 0
@@ -112,15 +112,15 @@ def patch_maps_ui(run: str, model, pixels: tuple, images: tuple, temperature: fl
     """Every registered "patch" explainer: click a patch of A, see where it lands in B."""
     for explainer in explainers("patch", model):
         st.subheader("Click a patch of A to see where it lands in B")
-        grid_h, grid_w = state.explanation(run, pixels[0], pixels[1], explainer=explainer.name, row=0, col=0,
-                                           temperature=temperature).maps["lands"].shape
+        grid_h, grid_w = explanations.explain(run, pixels[0], pixels[1], explainer=explainer.name, row=0, col=0,
+                                              temperature=temperature).maps["lands"].shape
         p1, p2 = st.columns(2)
         with p1:
             patch = patch_picker_ui(images[0], grid_h, grid_w)
         space = p2.radio("Compare patches in", ["features", "embedding"], horizontal=True, key="cross_space",
                          help="features: the backbone features at the pooled stage; embedding: per-position embeddings")
-        lands = state.explanation(run, pixels[0], pixels[1], explainer=explainer.name, row=patch[0], col=patch[1],
-                                  temperature=temperature, space=space).maps["lands"]
+        lands = explanations.explain(run, pixels[0], pixels[1], explainer=explainer.name, row=patch[0], col=patch[1],
+                                     temperature=temperature, space=space).maps["lands"]
         p2.image(figures.enlarge(figures.overlay(images[1], lands, opacity), 256),
                  caption=f"where A's patch (row {patch[0]}, col {patch[1]}) lands in B", width="stretch")
         peak = np.unravel_index(int(lands.argmax()), lands.shape)
@@ -140,7 +140,7 @@ def main() -> None:
     same = art.labels[a] == art.labels[b]
     st.caption(f"A = {ui.item_caption(art, a)} · B = {ui.item_caption(art, b)} · cosine "
                f"{float(art.embeddings[a] @ art.embeddings[b]):.3f} · {'same class ✓' if same else 'different classes ✗'}")
-    pixels = (state.model_input(run, a), state.model_input(run, b))
+    pixels = (dataset.model_input(run, a), dataset.model_input(run, b))
     try:
         cross_maps_ui(run, explainer, pixels, tuple(images), temperature, opacity)
         patch_maps_ui(run, model, pixels, tuple(images), temperature, opacity)

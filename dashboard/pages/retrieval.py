@@ -4,29 +4,29 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dashboard import figures, logic, state, ui
+from dashboard import artifacts, figures, logic, session, ui
 
 
 def query_source_ui(run: str, n: int) -> None:
     """A test item (picked or random) or an uploaded image becomes the shared query."""
     source = st.radio("Query", ["A test image", "Upload an image"], horizontal=True, key="retrieval_source",
-                      index=1 if st.session_state.get(state.UPLOAD) else 0)
+                      index=1 if st.session_state.get(session.UPLOAD) else 0)
     if source == "Upload an image":
         ui.upload_widget(run, "retrieval_upload")
-        if not st.session_state.get(state.UPLOAD):
+        if not st.session_state.get(session.UPLOAD):
             st.info("Upload a PNG or JPEG image to search the test set with it.")
             st.stop()
         return
-    st.session_state[state.UPLOAD] = None
+    st.session_state[session.UPLOAD] = None
     q1, q2 = st.columns([3, 1])
     with q1:
-        ui.query_picker(state.artifacts(run), "retrieval")
+        ui.query_picker(artifacts.artifacts(run), "retrieval")
     if q2.button("Random query", icon=":material/casino:", key="retrieval_random"):
-        st.session_state[state.QUERY] = int(np.random.default_rng().integers(n))
+        st.session_state[session.QUERY] = int(np.random.default_rng().integers(n))
         st.rerun()
 
 
-def neighbours_ui(run: str, art: state.Artifacts, table: logic.RetrievalTable, query: ui.Query, k: int) -> None:
+def neighbours_ui(run: str, art: artifacts.Artifacts, table: logic.RetrievalTable, query: ui.Query, k: int) -> None:
     """The query, its top-k neighbours and a jump to the Attention page for one of them."""
     if query.item is not None:
         ids, sims = table.neighbours[query.item, :k], table.similarities[query.item, :k]
@@ -51,7 +51,7 @@ def neighbours_ui(run: str, art: state.Artifacts, table: logic.RetrievalTable, q
             ui.go_to("attention", query.item, **{"attention_neighbour": int(neighbour)})
 
 
-def group_retrieval_ui(run: str, art: state.Artifacts, query: ui.Query, k: int) -> None:
+def group_retrieval_ui(run: str, art: artifacts.Artifacts, query: ui.Query, k: int) -> None:
     st.subheader("Retrieval in each group's subspace")
     if len(art.groups) < 2:
         st.caption("This model's embedding is a single group, so there is no subspace to search separately. "
@@ -66,7 +66,7 @@ def group_retrieval_ui(run: str, art: state.Artifacts, query: ui.Query, k: int) 
             ui.neighbours_row(run, art, gids, gsims, query.label, columns=min(8, max(k, 4)))
 
 
-def failures_ui(run: str, art: state.Artifacts, table: logic.RetrievalTable) -> None:
+def failures_ui(run: str, art: artifacts.Artifacts, table: logic.RetrievalTable) -> None:
     st.subheader("Hardest failures")
     st.caption("Queries whose top-1 neighbour has another class, lowest R-precision first. "
                "**Explain** opens the query on the Attention page against its wrong top-1.")
@@ -96,7 +96,7 @@ def main() -> None:
     st.title("Retrieval")
     run = ui.require_run()
     _, _, art = ui.load_or_stop(run)
-    table = state.retrieval(run)
+    table = artifacts.retrieval(run)
     query_source_ui(run, len(art.labels))
     query = ui.current_query(run, art)
     if query is None:

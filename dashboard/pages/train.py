@@ -19,7 +19,7 @@ import core.models.embedder  # noqa: F401  (registers every backbone and head)
 from core.config import RunConfig
 from core.registry import BACKBONES, HEADS
 from core.run_dir import CONFIG, HISTORY
-from dashboard import figures, jobs, state, ui
+from dashboard import background, catalog, figures, jobs, session, ui
 
 
 # what a config's `data.name` trains on, as the config picker says it
@@ -45,9 +45,9 @@ def config_label(path: Path) -> str:
 
 def config_ui() -> tuple[Path, RunConfig]:
     """The config file picked, read (the page stops with a message when none can be read)."""
-    configs = sorted((state.REPO / "configs").glob("*.yaml"))
+    configs = sorted((catalog.REPO / "configs").glob("*.yaml"))
     if not configs:
-        st.error(f"No config files in {state.REPO / 'configs'}; add a YAML config (see configs/shapes_gap.yaml in the repo).")
+        st.error(f"No config files in {catalog.REPO / 'configs'}; add a YAML config (see configs/shapes_gap.yaml in the repo).")
         st.stop()
     names = [p.name for p in configs]
     st.caption("**shapes_<method>.yaml** train a small network from scratch on procedural shapes (minutes on a CPU). "
@@ -71,9 +71,9 @@ def config_data(data) -> tuple[str, bool]:
     if data.name == PROCEDURAL:
         return "procedural shapes, generated on the fly", True
     if data.name == "csv" and data.csv:
-        where = Path(data.csv) if Path(data.csv).is_absolute() else state.REPO / data.csv
+        where = Path(data.csv) if Path(data.csv).is_absolute() else catalog.REPO / data.csv
         return f"the CSV {data.csv}", where.is_file()
-    where = Path(data.root or "") if Path(data.root or "").is_absolute() else state.REPO / (data.root or "")
+    where = Path(data.root or "") if Path(data.root or "").is_absolute() else catalog.REPO / (data.root or "")
     return f"{data.name} at {data.root or '(no data.root set)'}", bool(data.root) and where.exists()
 
 
@@ -147,7 +147,7 @@ def form_ui(config_path: Path, base: RunConfig, quick: bool = False) -> dict | N
         default_name = st.session_state.setdefault(f"train_default_name_{stem}", f"{stem}_{time.strftime('%m%d_%H%M')}")
         name = c3.text_input("Run name (output folder)", default_name, key=f"train_name_{stem}")
         with st.expander("Advanced"):
-            root = st.text_input("Save runs in", os.environ.get("METRICLENS_TRAIN_ROOT", str(state.DEFAULT_RUNS)),
+            root = st.text_input("Save runs in", os.environ.get("METRICLENS_TRAIN_ROOT", str(catalog.DEFAULT_RUNS)),
                                  key=f"train_root_{stem}", help="a folder the sidebar lists (checkpoints/ by default)")
             extra = st.text_input("More overrides (section.key=value, space separated)", "", key=f"train_extra_{stem}",
                                   placeholder="data.max_per_class=8 train.batch_size=32")
@@ -182,12 +182,12 @@ def start_job(board, owner: str, config_path: Path, base: RunConfig, form: dict,
         st.info(f"{out} exists: training resumes it if its config matches, and says so in the log if not.")
     command = jobs.train_command(str(config_path), str(out), form["epochs"], form["seed"], overrides)
     try:
-        board.start(owner, name, out, command)
+        board.start(jobs.TrainJob(name, out, command, owner))
     except jobs.JobLimit as err:
         st.error(str(err))
         return
-    if out.parent.resolve() not in state.run_roots():  # so the sidebar lists the new run
-        st.session_state[state.EXTRA_ROOT] = str(out.parent)
+    if out.parent.resolve() not in catalog.run_roots():  # so the sidebar lists the new run
+        st.session_state[session.EXTRA_ROOT] = str(out.parent)
 
 
 def history_frame(run_dir: Path) -> pd.DataFrame | None:
@@ -209,7 +209,7 @@ def progress_panel(job) -> None:
 
 
 def job_panel(key: str) -> None:
-    board, owner = state.training_jobs(), state.session_owner()
+    board, owner = background.training_jobs(), session.session_owner()
     job = board.jobs[key]
     status = job.status
     icon = {"running": ":material/hourglass_top:", "finished": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/stop_circle:"}[status]
@@ -224,7 +224,7 @@ def job_panel(key: str) -> None:
     elif status == "finished":
         st.success(f"Done: **{job.name}** is in the run list in the sidebar.")
         if st.button("Explore it →", key=f"explore_{key}"):
-            st.session_state[state.RUN] = str(job.run_dir.resolve())
+            st.session_state[session.RUN] = str(job.run_dir.resolve())
             st.switch_page(ui.PAGES["explore"])
     elif status == "cancelled":
         st.warning(f"Cancelled. {job.kept or jobs.kept_after_stop(job.run_dir)}")
@@ -275,14 +275,14 @@ def jobs_ui(board, owner: str) -> None:
 
 def main() -> None:
     st.title("Train a model")
-    if state.teaching():  # app.py leaves the page out of the navigation; this guards a direct call
+    if session.teaching():  # app.py leaves the page out of the navigation; this guards a direct call
         st.info("Training is off in teaching mode (the dashboard is shared read-only).")
         st.stop()
     config_path, base = config_ui()
     data = data_ui(base)
     quick = quick_ui(base)
     form = form_ui(config_path, base, quick)
-    board, owner = state.training_jobs(), state.session_owner()
+    board, owner = background.training_jobs(), session.session_owner()
     if form is not None:
         if data is None:
             st.error("Choose data this config can train on (above) first.")

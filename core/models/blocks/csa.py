@@ -3,10 +3,9 @@
 Follows `czyczyyzc/Compressed_Self-Attention` at eaafd9d (2021-01-02), `PCB_CSA/reid/models/reSAnet.py`:
 class `SelfAttn2` (the block) and `ResNet` (its placement and deep-supervision side branches). Written
 from reading that code, none copied (their last revision, b163238, unchanged at HEAD). Measured against it by
-`benchmarks/fidelity/csa.py` (copied weights, identical inputs, main block and side branch, C 64 at 16×16 and
-C 256 at 96×32): in float64 outputs, base maps and adaptive weights agree to ≤ 6e-16 and all gradients to
-≤ 2e-14 (relative 4e-16); in float32 the forward is bit-identical and gradients agree to 3e-7 relative
-(BENCHMARKS.md, "Fidelity: CSA").
+`benchmarks/fidelity/csa.py` (copied weights, identical inputs, main block and side branch, at the shipped
+run's grid and at theirs, in float64 and float32): outputs, base maps, adaptive weights and gradients are the
+official computation to float rounding (benchmarks/results/fidelity_csa.md).
 
 The block, for X: B×C×h×w (N = h·w positions), G groups of M base vectors each:
 
@@ -43,7 +42,8 @@ Maps, returned by `forward(x, return_maps=True)` (nothing is stored on the modul
 the M weights of a group sum to 1). `attention_at(maps, row, col)` gives the attention that one position
 effectively uses, Σ_m W[m, n]·A[m], per group (B×G×h×w).
 
-`nonlocal`: the full N×N self-attention of the same file (`SelfAttn`, the paper's "+SA" baseline):
+`nonlocal`: the full N×N self-attention, as their `SelfAttn` (the paper's "+SA" baseline), a class of
+`reSAnet.py` in their earlier revision 31f17fb only (the last revision keeps `SelfAttn2` alone):
 query/key convs C -> C/8, value C -> C, unscaled dot-product softmax, γ residual.
 """
 from __future__ import annotations
@@ -169,7 +169,7 @@ def position_attention(model, query: torch.Tensor, reference=None, *, row: int, 
 
 @register_block("nonlocal")
 class NonLocal2d(nn.Module):
-    """Full N×N self-attention, their `SelfAttn` (the "+SA" baseline CSA compresses)."""
+    """Full N×N self-attention, as `SelfAttn` of their revision 31f17fb (the "+SA" baseline CSA compresses)."""
 
     def __init__(self, channels: int, name: str = "nonlocal"):
         super().__init__()

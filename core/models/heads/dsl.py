@@ -22,20 +22,27 @@ Training (§2.2, official `train.py`): divide and conquer plus dynamic learner a
     margin loss α 0.2 with a fixed β 1.2 (the official optimiser never receives β), divided by the
     number of triplets with an active term (the official count adds two boolean tensors). Measured
     against the official `MarginLoss` on the same input (benchmarks/fidelity/dsl.py; real shapes
-    batches, balanced and unbalanced, each learner's slice and the whole vector): |Δ loss| ≤ 4.8e-8,
-    gradient cosine 1.000000 (the all-triplet loss used before: 0.36–0.64). `loss: criterion` trains
-    with `train.loss` instead. Forward, Taylor ranking, split and growth rule had matched before;
+    batches, balanced and unbalanced, each learner's slice and the whole vector): the same loss to
+    float32 rounding and the same gradient direction, where the all-triplet loss used before pointed
+    elsewhere (benchmarks/fidelity/methods.md). `loss: criterion` trains with `train.loss` instead.
+    Forward, Taylor ranking and growth rule had matched before; the split differs on purpose (below);
   * Taylor importance a·∂L/∂a of every output neuron, summed per epoch through a tensor hook
     (detached running sums, not the per-batch tensors the original keeps);
   * after an epoch whose validation metric (`val_<growth_metric>`, from the *train-class*
     validation part, never the test classes) has not improved for `patience` epochs, with
     `explore` set by the last improvement: the last learner S_K splits if |S_K| > `min_split_size`
     and ≥ `min_candidates` of its neurons have normalised importance > `threshold`. The important
-    neurons move (weights, biases and optimiser moments unchanged) to the front of S_K and stay
+    neurons move (weights, biases and their Adam moments unchanged) to the front of S_K and stay
     learner K; the remaining slots are re-initialised and become learner K+1, and take nominal Adam
-    steps from then on (their moments zeroed and their own step count, `dsl_adam.FreshRows`; the
-    official code keeps the stale moments of those rows). Learners therefore
-    stay contiguous ranges, so `groups` is a list of slices;
+    steps from then on (their moments zeroed and their own step count, `dsl_adam.FreshRows`). Learners
+    therefore stay contiguous ranges, so `groups` is a list of slices. ⚠️ Two deviations from the
+    official split, both on purpose: (1) it moves exactly the important neurons (all are read before any
+    slot is written), where the official `split_neurons` copies row by row in the order of importance,
+    so a row it has already overwritten can be copied again: some neurons are duplicated and others
+    lost; (2) the Adam moments move with their neurons, where the official code keeps its optimiser
+    and so leaves the moments by slot: a moved neuron continues with the moments of the slot it lands
+    in, and the re-initialised rows with stale ones (and their bias corrections with the running step
+    count; `dsl_adam`);
   * from `finetune_epoch` on: the trainer's own sampler and the loss on the whole L2-normalised e.
 
 A split decided at the end of epoch e is applied at the start of epoch e+1, so the weights the

@@ -15,7 +15,7 @@ initialised 1.2, learnt), normalised as the official code (`core.losses.margin_t
 number of triplets with an active term, since the official count adds two boolean tensors), averaged
 over groups. Measured against the official code on the same input (benchmarks/fidelity/grouping.py,
 9 group-batches, both its sampler's triplets and all triplets): sampler probabilities, loss values
-and gradients (embeddings, β) identical to float64 precision (|Δ| 0, gradient cosine 1.000000).
+and gradients (embeddings, β) identical in float64 (benchmarks/fidelity/methods.md).
 `per_group_margin: false`: the trainer's DML criterion on the concatenated embedding instead (the
 option MetricLens used before; `train.loss`/`train.miner` apply only then).
 Official parameter groups (`outline.set_lr`, `criteria.select`; `param_groups`): β at
@@ -37,14 +37,10 @@ Choices (⚠️AMB in methods.md §5.6, and what this code base needs):
   per-group slices (`groups`) make the cosine split into per-group terms that sum to it;
 - λ_div: the paper's CUB value 0.02 is the default, and on shapes it is far from too small to matter.
   At initialisation every query attends almost uniformly over the shared values, so the k groups
-  start nearly identical (cos ≈ 1, diversity term ≈ 37, i.e. 0.75 after weighting, as large as the
-  DML loss); the term falls to ~0 once the groups separate. Measured on shapes (benchmarks/results/
-  grouping_diversity_*.md and that day's 3-epoch heads_accuracy run; 3 epochs, 20 images per class,
-  3 seeds, on an early protocol that also capped the test classes at 20 images), mean cosine
-  between the groups of a test image / R@1: λ 0 -> 0.83 / 0.486 ± 0.032, λ 0.005 -> 0.18 /
-  0.456 ± 0.047, λ 0.02 -> 0.04 / 0.440 ± 0.068. So 0.02 makes the groups diverse (without it they
-  stay near copies of one another); R@1 drifts down slightly as λ grows, within one standard
-  deviation at this short budget, so no λ was found that improves R@1 and the paper's value stays;
+  start nearly identical and the weighted term is as large as the DML loss; it falls to ~0 once the
+  groups separate. Without it the groups stay near copies of one another; R@1 moved within the seed
+  noise over the values tried, so no λ was found that improves R@1 and the paper's value stays
+  (figures: benchmarks/notes/method_choices.md);
 
 Maps: `group_attention` B×k×h×w, each map a distribution over positions (sums to 1).
 """

@@ -2,10 +2,11 @@
 
 Follows the official code (github.com/yetigurbuz/generalized-sum-pooling): the TF framework for the
 defaults, the PyTorch port for `variant="intra_batch"`. Measured against the official PyTorch code on
-the same inputs: transport plan, keep weights, pooled embedding and implicit gradients to ≈1e-7;
-Lipschitz L2 normalisation 6e-8 (gradient cosine 1.000000); bounded ZSR loss ≤ 2.3e-5 with gradient
-cosine 1.000000, also when most true-class probabilities are below 1e-16; GeM pooling exact
-(benchmarks/fidelity/gsp.py). The TF-only k-center and max-pool term are checked by hand-worked tests.
+the same inputs (benchmarks/fidelity/gsp.py; figures in benchmarks/results/fidelity_gsp.md and
+benchmarks/fidelity/methods.md): transport plan, keep weights, pooled embedding and implicit gradients,
+Lipschitz L2 normalisation, the bounded ZSR loss (also when most true-class probabilities are below 1e-16)
+and GeM pooling agree to float rounding, gradients in direction exactly. The TF-only k-center and
+max-pool term are checked by hand-worked tests.
 
 Forward (TF framework, the paper's own, is the default `variant="tf"`):
     Z = Conv1x1(C -> D, no bias, Glorot)(X)                       B×D×h×w, n = h·w
@@ -24,9 +25,10 @@ Normalisation: TF `L2Normalization` divides a vector by its norm only when the n
 `eval_entropy_weight` (⚠️ extension, not in the paper or either official code; default null = γ): the entropy
 weight of the transport outside training (embedding, validation, maps). The entropic smoothing that lets
 training reach every position also blurs what the learned prototypes select: on `shapes` the run trained at
-γ 5 keeps 48 of 64 positions (μ·n = 6.4) and puts 0.29 of its keep map on the object; the same weights at
-γ 20 keep about 13 and put 0.57 on it, with test MAP@R 0.589 → 0.646, while training at γ 20 learned far worse
-(R@1 0.65; `python -m benchmarks.gsp_transport`, BENCHMARKS.md "GSP's keep map and γ").
+γ 5 keeps most positions (far more than μ·n) and puts little of its keep map on the object; the same weights
+at a larger γ keep a few and put much more on it, with a better test MAP@R, while training at that γ learned
+far worse (`python -m benchmarks.gsp_transport`: benchmarks/results/gsp_transport.md; the training runs in
+benchmarks/notes/demo_runs.md, "GSP's keep map and γ").
 
 Prototype initialisation (TF): a memory of `memory_size` (1024) normalised GAP embeddings of Z
 is filled during training; until it is full the head pools with GAP (attributes all zero,
@@ -53,6 +55,10 @@ ZSR loss (§6.3): learnable class embeddings Y (num_classes×D, He-normal), ridg
 half (both ways), softmax over all classes of 9.5·⟨Y_c, ŷ⟩, loss −log(p_y + 1e-16) as both official
 codes (bounded by 36.8; `zsr_bounded: false` for plain cross-entropy); total (1 − w)·L_dml + w·L_zsr
 with w = 0.1. ⚠️AMB split: `zsr_split="interleave"` (TF: even/odd indices, default) or "halves" (PT).
+L_dml is the run's `train.loss`: the shapes_gsp and real_gsp configs use multi-similarity (+ its miner), the loss
+of their GAP baselines, so the two compare by pooling alone; the official TF recipe (`sample_runs.sh`,
+`--loss=zsr/xbm/original_contrastive`) wraps contrastive loss (margin 0.5: `train.loss=contrastive` here) in a
+cross-batch memory (XBM, not implemented here) inside ZSR (⚠️ deviation).
 
 Maps: `keep` B×1×h×w = α·n (1 = the uniform weight of average pooling, 0 = ignored, up to 1/μ =
 fully transported), `prototypes` B×m×h×w = π·n (map k sums to n·μ·a_k over positions); extras

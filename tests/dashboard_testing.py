@@ -1,4 +1,5 @@
-"""Runs for the dashboard's tests and latency benchmark: the shipped checkpoints/, or tiny fresh ones.
+"""The dashboard's test harness, for the tests and the dashboard benchmarks (never imported by the product):
+runs to show (the shipped checkpoints/, or tiny fresh ones), a real server and a headless browser.
 
 A clean clone ships finished runs in checkpoints/; the tests and the benchmark use the first of
 them. When there are none (a fresh checkout before `make checkpoints`), or with
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from core.run_dir import ARTIFACTS, LABELS, is_complete, is_run_dir, list_runs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]    # the repository root
 SHIPPED = REPO / "checkpoints"
 TINY_OVERRIDES = ["train.epochs=1", "data.max_per_class=8", "data.shapes.test_per_class=8",
                   "data.shapes.train_per_class=8",
@@ -27,7 +28,7 @@ def is_finished(run: Path) -> bool:
 
 def shipped_runs() -> list[Path]:
     """Finished shipped runs, the one the dashboard opens on first (the browser test's screenshots show it)."""
-    from dashboard.state import OPENING_RUN
+    from dashboard.catalog import OPENING_RUN
 
     runs = [run for run in list_runs(SHIPPED) if is_finished(run)]
     return sorted(runs, key=lambda run: run.name != OPENING_RUN)

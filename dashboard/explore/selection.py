@@ -1,0 +1,110 @@
+"""What is selected on the Explore map: the selection and the isolated set kept per run in the session, and
+the panel under the map: the clicked item's nearest neighbours, or the selection's metrics, images, export
+and isolate buttons (or, with nothing selected, the run's own metrics)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from dashboard import artifacts, catalog, items, logic, ui
+
+GRID_LIMIT = 24         # a selection's images shown: three rows (each image is made, sent and decoded)
+SELECTION, ISOLATED = "explore_selection", "explore_isolated"  # session keys: {"run", "ids"} kept per run
+
+
+def kept(key: str, run: str) -> np.ndarray | None:
+    """Ids kept under a session key for this run (a selection, an isolated set); None when there are none."""
+    value = st.session_state.get(key)
+    return np.asarray(value["ids"], dtype=int) if value and value.get("run") == run else None
+
+
+def keep(key: str, run: str, ids) -> None:
+    st.session_state[key] = {"run": run, "ids": np.unique(np.asarray(ids, dtype=int)).tolist()}  # sorted
+
+
+def neighbours_ui(run: str, art: artifacts.Artifacts, item: int, neighbour_ids, sims) -> None:
+    st.subheader(f"Nearest neighbours of #{item} {art.items[item].get('class_name', '')}")
+    images = ui.images_or_error(run, [item, *neighbour_ids])
+    if images is not None:
+        caps = [f"query #{item}"] + [ui.item_caption(art, int(i), float(s), bool(art.labels[i] == art.labels[item]))
+                                     for i, s in zip(neighbour_ids, sims)]
+        ui.image_wall(images, caps, width=100)  # the query and its 8 in one row
+        st.caption("Cosine similarity in the embedding (exact, over every item); ✓/✗: same class as the query. "
+                   "The neighbours are ringed on the map; click one to move to it.")
+
+
+def isolate_ui(run: str, selected: np.ndarray) -> None:
+    isolated = kept(ISOLATED, run)
+    if isolated is not None:
+        if st.button(f"Show every item (the map shows {len(isolated)} isolated)", key="explore_unisolate"):
+            st.session_state.pop(ISOLATED, None)
+            st.rerun()
+    elif len(selected) >= 3 and st.button("Isolate and re-project", key="explore_isolate",
+                                          help="the map shows only the selection, projected anew: PCA at once, "
+                                               "UMAP in the background"):
+        keep(ISOLATED, run, selected)
+        st.rerun()
+
+
+def export_ui(run: str, art: artifacts.Artifacts, selected: np.ndarray, fields: dict) -> None:
+    # a callable: the CSV is made when the button is pressed, not on every rerun (tenths of a second for 10k items)
+    st.download_button(f"Export {len(selected)} as CSV",
+                       lambda: items.selection_csv(selected, art.items, art.labels, fields), on_click="ignore",
+                       file_name=f"{Path(run).name}_selection.csv", mime="text/csv", key="explore_export",
+                       help="item, label, class, split, index in the split, path and every field")
+
+
+def selection_ui(run: str, art: artifacts.Artifacts, selected: np.ndarray, fields: dict) -> None:
+    n, names = len(art.labels), fields["class"]
+    table = artifacts.retrieval(run)
+    metrics = logic.selection_metrics(table, selected)
+    s1, s2, s3, s4 = st.columns([2.6, 1.2, 1.6, 1.2])
+    s1.subheader(f"Selection: {len(selected)} of {n} items")
+    with s2:
+        export_ui(run, art, selected, fields)
+    with s3:
+        isolate_ui(run, selected)
+    def clear():  # a callback: it runs before the next script run, so it may empty the search box too
+        keep(SELECTION, run, [])
+        if st.session_state.get("explore_find"):  # the box is outside the fragment: the whole page reruns
+            st.session_state["explore_find"] = ""
+            st.session_state["_explore_rerun_app"] = True
+    s4.button("Clear selection", key="explore_clear", on_click=clear)
+    m1, m2, m3 = st.columns([1, 1, 2])
+    with m1:
+        ui.metric_pair("R@1", *metrics["R@1"])
+    with m2:
+        ui.metric_pair("MAP@R", *metrics["MAP@R"])
+    classes, counts = np.unique(names[selected], return_counts=True)
+    order = np.argsort(-counts)[:5]
+    m3.markdown("**Classes in the selection:** " + ", ".join(f"{classes[i]} ({counts[i]})" for i in order)
+                + (" …" if len(classes) > 5 else ""))
+
+    grid = logic.interleave_classes(selected, art.labels)[:GRID_LIMIT]
+    images = ui.images_or_error(run, grid)
+    if images is not None:
+        caps = [ui.item_caption(art, int(i), match=bool(table.top1_correct[i])) for i in grid]
+        ui.image_wall(images, caps)
+        if len(selected) > GRID_LIMIT:
+            st.caption(f"Showing {GRID_LIMIT} of {len(selected)} selected images, taking each class in turn "
+                       f"(✓/✗: top-1 neighbour correct).")
+    o1, o2, o3 = st.columns([2, 1, 1])
+    target = o1.selectbox("Open an item of the selection", grid.tolist(), key="explore_open",
+                          format_func=lambda i: ui.item_caption(art, int(i)))
+    if o2.button("Neighbours →", key="explore_to_retrieval"):
+        ui.go_to("retrieval", int(target))
+    if o3.button("Attention →", key="explore_to_attention"):
+        ui.go_to("attention", int(target))
+
+
+def nothing_selected_ui(run: str) -> None:
+    st.info("Lasso or box-select points on the map, or click one, to see their images and the retrieval metrics of "
+            "the selection against the rest; or find items by name above. The selection stays when you recolour "
+            "or switch the projection; double-click the map to clear it.")
+    test = catalog.summary(run).get("metrics") or {}
+    if test:
+        m1, m2 = st.columns(2)
+        m1.metric("R@1 (test set, metrics.json)", f"{test.get('recall@1', float('nan')):.3f}")
+        m2.metric("MAP@R (test set, metrics.json)", f"{test.get('map_at_r', float('nan')):.3f}")
