@@ -207,10 +207,12 @@ def main(argv=None, prog: str = "python -m core") -> int:
     from core.checkpoint import CheckpointError
     from core.data.folders import DatasetError
     from core.models.backbones import PretrainedWeightsUnavailable
+    from core.plugins import PluginError, load_plugins
     from core.train import TrainingError
     try:
+        load_plugins()  # the user's heads, blocks, backbones, explainers (METRICLENS_PLUGINS / entry points)
         return args.fn(args)
-    except (CheckpointError, DatasetError, PretrainedWeightsUnavailable, TrainingError, ValueError,
+    except (CheckpointError, DatasetError, PretrainedWeightsUnavailable, TrainingError, PluginError, ValueError,
             FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
