@@ -110,7 +110,7 @@ def cmd_import(args) -> int:
 
     record = import_run(args.embeddings, args.labels, args.out, label_column=args.label_column,
                         path_column=args.path_column, coords=args.coords, image_root=args.image_root,
-                        umap=args.umap, overwrite=args.overwrite, name=args.name,
+                        umap=args.umap, overwrite=args.overwrite, name=args.name, allow_missing=args.allow_missing,
                         log=lambda line: print(line, file=sys.stderr))
     print(json.dumps({"run": args.out, "test": record["test"], "imported": record["imported"]}, indent=2))
     return 0
@@ -164,6 +164,9 @@ def _import_arguments(i) -> None:
     i.add_argument("--label-column", default="label", help="the CSV column holding each item's class")
     i.add_argument("--path-column", help="the CSV column holding image paths (relative: to the CSV's folder)")
     i.add_argument("--image-root", help="folder relative image paths start from")
+    i.add_argument("--allow-missing", action="store_true",
+                   help="accept image paths that do not exist while some do (those items show no image); "
+                        "an import where none exists is always refused")
     i.add_argument("--coords", help="your own 2-D coordinates, an N×2 .npy (shown as the 'own' projection)")
     i.add_argument("--umap", action="store_true", help="compute UMAP now (else the dashboard does it on demand)")
     i.add_argument("--name", help="run name (default: the folder name)")
