@@ -32,9 +32,19 @@ class ImportRunError(ValueError):
 
 
 def no_model_message(run_dir: str | Path, what: str = "this page") -> str:
+    """Why a run opens as embeddings only: imported from embeddings, or (teaching mode) its model is user code."""
+    try:
+        spec = ckpt.load_config(run_dir).model.user_model
+    except ckpt.CheckpointError:
+        spec = None
+    needs = "(attention maps, attributions, cross-image maps and uploaded queries all need the network)"
+    if spec:
+        return (f"Run {Path(run_dir).name!r} is a researcher's own model ({spec.get('factory') or spec.get('arch')}); "
+                f"teaching mode never imports code from a run, so {what} cannot work on it here {needs}. Explore, "
+                f"Retrieval by item and Compare use its embeddings; on the host's own dashboard (full mode) every "
+                f"page explains it.")
     return (f"Run {Path(run_dir).name!r} was imported from embeddings; it has no model, so {what} cannot work "
-            f"on it (attention maps, attributions, cross-image maps and uploaded queries all need the network). "
-            f"Explore, Retrieval by item and Compare use its embeddings.")
+            f"on it {needs}. Explore, Retrieval by item and Compare use its embeddings.")
 
 
 def is_imported(cfg) -> bool:

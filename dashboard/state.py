@@ -95,7 +95,7 @@ def _summary(run_dir: str, metrics_mtime: float, config_mtime: float) -> dict:
         cfg = ckpt.load_config(path)
         method = " + ".join([cfg.model.head, *(b.name for b in cfg.model.blocks), *(["cia"] if cfg.model.cia else [])])
         out.update(head=cfg.model.head, method=method, backbone=cfg.model.backbone, data=cfg.data.name,
-                   description=cfg.description, imported=is_imported_config(cfg))
+                   description=cfg.description, imported=is_imported_config(cfg), user_code=cfg.model.user_model is not None)
     except CheckpointError as err:
         out["problem"] = str(err)
     if metrics_mtime:
@@ -131,8 +131,10 @@ def is_imported_config(cfg) -> bool:
 
 
 def imported(run_dir: str) -> bool:
-    """A run made by `python -m core import` from embeddings: artifacts and metrics, no model."""
-    return bool(summary(run_dir).get("imported"))
+    """A run made by `python -m core import` from embeddings: artifacts and metrics, no model. So is, in teaching
+    mode, a run of a researcher's own model (`import-model`): its code is never imported there."""
+    found = summary(run_dir)
+    return bool(found.get("imported") or (found.get("user_code") and teaching()))
 
 
 def summary(run_dir: str) -> dict:
@@ -230,7 +232,7 @@ def load_model(run_dir: str):
         from core.importer import NoModelError, no_model_message
         raise NoModelError(no_model_message(run_dir, "anything that needs the network"))
     cache, stamp = model_cache(), _mtime(Path(run_dir) / ckpt.WEIGHTS)
-    load = (lambda: ckpt.load_run(run_dir))
+    load = (lambda: ckpt.load_run(run_dir, allow_code=not teaching()))  # a run's own code: full mode only
     if cache.has(run_dir, stamp):
         return cache.get(run_dir, stamp, load)
     with st.spinner("Loading the model…"):
