@@ -106,6 +106,50 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def loaded_network(factory: str | None, arch: str | None, embed_dim: int | None, head_layer: str | None,
+                   weights: str | Path | None, strip_prefix: str | None, log=print) -> tuple[torch.nn.Module, dict]:
+    """(the network with the weights loaded, the spec that rebuilds it: model.user_model without the input side)."""
+    source = factory or arch
+    spec = {"factory": factory, "arch": arch, "embed_dim": embed_dim, "head_layer": head_layer}
+    try:
+        net = build_network(spec)
+    except UserModelError as err:
+        raise ImportRunError(str(err)) from None
+    spec["factory_file"] = factory_file(factory) if factory else None
+    spec["weights"] = None
+    if weights:
+        state = read_state_dict(weights, strip_prefix, log)
+        problem = ckpt.state_mismatch(net.state_dict(), state, model="network")
+        if problem:
+            raise ImportRunError(f"{weights} does not match the network {source} builds: {problem}."
+                                 + _prefix_hint(net.state_dict(), state))
+        net.load_state_dict(state)
+        spec["weights"] = {"file": str(Path(weights).resolve()), "sha256": sha256(weights), "strip_prefix": strip_prefix}
+    else:
+        log(f"warning: no --weights: {source} keeps the weights it was built with")
+    return net.eval(), spec
+
+
+def checked_model(net: torch.nn.Module, source: str, probe: torch.Tensor, mean: list[float], std: list[float],
+                  feature_layer: str | None) -> tuple[UserModel, tuple[int, ...]]:
+    """The wrapped network, once it maps `probe` (real images, B ≥ 2) to B finite embeddings and has a feature
+    layer; and that layer's output shape C×h×w for one image."""
+    normalised = (probe - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    try:
+        with torch.no_grad():
+            out = check_output(net(normalised), len(probe), f"{source}'s network")
+            if not torch.isfinite(out).all():
+                raise UserModelError(f"{source}'s network returned NaN or infinite embeddings for real images")
+            layer = choose_feature_layer(net, normalised, feature_layer)
+            model = UserModel(net, layer, mean, std, out.shape[1], probe.shape[-1]).eval()
+            return model, tuple(model.forward_features(probe[:1]).shape[1:])
+    except UserModelError as err:
+        raise ImportRunError(str(err)) from None
+    except Exception as err:  # the user's forward itself failed
+        raise ImportRunError(f"{source}'s network failed on a batch of {len(probe)} images of "
+                             f"{probe.shape[-2]}×{probe.shape[-1]} pixels: {type(err).__name__}: {err}") from None
+
+
 def import_model(out: str | Path, images: str | Path, *, factory: str | None = None, arch: str | None = None,
                  weights: str | Path | None = None, embed_dim: int | None = None, head_layer: str | None = None,
                  feature_layer: str | None = None, strip_prefix: str | None = None, size: int = 224,
@@ -144,43 +188,15 @@ def import_model(out: str | Path, images: str | Path, *, factory: str | None = N
 
     # the network and its weights, checked on two real images before anything is embedded
     source = factory or arch
-    try:
-        net = build_network({"factory": factory, "arch": arch, "embed_dim": embed_dim, "head_layer": head_layer})
-    except UserModelError as err:
-        raise ImportRunError(str(err)) from None
-    spec = {"factory": factory, "arch": arch, "embed_dim": embed_dim, "head_layer": head_layer,
-            "factory_file": factory_file(factory) if factory else None}
-    if weights:
-        state = read_state_dict(weights, strip_prefix, log)
-        problem = ckpt.state_mismatch(net.state_dict(), state, model="network")
-        if problem:
-            raise ImportRunError(f"{weights} does not match the network {source} builds: {problem}."
-                                 + _prefix_hint(net.state_dict(), state))
-        net.load_state_dict(state)
-        spec["weights"] = {"file": str(Path(weights).resolve()), "sha256": sha256(weights), "strip_prefix": strip_prefix}
-    else:
-        log(f"warning: no --weights: {source} keeps the weights it was built with")
-        spec["weights"] = None
+    net, spec = loaded_network(factory, arch, embed_dim, head_layer, weights, strip_prefix, log)
     first = chosen[0][1]
     probe = torch.stack([first[i][0] for i in range(min(2, len(first)))])
     mean, std = [float(v) for v in mean], [float(v) for v in std]
-    normalised = (probe - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    net.eval()
-    try:
-        with torch.no_grad():
-            out_probe = check_output(net(normalised), len(probe), f"{source}'s network")
-        if not torch.isfinite(out_probe).all():
-            raise UserModelError(f"{source}'s network returned NaN or infinite embeddings for real images")
-        spec["feature_layer"] = choose_feature_layer(net, normalised, feature_layer)
-        model = UserModel(net, spec["feature_layer"], mean, std, out_probe.shape[1], size).to(device).eval()
-    except UserModelError as err:
-        raise ImportRunError(str(err)) from None
-    except Exception as err:  # the user's forward itself failed
-        raise ImportRunError(f"{source}'s network failed on a batch of {len(probe)} images of {size}×{size} pixels: "
-                             f"{type(err).__name__}: {err}") from None
-    spec.update(mean=mean, std=std)
-    log(f"model: {source}, {out_probe.shape[1]}-d embeddings; Grad-CAM and the cross-image maps read "
-        f"{spec['feature_layer']!r}")
+    model, grid = checked_model(net, source, probe, mean, std, feature_layer)
+    model.to(device)
+    spec.update(feature_layer=model.feature_layer, mean=mean, std=std)
+    log(f"model: {source}, {model.embed_dim}-d embeddings; Grad-CAM and the cross-image maps read "
+        f"{model.feature_layer!r} ({'×'.join(map(str, grid))} for a {size}-px image; --feature-layer picks another)")
 
     # embed and score
     embedded = {n: (ds, *embed_dataset(model, ds, batch_size, device, progress=progress,
@@ -194,7 +210,7 @@ def import_model(out: str | Path, images: str | Path, *, factory: str | None = N
     cfg = RunConfig(data=data)
     cfg.name = name or out.name
     cfg.model.backbone, cfg.model.head, cfg.model.pretrained = source, "user_model", False
-    cfg.model.embed_dim, cfg.model.user_model = int(out_probe.shape[1]), spec
+    cfg.model.embed_dim, cfg.model.user_model = model.embed_dim, spec
     n_items = sum(len(ds) for ds, _, _ in embedded.values())
     cfg.description = (f"your own model {source}" + (f" with {Path(weights).name}" if weights else "")
                        + f", {cfg.model.embed_dim}-d, on {n_items} images of {Path(images).name} ({split})")

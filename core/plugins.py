@@ -18,6 +18,7 @@ backbones, explainers, map descriptions) registers at import, in every process.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from importlib import metadata
@@ -37,15 +38,21 @@ class PluginError(RuntimeError):
 def named() -> list[tuple[str, str]]:
     """(module, where it is named) for every plug-in: METRICLENS_PLUGINS first, then the entry points."""
     found = [(name.strip(), ENV) for name in os.environ.get(ENV, "").split(",") if name.strip()]
-    try:
-        points = metadata.entry_points(group=GROUP)
-    except Exception:  # a broken installed distribution must not stop the program: it names no plug-in
-        points = []
-    found += [(point.module, f"entry point {point.name!r} of group {GROUP}") for point in points]
+    found += _entry_points()
     first: dict[str, str] = {}
     for name, where in found:
         first.setdefault(name, where)
     return list(first.items())
+
+
+@functools.lru_cache(maxsize=1)
+def _entry_points() -> list[tuple[str, str]]:
+    """The installed packages' plug-ins, read once per process (app.py asks on every rerun; a scan takes ms)."""
+    try:
+        points = metadata.entry_points(group=GROUP)
+    except Exception:  # a broken installed distribution must not stop the program: it names no plug-in
+        return []
+    return [(point.module, f"entry point {point.name!r} of group {GROUP}") for point in points]
 
 
 def load_plugins(dashboard: bool = False) -> list[str]:

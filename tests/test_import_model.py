@@ -254,6 +254,22 @@ def test_a_chosen_feature_layer_every_image_and_a_prefixed_torch_state_dict(lab,
                    explainer="gradcam").maps["attribution"].shape == (4, 4)
 
 
+def test_a_csv_of_images_is_read_as_data_name_csv(own_run, lab, tmp_path):
+    """path,label,split rows (relative paths, another label column): the rows marked test are embedded."""
+    paths = sorted(lab["images"].rglob("*.png"))
+    rows = ["file_label,path,split"] + [f"{p.parent.name},images/{p.parent.name}/{p.name},{'test' if i % 2 else 'train'}"
+                                        for i, p in enumerate(paths)]
+    (lab["folder"] / "images.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "from_csv"
+    import_model(out, lab["folder"] / "images.csv", factory="lab_model:build", weights=lab["w0"], size=SIZE,
+                 label_column="file_label")
+    items = json.loads((out / ckpt.ARTIFACTS / "items.json").read_text())
+    assert [it["path"] for it in items] == [str(p) for i, p in enumerate(paths) if i % 2]
+    assert ckpt.load_config(out).data.name == "csv"
+    assert np.allclose(np.load(out / ckpt.ARTIFACTS / "embeddings.npy"),
+                       expected_embeddings([it["path"] for it in items], lab["w0"]).numpy(), atol=1e-5)
+
+
 def test_teaching_mode_never_imports_the_code(own_run):
     from core.importer import NoModelError
 

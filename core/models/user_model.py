@@ -190,14 +190,14 @@ class _Reached(Exception):
     """Raised by a hook once the feature layer has run: the rest of the network is not needed."""
 
 
-def feature_map_layers(net: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple]]:
-    """(module name, output shape) of every module whose output is a 4-D map with more than one position, in
-    the order they finish in one forward of `x` (a container finishes after its children)."""
+def feature_map_layers(net: nn.Module, x: torch.Tensor) -> list[str]:
+    """The modules whose output is a 4-D map with more than one position, in the order they finish in one
+    forward of `x` (a container finishes after its children)."""
     found, handles = [], []
     for name, module in net.named_modules():
         if name:
             handles.append(module.register_forward_hook(
-                lambda m, i, o, name=name: found.append((name, tuple(o.shape)))
+                lambda m, i, o, name=name: found.append(name)
                 if torch.is_tensor(o) and o.dim() == 4 and o.shape[2] * o.shape[3] > 1 else None))
     try:
         with torch.no_grad():
@@ -210,8 +210,7 @@ def feature_map_layers(net: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple
 
 def choose_feature_layer(net: nn.Module, x: torch.Tensor, wanted: str | None = None) -> str:
     """`wanted` when it outputs a 4-D feature map, else the last module that does before pooling."""
-    layers = feature_map_layers(net, x)
-    names = [name for name, _ in layers]
+    names = feature_map_layers(net, x)
     if wanted is None:
         if not names:
             raise UserModelError("no module of the network outputs a feature map B×C×h×w (with more than one "
