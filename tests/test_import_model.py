@@ -162,6 +162,15 @@ def test_the_run_holds_the_models_own_embeddings_of_the_test_images(own_run, lab
     with torch.no_grad():
         assert np.allclose(model(pixels).numpy(), emb, atol=1e-5)
     assert np.allclose(model.explain(pixels).embedding.numpy(), emb, atol=1e-5)
+    # an upload (the dashboard's upload_input: the run's test-time transform) of another size is squashed, not cropped
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    from core.data import build_transform
+    wide = Image.open(items[0]["path"]).convert("RGB").resize((96, 64))
+    upload = build_transform(cfg.data, train=False)(wide)
+    squashed = TF.resize(TF.to_dtype(TF.to_image(wide), torch.float32, scale=True), [SIZE, SIZE], antialias=True)
+    assert upload.shape == (3, SIZE, SIZE) and torch.allclose(upload, squashed)
 
 
 def test_arch_and_factory_of_the_same_network_and_weights_give_the_same_run(own_run, lab, tmp_path):
