@@ -17,6 +17,7 @@ import torch
 from core.checkpoint import CheckpointError
 from core.run_dir import CONFIG
 from core.importer import NoModelError
+from core.plugins import PluginError, load_plugins
 from dashboard import catalog, session, ui
 
 # The dashboard runs one image at a time. With several intra-op threads, PyTorch's workers spin while
@@ -32,6 +33,11 @@ try:
 except ValueError as err:  # a mistyped METRICLENS_MODE: say so instead of guessing a mode
     st.error(str(err))
     st.stop()
+
+try:  # the user's heads, explainers and lessons (core/plugins.py), before any page looks one up
+    load_plugins(dashboard=True)
+except PluginError as err:
+    st.error(f"**A plug-in did not load:** {err}")
 
 URL_WRITTEN = "_url_written"  # the query parameters this session wrote last (Back makes the URL differ)
 

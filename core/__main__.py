@@ -1,4 +1,4 @@
-"""Command line: `python -m core train|evaluate|umap|import|dashboard ...`, also installed as `metriclens ...` (see README).
+"""Command line: `python -m core train|evaluate|umap|import|import-model|dashboard ...`, also installed as `metriclens ...` (see README).
 
 Each subcommand is one row of SUBCOMMANDS: (help, add its arguments, run it). Imports happen inside the
 commands, so `--help` answers at once.
@@ -110,9 +110,25 @@ def cmd_import(args) -> int:
 
     record = import_run(args.embeddings, args.labels, args.out, label_column=args.label_column,
                         path_column=args.path_column, coords=args.coords, image_root=args.image_root,
-                        umap=args.umap, overwrite=args.overwrite, name=args.name,
+                        umap=args.umap, overwrite=args.overwrite, name=args.name, allow_missing=args.allow_missing,
                         log=lambda line: print(line, file=sys.stderr))
     print(json.dumps({"run": args.out, "test": record["test"], "imported": record["imported"]}, indent=2))
+    return 0
+
+
+def cmd_import_model(args) -> int:
+    from core.import_model import import_model
+    from core.train import resolve_device
+
+    record = import_model(args.out, args.images, factory=args.factory, arch=args.arch, weights=args.weights,
+                          embed_dim=args.embed_dim, head_layer=args.head_layer, feature_layer=args.feature_layer,
+                          strip_prefix=args.strip_prefix, size=args.size,
+                          **{k: v for k, v in (("mean", args.mean), ("std", args.std)) if v is not None},
+                          split=args.split, class_depth=args.class_depth, label_column=args.label_column,
+                          image_root=args.image_root, umap=args.umap, overwrite=args.overwrite, name=args.name,
+                          device=resolve_device(args.device), batch_size=args.batch_size, progress=_progress_bar(),
+                          log=lambda line: print(line, file=sys.stderr))
+    print(json.dumps({"run": args.out, "test": record["test"], "user_model": record["user_model"]}, indent=2))
     return 0
 
 
@@ -164,10 +180,45 @@ def _import_arguments(i) -> None:
     i.add_argument("--label-column", default="label", help="the CSV column holding each item's class")
     i.add_argument("--path-column", help="the CSV column holding image paths (relative: to the CSV's folder)")
     i.add_argument("--image-root", help="folder relative image paths start from")
+    i.add_argument("--allow-missing", action="store_true",
+                   help="accept image paths that do not exist while some do (those items show no image); "
+                        "an import where none exists is always refused")
     i.add_argument("--coords", help="your own 2-D coordinates, an N×2 .npy (shown as the 'own' projection)")
     i.add_argument("--umap", action="store_true", help="compute UMAP now (else the dashboard does it on demand)")
     i.add_argument("--name", help="run name (default: the folder name)")
     i.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _threads_argument(i)
+
+
+def _import_model_arguments(i) -> None:
+    net = i.add_mutually_exclusive_group(required=True)
+    net.add_argument("--factory", help="module:function returning your torch.nn.Module (images -> embeddings), "
+                                       "importable from PYTHONPATH, e.g. lab_model:build")
+    net.add_argument("--arch", help="torchvision:<name> (or timm:<name> where timm is installed): that architecture "
+                                    "with its classifier replaced by a linear embedder (--embed-dim)")
+    i.add_argument("--weights", help="state dict: .safetensors, or a file torch.load(weights_only=True) reads")
+    i.add_argument("--images", required=True, help="a folder of class folders, or a CSV (path,label[,split]), read "
+                                                   "as data.name=folder|csv")
+    i.add_argument("--out", required=True, help="run directory to write, e.g. checkpoints/my_model")
+    i.add_argument("--embed-dim", type=int, help="--arch: the embedder's output size (none: the pooled features)")
+    i.add_argument("--head-layer", help="--arch: the classifier the embedder replaces (default: the last Linear)")
+    i.add_argument("--feature-layer", help="module Grad-CAM and the cross-image maps read, e.g. layer4 (default: the "
+                                           "last module with a B×C×h×w output before pooling)")
+    i.add_argument("--strip-prefix", help="remove this prefix from the weights' keys, e.g. module. (DataParallel)")
+    i.add_argument("--size", type=int, default=224, help="input side: every image is resized (squashed) to size×size")
+    i.add_argument("--mean", type=float, nargs=3, help="input normalisation (R G B) after scaling to [0, 1] "
+                                                      "(default: ImageNet's 0.485 0.456 0.406)")
+    i.add_argument("--std", type=float, nargs=3, help="(default: ImageNet's 0.229 0.224 0.225)")
+    i.add_argument("--split", default="test", choices=["test", "all"],
+                   help="test: the test part (the second half of the sorted classes, or the CSV's split); all: every image")
+    i.add_argument("--class-depth", type=int, help="folder: the folder level of the classes (default: detected)")
+    i.add_argument("--label-column", default="label", help="CSV: the column holding each image's class")
+    i.add_argument("--image-root", help="CSV: the folder relative paths start from (default: the CSV's folder)")
+    i.add_argument("--umap", action="store_true", help="compute UMAP now (else the dashboard does it on demand)")
+    i.add_argument("--name", help="run name (default: the folder name)")
+    i.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    i.add_argument("--device", default="auto")
+    i.add_argument("--batch-size", type=int, default=64)
     _threads_argument(i)
 
 
@@ -187,6 +238,8 @@ SUBCOMMANDS = {  # name -> (help, add_arguments, run)
     "evaluate": ("Recall@K, NMI, MAP@R, R-Precision of a run", _evaluate_arguments, cmd_evaluate),
     "umap": ("compute and cache UMAP coordinates of runs' test embeddings", _umap_arguments, cmd_umap),
     "import": ("turn your own embeddings (.npy) + a labels CSV into a run directory", _import_arguments, cmd_import),
+    "import-model": ("turn your own model (code + weights) and a folder of images into a run directory",
+                     _import_model_arguments, cmd_import_model),
     "dashboard": ("open the dashboard in the browser (streamlit run app.py, as `make run`)",
                   _dashboard_arguments, cmd_dashboard),
 }
@@ -207,10 +260,12 @@ def main(argv=None, prog: str = "python -m core") -> int:
     from core.checkpoint import CheckpointError
     from core.data.folders import DatasetError
     from core.models.backbones import PretrainedWeightsUnavailable
+    from core.plugins import PluginError, load_plugins
     from core.train import TrainingError
     try:
+        load_plugins()  # the user's heads, blocks, backbones, explainers (METRICLENS_PLUGINS / entry points)
         return args.fn(args)
-    except (CheckpointError, DatasetError, PretrainedWeightsUnavailable, TrainingError, ValueError,
+    except (CheckpointError, DatasetError, PretrainedWeightsUnavailable, TrainingError, PluginError, ValueError,
             FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ import numpy as np
 from core import io
 from core.evaluate import embed_dataset, score
 from core.projection import pca_2d
-from core.run_dir import ARTIFACTS, EMBEDDINGS, ITEMS, LABELS, coords_file
+from core.run_dir import ARTIFACTS, EMBEDDINGS, ITEMS, LABELS, coords_file, load_config
 
 
 def eval_parts(splits) -> list[tuple[str, object]]:
@@ -45,3 +45,19 @@ def write_artifacts(run_dir: Path, parts: dict) -> None:
     io.atomic_save_npy(out / coords_file("pca"), pca_2d(emb))
     (out / coords_file("umap")).unlink(missing_ok=True)  # stale after new embeddings
     io.atomic_write_text(out / ITEMS, json.dumps(items))
+
+
+def item_images(run_dir: str | Path, data_root: str | None = None):
+    """`image(i)` -> item i of the run's items.json as a 3×H×W float array in [0, 1]. A trained (or own-model) run
+    reads its data set at the test-time transform (`data_root`: where its data moved); a run imported from
+    embeddings reads the file its item names (centre crop; FileNotFoundError when it names none or it is gone)."""
+    from core.data import build_datasets
+    from core.importer import is_imported, load_image
+
+    cfg = load_config(run_dir)
+    items = json.loads((Path(run_dir) / ARTIFACTS / ITEMS).read_text())
+    if is_imported(cfg):
+        return lambda i: load_image(items[i].get("path"))
+    data = build_datasets(cfg.with_overrides([f"data.root={data_root}"]).data if data_root else cfg.data,
+                          seed=cfg.train.seed)
+    return lambda i: getattr(data, items[i].get("split", "test"))[int(items[i]["index"])][0].numpy()

@@ -49,7 +49,11 @@ class SimilarityToReference(nn.Module):
 
 
 def feature_layer(model) -> nn.Module:
-    """The module whose output is the pooled feature map (the last block after the feature stage, if any)."""
+    """The module whose output is the pooled feature map (the last block after the feature stage, if any; a
+    researcher's own network names its own: `UserModel.feature_module`)."""
+    own = getattr(model, "feature_module", None)
+    if own is not None:
+        return own
     stage = model.feature_stage
     blocks = model.blocks[stage] if stage in model.blocks else []
     return blocks[-1] if len(blocks) else model.backbone.stages[stage]

@@ -73,6 +73,7 @@ class ModelConfig:
     head_args: dict[str, Any] = field(default_factory=dict)
     blocks: list[BlockConfig] = field(default_factory=list)
     cia: dict[str, Any] | None = None  # training-only cross-image attention branch (None: off)
+    user_model: dict[str, Any] | None = None  # your own network (`python -m core import-model`; core/models/user_model.py)
 
 
 @dataclass

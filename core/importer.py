@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +19,7 @@ import numpy as np
 from core import checkpoint as ckpt
 from core import io
 from core import run_dir as rd
+from core.run_dir import NoModelError  # noqa: F401  (re-exported: the dashboard catches it from here)
 
 IMPORTED = "imported"        # config.json's data.name (and model.head) of an imported run
 # items.json keys every run's items have; a CSV column of the same name would be ambiguous
@@ -33,14 +31,20 @@ class ImportRunError(ValueError):
     """Input that cannot become a run; the message says what is wrong and how to fix it."""
 
 
-class NoModelError(ckpt.CheckpointError):
-    """Something needs the model of a run that was imported from embeddings (it has none)."""
-
-
 def no_model_message(run_dir: str | Path, what: str = "this page") -> str:
+    """Why a run opens as embeddings only: imported from embeddings, or (teaching mode) its model is user code."""
+    try:
+        spec = ckpt.load_config(run_dir).model.user_model
+    except ckpt.CheckpointError:
+        spec = None
+    needs = "(attention maps, attributions, cross-image maps and uploaded queries all need the network)"
+    if spec:
+        return (f"Run {Path(run_dir).name!r} is a researcher's own model ({spec.get('factory') or spec.get('arch')}); "
+                f"teaching mode never imports code from a run, so {what} cannot work on it here {needs}. Explore, "
+                f"Retrieval by item and Compare use its embeddings; on the host's own dashboard (full mode) every "
+                f"page explains it.")
     return (f"Run {Path(run_dir).name!r} was imported from embeddings; it has no model, so {what} cannot work "
-            f"on it (attention maps, attributions, cross-image maps and uploaded queries all need the network). "
-            f"Explore, Retrieval by item and Compare use its embeddings.")
+            f"on it {needs}. Explore, Retrieval by item and Compare use its embeddings.")
 
 
 def is_imported(cfg) -> bool:
@@ -140,11 +144,31 @@ def build_items(rows: list[dict], labels_path: Path, label_column: str, path_col
     return labels, items, found
 
 
+def check_images(items: list[dict], found: int, root: Path, allow_missing: bool, log=print) -> None:
+    """Refuse image paths that do not exist: all of them always (a wrong root, almost surely), some of them unless
+    `allow_missing` (then warn with the count)."""
+    with_paths = sum(it["path"] is not None for it in items)
+    missing = with_paths - found
+    if not missing:
+        return
+    first = next(it["path"] for it in items if it["path"] and not Path(it["path"]).is_file())
+    where = f"relative paths are read from {root} (set --image-root to the folder they start from)"
+    if not found:
+        raise ImportRunError(f"none of the {with_paths} image paths exists (e.g. {first}); {where}. To import without "
+                             f"images, leave the path column out (a column named 'path' is read as one: rename it)")
+    if not allow_missing:
+        raise ImportRunError(f"{missing} of the {with_paths} image paths do not exist (e.g. {first}); {where}, or pass "
+                             f"--allow-missing to import anyway (those items then show no image)")
+    log(f"warning: {missing} of {with_paths} image paths do not exist (e.g. {first}); those items show no image")
+
+
 # ---- writing the run --------------------------------------------------------------------------
 def import_run(embeddings: str | Path, labels_csv: str | Path, out: str | Path, label_column: str = "label",
                path_column: str | None = None, coords: str | Path | None = None, image_root: str | Path | None = None,
-               umap: bool = False, overwrite: bool = False, name: str | None = None, log=print) -> dict:
-    """Check the inputs, then write a run directory at `out` (all at once). Returns its metrics.json."""
+               umap: bool = False, overwrite: bool = False, name: str | None = None, allow_missing: bool = False,
+               log=print) -> dict:
+    """Check the inputs, then write a run directory at `out` (all at once). Returns its metrics.json.
+    `allow_missing`: accept image paths that do not exist (those items show no image) while some do exist."""
     from core.config import RunConfig
     from core.evaluate import all_metrics
     from core.projection import pca_2d, umap_2d
@@ -163,10 +187,7 @@ def import_run(embeddings: str | Path, labels_csv: str | Path, out: str | Path, 
         raise ImportRunError(f"every label in {labels_csv} occurs once, so no item has a same-class neighbour and "
                              f"retrieval metrics are undefined; give a label column shared by several items")
     own = read_coords(coords, len(emb)) if coords else None
-    with_paths = sum(it["path"] is not None for it in items)
-    if with_paths and found < with_paths:
-        log(f"warning: {with_paths - found} of {with_paths} image paths do not exist (relative paths are read from "
-            f"{Path(image_root) if image_root else labels_csv.parent}; set --image-root); those items show no image")
+    check_images(items, found, Path(image_root) if image_root else labels_csv.parent, allow_missing, log)
 
     metrics = all_metrics(emb, labels)
     cfg = RunConfig()
@@ -180,9 +201,7 @@ def import_run(embeddings: str | Path, labels_csv: str | Path, out: str | Path, 
             "coords": "own" if own is not None else None}
     record = {"test": metrics, "model": None, "imported": info, "best_epoch": None}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".import"))
-    try:
+    with io.atomic_dir(out, overwrite=True) as tmp:  # --overwrite: the old run goes only once the new one is complete
         art = tmp / rd.ARTIFACTS
         art.mkdir()
         np.save(art / rd.EMBEDDINGS, emb)
@@ -195,17 +214,6 @@ def import_run(embeddings: str | Path, labels_csv: str | Path, out: str | Path, 
         (art / rd.ITEMS).write_text(json.dumps(items))
         (tmp / rd.CONFIG).write_text(cfg.to_json())
         io.write_json(tmp / rd.METRICS, record)
-        os.chmod(tmp, 0o777 & ~io._UMASK)  # mkdtemp makes it owner-only
-        if out.exists():  # --overwrite: the old run goes only once the new one is complete
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return record
 
 

@@ -40,8 +40,15 @@ class Registry:
         return deco
 
     def get(self, name: str) -> Callable:
-        if name not in self._items:
-            raise UnknownName(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._items))}")
+        if name not in self._items:  # perhaps a plug-in's: import the named ones (core.plugins) and look again
+            from core import plugins
+            try:
+                plugins.load_plugins()
+            except plugins.PluginError as err:
+                raise UnknownName(f"unknown {self.kind} {name!r}; {err}") from None
+            if name not in self._items:
+                raise UnknownName(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._items))} "
+                                  f"({plugins.note()})")
         return self._items[name]
 
     def build(self, registered: str, /, *args, config_key: str, **options):

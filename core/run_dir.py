@@ -47,6 +47,11 @@ class CheckpointError(RuntimeError):
     """A run directory that cannot be used as it is; the message says what is wrong and what to do."""
 
 
+class NoModelError(CheckpointError):
+    """Something needs the model of a run that has none to give here: imported from embeddings, or a
+    researcher's own model while importing its code is not allowed (teaching mode)."""
+
+
 def read_json(path: str | Path):
     path = Path(path)
     try:

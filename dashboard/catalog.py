@@ -66,7 +66,8 @@ def _summary(run_dir: str, metrics_mtime: float, config_mtime: float) -> dict:
     try:
         cfg = ckpt.load_config(path)
         out.update(head=cfg.model.head, method=method_label(cfg), backbone=cfg.model.backbone, data=cfg.data.name,
-                   description=cfg.description, imported=is_imported(cfg))
+                   description=cfg.description, imported=is_imported(cfg),
+                   user_code=cfg.model.user_model is not None)
     except CheckpointError as err:
         out["problem"] = str(err)
     if metrics_mtime:
@@ -104,5 +105,7 @@ def discover_runs() -> list[dict]:
 
 
 def imported(run_dir: str) -> bool:
-    """A run made by `python -m core import` from embeddings: artifacts and metrics, no model."""
-    return bool(summary(run_dir).get("imported"))
+    """A run made by `python -m core import` from embeddings: artifacts and metrics, no model. So is, in teaching
+    mode, a run of a researcher's own model (`import-model`): its code is never imported there."""
+    found = summary(run_dir)
+    return bool(found.get("imported") or (found.get("user_code") and teaching()))

@@ -15,6 +15,7 @@ import streamlit as st
 from core import checkpoint as ckpt
 from dashboard.caching import keep_for_good, weights_stamp
 from dashboard.catalog import imported
+from dashboard.session import teaching
 
 
 class ModelCache:
@@ -82,7 +83,7 @@ def load_model(run_dir: str):
         from core.importer import NoModelError, no_model_message
         raise NoModelError(no_model_message(run_dir, "anything that needs the network"))
     cache, stamp = model_cache(), weights_stamp(run_dir)
-    load = (lambda: ckpt.load_run(run_dir))
+    load = (lambda: ckpt.load_run(run_dir, allow_code=not teaching()))  # a run's own code: full mode only
     if cache.has(run_dir, stamp):
         return cache.get(run_dir, stamp, load)
     with st.spinner("Loading the model…"):

@@ -45,12 +45,9 @@ def thumbnails(run_dir: str, folder: str, report: Progress, data_root: str | Non
     that is there already is kept."""
     from PIL import Image
 
-    from core.checkpoint import load_config
-    from core.data import build_datasets
+    from core.artifacts import item_images
 
-    cfg = load_config(run_dir)
-    data = build_datasets(cfg.with_overrides([f"data.root={data_root}"]).data if data_root else cfg.data,
-                          seed=cfg.train.seed)
+    image_of = item_images(run_dir, data_root or None)  # an imported run's images: the files its items name
     metas = json.loads((Path(run_dir) / ARTIFACTS / ITEMS).read_text())
     out, per_sheet = Path(folder), SHEET_SIDE * SHEET_SIDE
     out.mkdir(parents=True, exist_ok=True)
@@ -61,8 +58,11 @@ def thumbnails(run_dir: str, folder: str, report: Progress, data_root: str | Non
         if path.exists():
             continue
         sheet = Image.new("RGB", (THUMB_SIDE * SHEET_SIDE,) * 2, (128, 128, 128))
-        for j, item in enumerate(metas[first:first + per_sheet]):
-            pixels = getattr(data, item.get("split", "test"))[int(item["index"])][0].numpy()   # 3×H×W in [0, 1]
+        for j in range(min(per_sheet, len(metas) - first)):
+            try:
+                pixels = image_of(first + j)   # 3×H×W in [0, 1]
+            except OSError:  # an imported item without a readable image: its cell stays grey
+                continue
             image = Image.fromarray((np.clip(pixels.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8))
             sheet.paste(image.resize((THUMB_SIDE,) * 2, Image.BILINEAR),
                         ((j % SHEET_SIDE) * THUMB_SIDE, (j // SHEET_SIDE) * THUMB_SIDE))

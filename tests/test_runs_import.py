@@ -222,3 +222,40 @@ def test_a_path_column_is_found_by_name_and_read_relative_to_the_csv(tmp_path):
     assert labels.tolist() == [3, 3, 7] and [it["class_name"] for it in items] == ["3", "3", "7"]
     assert items[0]["path"] == str((tmp_path / "a.png").resolve()) and items[2]["path"] is None and found == 1
     assert items[0]["note"] == "first" and "label" not in items[0] and "path" in items[1]
+
+
+def test_image_paths_that_do_not_exist_are_refused_unless_some_exist_and_that_is_allowed(imported, tmp_path):
+    inputs = imported["inputs"]
+    emb = inputs / "embeddings.npy"
+    with pytest.raises(ImportRunError) as err:    # every path missing: a wrong root, almost surely
+        import_run(emb, inputs / "labels.csv", tmp_path / "none", path_column="file", image_root=tmp_path,
+                   allow_missing=True)
+    assert "none of the 960 image paths exists" in str(err.value) and "--image-root" in str(err.value)
+    rows = (inputs / "labels.csv").read_text().splitlines()
+    gone = (3, 10, 11)
+    for i in gone:                                 # data row i is line i + 1
+        rows[i + 1] = rows[i + 1].replace(".png", "_gone.png")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ImportRunError, match=r"3 of the 960 image paths do not exist .*--allow-missing"):
+        import_run(emb, tmp_path / "labels.csv", tmp_path / "some", path_column="file", image_root=inputs)
+    assert not (tmp_path / "some").exists()
+    said = []
+    record = import_run(emb, tmp_path / "labels.csv", tmp_path / "some", path_column="file", image_root=inputs,
+                        allow_missing=True, log=said.append)
+    assert record["imported"]["images"] == 957 and "3 of 960 image paths do not exist" in said[0]
+
+    # hover thumbnails of an imported run: the files its items name (issue 24, item 3); a missing one stays grey
+    from PIL import Image
+
+    from dashboard.workers import SHEET_SIDE, THUMB_SIDE, thumbnails
+    thumbnails(str(tmp_path / "some"), str(tmp_path / "thumbs"), lambda *_: None)
+    sheet = np.asarray(Image.open(tmp_path / "thumbs" / "0.jpg").convert("RGB"), dtype=float)
+    assert len(list((tmp_path / "thumbs").glob("*.jpg"))) == -(-960 // SHEET_SIDE ** 2)
+
+    def cell(i):
+        r, c = divmod(i, SHEET_SIDE)
+        return sheet[r * THUMB_SIDE:(r + 1) * THUMB_SIDE, c * THUMB_SIDE:(c + 1) * THUMB_SIDE]
+    for i in gone:
+        assert np.abs(cell(i)[4:-4, 4:-4] - 128).max() < 8           # JPEG bleeds a little across a cell's edge
+    own = np.asarray(Image.open(inputs / "img" / "0000.png").convert("RGB").resize((THUMB_SIDE,) * 2), dtype=float)
+    assert np.abs(cell(0) - own).mean() < 12 and cell(0).std() > 10     # item 0's own image, not grey

@@ -101,6 +101,9 @@ class Embedder(nn.Module):
 
 def build_model(cfg: ModelConfig, num_classes: int | None = None) -> Embedder:
     """Model from its config. `num_classes`: train classes (for heads/losses with per-class state)."""
+    if cfg.user_model is not None:  # e.g. such a run's config.json given to `python -m core train`
+        raise ValueError("model.user_model is a researcher's own network (python -m core import-model): MetricLens "
+                         "explains it (core.checkpoint.load_run) but does not build or train it from a config")
     backbone = BACKBONES.get(cfg.backbone)(pretrained=cfg.pretrained)
     stage = cfg.stage or backbone.stage_names[-1]
     if stage not in backbone.channels:
