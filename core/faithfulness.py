@@ -246,7 +246,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ---- scoring one query, and many -------------------------------------------------------------------------
-def _entries(explainer: str, maps: dict[str, np.ndarray], channels: dict[str, list[int]] | None) -> dict[str, np.ndarray]:
+def map_entries(explainer: str, maps: dict[str, np.ndarray], channels: dict[str, list[int]] | None) -> dict[str, np.ndarray]:
     """'<explainer>/<map>' -> h×w: single maps as they are, multi-channel ones as their channel mean plus
     '<explainer>/<map>[k]' for each chosen channel k (`channels[key]`; None: every channel)."""
     out = {}
@@ -277,8 +277,8 @@ def score_drawn(model, pair: Pair, sources: list[MapSource], drawn: dict, *, cha
     scorer = PairScorer(model, pair, fill, seed)
     scores = {}
     for source in sources:
-        maps = _entries(source.explainer, drawn[source.explainer]["model"], channels)
-        others = {level: _entries(source.explainer, m, channels)
+        maps = map_entries(source.explainer, drawn[source.explainer]["model"], channels)
+        others = {level: map_entries(source.explainer, m, channels)
                   for level, m in drawn[source.explainer].items() if level != "model"}
         for key, cell_map in maps.items():
             score = score_map(scorer, cell_map, contrast=source.contrast, steps=steps, random_orders=random_orders)
@@ -341,11 +341,12 @@ def summarise(per_query: list[dict[str, dict]]) -> dict[str, dict]:
 def faithfulness(model, pairs: list[Pair], explainer_names: list[str] | None = None, *,
                  sources: list[MapSource] | None = None, fill: str = "mean", steps: int = STEPS,
                  random_orders: int = RANDOM_ORDERS, channels: int | None = CHANNELS, randomise: bool = True,
-                 seed: int = 0, n_steps: int = 32, progress=None) -> dict:
+                 seed: int = 0, n_steps: int = 32, progress=None, on_maps=None) -> dict:
     """Scores over many pairs: {"queries", "fill", "steps", "explainers": {key: mean ± std ...}, "per_query"}.
     `sources` (default: `map_sources(model, explainer_names)`) may hold maps of your own; `channels`:
     multi-channel maps are scored as their mean plus their `channels` strongest channels (None: all).
-    `progress(step, total, message)` after each phase of each query."""
+    `progress(step, total, message)` after each phase of each query; `on_maps(i, pair, {key: h×w})` is handed
+    each query's scored maps (e.g. to score them against an object mask as well)."""
     if sources is None:
         sources = map_sources(model, explainer_names, n_steps=n_steps, fill=fill)
     randomised = randomised_models(model, seed) if randomise else {}
@@ -360,6 +361,9 @@ def faithfulness(model, pairs: list[Pair], explainer_names: list[str] | None = N
     for i, (pair, maps) in enumerate(zip(pairs, drawn)):
         per_query.append(score_drawn(model, pair, sources, maps, channels=chosen, fill=fill, steps=steps,
                                      random_orders=random_orders, seed=seed))
+        if on_maps is not None:
+            on_maps(i, pair, {k: m for s in sources for k, m in map_entries(s.explainer, maps[s.explainer]["model"],
+                                                                           chosen).items()})
         if progress:
             progress(len(pairs) + i + 1, total, f"faithfulness: deletion curves of query {i + 1}/{len(pairs)}")
     return {"queries": len(pairs), "fill": fill, "steps": steps, "random_orders": random_orders,
