@@ -18,7 +18,7 @@ query on a grid of h×w cells (8×8 learned maps, 16×16 CSA maps, 64×64 Integr
 * **Randomisation**: the Spearman correlation between the map and the same map drawn from copies of the
   model with its head (and the CIA branch, when there is one) re-initialised, then also its top backbone
   stage (with the blocks placed after it). A faithful map changes: ρ near 0. A map that survives the model's
-  randomisation (ρ near 1, e.g. an edge detector) shows the image, not the model.
+  randomisation (ρ near 1, e.g. an edge detector) shows the image, not the model (core/randomisation.py).
 
 Explainers are taken from the registry (`core.explain.explainers`): learned maps (multi-channel maps as
 their channel mean plus each channel), attributions (Grad-CAM, Integrated Gradients, occlusion), contrast
@@ -33,7 +33,7 @@ queries of a run.
 """
 from __future__ import annotations
 
-import copy
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -45,11 +45,11 @@ from torch import nn
 
 from core.attribution import cells_to_pixels, fill_image
 from core.explain import explain, explainers
+from core.randomisation import randomised_models, spearman
 
 STEPS = 16            # equal shares of the cells per curve (fewer when the grid has fewer cells)
 RANDOM_ORDERS = 5     # random orders averaged for the control
 CHANNELS = 8          # channels of a multi-channel map scored one by one (beyond: the strongest ones)
-LEVELS = ("head", "head+top_stage")   # what the randomisation check re-initialises, cumulatively
 BATCH = 128           # images per forward
 
 
@@ -80,7 +80,8 @@ def map_sources(model, names: list[str] | None = None, *, n_steps: int = 32, fil
         if entry.kind == "maps":
             draw = lambda m, p, name=name: explain(m, p.query, explainer=name).maps
         elif entry.kind == "attribution":
-            opts = {"n_steps": n_steps} if name == "integrated_gradients" else {"fill": fill} if name == "occlusion" else {}
+            takes = inspect.signature(entry.fn).parameters      # IG's path steps, occlusion's fill
+            opts = {k: v for k, v in (("n_steps", n_steps), ("fill", fill)) if k in takes}
             draw = lambda m, p, name=name, opts=opts: explain(m, p.query, p.neighbour, explainer=name, **opts).maps
         elif entry.kind == "contrast":
             draw = lambda m, p, name=name: {"difference": explain(m, p.query, p.neighbour, explainer=name,
@@ -200,49 +201,6 @@ def score_map(scorer: PairScorer, cell_map: np.ndarray, *, contrast: bool = Fals
             "inverted": {"deletion_auc": a["inverted_deletion"], "insertion_auc": a["inverted_insertion"]},
             "start_similarity": scorer.start_neighbour, "hidden_share": (counts / counts[-1]).tolist(),
             "curves": {name: curve.tolist() for name, curve in curves.items()}}
-
-
-# ---- the randomisation check -------------------------------------------------------------------------------
-def _reinitialise(module: nn.Module) -> None:
-    """Fresh weights: each layer's own `reset_parameters`; any other parameter (e.g. learned queries or
-    prototypes) drawn anew from a normal with its own mean and spread."""
-    covered = set()
-    for sub in module.modules():
-        if callable(getattr(sub, "reset_parameters", None)):
-            sub.reset_parameters()
-            covered |= {id(p) for p in sub.parameters()}
-    with torch.no_grad():
-        for p in module.parameters():
-            if id(p) not in covered and p.numel() > 1:
-                p.normal_(float(p.mean()), float(p.std()))
-
-
-def randomised_models(model, seed: int = 0) -> dict[str, nn.Module]:
-    """Copies of a MetricLens model with its head, then also its top backbone stage, re-initialised; {} for a
-    model without `head` and `backbone.stages` (e.g. an imported one)."""
-    if not (hasattr(model, "head") and hasattr(getattr(model, "backbone", None), "stages")):
-        return {}
-    with torch.random.fork_rng(devices=[]):        # the caller's random state is left as it was
-        torch.manual_seed(seed)
-        head = copy.deepcopy(model)
-        _reinitialise(head.head)
-        if getattr(head, "cia", None) is not None:     # CIA's branch compares pooled embeddings: part of the head
-            _reinitialise(head.cia)
-        top = copy.deepcopy(head)
-        stage = top.stage_order[-1]
-        _reinitialise(top.backbone.stages[stage])
-        for block in top.blocks[stage] if stage in top.blocks else ():
-            _reinitialise(block)
-    return {"head": head.eval(), "head+top_stage": top.eval()}
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Rank correlation of two maps over their cells (NaN when either is constant)."""
-    from scipy.stats import spearmanr
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(spearmanr(a, b).statistic)
 
 
 # ---- scoring one query, and many -------------------------------------------------------------------------

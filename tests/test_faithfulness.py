@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.faithfulness import (MapSource, Pair, PairScorer, faithfulness, map_sources, randomised_models,
-                               score_map, step_counts)
+from core.faithfulness import MapSource, Pair, PairScorer, faithfulness, map_sources, score_map, step_counts
+from core.randomisation import randomised_models
 from core.rerank import Reranker, cells_by_map
 
 ROOT = Path(__file__).resolve().parents[1]
