@@ -32,6 +32,7 @@ from benchmarks.common import ROOT, md_table, write_results
 from benchmarks.heads_interpretability import score_maps
 from core.attribution import cells_to_pixels, fill_image
 from core.faithfulness import Pair, faithfulness, map_entries, map_sources, run_pairs
+from core.run_dir import is_complete
 from core.run_items import RunItems
 
 
@@ -229,7 +230,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=10, help="re-ranks timed per run (--timing)")
     p.add_argument("--name", default="faithfulness")
     args = p.parse_args(argv)
-    runs = args.runs or sorted(r for r in (ROOT / "checkpoints").glob("shapes_*") if (r / "metrics.json").exists())
+    runs = args.runs or sorted(r for r in (ROOT / "checkpoints").glob("shapes_*") if is_complete(r))
     if args.timing:
         out, md = timing([Path(r).resolve() for r in runs], args.repeats)
         write_results(f"{args.name}_timing", {"runs": out}, md)
