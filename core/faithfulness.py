@@ -203,6 +203,15 @@ def score_map(scorer: PairScorer, cell_map: np.ndarray, *, contrast: bool = Fals
             "curves": {name: curve.tolist() for name, curve in curves.items()}}
 
 
+def drop_at(score: dict, share: float) -> dict:
+    """What a page writes beside a map: how much the similarity drops when the map's top `share` of cells is
+    hidden, and when a random share is (mean of the random orders), in cosine units, at the nearest step."""
+    k = int(np.argmin(np.abs(np.asarray(score["hidden_share"]) - share)))
+    start = score["start_similarity"]
+    return {"share": score["hidden_share"][k], "map": start * (1 - score["curves"]["deletion"][k]),
+            "random": start * (1 - score["curves"]["random_deletion"][k])}
+
+
 # ---- scoring one query, and many -------------------------------------------------------------------------
 def map_entries(explainer: str, maps: dict[str, np.ndarray], channels: dict[str, list[int]] | None) -> dict[str, np.ndarray]:
     """'<explainer>/<map>' -> h×w: single maps as they are, multi-channel ones as their channel mean plus

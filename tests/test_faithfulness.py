@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.faithfulness import MapSource, Pair, PairScorer, faithfulness, map_sources, score_map, step_counts
+from core.faithfulness import (MapSource, Pair, PairScorer, drop_at, faithfulness, map_sources, score_map,
+                               step_counts)
 from core.randomisation import randomised_models
 from core.rerank import Reranker, cells_by_map
 
@@ -62,6 +63,18 @@ def test_the_region_beats_random_and_its_inverse_loses(scorer):
     # the inverted control of the region map is the inverse map's own score
     assert good["inverted"]["deletion_auc"] == pytest.approx(bad["deletion_auc"], abs=1e-6)
     assert good["inverted"]["insertion_auc"] == pytest.approx(bad["insertion_auc"], abs=1e-6)
+
+
+def test_drop_at_reads_the_curves_at_a_share(scorer):
+    """"Hiding the top 25 % drops the similarity by …; a random 25 % by …": the region's four cells are the top
+    6 %, so at 25 % the region map has dropped the similarity as far as hiding every cell does."""
+    good = score_map(scorer, region_map())
+    drop = drop_at(good, 0.25)
+    assert drop["share"] == 0.25
+    with torch.inference_mode():
+        hidden = scorer.similarities(scorer.filled[None])[0, 0].item()
+    assert drop["map"] == pytest.approx(scorer.start_neighbour - hidden, abs=1e-4)
+    assert drop["random"] < drop["map"] - 0.1
 
 
 def test_a_constant_map_scores_like_random():
