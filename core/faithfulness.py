@@ -335,8 +335,18 @@ def faithfulness(model, pairs: list[Pair], explainer_names: list[str] | None = N
             progress(len(pairs) + i + 1, total, f"faithfulness: deletion curves of query {i + 1}/{len(pairs)}")
     return {"queries": len(pairs), "fill": fill, "steps": steps, "random_orders": random_orders,
             "randomised": list(randomised), "explainers": summarise(per_query),
-            "per_query": [{"ids": p.ids, "scores": {k: {n: v for n, v in s.items() if n != "curves"}
-                                                    for k, s in q.items()}} for p, q in zip(pairs, per_query)]}
+            "per_query": [{"ids": p.ids, "scores": _finite({k: {n: v for n, v in s.items() if n != "curves"}
+                                                             for k, s in q.items()})}
+                          for p, q in zip(pairs, per_query)]}
+
+
+def _finite(obj):
+    """NaN (e.g. the ρ of a constant map) as None, so the JSON is valid for every reader."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return None if isinstance(obj, float) and not np.isfinite(obj) else obj
 
 
 def run_pairs(items, n_queries: int, with_true_match: bool = True) -> list[Pair]:

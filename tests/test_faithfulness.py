@@ -190,7 +190,9 @@ def test_cli_scores_every_map_of_a_shipped_run(tmp_path, capsys):
     run = ROOT / "checkpoints" / "shapes_grouping"
     assert main(["faithfulness", str(run), "--queries", "1", "--steps", "4", "--channels", "2",
                  "--out", str(out), "--json"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    text = capsys.readouterr().out
+    printed = json.loads(text)
+    assert "NaN" not in text and "Infinity" not in text                  # strict JSON, for any reader
     assert printed == json.loads(out.read_text())
     assert printed["run"] == str(run) and printed["queries"] == 1 and printed["fill"] == "mean"
     keys = set(printed["explainers"])
