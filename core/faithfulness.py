@@ -61,6 +61,12 @@ class Pair:
     true_match: torch.Tensor | None = None
     ids: dict = field(default_factory=dict)      # item ids, for the record
 
+    def __post_init__(self):                     # a page holds numpy model inputs
+        for name in ("query", "neighbour", "true_match"):
+            value = getattr(self, name)
+            if value is not None and not torch.is_tensor(value):
+                setattr(self, name, torch.as_tensor(np.asarray(value, dtype=np.float32)))
+
 
 @dataclass(frozen=True)
 class MapSource:

@@ -119,7 +119,8 @@ def test_an_explainer_that_ignores_the_model_fails_the_randomisation_check(gap_r
     model = gap_run.model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     query = 100
-    pair = Pair(gap_run.image(query), gap_run.image(int(gap_run.neighbours(query)[0])))
+    # numpy model inputs, as a page holds them
+    pair = Pair(gap_run.image(query).numpy(), gap_run.image(int(gap_run.neighbours(query)[0])).numpy())
     edges = MapSource("edges", lambda m, p: {"edges": _edges(p.query)})
     sources = [edges, *map_sources(model, ["occlusion"])]
     out = faithfulness(model, [pair], sources=sources, steps=4, random_orders=1)
