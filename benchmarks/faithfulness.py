@@ -20,6 +20,7 @@ backbone stage), and beside them
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -202,8 +203,10 @@ def timing(runs: list[Path], repeats: int) -> tuple[dict, str]:
                                                        "why_neighbour", "similarity_correspondence",
                                                        "cross_attention")),
                      f"{setup:.2f}", f"{np.median(seconds):.3f} (max {np.max(seconds):.3f})"])
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     md = ("# Faithfulness and re-ranking: what a page waits for\n\n"
-          "Seconds for one query on a shared 2-core CPU (other work ran beside it: read them as upper bounds). "
+          f"Seconds for one query on a shared 2-core CPU (load average {load} at the end: other work ran beside "
+          "it, read them as upper bounds). "
           "*Faithfulness pass*: `core.faithfulness.score_pair` for one explainer (every map and channel of it, "
           "16 steps, 5 random orders, the two randomised models). *Re-rank*: `core.rerank.Reranker.rerank` "
           f"with a random quarter of the 8×8 cells hidden, median (max) of {repeats}; *set-up*: embedding the "
