@@ -1,4 +1,4 @@
-"""Command line: `python -m core train|evaluate|umap|import|import-model|dashboard ...`, also installed as `metriclens ...` (see README).
+"""Command line: `python -m core train|evaluate|umap|import|import-model|faithfulness|dashboard ...`, also installed as `metriclens ...` (see README).
 
 Each subcommand is one row of SUBCOMMANDS: (help, add its arguments, run it). Imports happen inside the
 commands, so `--help` answers at once.
@@ -132,6 +132,25 @@ def cmd_import_model(args) -> int:
     return 0
 
 
+def cmd_faithfulness(args) -> int:
+    from core import io
+    from core.faithfulness import run_faithfulness, table
+    from core.run_dir import FAITHFULNESS
+
+    result = run_faithfulness(args.run_dir, args.queries, fill=args.fill, steps=args.steps,
+                              channels=None if args.channels == "all" else int(args.channels),
+                              explainer_names=args.explainers.split(",") if args.explainers else None,
+                              progress=_progress_bar())
+    out = Path(args.out or Path(args.run_dir) / FAITHFULNESS)
+    try:
+        io.write_json(out, result)
+        print(f"wrote {out}", file=sys.stderr)
+    except OSError as err:  # e.g. a read-only run folder: the scores are still printed
+        print(f"warning: could not write {out} ({err}); give --out", file=sys.stderr)
+    print(json.dumps(result, indent=2, default=float) if args.json else table(result))
+    return 0
+
+
 def cmd_dashboard(args) -> int:
     """`streamlit run app.py` as `make run` does: loopback unless an address is given."""
     command = [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.address", args.address,
@@ -222,6 +241,19 @@ def _import_model_arguments(i) -> None:
     _threads_argument(i)
 
 
+def _faithfulness_arguments(f) -> None:
+    f.add_argument("run_dir")
+    f.add_argument("--queries", type=int, default=8, help="test queries, spread over the test set (default 8)")
+    f.add_argument("--fill", default="mean", choices=["mean", "blur"], help="what a hidden cell shows")
+    f.add_argument("--steps", type=int, default=16, help="steps per deletion/insertion curve")
+    f.add_argument("--channels", default="8", help="channels of a multi-channel map scored one by one, the "
+                                                   "strongest first (default 8), or 'all'")
+    f.add_argument("--explainers", help="comma-separated explainer names (default: every one that applies)")
+    f.add_argument("--out", help="where to write the JSON (default RUN_DIR/faithfulness.json)")
+    f.add_argument("--json", action="store_true", help="print the JSON instead of a table")
+    _threads_argument(f)
+
+
 def _dashboard_arguments(d) -> None:
     d.add_argument("--address", default=os.environ.get("METRICLENS_ADDRESS", "127.0.0.1"),
                    help="127.0.0.1 (default): only this machine; 0.0.0.0 serves the network (teaching mode)")
@@ -240,6 +272,8 @@ SUBCOMMANDS = {  # name -> (help, add_arguments, run)
     "import": ("turn your own embeddings (.npy) + a labels CSV into a run directory", _import_arguments, cmd_import),
     "import-model": ("turn your own model (code + weights) and a folder of images into a run directory",
                      _import_model_arguments, cmd_import_model),
+    "faithfulness": ("deletion/insertion AUCs and the randomisation check of every map of a run",
+                     _faithfulness_arguments, cmd_faithfulness),
     "dashboard": ("open the dashboard in the browser (streamlit run app.py, as `make run`)",
                   _dashboard_arguments, cmd_dashboard),
 }

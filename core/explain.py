@@ -20,7 +20,7 @@ Images are 3×H×W in [0, 1] (tensor or numpy); the model normalises internally.
 mode, store nothing on the model (one cached model serves every browser session) and return CPU numpy.
 
 Built in: learned maps of the head and blocks ("learned", this file), Captum attributions and the
-difference ("gradcam", "integrated_gradients", "why_neighbour", computed in core/attribution.py),
+difference ("gradcam", "integrated_gradients", "occlusion", "why_neighbour", computed in core/attribution.py),
 cross-image maps ("cross_attention", "similarity_correspondence", "patch_correspondence", below). A
 method adds its own beside it (CSA's per-position map: core/models/blocks/csa.py).
 
@@ -303,6 +303,15 @@ def _attribution(name: str):
 # Captum's similarity attributions (core/attribution.py): signed maps, h×w (Grad-CAM) or H×W (IG)
 for _name, _title in (("gradcam", "Grad-CAM"), ("integrated_gradients", "Integrated Gradients")):
     register_explainer(_name, kind="attribution", title=_title, description=ATTRIBUTIONS[_name])(_attribution(_name))
+
+
+@register_explainer("occlusion", kind="attribution", title="Occlusion", description=ATTRIBUTIONS["occlusion"])
+def occlusion_map(model, query, reference, *, fill: str = "mean") -> Explanation:
+    """Captum's Occlusion of the similarity to the reference, one feature-grid cell at a time (h×w, signed)."""
+    from core.attribution import similarity_attribution
+    attr = similarity_attribution(model, query, embed(model, reference), "occlusion", fill=fill)
+    return Explanation({"attribution": attr}, descriptions={"attribution": ATTRIBUTIONS["occlusion"]},
+                       signed=frozenset({"attribution"}), notes={"fill": fill})
 
 
 @register_explainer("why_neighbour", kind="contrast", title="why this neighbour")

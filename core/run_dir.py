@@ -9,6 +9,7 @@
     RUN_DIR/dsl_events.json      DSL's growth log; dsl_clusters.npy its class clusters
     RUN_DIR/artifacts/           embeddings.npy, labels.npy, items.json, coords_<method>.npy for the dashboard
     RUN_DIR/metrics.json         test metrics of the best weights; written last, so it marks the run finished
+    RUN_DIR/faithfulness.json    `python -m core faithfulness`'s scores of the run's maps (core/faithfulness.py)
 
 Every name above is a constant here; no other module spells one. Reading needs no torch.
 """
@@ -30,6 +31,7 @@ PROGRESS = "progress.jsonl"
 LOG = "train.log"
 DSL_EVENTS = "dsl_events.json"
 DSL_CLUSTERS = "dsl_clusters.npy"
+FAITHFULNESS = "faithfulness.json"
 ARTIFACTS = "artifacts"
 # inside ARTIFACTS
 EMBEDDINGS = "embeddings.npy"
