@@ -42,10 +42,10 @@ except PluginError as err:
 URL_WRITTEN = "_url_written"  # the query parameters this session wrote last (Back makes the URL differ)
 
 # Material icons ship with Streamlit's frontend, so they render even where no emoji font is installed
-TITLES = {"explore": ("Explore", ":material/scatter_plot:"), "retrieval": ("Retrieval", ":material/image_search:"),
-          "attention": ("Attention", ":material/visibility:"), "cross": ("Cross-image", ":material/compare_arrows:"),
-          "compare": ("Compare", ":material/balance:"), "train": ("Train", ":material/model_training:"),
-          "learn": ("Learn", ":material/school:")}
+ICONS = {"explore": ":material/scatter_plot:", "retrieval": ":material/image_search:", "attention": ":material/visibility:",
+         "cross": ":material/compare_arrows:", "compare": ":material/balance:", "train": ":material/model_training:",
+         "learn": ":material/school:"}
+TITLES = {key: (title, ICONS[key]) for key, title in ui.PAGE_TITLES.items()}   # the titles messages use too
 # the default page lives at "/" (Streamlit ignores its url_path); the others at /retrieval, /attention, ...
 PAGES = {key: st.Page(ui.PAGES[key], title=title, icon=icon, default=key == "explore",
                       **({} if key == "explore" else {"url_path": key}))

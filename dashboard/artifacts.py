@@ -20,7 +20,7 @@ from core.checkpoint import CheckpointError
 from core.run_dir import EMBEDDINGS, ITEMS, LABELS, coords_file
 from dashboard import background, logic
 from dashboard.caching import artifact_stamp, keep_for_good, mtime, read_only
-from dashboard.catalog import imported
+from dashboard.catalog import imported, user_code
 from dashboard.model_cache import load_model
 
 # Past this many items the all-vs-all retrieval table is scored by a low-priority background process and
@@ -38,6 +38,11 @@ class Artifacts:
     @functools.cached_property  # once per cached Artifacts: a list built per call was slow on a large run
     def class_names(self) -> list[str]:
         return [it.get("class_name", str(l)) for it, l in zip(self.items, self.labels)]
+
+    @functools.cached_property
+    def names_files(self) -> bool:
+        """Some item names an image file (an imported run's path column)."""
+        return any(it.get("path") for it in self.items)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -69,7 +74,10 @@ def _artifacts(run_dir: str, stamp: float, groups: tuple[tuple[int, int], ...]) 
 
 
 def artifacts(run_dir: str) -> Artifacts:
-    groups = () if imported(run_dir) else tuple((g.start or 0, g.stop) for g in load_model(run_dir)[0].head.groups)
+    # a researcher's own model embeds into one group: its artifacts open without rebuilding it (whose code may be
+    # missing here: the model-free pages then still work, ui.load_or_stop)
+    groups = () if imported(run_dir) or user_code(run_dir) else tuple(
+        (g.start or 0, g.stop) for g in load_model(run_dir)[0].head.groups)
     return _artifacts(run_dir, artifact_stamp(run_dir), groups)
 
 
@@ -121,6 +129,24 @@ def _item_fields(run_dir: str, stamp: float) -> dict[str, np.ndarray]:
 def item_fields(run_dir: str) -> dict[str, np.ndarray]:
     """Field name -> value per item (class, split, attributes...), once per artifacts version."""
     return _item_fields(run_dir, artifact_stamp(run_dir))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _listed_fields(run_dir: str, stamp: float) -> dict[str, np.ndarray]:
+    from dashboard.item_rows import listed_fields as listed
+    return listed(artifacts(run_dir).items, item_fields(run_dir))
+
+
+def listed_fields(run_dir: str) -> dict[str, np.ndarray]:
+    """Field name -> value per item, as the neighbour, selection and failure tables list them after the label
+    (dashboard/item_rows.py), once per artifacts version."""
+    return _listed_fields(run_dir, artifact_stamp(run_dir))
+
+
+def has_images(run_dir: str) -> bool:
+    """Whether the run has images to show: a trained or own-model run reads its data set; a run imported from
+    embeddings has the files its items name, when the import named any."""
+    return not imported(run_dir) or artifacts(run_dir).names_files
 
 
 @st.cache_resource(show_spinner="Indexing the item names for search (once per run)…", max_entries=8)

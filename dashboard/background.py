@@ -97,6 +97,11 @@ def thumbnails(run_dir: str) -> jobs.Job:
                          folder)
 
 
+def thumbnail_job(run_dir: str) -> jobs.Job | None:
+    """The job writing the run's hover thumbnails on this server, if one was started (it is not started here)."""
+    return shared_jobs().jobs.get(f"thumbnails|{thumbnail_url(run_dir)}")
+
+
 def retrieval_file(run_dir: str) -> Path:
     """Where a large run's retrieval table is kept (.cache/retrieval/, by run and artifacts version)."""
     return cache_path("retrieval", f"{digest(f'{run_dir}|{artifact_stamp(run_dir)}')}.npz")

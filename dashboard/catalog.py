@@ -109,3 +109,8 @@ def imported(run_dir: str) -> bool:
     mode, a run of a researcher's own model (`import-model`): its code is never imported there."""
     found = summary(run_dir)
     return bool(found.get("imported") or (found.get("user_code") and teaching()))
+
+
+def user_code(run_dir: str) -> bool:
+    """A run of a researcher's own model (`import-model`): rebuilding it imports their code."""
+    return bool(summary(run_dir).get("user_code"))

@@ -20,9 +20,10 @@ from dashboard.session import data_root_override
 
 @st.cache_resource(show_spinner="Preparing the data set…", max_entries=8)
 def _splits(run_dir: str, data_root: str | None):
+    from core.checkpoint import load_config
     from core.data import build_datasets
 
-    _, cfg = load_model(run_dir)
+    cfg = load_config(run_dir)  # not the model: a run whose own code cannot be imported here still shows its images
     data_cfg = cfg.with_overrides([f"data.root={data_root}"]).data if data_root else cfg.data
     return build_datasets(data_cfg, seed=cfg.train.seed)
 

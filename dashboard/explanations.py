@@ -13,7 +13,7 @@ from core.explain import EXPLAINERS, Explanation
 from core.explain import explain as core_explain
 from dashboard.artifacts import artifacts
 from dashboard.caching import artifact_stamp, cache_path, weights_stamp
-from dashboard.catalog import imported
+from dashboard.catalog import imported, user_code
 from dashboard.dataset import model_input
 from dashboard.model_cache import load_model
 from dashboard.session import data_root_override
@@ -59,7 +59,7 @@ def _map_shapes(run_dir: str, stamp: float) -> dict[str, tuple[int, int, int]]:
 
 
 def map_shapes(run_dir: str) -> dict[str, tuple[int, int, int]]:
-    if imported(run_dir):  # no model, no maps
+    if imported(run_dir) or user_code(run_dir):  # no model, or a researcher's own network: no learned maps
         return {}
     return _map_shapes(run_dir, weights_stamp(run_dir))
 

@@ -44,26 +44,65 @@ def require_run() -> str:
 # pages that work on a run's artifacts alone, so also on a run imported from embeddings (no model)
 MODEL_FREE_PAGES = ("explore", "retrieval", "compare")
 CURRENT_PAGE = "_current_page"   # session key app.py sets before it runs a page
+# what the pages are called in the navigation (app.py), and so in every message that names one
+PAGE_TITLES = {"explore": "Explore", "retrieval": "Retrieval", "attention": "Attention", "cross": "Cross-image",
+               "compare": "Compare", "train": "Train", "learn": "Learn"}
+
+
+def page_name(page: str | None = None) -> str:
+    """'the Cross-image page': the current page (or `page`) as the navigation names it."""
+    page = page or st.session_state.get(CURRENT_PAGE, "")
+    return f"the {PAGE_TITLES[page]} page" if page in PAGE_TITLES else "this page"
 
 
 def no_model(run: str, what: str = "this page") -> None:
-    """The message a page that needs a model shows for an imported run, and a stopped page."""
-    from core.importer import no_model_message
-    st.info(f":material/info: {no_model_message(run, what)}")
+    """The message a page that needs a model shows for a run without one here, and a stopped page."""
+    if catalog.imported(run):
+        from core.importer import no_model_message
+        st.info(f":material/info: {no_model_message(run, what)}")
+    else:  # a researcher's own model whose code cannot be imported here: load_or_stop said why above
+        st.info(f":material/info: Run {Path(run).name}'s own model cannot be rebuilt here, so {what} cannot work "
+                f"on it. Explore, Retrieval by item and Compare use its embeddings.")
     st.stop()
+
+
+def own_model_missing(run: str, err: CheckpointError, page: str) -> None:
+    """A researcher's own model that cannot be rebuilt here (its factory does not import, its weights do not fit):
+    why, and the command that fixes it. A page that needs the network stops; Explore, Retrieval and Compare go on
+    with the run's embeddings."""
+    from core.checkpoint import load_config
+    spec = load_config(run).model.user_model or {}
+    folder = Path(spec["factory_file"]).parent if spec.get("factory_file") else None
+    fix = (f" To explain it here: `PYTHONPATH={folder} streamlit run app.py` (the folder its factory was imported "
+           f"from)." if folder else "")
+    problem, name = f"{str(err).rstrip('.')}.{fix}", Path(run).name
+    if page not in MODEL_FREE_PAGES:
+        title = page_name(page)
+        st.error(f"**{title[0].upper() + title[1:]} needs {name}'s own model, which cannot be rebuilt here:** "
+                 f"{problem} Explore, Retrieval by item and Compare show its embeddings meanwhile.")
+        st.stop()
+    st.warning(f"**This page shows {name}'s embeddings only:** {problem} Attention, Cross-image and uploaded queries "
+               f"need the network.", icon=":material/warning:")
 
 
 def load_or_stop(run: str):
     """(model, cfg, artifacts) of the run, or a clear st.error and a stopped page. A run imported from
-    embeddings gives (None, cfg, artifacts) on the pages that need no model and a clear message elsewhere."""
+    embeddings gives (None, cfg, artifacts) on the pages that need no model and a clear message elsewhere; so
+    does, with a warning naming the fix, a researcher's own model whose code cannot be imported here."""
+    from core.checkpoint import load_config
+    page = st.session_state.get(CURRENT_PAGE, "")
     try:
         if catalog.imported(run):
-            page = st.session_state.get(CURRENT_PAGE, "")
             if page not in MODEL_FREE_PAGES:
-                no_model(run, f"the {page.capitalize() or 'this'} page")
-            from core.checkpoint import load_config
+                no_model(run, page_name(page))
             return None, load_config(run), artifacts.artifacts(run)
-        model, cfg = model_cache.load_model(run)
+        try:
+            model, cfg = model_cache.load_model(run)
+        except CheckpointError as err:
+            if not catalog.user_code(run):
+                raise
+            own_model_missing(run, err, page)
+            model, cfg = None, load_config(run)
         return model, cfg, artifacts.artifacts(run)
     except CheckpointError as err:
         st.error(f"**Run {Path(run).name} cannot be used:** {err}")
@@ -356,9 +395,10 @@ def describe_map(name: str, maps: np.ndarray) -> str:
     return f"**{name}** — {desc} ({k} channel{'s' if k > 1 else ''}, {h}×{w} positions)"
 
 
-def upload_widget(run: str, key: str) -> None:
-    """Upload an image as the query; invalid files give a clear error, never a traceback."""
-    if catalog.imported(run):
+def upload_widget(run: str, key: str, has_model: bool) -> None:
+    """Upload an image as the query; invalid files give a clear error, never a traceback. Without a model here
+    (load_or_stop gave none) a message says why there is no search by image."""
+    if not has_model:
         no_model(run, "searching with an uploaded image")
     file = st.file_uploader("Upload a query image (PNG/JPEG, ≤ 10 MB)", key=key,
                             type=["png", "jpg", "jpeg", "bmp", "webp", "gif"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -385,9 +386,50 @@ def test_the_dashboard_explains_it_in_full_mode_and_shows_embeddings_only_when_t
         shown[page] = texts(at)
     if mode == "full":   # the model is rebuilt from lab_model.py and every explainer is drawn
         assert "What moved the similarity (Captum)" in shown["attention"]
+        assert "Your own network returns embeddings only" in shown["attention"]   # not "its head pools ... alike"
         assert "Source: similarity" in shown["cross"]
         assert "lab_model" in sys.modules
     else:                # listed and explored, never imported: the pages that need the network say why
         for page in ("attention", "cross"):
             assert "teaching mode never imports code from a run" in shown[page], shown[page]
         assert "lab_model" not in sys.modules
+
+
+def test_a_factory_that_cannot_be_imported_leaves_the_model_free_pages_on_its_embeddings(own_run, lab, tmp_path,
+                                                                                         monkeypatch):
+    """Full mode, but the dashboard was started where the factory's code cannot be imported (no PYTHONPATH): Explore,
+    Retrieval and Compare open the run's embeddings (and images) with a warning naming PYTHONPATH and the factory's
+    folder; Attention says it needs the model, with the same fix; nothing shows a traceback."""
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_dashboard_pages import inject, texts
+
+    run = tmp_path / "runs" / "lab_elsewhere"           # a copy: the model cache holds own_run's model already
+    shutil.copytree(own_run, run)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != lab["folder"].resolve()])
+    monkeypatch.delitem(sys.modules, "lab_model", raising=False)
+    monkeypatch.setenv("METRICLENS_MODE", "full")
+    monkeypatch.setenv("METRICLENS_RUNS", os.pathsep.join([str(run.parent), str(own_run.parent)]))
+    monkeypatch.setenv("METRICLENS_AUTO_UMAP", "0")
+    fix = f"PYTHONPATH={lab['folder']} streamlit run app.py"
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["run"] = str(run.resolve())
+    at.session_state["compare_run"] = str(own_run.resolve())
+    at.run()
+    for page in ("explore", "retrieval", "compare"):
+        if page != "explore":
+            at.switch_page(f"dashboard/pages/{page}.py").run()
+        assert not at.exception and not at.error, (page, [e.value for e in at.exception], [e.value for e in at.error])
+        warned = " ".join(w.value for w in at.warning)
+        assert "embeddings only" in warned and "no module 'lab_model'" in warned and fix in warned, (page, warned)
+    at.switch_page("dashboard/pages/explore.py").run()
+    inject(at, [3])
+    assert "Nearest neighbours of #3" in texts(at) and at.get("image")   # its images still come from its folder
+    assert "explore_to_attention" not in {b.key for b in at.button}
+    at.switch_page("dashboard/pages/attention.py").run()
+    assert not at.exception
+    said = " ".join(e.value for e in at.error)
+    assert "The Attention page needs lab_elsewhere's own model" in said, said
+    assert fix in said and "lab_model" not in sys.modules

@@ -98,6 +98,25 @@ def figure_selection(look: str, selected: np.ndarray, kind: str | None) -> tuple
     return np.asarray(fig["sel"], dtype=int), fig["rev"]
 
 
+def hover_thumbnails(run: str) -> str | None:
+    """The URL folder of the run's hover thumbnails; None for a run without images (a hover then shows no grey
+    square, and no job writes grey sheets)."""
+    return background.thumbnail_url(run) if artifacts.has_images(run) else None
+
+
+def thumbnails_failed_ui(run: str) -> None:
+    """Say so when the job writing the hover thumbnails failed (a hover then shows grey squares), with the end of
+    its log: the error names what to fix (e.g. a moved data folder, an unreadable image)."""
+    job = background.thumbnail_job(run)
+    if job is None or job.status != "failed":
+        return
+    st.warning("**Hover thumbnails could not be made** for this run, so hovering a point shows a grey square. "
+               "Its images may have moved or be unreadable; the rest of the page does not need them.",
+               icon=":material/hide_image:")
+    with st.expander("What the thumbnail job said"):
+        st.code(job.log_tail(2000) or "(no log)", language=None)
+
+
 def map_ui(run: str, art: artifacts.Artifacts, view: tuple, shown_projection: str, colour: tuple,
            scales: dict, colour_by: str, look: str, selected: np.ndarray, kind: str | None) -> bool:
     """Draw the map; True once the browser has drawn it (ui.item_map)."""
@@ -111,7 +130,7 @@ def map_ui(run: str, art: artifacts.Artifacts, view: tuple, shown_projection: st
     if built is not None and built[0] == (look, revision):
         fig = built[1]      # the same figure as last run: not built again (a tenth of a second on a big map)
     else:
-        thumbs = background.thumbnail_url(run)
+        thumbs = hover_thumbnails(run)
         hover = [f"#{i} {names[i]}" for i in ids.tolist()]
         if values is not None:
             hover = [f"{h} · {colour_by} {v:.3f}" for h, v in zip(hover, values[ids].tolist())]
@@ -130,6 +149,7 @@ def map_ui(run: str, art: artifacts.Artifacts, view: tuple, shown_projection: st
     st.session_state[SEEN] = event_key(event)
     st.session_state[DRAWN] = (view_ids, coords)
     ui.map_bridge()
+    thumbnails_failed_ui(run)
     if len(shown) < len(view_ids):
         st.caption(f"The map draws {len(shown)} of {len(view_ids)} points, thinned where they overlap (sparse "
                    f"regions keep every point); box and lasso select over all of them, and every metric uses the "
@@ -150,7 +170,7 @@ def focus_ui(run: str, art: artifacts.Artifacts, view: tuple, focus: tuple | Non
         on_map = view_ids[at] == marked     # an isolated view may leave some out
         texts = [f"#{item} {names[item]}"] + [f"#{i} {names[i]} · {s:.3f}" for i, s in zip(neighbour_ids, sims)]
         payload = {"item": item, "name": f"{int(on_map[1:].sum())} nearest of #{item}", "colour": figures.HIGHLIGHT,
-                   "thumbs": background.thumbnail_url(run), "ids": marked[on_map].tolist(),
+                   "thumbs": hover_thumbnails(run), "ids": marked[on_map].tolist(),
                    "x": coords[at[on_map], 0].tolist(), "y": coords[at[on_map], 1].tolist(),
                    "text": [t for t, keep in zip(texts, on_map) if keep]}
     st.html(f'<div class="metriclens-focus" data-focus="{html.escape(json.dumps(payload))}"></div>')

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from dashboard import artifacts, catalog, items, logic, ui
+from dashboard import artifacts, catalog, item_rows, items, logic, session, tables, ui
 
 GRID_LIMIT = 24         # a selection's images shown: three rows (each image is made, sent and decoded)
+TABLE_LIMIT = 1000      # a selection's items listed in its table
 SELECTION, ISOLATED = "explore_selection", "explore_isolated"  # session keys: {"run", "ids"} kept per run
 
 
@@ -24,15 +25,44 @@ def keep(key: str, run: str, ids) -> None:
     st.session_state[key] = {"run": run, "ids": np.unique(np.asarray(ids, dtype=int)).tolist()}  # sorted
 
 
+def focus_on(run: str, item: int) -> None:
+    """Make one item the selection and the query (a picked row of a table): its neighbours are listed next."""
+    keep(SELECTION, run, [item])
+    st.session_state[session.QUERY] = int(item)
+    st.session_state[session.UPLOAD] = None
+
+
+def rerun_area() -> None:
+    """Run the selection area again: the fragment alone when this run is the fragment's own (a row picked in its
+    table), else the page (Streamlit allows a fragment's rerun only from a fragment run)."""
+    from streamlit.errors import StreamlitAPIException
+    try:
+        st.rerun(scope="fragment")
+    except StreamlitAPIException:
+        st.rerun()
+
+
 def neighbours_ui(run: str, art: artifacts.Artifacts, item: int, neighbour_ids, sims) -> None:
+    """The clicked item and its nearest neighbours as a table (number, label, cosine, ✓/✗, the items' fields),
+    beside their images when the run has images."""
     st.subheader(f"Nearest neighbours of #{item} {art.items[item].get('class_name', '')}")
-    images = ui.images_or_error(run, [item, *neighbour_ids])
+    rows = item_rows.neighbour_rows(art, neighbour_ids, sims, art.labels[item], artifacts.listed_fields(run), query=item)
+    images = ui.images_or_error(run, [item, *neighbour_ids]) if artifacts.has_images(run) else None
+    table_area = st.container()
     if images is not None:
+        left, table_area = st.columns([2, 3])
         caps = [f"query #{item}"] + [ui.item_caption(art, int(i), float(s), bool(art.labels[i] == art.labels[item]))
                                      for i, s in zip(neighbour_ids, sims)]
-        ui.image_wall(images, caps, width=100)  # the query and its 8 in one row
-        st.caption("Cosine similarity in the embedding (exact, over every item); ✓/✗: same class as the query. "
-                   "The neighbours are ringed on the map; click one to move to it.")
+        with left:
+            ui.image_wall(images, caps, width=96)
+    with table_area:
+        picked = tables.item_table(rows, key=f"explore_neighbours_{item}")
+    if picked is not None and picked != item:
+        focus_on(run, picked)
+        rerun_area()
+    st.caption("Cosine similarity in the embedding (exact, over every item); ✓/✗: same class as the query; rank 0 "
+               "is the item itself. The neighbours are ringed on the map: select a row, or click a ring, to move to "
+               "that item.")
 
 
 def isolate_ui(run: str, selected: np.ndarray) -> None:
@@ -56,7 +86,7 @@ def export_ui(run: str, art: artifacts.Artifacts, selected: np.ndarray, fields: 
                        help="item, label, class, split, index in the split, path and every field")
 
 
-def selection_ui(run: str, art: artifacts.Artifacts, selected: np.ndarray, fields: dict) -> None:
+def selection_ui(run: str, art: artifacts.Artifacts, selected: np.ndarray, fields: dict, has_model: bool) -> None:
     n, names = len(art.labels), fields["class"]
     table = artifacts.retrieval(run)
     metrics = logic.selection_metrics(table, selected)
@@ -82,20 +112,30 @@ def selection_ui(run: str, art: artifacts.Artifacts, selected: np.ndarray, field
     m3.markdown("**Classes in the selection:** " + ", ".join(f"{classes[i]} ({counts[i]})" for i in order)
                 + (" …" if len(classes) > 5 else ""))
 
-    grid = logic.interleave_classes(selected, art.labels)[:GRID_LIMIT]
-    images = ui.images_or_error(run, grid)
-    if images is not None:
-        caps = [ui.item_caption(art, int(i), match=bool(table.top1_correct[i])) for i in grid]
-        ui.image_wall(images, caps)
-        if len(selected) > GRID_LIMIT:
-            st.caption(f"Showing {GRID_LIMIT} of {len(selected)} selected images, taking each class in turn "
-                       f"(✓/✗: top-1 neighbour correct).")
+    if artifacts.has_images(run):
+        grid = logic.interleave_classes(selected, art.labels)[:GRID_LIMIT]
+        images = ui.images_or_error(run, grid)
+        if images is not None:
+            caps = [ui.item_caption(art, int(i), match=bool(table.top1_correct[i])) for i in grid]
+            ui.image_wall(images, caps)
+            if len(selected) > GRID_LIMIT:
+                st.caption(f"Showing {GRID_LIMIT} of {len(selected)} selected images, taking each class in turn "
+                           f"(✓/✗: top-1 neighbour correct).")
+    listed = selected[:TABLE_LIMIT]
+    if len(selected) > 1:            # one item: its row heads the neighbour table above
+        picked = tables.item_table(item_rows.selection_rows(art, table, listed, artifacts.listed_fields(run)),
+                                   key=f"explore_selection_table_{hash(listed.tobytes())}")
+        if picked is not None:       # the item the buttons below open
+            st.session_state["explore_open"] = picked
+        st.caption((f"The first {TABLE_LIMIT} of {len(selected)} selected items, by number (Export has them all). "
+                    if len(selected) > TABLE_LIMIT else "") + "Each item's nearest other item (top-1), its cosine and "
+                   "✓/✗ (same class); sort by any column, select a row to open that item below.")
     o1, o2, o3 = st.columns([2, 1, 1])
-    target = o1.selectbox("Open an item of the selection", grid.tolist(), key="explore_open",
+    target = o1.selectbox("Open an item of the selection", listed.tolist(), key="explore_open",
                           format_func=lambda i: ui.item_caption(art, int(i)))
     if o2.button("Neighbours →", key="explore_to_retrieval"):
         ui.go_to("retrieval", int(target))
-    if o3.button("Attention →", key="explore_to_attention"):
+    if has_model and o3.button("Attention →", key="explore_to_attention"):  # no model: Attention shows nothing
         ui.go_to("attention", int(target))
 
 

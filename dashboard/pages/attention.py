@@ -125,8 +125,19 @@ def learned_maps_ui(model, p: Panels, opacity: float) -> None:
                       key=f"attention_extra_{explainer.name}_{name}")
         shown |= bool(outs[0].maps or outs[0].extras)
     if not shown:
-        st.info("This model exposes no attention maps: its head pools every position alike (e.g. global average "
-                "pooling). The attribution below still shows what moved each similarity.")
+        st.info(no_learned_maps(model))
+
+
+def no_learned_maps(model) -> str:
+    """Why a model shows no learned maps: a researcher's own network returns embeddings only; a MetricLens head
+    without maps pools every position alike."""
+    from core.models.user_model import UserModel
+    if isinstance(model, UserModel):
+        return (f"Your own network returns embeddings only, no attention maps of its own. The attributions below "
+                f"show what moved each similarity: Grad-CAM reads its feature layer `{model.feature_layer}`, "
+                f"Occlusion hides one cell of that layer's grid at a time, Integrated Gradients works on the pixels.")
+    return ("This model exposes no attention maps: its head pools every position alike (e.g. global average "
+            "pooling). The attribution below still shows what moved each similarity.")
 
 
 def position_maps_ui(model, p: Panels, opacity: float) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import artifacts, catalog, figures, logic, session, ui
+from dashboard import artifacts, catalog, figures, item_rows, logic, session, tables, ui
 
 MAX_POINTS = 20_000        # per map; above it a stratified sample is drawn and box/lasso select by geometry
 SELECTION = "compare_selection"
@@ -169,18 +169,27 @@ def same_query_ui(runs: dict[str, str], arts: dict, tables: dict, k: int) -> Non
     art_a = arts["A"]
     ui.query_picker(art_a, "compare")
     q = ui.query_item(len(art_a.labels))
-    query_img = ui.images_or_error(runs["A"], [q])
+    query_img = ui.images_or_error(runs["A"], [q]) if artifacts.has_images(runs["A"]) else None
     left, right = st.columns([1, 6])
     if query_img is not None:
         left.image(figures.enlarge(query_img[0], 140), caption=f"query {ui.item_caption(art_a, q)}", width="stretch")
+    else:
+        left.markdown(f"**Query {ui.item_caption(art_a, q)}**")
     with right:
         for side in runs:
             run, art, table = runs[side], arts[side], tables[side]
             st.markdown(f"**{side}: {Path(run).name}** — first true match at rank {table.first_match_rank[q]}, "
                         f"R-precision {table.r_precision[q]:.2f}")
+            ids, sims = table.neighbours[q, :k], table.similarities[q, :k]
             # eight columns whatever k: with k columns, k = 1 stretched one thumbnail over the whole width
-            ui.neighbours_row(run, art, table.neighbours[q, :k], table.similarities[q, :k], int(art.labels[q]),
-                              columns=8)
+            if not (artifacts.has_images(run) and ui.neighbours_row(run, art, ids, sims, int(art.labels[q]), columns=8)):
+                # no images: the same neighbours as a table (a picked row becomes the query)
+                picked = tables.item_table(item_rows.neighbour_rows(art, ids, sims, art.labels[q],
+                                                                    artifacts.listed_fields(run)),
+                                           key=f"compare_neighbours_{side}_{q}_{k}")
+                if picked is not None:
+                    ui.set_query(picked)
+                    st.rerun()
 
 
 def disagreements_ui(arts: dict, tables: dict, jaccard: np.ndarray, k: int, selected: np.ndarray) -> None:

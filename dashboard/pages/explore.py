@@ -155,7 +155,8 @@ def marker_scale(run: str, art: artifacts.Artifacts, what: str, by: str) -> np.n
 def prefetch(run: str) -> None:
     """After paint: the map is on screen, so the first selection need not pay for these."""
     caching.warm_up()
-    background.thumbnails(run)
+    if artifacts.has_images(run):
+        background.thumbnails(run)
     artifacts.neighbour_index(run)
     try:  # the data set behind the grid's images: a new run's first selection paid seconds for it
         dataset.splits(run)
@@ -166,7 +167,7 @@ def prefetch(run: str) -> None:
 
 @st.fragment
 def selection_area(run: str, art: artifacts.Artifacts, fields: dict, view: tuple, colour: tuple, scales: dict,
-                   colour_by: str, scale_by: dict, look: str, query_drawn: int | None) -> None:
+                   colour_by: str, scale_by: dict, look: str, query_drawn: int | None, has_model: bool) -> None:
     """The map and what is selected on it. A fragment: a lasso, a click, previous/next or a button of the
     selection reruns this part only, not the page's controls and sidebar above it."""
     n = len(art.labels)
@@ -192,7 +193,7 @@ def selection_area(run: str, art: artifacts.Artifacts, fields: dict, view: tuple
         if drawn:  # not before: it slowed the first paint (benchmarks/notes/dashboard_latency.md)
             prefetch(run)
         return
-    selection_ui(run, art, selected, fields)
+    selection_ui(run, art, selected, fields, has_model)
 
 
 def page() -> None:
@@ -201,7 +202,7 @@ def page() -> None:
     st.html(ui.PRELOAD_MAP_CODE, unsafe_allow_javascript=True)
     st.title("Explore the embedding")
     run = ui.require_run()
-    _, _, art = ui.load_or_stop(run)
+    model, _, art = ui.load_or_stop(run)
     n = len(art.labels)
     fields = artifacts.item_fields(run)
     colour_options = colour_options_for(run, art, fields)
@@ -216,7 +217,8 @@ def page() -> None:
     # what the figure shows besides the selection (figure_selection): a change is a new chart
     look = (f"{background.thumbnail_url(run)}|{view[2]}|{len(view[0])}:{hash(view[0].tobytes())}|{colour_by}|{scale_by}"
             f"|{query_drawn}")     # the thumbnails' folder names the run, its artifacts' version and data folder
-    selection_area(run, art, fields, view, colour, scales, colour_by, scale_by, look, query_drawn)
+    selection_area(run, art, fields, view, colour, scales, colour_by, scale_by, look, query_drawn,
+                   has_model=model is not None)
 
 
 page()
