@@ -25,10 +25,30 @@
   // the element leaves the page (a lasso ends with no plotly_unhover, and a page switch removes the map under it)
   const hideThumb = function () { tip.style.display = "none"; tip.owner = null; };
   doc.addEventListener("mousemove", function (e) { if (tip.owner && !tip.owner.contains(e.target)) hideThumb(); }, true);
+  // A sheet hovered before the background job has written it fails to load, and the browser keeps that failure
+  // for the page's life (Streamlit never reloads the document): so each sheet is loaded here first, and a failed
+  // one is asked for again under a new URL a few seconds later, until it arrives.
+  const sheets = {};
+  const sheetSource = function (url) {
+    let sheet = sheets[url];
+    const now = Date.now();
+    if (!sheet || (!sheet.ok && !sheet.loading && now - sheet.tried > 3000)) {
+      sheet = sheets[url] = {src: sheet ? url + "?retry=" + now : url, ok: false, loading: true, tried: now};
+      const probe = new win.Image();
+      probe.onload = function () {
+        sheet.ok = true; sheet.loading = false;
+        if (tip.sheet === url) tip.style.backgroundImage = "url('" + sheet.src + "')";
+      };
+      probe.onerror = function () { sheet.loading = false; };
+      probe.src = sheet.src;
+    }
+    return sheet.src;
+  };
   const showThumb = function (base, id, e, owner) {
     tip.owner = owner;
     const cell = id % 100;
-    tip.style.backgroundImage = "url('" + base + Math.floor(id / 100) + ".jpg')";
+    tip.sheet = base + Math.floor(id / 100) + ".jpg";
+    tip.style.backgroundImage = "url('" + sheetSource(tip.sheet) + "')";
     tip.style.backgroundPosition = (-96 * (cell % 10)) + "px " + (-96 * Math.floor(cell / 10)) + "px";
     tip.style.left = Math.min((e.clientX || 0) + 16, win.innerWidth - 110) + "px";
     tip.style.top = Math.max((e.clientY || 0) - 112, 4) + "px";
