@@ -33,6 +33,9 @@ COLUMNS = {
 MARK_COLOURS = {SAME: "color: #1a7f37; font-weight: 600", OTHER: "color: #cf222e; font-weight: 600",
                 QUERY_MARK: "color: #6e7781"}
 ROW_PX, HEADER_PX = 35, 38          # st.dataframe's row and header heights
+# ✓/✗ are coloured through a pandas Styler, whose pass over every cell grows with the rows and would slow a large
+# selection's rerun (the lasso's latency): longer tables keep the plain marks
+COLOURED_ROWS = 200
 
 
 def _mark_style(value) -> str:
@@ -43,10 +46,11 @@ def item_table(frame: pd.DataFrame, key: str, pick_column: str | None = "item", 
     """Draw `frame` (a table of item_rows); returns the `pick_column` value of a row just selected (once per
     selection), else None. `key` should change with what the table lists (e.g. the query), so that a new table
     starts with no row selected."""
-    styled = frame.style.map(_mark_style, subset=[c for c in ("same class",) if c in frame])
+    marks = [c for c in ("same class",) if c in frame]
+    shown = frame.style.map(_mark_style, subset=marks) if marks and len(frame) <= COLOURED_ROWS else frame
     config = {name: COLUMNS.get(name, st.column_config.TextColumn(name)) for name in frame.columns}
     height = HEADER_PX + ROW_PX * min(len(frame), max_rows_shown) + 2   # all rows of a short table, no scrollbar
-    event = st.dataframe(styled, hide_index=True, width="stretch", height=height, column_config=config, key=key,
+    event = st.dataframe(shown, hide_index=True, width="stretch", height=height, column_config=config, key=key,
                          on_select="rerun" if pick_column else "ignore", selection_mode="single-row")
     rows = event.selection.rows if pick_column else []
     picked = int(frame[pick_column].iloc[rows[0]]) if rows else None

@@ -192,3 +192,13 @@ def test_a_failed_thumbnail_job_is_said_on_explore(embeddings_only, tmp_path):
     assert not at.exception, [e.value for e in at.exception]
     assert any("Hover thumbnails could not be made" in w.value for w in at.warning), [w.value for w in at.warning]
     assert any("does not exist" in c.value and str(tmp_path / "gone") in c.value for c in at.code)
+
+
+def test_compare_lists_the_imported_runs_neighbours_of_the_same_query(embeddings_only):
+    """Compare against the run the embeddings came from (same items): the side without images lists its top-k."""
+    at = open_app(embeddings_only["run"], "compare", compare_run=embeddings_only["source"], query=9)
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    rows = table(at, "compare_neighbours_A_")
+    sims = brute_force(embeddings_only["emb"], 9)
+    assert np.allclose(rows["cosine"].to_numpy(float), np.sort(sims)[::-1][:K], atol=1e-5)
+    assert np.allclose(sims[rows["item"].to_numpy(int)], rows["cosine"].to_numpy(float), atol=1e-5)

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import artifacts, catalog, figures, item_rows, logic, session, tables, ui
+from dashboard import artifacts, catalog, figures, item_rows, logic, session, ui
+from dashboard.tables import item_table  # the module's name is taken below: this page's retrieval tables
 
 MAX_POINTS = 20_000        # per map; above it a stratified sample is drawn and box/lasso select by geometry
 SELECTION = "compare_selection"
@@ -184,9 +185,8 @@ def same_query_ui(runs: dict[str, str], arts: dict, tables: dict, k: int) -> Non
             # eight columns whatever k: with k columns, k = 1 stretched one thumbnail over the whole width
             if not (artifacts.has_images(run) and ui.neighbours_row(run, art, ids, sims, int(art.labels[q]), columns=8)):
                 # no images: the same neighbours as a table (a picked row becomes the query)
-                picked = tables.item_table(item_rows.neighbour_rows(art, ids, sims, art.labels[q],
-                                                                    artifacts.listed_fields(run)),
-                                           key=f"compare_neighbours_{side}_{q}_{k}")
+                picked = item_table(item_rows.neighbour_rows(art, ids, sims, art.labels[q], artifacts.listed_fields(run)),
+                                    key=f"compare_neighbours_{side}_{q}_{k}")
                 if picked is not None:
                     ui.set_query(picked)
                     st.rerun()
