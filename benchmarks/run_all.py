@@ -33,6 +33,7 @@ STEPS = [  # (results name, command)
     ("input_pipeline", ["-m", "benchmarks.input_pipeline", "--size", "96", "--epochs", "1", "--train-per-class", "8"]),
     ("dashboard_latency", ["-m", "benchmarks.dashboard_latency"]),
     ("dashboard_load", ["-m", "benchmarks.dashboard_load"]),
+    ("neighbour_tables", ["-m", "benchmarks.neighbour_tables"]),
 ]
 # With a GPU, `make bench` also measures these (written as <name>_cuda and shown after the CPU table).
 GPU_STEPS = [
