@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from streamlit.proto.Dataframe_pb2 import Dataframe
 
     from dashboard import item_rows, items, logic
-    from dashboard.tables import _mark_style
+    from dashboard.tables import mark_style
 
     art = artifacts()
     table = logic.retrieval_table(art.embeddings, art.labels)
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         frame = build()
 
         def coloured():
-            marshall_styler(Dataframe().arrow_data, frame.style.map(_mark_style, subset=["same class"]), "x")
+            marshall_styler(Dataframe().arrow_data, frame.style.map(mark_style, subset=["same class"]), "x")
             dataframe_util.convert_pandas_df_to_arrow_bytes(frame)
 
         def plain():

@@ -38,7 +38,8 @@ ROW_PX, HEADER_PX = 35, 38          # st.dataframe's row and header heights
 COLOURED_ROWS = 200
 
 
-def _mark_style(value) -> str:
+def mark_style(value) -> str:
+    """The CSS of a cell of the same-class column: ✓ green, ✗ red, the query grey."""
     return MARK_COLOURS.get(value, "")
 
 
@@ -47,7 +48,7 @@ def item_table(frame: pd.DataFrame, key: str, pick_column: str | None = "item", 
     selection), else None. `key` should change with what the table lists (e.g. the query), so that a new table
     starts with no row selected."""
     marks = [c for c in ("same class",) if c in frame]
-    shown = frame.style.map(_mark_style, subset=marks) if marks and len(frame) <= COLOURED_ROWS else frame
+    shown = frame.style.map(mark_style, subset=marks) if marks and len(frame) <= COLOURED_ROWS else frame
     config = {name: COLUMNS.get(name, st.column_config.TextColumn(name)) for name in frame.columns}
     height = HEADER_PX + ROW_PX * min(len(frame), max_rows_shown) + 2   # all rows of a short table, no scrollbar
     event = st.dataframe(shown, hide_index=True, width="stretch", height=height, column_config=config, key=key,
