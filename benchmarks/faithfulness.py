@@ -5,7 +5,7 @@ deletion and insertion AUC of the similarity (normalised to the unoccluded one) 
 inverted-map controls, the Spearman ρ of the map with the same map of the model randomised (head; head + top
 backbone stage), and beside them
   * mass on the object: the share of the map's positive mass inside the target mask, scored as
-    benchmarks/heads_interpretability.py scores the learned maps (`score_maps`; the mask's area is what a
+    benchmarks/heads_interpretability.py scores the learned maps (`core.map_scores`; the mask's area is what a
     uniform map gets);
   * Captum's `infidelity` (normalised): E[(Σ_hidden cells map − (s(x) − s(x with those cells filled)))²] over
     random hidings of a quarter of the map's cells, the map read as each cell's share of the similarity;
@@ -30,9 +30,10 @@ from torch import nn
 import torch.nn.functional as F
 
 from benchmarks.common import ROOT, md_table, write_results
-from benchmarks.heads_interpretability import score_maps
 from core.attribution import cells_to_pixels, fill_image
-from core.faithfulness import Pair, faithfulness, map_entries, map_sources, run_pairs
+from core.faithfulness import Pair, faithfulness, map_entries, map_sources
+from core.faithfulness_table import run_pairs
+from core.map_scores import score_maps
 from core.run_dir import is_complete
 from core.run_items import RunItems
 

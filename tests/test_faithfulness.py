@@ -189,8 +189,9 @@ def test_cli_scores_every_map_of_a_shipped_run(tmp_path, capsys):
 
     out = tmp_path / "f.json"
     run = ROOT / "checkpoints" / "shapes_grouping"
+    progress = tmp_path / "progress.jsonl"
     assert main(["faithfulness", str(run), "--queries", "1", "--steps", "4", "--channels", "2",
-                 "--out", str(out), "--json"]) == 0
+                 "--out", str(out), "--json", "--progress", str(progress)]) == 0
     text = capsys.readouterr().out
     printed = json.loads(text)
     assert "NaN" not in text and "Infinity" not in text                  # strict JSON, for any reader
@@ -205,4 +206,9 @@ def test_cli_scores_every_map_of_a_shipped_run(tmp_path, capsys):
                        s["inverted"]["insertion_auc"], *s["randomised_model_spearman"].values()):
             assert set(number) == {"mean", "std"}, key
         assert np.isfinite(s["deletion_auc"]["mean"]), key
+        mass = s["mass_on_object"]["mean"]                                  # shapes items carry their masks
+        assert (mass is None and key.startswith("why_neighbour")) or 0 <= mass <= 1, key  # a difference may be < 0
+    assert 0 < printed["uniform_mass"] < 0.5 and len(printed["weights_sha256"]) == 64
+    lines = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert lines[-1]["done"] == lines[-1]["total"] == 2                    # maps drawn, then curves, per query
     assert main(["faithfulness", str(tmp_path / "missing")]) == 2
