@@ -210,11 +210,12 @@ def score_map(scorer: PairScorer, cell_map: np.ndarray, *, contrast: bool = Fals
 
 def drop_at(score: dict, share: float) -> dict:
     """What a page writes beside a map: how much the similarity drops when the map's top `share` of cells is
-    hidden, and when a random share is (mean of the random orders), in cosine units, at the nearest step."""
+    hidden, and when a random share is (mean of the random orders), in cosine units, at the nearest step. For a
+    contrast map: how much the margin over the true match shrinks (its curve starts at the margin, not at 1)."""
     k = int(np.argmin(np.abs(np.asarray(score["hidden_share"]) - share)))
-    start = score["start_similarity"]
-    return {"share": score["hidden_share"][k], "map": start * (1 - score["curves"]["deletion"][k]),
-            "random": start * (1 - score["curves"]["random_deletion"][k])}
+    start, curves = score["start_similarity"], score["curves"]
+    return {"share": score["hidden_share"][k], "map": start * (curves["deletion"][0] - curves["deletion"][k]),
+            "random": start * (curves["random_deletion"][0] - curves["random_deletion"][k])}
 
 
 # ---- scoring one query, and many -------------------------------------------------------------------------

@@ -77,6 +77,19 @@ def test_drop_at_reads_the_curves_at_a_share(scorer):
     assert drop["random"] < drop["map"] - 0.1
 
 
+def test_drop_at_of_a_contrast_map_is_the_margin_it_loses():
+    """For "why this neighbour rather than the true match" the page says how much the margin shrinks: from the
+    unoccluded margin, not from the similarity."""
+    true_match = region_image(2)
+    true_match[:, REGION[0], REGION[1]] = torch.tensor([0.1, 0.8, 0.2])[:, None, None]   # the true match is green
+    scorer = PairScorer(RegionModel(), Pair(region_image(0), region_image(1), true_match))
+    drop = drop_at(score_map(scorer, region_map(), contrast=True), 0.25)
+    with torch.inference_mode():
+        margins = scorer.similarities(torch.stack([scorer.query, scorer.filled]))[:, 1]
+    assert margins[0] > 0.2                                   # a margin worth explaining
+    assert drop["map"] == pytest.approx(float(margins[0] - margins[1]), abs=1e-4)
+
+
 def test_a_constant_map_scores_like_random():
     """Ties are broken at random: a constant map is a random order (in raster order it would hide the region's
     cells at a fixed share of the curve)."""
