@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dashboard import artifacts, figures, logic, session, ui
+from dashboard import artifacts, counterfactual, figures, logic, session, ui
 
 
 def query_source_ui(run: str, n: int) -> None:
@@ -95,7 +95,7 @@ def failures_ui(run: str, art: artifacts.Artifacts, table: logic.RetrievalTable)
 def main() -> None:
     st.title("Retrieval")
     run = ui.require_run()
-    _, _, art = ui.load_or_stop(run)
+    model, _, art = ui.load_or_stop(run)
     table = artifacts.retrieval(run)
     query_source_ui(run, len(art.labels))
     query = ui.current_query(run, art)
@@ -103,6 +103,7 @@ def main() -> None:
         st.stop()
     k = ui.int_slider(st, "Neighbours (k)", 1, min(32, table.neighbours.shape[1]), 8, key="retrieval_k")
     neighbours_ui(run, art, table, query, k)
+    counterfactual.rerank_ui(run, model, art, query, k, "retrieval")
     group_retrieval_ui(run, art, query, k)
     failures_ui(run, art, table)
 
