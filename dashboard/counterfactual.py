@@ -2,8 +2,8 @@
 and Retrieval pages (issue 26).
 
 The query is drawn under a grid of cells (the model's feature grid, 4 to 16 cells a side). A click on a cell
-hides it or shows it again; a box or lasso over a region hides the region (over hidden cells only, it shows them
-again). Or a map chooses: "hide what it attends to" hides the map's top share of cells, "keep only it" every
+hides it or shows it again; in the box or lasso mode a drag over a region hides the region (over hidden cells
+only, it shows them again). Or a map chooses: "hide what it attends to" hides the map's top share of cells, "keep only it" every
 other cell (the map averaged onto the grid). Hidden cells are filled with the image's mean colour, as the
 deletion curves fill them. Each change re-ranks the whole test set with `core.rerank.Reranker`: one forward of
 the hidden query against the run's stored embeddings; the Reranker is built once per query and shared by every
@@ -31,6 +31,7 @@ from dashboard.model_cache import load_model
 HIDDEN = "rerank_hidden"      # session: {"owner": run|query|grid, "cells": [flat indices of the hidden cells]}
 PICKS = "rerank_picks"        # session: selections applied so far; the picker chart's key carries it
 GRID_SIDES = (4, 16)          # cells per side of the hiding grid, whatever the model's feature grid
+DRAG = {"click cells": None, "drag a box": "select", "draw a lasso": "lasso"}   # the picker's modes
 
 
 # ---- the state: which cells are hidden ---------------------------------------------------------------------
@@ -226,9 +227,9 @@ def rerank_ui(run: str, model, art: artifacts.Artifacts, query: ui.Query, k: int
         from core.importer import no_model_message
         st.info(f":material/info: {no_model_message(run, 'hiding part of the query')}")
         return
-    st.caption("Click a cell of the query to hide it (again to show it), or drag a box or lasso over a region "
-               "(over hidden cells only: shows them again); or let a map choose. Hidden cells are filled with the "
-               "image's mean colour, and the whole test set is ranked again against the changed query.")
+    st.caption("Click a cell of the query to hide it (again to show it), or switch to a box or lasso and drag it over "
+               "a region (over hidden cells only: shows them again); or let a map choose. Hidden cells are filled "
+               "with the image's mean colour, and the whole test set is ranked again against the changed query.")
     _rerank_fragment(run, model, art, query, k, page)
 
 
@@ -244,9 +245,12 @@ def _rerank_fragment(run: str, model, art: artifacts.Artifacts, query: ui.Query,
         map_buttons_ui(run, model, page, query, owner, grid, top1)
     hidden = hidden_cells(owner, grid)
     with left:
+        mode = st.radio("On the grid", list(DRAG), horizontal=True, key=f"rerank_drag_{page}",
+                        help="a click hides a cell or shows it again; a box or lasso hides a region (over hidden "
+                             "cells only: shows them again)")
         shown = logic.to_uint8(engine.hidden_image(hidden).numpy())
-        st.plotly_chart(figures.cell_picker(figures.enlarge(shown, 256), hidden), key=picker_key(page),
-                        on_select="rerun", selection_mode=("points", "box", "lasso"),
+        st.plotly_chart(figures.cell_picker(figures.enlarge(shown, 256), hidden, DRAG[mode]), key=picker_key(page),
+                        on_select="rerun", selection_mode=("points", "box", "lasso"), width="content",
                         config={"displaylogo": False, "modeBarButtonsToRemove": ["zoom2d", "pan2d", "autoScale2d",
                                                                                  "resetScale2d", "zoomIn2d", "zoomOut2d"]})
     start = time.perf_counter()

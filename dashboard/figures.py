@@ -265,11 +265,12 @@ def patch_picker(image: np.ndarray, grid_h: int, grid_w: int, selected: tuple[in
     return fig
 
 
-def cell_picker(image: np.ndarray, hidden: np.ndarray, height: int = 320) -> go.Figure:
+def cell_picker(image: np.ndarray, hidden: np.ndarray, drag: str | None = None, height: int = 320) -> go.Figure:
     """The query (as the model sees it, hidden cells filled) with one marker per grid cell (h×w bool `hidden`):
-    a click selects one cell, a box or lasso (the drag modes) a region. customdata = the cell's flat index;
-    hidden cells are drawn as crossed squares. Selected markers are not highlighted: the page applies a
-    selection at once and draws a fresh chart."""
+    `drag` None: a click selects one cell; "select" (a box) or "lasso": a drag selects a region (Streamlit's
+    chart sends no selection for a click in those modes). customdata = the cell's flat index; hidden cells are
+    drawn as crossed squares. Selected markers are not highlighted: the page applies a selection at once and
+    draws a fresh chart."""
     grid_h, grid_w = hidden.shape
     rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
     xs, ys = (cols.ravel() + 0.5) / grid_w, (rows.ravel() + 0.5) / grid_h
@@ -287,7 +288,7 @@ def cell_picker(image: np.ndarray, hidden: np.ndarray, height: int = 320) -> go.
     fig.add_layout_image(dict(source=_data_uri(image), xref="x", yref="y", x=0, y=0, sizex=1, sizey=1,
                               sizing="stretch", layer="below"))
     fig.update_layout(height=height, width=height, margin=dict(l=0, r=0, t=0, b=0), showlegend=False,
-                      dragmode="select", clickmode="event+select",
+                      dragmode=drag or False, clickmode="event+select",
                       xaxis=dict(range=[0, 1], visible=False, fixedrange=True),
                       yaxis=dict(range=[1, 0], visible=False, fixedrange=True, scaleanchor="x"))
     return fig

@@ -18,10 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.checkpoint import load_run
 from core.faithfulness import Pair, PairScorer, drop_at, score_map
 from core.rerank import Reranker, cells_by_map
-from core.run_dir import ARTIFACTS
 from tests.test_dashboard_pages import open_app, texts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,3 +262,27 @@ def test_the_page_starts_the_job_shows_its_progress_and_then_the_table(runs, tmp
     at.run()
     assert (run / "faithfulness.json").exists()
     assert "The run's table (1 test query)" in texts(at)
+
+
+# ---- a researcher's own model (import-model) --------------------------------------------------------------
+from tests.test_import_model import lab, own_run  # noqa: E402,F401  (the import-model run's fixtures)
+
+
+def test_reranking_works_for_an_imported_model(own_run, monkeypatch):
+    """A run of a researcher's own network (ResNet-18 via --factory): hiding the whole query re-ranks the test
+    set by that network's embedding of the filled query."""
+    from core.run_items import RunItems
+
+    monkeypatch.setenv("METRICLENS_MODE", "full")
+    monkeypatch.setenv("METRICLENS_RUNS", str(own_run.parent))
+    at = open_app(str(own_run.resolve()), "retrieval", query=1)
+    hidden, cells = hidden_count(at)
+    assert hidden == 0 and all(r["moved"] == 0 for r in rows(at))
+    select(at, "retrieval", range(cells), region=True)
+    items = RunItems(own_run)
+    side = int(np.sqrt(cells))
+    expected = Reranker(items.model, items.image(1), items.embeddings, exclude=1).rerank(np.ones((side, side), bool))
+    table = rows(at)
+    assert any(r["moved"] != 0 for r in table)
+    for r in table:
+        assert r["cosine now"] == pytest.approx(float(expected.similarity[r["item"]]), abs=1e-4)
