@@ -192,24 +192,50 @@ def test_each_map_is_tested_on_the_query_against_random(runs, engine):
         assert any(f"**{name}" in n and "of the query**" in n for n in notes), name
 
 
-def test_the_run_table_is_shown_beside_the_maps_and_in_its_expander(runs, tmp_path, monkeypatch):
-    """A run with a faithfulness.json of its weights: every map's note quotes it and the table lists every map;
-    a table of other weights is not shown."""
-    run = tmp_path / "with_table"
+@pytest.fixture(scope="module")
+def tabled_run(runs, tmp_path_factory):
+    """A copy of the first run with a faithfulness table of its weights (Grad-CAM only, one query: quick)."""
+    run = tmp_path_factory.mktemp("tabled") / "with_table"
     shutil.copytree(runs[0], run)
-    table = make_table(run)
+    return run, make_table(run)
+
+
+def test_the_run_table_is_shown_beside_the_maps_and_in_its_expander(tabled_run, monkeypatch):
+    """Every map's note quotes the run's table, and the table lists every map with its verdicts."""
+    run, table = tabled_run
     at = open_app(listed(monkeypatch, run), "attention", query=2)
-    body = texts(at)
     entry = table["explainers"]["gradcam/attribution"]
     assert (f"The run's table (1 test query): deletion AUC {entry['deletion_auc']['mean']:.2f} against "
-            f"{entry['random']['deletion_auc']['mean']:.2f} for random orders") in body
+            f"{entry['random']['deletion_auc']['mean']:.2f} for random orders") in texts(at)
     shown = at.dataframe[0].value
     assert set(shown["map"]) == set(table["explainers"])
-    assert {"faithful?", "sanity check", "reading"} <= set(shown.columns)
-    table["weights_sha256"] = "0" * 64                    # the run was retrained since
-    (run / "faithfulness.json").write_text(json.dumps(table))
-    at = open_app(str(run), "attention", query=2)
-    assert "computed for other weights" in texts(at) and "The run's table" not in texts(at)
+    assert {"reading", "faithful?", "sanity check", "mass on object"} <= set(shown.columns)
+    assert at.button(key="faithfulness_start").label == "Compute again"
+
+
+def test_teaching_mode_shows_the_table_but_computes_none(tabled_run, tmp_path, monkeypatch):
+    run, _ = tabled_run
+    bare = tmp_path / "without_table"                        # a run with no table: says who can make one
+    shutil.copytree(run, bare)
+    (bare / "faithfulness.json").unlink()
+    listed(monkeypatch, bare)
+    monkeypatch.setenv("METRICLENS_MODE", "demo")
+    at = open_app(listed(monkeypatch, run), "attention", query=2)
+    assert "The run's table (1 test query)" in texts(at) and len(at.dataframe) >= 1
+    assert not [b for b in at.button if b.key == "faithfulness_start"]
+    at = open_app(str(bare), "attention", query=2)
+    assert "off in teaching mode" in texts(at) and not [b for b in at.button if b.key == "faithfulness_start"]
+
+
+def test_a_table_of_other_weights_is_not_shown(tabled_run, monkeypatch):
+    run, table = tabled_run
+    path = run / "faithfulness.json"
+    try:
+        path.write_text(json.dumps({**table, "weights_sha256": "0" * 64}))   # as if the run was retrained since
+        at = open_app(listed(monkeypatch, run), "attention", query=2)
+        assert "computed for other weights" in texts(at) and "The run's table" not in texts(at)
+    finally:
+        path.write_text(json.dumps(table))
 
 
 def make_table(run: Path, explainers: str = "gradcam") -> dict:
