@@ -210,7 +210,7 @@ def map_buttons_ui(run: str, model, page: str, query: ui.Query, owner: str, grid
         choice = labels[c1.selectbox("Map", list(labels), key=f"rerank_map_{page}",
                                      help="learned maps are the query's own; attributions explain its similarity "
                                           "to its top-1 neighbour")]
-    b1, b2, b3 = st.columns(3)
+    b1, b2, b3 = st.columns([5, 3, 3])
     hide = b1.button("Hide what it attends to", key=f"rerank_hide_{page}", disabled=choice is None, width="stretch")
     keep = b2.button("Keep only it", key=f"rerank_keep_{page}", disabled=choice is None, width="stretch")
     if b3.button("Reset", key=f"rerank_reset_{page}", icon=":material/restart_alt:", width="stretch"):
@@ -258,11 +258,12 @@ def _rerank_fragment(run: str, model, art: artifacts.Artifacts, query: ui.Query,
     seconds = time.perf_counter() - start
     k = min(k, len(result.order))
     right.markdown(summary(result, hidden, art, query, k, seconds))
-    st.dataframe(rerank_rows(result, art, k, query.label), hide_index=True, column_config=COLUMNS)
+    table = rerank_rows(result, art, k, query.label)
+    st.dataframe(table, hide_index=True, column_config=COLUMNS, height=35 * (len(table) + 1) + 3)  # every row shown
     ids = result.order[:k].tolist()
     images = ui.images_or_error(run, ids)
     if images is not None:
         captions = [ui.item_caption(art, i, float(result.similarity[i]),
                                     None if query.label is None else bool(art.labels[i] == query.label))
                     + f" (was {result.rank_before[i]})" for i in ids]
-        ui.image_grid(images, captions, columns=8)
+        ui.image_wall(images, captions, width=96)
