@@ -5,7 +5,7 @@ deletion and insertion AUC of the similarity (normalised to the unoccluded one) 
 inverted-map controls, the Spearman ρ of the map with the same map of the model randomised (head; head + top
 backbone stage), and beside them
   * mass on the object: the share of the map's positive mass inside the target mask, scored as
-    benchmarks/heads_interpretability.py scores the learned maps (`score_maps`; the mask's area is what a
+    benchmarks/heads_interpretability.py scores the learned maps (`core.map_scores`; the mask's area is what a
     uniform map gets);
   * Captum's `infidelity` (normalised): E[(Σ_hidden cells map − (s(x) − s(x with those cells filled)))²] over
     random hidings of a quarter of the map's cells, the map read as each cell's share of the similarity;
@@ -16,6 +16,7 @@ backbone stage), and beside them
     python -m benchmarks.faithfulness                        # every checkpoints/shapes_* run
     python -m benchmarks.faithfulness checkpoints/shapes_gsp --queries 4
     python -m benchmarks.faithfulness --timing               # seconds a page waits: one pass, one re-rank
+    python -m benchmarks.faithfulness --rerank               # one re-rank as the dashboard does it (one thread)
 """
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ from torch import nn
 import torch.nn.functional as F
 
 from benchmarks.common import ROOT, md_table, write_results
-from benchmarks.heads_interpretability import score_maps
 from core.attribution import cells_to_pixels, fill_image
-from core.faithfulness import Pair, faithfulness, map_entries, map_sources, run_pairs
+from core.faithfulness import Pair, faithfulness, map_entries, map_sources
+from core.faithfulness_table import run_pairs
+from core.map_scores import score_maps
 from core.run_dir import is_complete
 from core.run_items import RunItems
 
@@ -217,6 +219,61 @@ def timing(runs: list[Path], repeats: int) -> tuple[dict, str]:
     return out, md
 
 
+def rerank_timing(runs: list[Path], queries: int, repeats: int, threads: int) -> tuple[dict, str]:
+    """What one click on the re-ranking panel costs the server, with the dashboard's thread count: the re-rank alone
+    (`Reranker.rerank`: the hidden query's forward and the whole test set's cosines and ranks), and with the
+    picker drawn again (the query with its cells filled, the figure and its JSON). A random quarter of the
+    dashboard's hiding grid is hidden per click; `queries` queries spread over the test set, `repeats` clicks
+    each; the set-up is the Reranker's construction (once per query: one forward of the unmodified query)."""
+    from core.rerank import Reranker
+    from dashboard.counterfactual import GRID_SIDES
+    from dashboard.figures import cell_picker, enlarge
+    from dashboard.logic import to_uint8
+
+    torch.set_num_threads(threads)
+    out, rows = {}, []
+    for run in runs:
+        items = RunItems(run)
+        model, gallery = items.model, torch.from_numpy(items.embeddings)
+        with torch.inference_mode():
+            h, w = model.forward_features(items.image(0)[None]).shape[-2:]
+        grid = tuple(int(min(max(side, GRID_SIDES[0]), GRID_SIDES[1])) for side in (h, w))
+        rng, setup, alone, panel = np.random.default_rng(0), [], [], []
+        for q in np.linspace(0, len(items) - 1, queries).round().astype(int).tolist():
+            image = items.image(q)
+            start = time.perf_counter()
+            reranker = Reranker(model, image, gallery, exclude=q)
+            setup.append(time.perf_counter() - start)
+            for _ in range(repeats):
+                hidden = rng.random(grid) < 0.25
+                start = time.perf_counter()
+                reranker.rerank(hidden)
+                alone.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                reranker.rerank(hidden)
+                shown = to_uint8(reranker.hidden_image(hidden).numpy())
+                cell_picker(enlarge(shown, 256), hidden).to_json()
+                panel.append(time.perf_counter() - start)
+        stats = lambda v: {"median": float(np.median(v)), "p95": float(np.percentile(v, 95)), "max": float(np.max(v))}
+        out[run.name] = {"gallery": len(items), "grid": list(grid), "setup_s": stats(setup), "rerank_s": stats(alone),
+                         "panel_s": stats(panel)}
+        ms = lambda d: f"{1000 * d['median']:.0f} ({1000 * d['p95']:.0f}, {1000 * d['max']:.0f})"
+        rows.append([run.name, len(items), "×".join(map(str, grid)), ms(out[run.name]["setup_s"]),
+                     ms(out[run.name]["rerank_s"]), ms(out[run.name]["panel_s"])])
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    md = ("# Counterfactual re-ranking: one click on the panel\n\n"
+          f"Milliseconds on the CPU with {threads} PyTorch thread{'s' if threads > 1 else ''} (the dashboard's "
+          f"default, METRICLENS_TORCH_THREADS), median (95th percentile, max) over {queries} queries × {repeats} clicks "
+          f"per run, a random quarter of the hiding grid hidden per click. *Re-rank*: `core.rerank.Reranker.rerank` "
+          "(one forward of the hidden query, the cosine to every test item, the new ranks). *With the picker*: the "
+          "re-rank plus the query drawn again with its cells filled (the plotly figure and its JSON). *Set-up*: the "
+          "Reranker of a new query (cached per query by the page). The target is at most 1 s per re-rank. "
+          f"Load average {load} at the end (a shared 2-core machine: read them as upper bounds). The `--timing` "
+          "table's re-rank column was taken with PyTorch's default thread count under heavier load.\n\n"
+          + md_table(["run", "test items", "hiding grid", "set-up", "re-rank", "with the picker"], rows))
+    return out, md
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", type=Path, help="run directories (default: every checkpoints/shapes_* run)")
@@ -230,10 +287,18 @@ def main(argv=None) -> int:
     p.add_argument("--sensitivity-samples", type=int, default=2)
     p.add_argument("--timing", action="store_true", help="time one query's pass per explainer and one re-rank "
                                                             "instead (results: faithfulness_timing)")
-    p.add_argument("--repeats", type=int, default=10, help="re-ranks timed per run (--timing)")
+    p.add_argument("--repeats", type=int, default=10, help="re-ranks timed per run (--timing) or per query (--rerank)")
+    p.add_argument("--rerank", action="store_true", help="time one click of the re-ranking panel as the dashboard "
+                                                         "runs it (results: faithfulness_rerank)")
+    p.add_argument("--threads", type=int, default=1, help="PyTorch threads for --rerank (the dashboard's: 1)")
     p.add_argument("--name", default="faithfulness")
     args = p.parse_args(argv)
     runs = args.runs or sorted(r for r in (ROOT / "checkpoints").glob("shapes_*") if is_complete(r))
+    if args.rerank:
+        out, md = rerank_timing([Path(r).resolve() for r in runs], args.queries, args.repeats, args.threads)
+        write_results(f"{args.name}_rerank", {"threads": args.threads, "runs": out}, md)
+        print(md)
+        return 0
     if args.timing:
         out, md = timing([Path(r).resolve() for r in runs], args.repeats)
         write_results(f"{args.name}_timing", {"runs": out}, md)

@@ -34,6 +34,7 @@ from benchmarks.common import ROOT, RUNS, md_table, registered_methods, write_re
 from core import checkpoint as ckpt
 from core.data import build_datasets
 from core.explain import explain, explainers
+from core.map_scores import score_maps
 
 
 def default_runs(epochs: int, max_per_class: int) -> list[Path]:
@@ -51,26 +52,6 @@ def default_runs(epochs: int, max_per_class: int) -> list[Path]:
         train_one(config_for(head, epochs, 0, max_per_class, "cpu", []), out)
         runs.append(out)
     return runs
-
-
-def score_maps(maps: torch.Tensor, masks: torch.Tensor, clutter: torch.Tensor | None = None) -> dict[str, np.ndarray]:
-    """maps B×K×h×w, masks B×H×W bool -> per image and channel: mass inside (B×K), pointing hit (B×K); with
-    `clutter` (B×H×W bool, the distractors) also the mass on it ("clutter", B×K)."""
-    up = F.interpolate(maps.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False).clamp_min(0)
-    total = up.sum((2, 3))                                            # B×K
-    valid = total > 0
-    dist = up / total.clamp_min(1e-12)[..., None, None]
-    m = masks[:, None].float()
-    mass = (dist * m).sum((2, 3))
-    flat = up.flatten(2).argmax(-1)                                   # B×K
-    hit = m.flatten(2).expand(-1, up.size(1), -1).gather(2, flat[..., None])[..., 0]
-    mass[~valid], hit[~valid] = float("nan"), float("nan")            # e.g. GSP prototypes before warm-up
-    scores = {"mass": mass.numpy(), "hit": hit.numpy()}
-    if clutter is not None:
-        on_clutter = (dist * clutter[:, None].float()).sum((2, 3))
-        on_clutter[~valid] = float("nan")
-        scores["clutter"] = on_clutter.numpy()
-    return scores
 
 
 def _summarise(per_channel: dict[str, np.ndarray], aggregate: dict[str, np.ndarray]) -> dict:

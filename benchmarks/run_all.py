@@ -28,6 +28,7 @@ STEPS = [  # (results name, command)
     ("heads_interpretability", ["-m", "benchmarks.heads_interpretability"]),
     ("faithfulness", ["-m", "benchmarks.faithfulness"]),
     ("faithfulness_timing", ["-m", "benchmarks.faithfulness", "--timing"]),
+    ("faithfulness_rerank", ["-m", "benchmarks.faithfulness", "--rerank"]),
     ("cub100", ["-m", "benchmarks.cub100", "--train"]),  # with a GPU: + --heads gap,grouping,gsp,cia
     ("real_data", ["-m", "benchmarks.real_data", "--ablation"]),  # then --recipes; see benchmarks/notes/real_data.md
     ("input_pipeline", ["-m", "benchmarks.input_pipeline", "--size", "96", "--epochs", "1", "--train-per-class", "8"]),

@@ -134,13 +134,15 @@ def cmd_import_model(args) -> int:
 
 def cmd_faithfulness(args) -> int:
     from core import io
-    from core.faithfulness import run_faithfulness, table
+    from core.faithfulness_table import run_faithfulness, table
+    from core.progress import ProgressLog, tee
     from core.run_dir import FAITHFULNESS
 
+    progress = tee(_progress_bar(), ProgressLog(args.progress, fresh=True) if args.progress else None)
     result = run_faithfulness(args.run_dir, args.queries, fill=args.fill, steps=args.steps,
                               channels=None if args.channels == "all" else int(args.channels),
                               explainer_names=args.explainers.split(",") if args.explainers else None,
-                              progress=_progress_bar())
+                              progress=progress)
     out = Path(args.out or Path(args.run_dir) / FAITHFULNESS)
     try:
         io.write_json(out, result)
@@ -251,6 +253,7 @@ def _faithfulness_arguments(f) -> None:
     f.add_argument("--explainers", help="comma-separated explainer names (default: every one that applies)")
     f.add_argument("--out", help="where to write the JSON (default RUN_DIR/faithfulness.json)")
     f.add_argument("--json", action="store_true", help="print the JSON instead of a table")
+    f.add_argument("--progress", help="also append progress here as JSON lines (what the dashboard's job reads)")
     _threads_argument(f)
 
 

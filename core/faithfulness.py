@@ -28,14 +28,13 @@ at, not which cells the similarity uses.
 
 Every curve image goes through the model in one batched forward per map (deletion and insertion together),
 and the random orders once per grid and query. `score_pair` scores one query (what a page calls);
-`faithfulness` aggregates many into the JSON of `python -m core faithfulness`; `run_faithfulness` picks the
-queries of a run.
+`faithfulness` aggregates many into the JSON of `python -m core faithfulness` (a run's queries, their mass on
+the object and the verdicts in words: core/faithfulness_table.py).
 """
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -211,11 +210,12 @@ def score_map(scorer: PairScorer, cell_map: np.ndarray, *, contrast: bool = Fals
 
 def drop_at(score: dict, share: float) -> dict:
     """What a page writes beside a map: how much the similarity drops when the map's top `share` of cells is
-    hidden, and when a random share is (mean of the random orders), in cosine units, at the nearest step."""
+    hidden, and when a random share is (mean of the random orders), in cosine units, at the nearest step. For a
+    contrast map: how much the margin over the true match shrinks (its curve starts at the margin, not at 1)."""
     k = int(np.argmin(np.abs(np.asarray(score["hidden_share"]) - share)))
-    start = score["start_similarity"]
-    return {"share": score["hidden_share"][k], "map": start * (1 - score["curves"]["deletion"][k]),
-            "random": start * (1 - score["curves"]["random_deletion"][k])}
+    start, curves = score["start_similarity"], score["curves"]
+    return {"share": score["hidden_share"][k], "map": start * (curves["deletion"][0] - curves["deletion"][k]),
+            "random": start * (curves["random_deletion"][0] - curves["random_deletion"][k])}
 
 
 # ---- scoring one query, and many -------------------------------------------------------------------------
@@ -353,48 +353,3 @@ def _finite(obj):
     if isinstance(obj, list):
         return [_finite(v) for v in obj]
     return None if isinstance(obj, float) and not np.isfinite(obj) else obj
-
-
-def run_pairs(items, n_queries: int, with_true_match: bool = True) -> list[Pair]:
-    """N test queries spread over a run's items (`core.run_items.RunItems`), each with its top-1 neighbour by
-    the stored embeddings and its nearest true match other than that neighbour."""
-    ids = np.unique(np.linspace(0, len(items) - 1, min(n_queries, len(items))).round().astype(int))
-    pairs = []
-    for q in ids.tolist():
-        neighbour = int(items.neighbours(q, 1)[0])
-        true = items.nearest_true_match(q, besides=neighbour) if with_true_match else None
-        pairs.append(Pair(items.image(q), items.image(neighbour), None if true is None else items.image(true),
-                          {"query": q, "neighbour": neighbour, "true_match": true}))
-    return pairs
-
-
-def run_faithfulness(run_dir: str | Path, queries: int = 8, **options) -> dict:
-    """`faithfulness` on a run's first-to-last spread of `queries` test items (see `run_pairs`)."""
-    from core.run_items import RunItems
-
-    items = RunItems(run_dir)
-    pairs = run_pairs(items, queries)
-    if any(p.true_match is None for p in pairs):   # contrast maps need a true match for every query
-        options.setdefault("explainer_names", [s.explainer for s in map_sources(items.model) if not s.contrast])
-    return {"run": str(run_dir), **faithfulness(items.model, pairs, **options)}
-
-
-def table(result: dict) -> str:
-    """The scores as a plain-text table (the CLI without --json)."""
-    def cell(x: dict) -> str:
-        return "–" if x["mean"] is None else f"{x['mean']:.3f}±{x['std']:.3f}"
-    levels = result.get("randomised", [])
-    header = ["map", "grid", "deletion", "random", "inverted", "insertion", "random", "inverted",
-              *(f"ρ {level}" for level in levels)]
-    rows = [header]
-    for key, s in result["explainers"].items():
-        rows.append([key, "×".join(map(str, s["grid"])), cell(s["deletion_auc"]), cell(s["random"]["deletion_auc"]),
-                     cell(s["inverted"]["deletion_auc"]), cell(s["insertion_auc"]), cell(s["random"]["insertion_auc"]),
-                     cell(s["inverted"]["insertion_auc"]),
-                     *(cell(s["randomised_model_spearman"][level]) for level in levels)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    return "\n".join([f"{result.get('run', '')}: {result['queries']} queries, fill {result['fill']}, "
-                      f"{result['steps']} steps; AUCs of the similarity normalised to the unoccluded one "
-                      f"(deletion: lower is more faithful; insertion: higher); ρ: Spearman of the map with the "
-                      f"same map of the randomised model (near 1: the map ignores the model)", *lines])

@@ -71,13 +71,15 @@ def _ranks(similarity: np.ndarray, exclude: int | None) -> tuple[np.ndarray, np.
 
 
 class Reranker:
-    """One query image against a gallery of embeddings (N×D, unit rows); `exclude`: the query's own item."""
+    """One query image against a gallery of embeddings (N×D, unit rows: numpy, or a tensor that many re-rankers
+    share); `exclude`: the query's own item."""
 
     def __init__(self, model, image, gallery: np.ndarray, *, exclude: int | None = None, fill: str = "mean"):
         self.model = model
         self.image = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image).float()
         self.filled = fill_image(self.image, fill)
-        self.gallery = torch.from_numpy(np.ascontiguousarray(gallery, dtype=np.float32))
+        self.gallery = (gallery.float() if torch.is_tensor(gallery)
+                        else torch.from_numpy(np.ascontiguousarray(gallery, dtype=np.float32)))
         self.exclude = exclude
         self.before = self._similarity(self.image)
         self.order_before, self.rank_before = _ranks(self.before, exclude)

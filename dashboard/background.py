@@ -3,15 +3,17 @@
 - training (`training_jobs`): each job owned by the browser session that started it, at most
   METRICLENS_MAX_JOBS at once (the Train page); `trained_runs` lists their folders in every session;
 - shared work (`shared_jobs`), one job per output for every session: a run's UMAP coordinates (`start_umap`),
-  the UMAP of an isolated selection (`start_subset_umap`), the hover thumbnails (`thumbnails`) and, for a
-  large run, the all-vs-all retrieval table (`table_in_background`).
-The shared programs are `python -m dashboard.workers ...` at lowered priority. They run as processes, not
-threads: numba's compilation in a UMAP thread starved the UI's own thread, and the map waited for it
-(benchmarks/notes/dashboard_latency.md). Their logs and progress files go to the git-ignored .cache/jobs/,
+  the UMAP of an isolated selection (`start_subset_umap`), the hover thumbnails (`thumbnails`), for a
+  large run the all-vs-all retrieval table (`table_in_background`), and a run's faithfulness table
+  (`start_faithfulness`, `python -m core faithfulness`).
+The shared programs are `python -m dashboard.workers ...` (the faithfulness table's: the core CLI) at lowered
+priority. They run as processes, not threads: numba's compilation in a UMAP thread starved the UI's own thread,
+and the map waited for it (benchmarks/notes/dashboard_latency.md). Their logs and progress files go to the git-ignored .cache/jobs/,
 never into a (possibly shipped) run directory.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import streamlit as st
 from core.checkpoint import CheckpointError
 from core.run_dir import ARTIFACTS, EMBEDDINGS, coords_file
 from dashboard import access, jobs, logic
-from dashboard.caching import artifact_stamp, cache_path, digest
+from dashboard.caching import artifact_stamp, cache_path, digest, weights_stamp
 from dashboard.session import data_root_override
 
 REPO = jobs.REPO
@@ -117,3 +119,27 @@ def table_in_background(run_dir: str) -> logic.RetrievalTable:
             raise CheckpointError(f"scoring every item of {Path(run_dir).name} against all others failed: "
                                   f"{job.error()}")
     return logic.load_table(path)
+
+
+# ---- a run's faithfulness table -----------------------------------------------------------------------------
+FAITHFULNESS_JOB = "faithfulness"
+
+
+def start_faithfulness(run_dir: str, queries: int, out: Path, explainers: list[str] | None = None) -> jobs.Job:
+    """`python -m core faithfulness RUN --queries N --out OUT` in the background (the Attention page's run-level
+    table; `explainers`: only these), once per run, weights, N and explainers on this server; progress as JSON
+    lines for the page's bar. The child sees the modules the server sees (a researcher's own model's code)."""
+    key = f"{FAITHFULNESS_JOB}|{run_dir}|{weights_stamp(run_dir)}|{int(queries)}|{','.join(explainers or [])}"
+    name = f"{FAITHFULNESS_JOB}-{digest(key)}"
+    log, progress = cache_path("jobs", f"{name}.log"), cache_path("jobs", f"{name}.jsonl")
+    command = [sys.executable, "-m", "core", "faithfulness", run_dir, "--queries", str(int(queries)),
+               "--out", str(out), "--progress", str(progress)] + (["--explainers", ",".join(explainers)] if explainers else [])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    return shared_jobs().start(jobs.Job(key, command, log, progress, output=out, nice=10, env=env))
+
+
+def faithfulness_job(run_dir: str) -> jobs.Job | None:
+    """The run's latest faithfulness job on this server (any session's), or None."""
+    mine = [job for key, job in list(shared_jobs().jobs.items())
+            if key.startswith(f"{FAITHFULNESS_JOB}|{run_dir}|")]
+    return max(mine, key=lambda job: job.started) if mine else None

@@ -265,6 +265,35 @@ def patch_picker(image: np.ndarray, grid_h: int, grid_w: int, selected: tuple[in
     return fig
 
 
+def cell_picker(image: np.ndarray, hidden: np.ndarray, drag: str | None = None, height: int = 320) -> go.Figure:
+    """The query (as the model sees it, hidden cells filled) with one marker per grid cell (h×w bool `hidden`):
+    `drag` None: a click selects one cell; "select" (a box) or "lasso": a drag selects a region (Streamlit's
+    chart sends no selection for a click in those modes). customdata = the cell's flat index; hidden cells are
+    drawn as crossed squares. Selected markers are not highlighted: the page applies a selection at once and
+    draws a fresh chart."""
+    grid_h, grid_w = hidden.shape
+    rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
+    xs, ys = (cols.ravel() + 0.5) / grid_w, (rows.ravel() + 0.5) / grid_h
+    flat = hidden.ravel()
+    size = max(6, int(0.6 * height / max(grid_h, grid_w)))
+    marker = dict(size=size, symbol=np.where(flat, "square-x", "circle").tolist(),
+                  color=np.where(flat, "rgba(20,20,20,0.55)", "rgba(255,255,255,0.15)").tolist(),
+                  line=dict(width=np.where(flat, 2, 1).tolist(),
+                            color=np.where(flat, "#ff4b4b", "rgba(0,0,0,0.55)").tolist()))
+    fig = go.Figure(go.Scatter(
+        x=xs.tolist(), y=ys.tolist(), mode="markers", customdata=list(range(flat.size)), marker=marker,
+        text=[f"row {r}, col {c}: {'hidden' if h else 'shown'}" for r, c, h in zip(rows.ravel(), cols.ravel(), flat)],
+        hovertemplate="%{text}<extra></extra>", selected=dict(marker=dict(opacity=1)),
+        unselected=dict(marker=dict(opacity=1))))
+    fig.add_layout_image(dict(source=_data_uri(image), xref="x", yref="y", x=0, y=0, sizex=1, sizey=1,
+                              sizing="stretch", layer="below"))
+    fig.update_layout(height=height, width=height, margin=dict(l=0, r=0, t=0, b=0), showlegend=False,
+                      dragmode=drag or False, clickmode="event+select",
+                      xaxis=dict(range=[0, 1], visible=False, fixedrange=True),
+                      yaxis=dict(range=[1, 0], visible=False, fixedrange=True, scaleanchor="x"))
+    return fig
+
+
 # ---- Compare: one run's map coloured by a per-query change between two runs ---------------------------
 SHIFT_SCALE = [[0.0, "#d62728"], [0.5, "#c8c8c8"], [1.0, "#1f5fd6"]]   # worse in B · no change · better in B
 

@@ -77,6 +77,19 @@ def test_drop_at_reads_the_curves_at_a_share(scorer):
     assert drop["random"] < drop["map"] - 0.1
 
 
+def test_drop_at_of_a_contrast_map_is_the_margin_it_loses():
+    """For "why this neighbour rather than the true match" the page says how much the margin shrinks: from the
+    unoccluded margin, not from the similarity."""
+    true_match = region_image(2)
+    true_match[:, REGION[0], REGION[1]] = torch.tensor([0.1, 0.8, 0.2])[:, None, None]   # the true match is green
+    scorer = PairScorer(RegionModel(), Pair(region_image(0), region_image(1), true_match))
+    drop = drop_at(score_map(scorer, region_map(), contrast=True), 0.25)
+    with torch.inference_mode():
+        margins = scorer.similarities(torch.stack([scorer.query, scorer.filled]))[:, 1]
+    assert margins[0] > 0.2                                   # a margin worth explaining
+    assert drop["map"] == pytest.approx(float(margins[0] - margins[1]), abs=1e-4)
+
+
 def test_a_constant_map_scores_like_random():
     """Ties are broken at random: a constant map is a random order (in raster order it would hide the region's
     cells at a fixed share of the curve)."""
@@ -189,8 +202,9 @@ def test_cli_scores_every_map_of_a_shipped_run(tmp_path, capsys):
 
     out = tmp_path / "f.json"
     run = ROOT / "checkpoints" / "shapes_grouping"
+    progress = tmp_path / "progress.jsonl"
     assert main(["faithfulness", str(run), "--queries", "1", "--steps", "4", "--channels", "2",
-                 "--out", str(out), "--json"]) == 0
+                 "--out", str(out), "--json", "--progress", str(progress)]) == 0
     text = capsys.readouterr().out
     printed = json.loads(text)
     assert "NaN" not in text and "Infinity" not in text                  # strict JSON, for any reader
@@ -205,4 +219,9 @@ def test_cli_scores_every_map_of_a_shipped_run(tmp_path, capsys):
                        s["inverted"]["insertion_auc"], *s["randomised_model_spearman"].values()):
             assert set(number) == {"mean", "std"}, key
         assert np.isfinite(s["deletion_auc"]["mean"]), key
+        mass = s["mass_on_object"]["mean"]                                  # shapes items carry their masks
+        assert (mass is None and key.startswith("why_neighbour")) or 0 <= mass <= 1, key  # a difference may be < 0
+    assert 0 < printed["uniform_mass"] < 0.5 and len(printed["weights_sha256"]) == 64
+    lines = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert lines[-1]["done"] == lines[-1]["total"] == 2                    # maps drawn, then curves, per query
     assert main(["faithfulness", str(tmp_path / "missing")]) == 2

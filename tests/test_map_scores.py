@@ -1,9 +1,9 @@
-"""How the benchmarks score a map against the object (benchmarks/heads_interpretability.py), on real shapes masks."""
+"""How a map is scored against the object (core/map_scores.py: the benchmarks and the faithfulness table), on real shapes masks."""
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.heads_interpretability import score_maps
+from core.map_scores import score_maps
 from core.data.shapes import ShapesSpec, generate
 
 

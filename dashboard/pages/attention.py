@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 
 from core.explain import explainers
-from dashboard import artifacts, dataset, explanations, figures, logic, session, ui
+from dashboard import artifacts, counterfactual, dataset, explanations, faithfulness, figures, logic, session, ui
 
 PER_ROW = 5  # every panel the same size, and wide enough that a caption breaks between words, not inside them
 
@@ -25,12 +25,27 @@ class Panels:
     extra_true: bool               # the true match is shown only because it is the true match
     images: list[np.ndarray]       # query first, then one per id
     captions: list[str]
+    table: dict | None = None      # the run's faithfulness table (None: none yet)
+    test: bool = False             # test each map on this query (deletion against random)
 
     def caption(self, i: int) -> str:
         sim = float(self.art.embeddings[i] @ self.query.embedding)
         tag = "true match " if self.extra_true and i == self.ids[-1] else ""
         same = None if self.query.label is None else bool(self.art.labels[i] == self.query.label)
         return tag + ui.item_caption(self.art, i, sim, same)
+
+    def shown(self, i: int | None) -> faithfulness.Shown:
+        """The query (None) or item i, as a map's faithfulness test takes it."""
+        if i is None:
+            return faithfulness.Shown(counterfactual.query_key(self.query), self.query.pixels, "the query")
+        return faithfulness.Shown(f"item {i}", dataset.model_input(self.run, i), f"#{i}")
+
+    def note(self, key: str | None, cell_map: np.ndarray, query: int | None = None, reference: int | None = None,
+             true_match: int | None = None, contrast: bool = False, label: str = "") -> None:
+        """The faithfulness notes of one map of `query` (None: the query) against `reference` (default: its top-1)."""
+        reference = self.ids[0] if reference is None and query is None else reference
+        faithfulness.map_note_ui(self.run, self.table, key, cell_map, self.shown(query), self.shown(reference),
+                                 self.test, None if true_match is None else self.shown(true_match), contrast, label)
 
 
 def image_row(panels: list[np.ndarray], captions: list[str]) -> None:
@@ -81,8 +96,9 @@ def compared_images(run: str, art: artifacts.Artifacts, query: ui.Query, k: int)
     return panels
 
 
-def map_rows_ui(name: str, maps: list[np.ndarray], p: Panels, opacity: float, description: str) -> None:
-    """One explainer map for the query and every compared image, on a scale shared by the row."""
+def map_rows_ui(explainer: str, name: str, maps: list[np.ndarray], p: Panels, opacity: float, description: str) -> None:
+    """One explainer map for the query and every compared image, on a scale shared by the row, and what its
+    faithfulness tests say of the query's map."""
     qmap = maps[0]
     if qmap.ndim == 2:
         maps, qmap = [m[None] for m in maps], qmap[None]
@@ -102,6 +118,8 @@ def map_rows_ui(name: str, maps: list[np.ndarray], p: Panels, opacity: float, de
         image_row([figures.overlay(img, m, opacity, scale=scale) for img, m in zip(p.images, shown)],
                   [f"{label} · {c}" for c in p.captions])
         colour_bar(0.0, scale or 0.0)
+        single = ch == "sum of all" or qmap.shape[0] == 1   # the table scores a channel sum as the channel mean
+        p.note(f"{explainer}/{name}" if single else f"{explainer}/{name}[{ch}]", shown[0], label=f"{label} of the query")
 
 
 def extras_ui(name: str, values: list[np.ndarray], p: Panels, description: str, key: str) -> None:
@@ -119,7 +137,7 @@ def learned_maps_ui(model, p: Panels, opacity: float) -> None:
         outs = [explanations.explain(p.run, p.query.pixels, explainer=explainer.name)]
         outs += [explanations.explain_item(p.run, i, explainer=explainer.name) for i in p.ids]
         for name in outs[0].maps:
-            map_rows_ui(name, [o.maps[name] for o in outs], p, opacity, outs[0].describe(name))
+            map_rows_ui(explainer.name, name, [o.maps[name] for o in outs], p, opacity, outs[0].describe(name))
         for name in outs[0].extras:
             extras_ui(name, [o.extras[name] for o in outs], p, outs[0].describe(name),
                       key=f"attention_extra_{explainer.name}_{name}")
@@ -192,6 +210,8 @@ def attribution_ui(model, p: Panels, opacity: float) -> None:
     target_image = p.images[1 + p.ids.index(target)]
     maps = [(p.images[0], to_target, "query → similarity to the target"),
             (target_image, from_target, "target → similarity to the query")]
+    notes = [lambda: p.note(f"{method}/attribution", to_target, reference=target, label="query → target"),
+             lambda: p.note(None, from_target, query=target, reference=None, label="target → query")]
     extra_panels = []
     if p.true_match is not None and target != p.true_match and query.item is not None:
         for contrast in explainers("contrast", model):
@@ -199,6 +219,9 @@ def attribution_ui(model, p: Panels, opacity: float) -> None:
                                        true_match=art.embeddings[p.true_match], attribution=method,
                                        to_reference=to_target)  # drawn above: Captum runs once less
             maps.append((p.images[0], out.maps["difference"], f"why #{target} rather than the true match #{p.true_match}"))
+            notes.append(lambda out=out, name=contrast.name: p.note(
+                f"{name}/difference", out.maps["difference"], reference=target, true_match=p.true_match,
+                contrast=True, label=f"why #{target} rather than #{p.true_match}"))
         true_sim = float(art.embeddings[p.true_match] @ query.embedding)
         extra_panels = [(p.images[1 + p.ids.index(p.true_match)],
                          f"true match {ui.item_caption(art, p.true_match, true_sim)}")]
@@ -213,6 +236,8 @@ def attribution_ui(model, p: Panels, opacity: float) -> None:
     elif query.item is not None and target == p.true_match:
         footer += " The chosen image is the query's nearest true match, so there is no 'rather than the true match' panel."
     st.caption(footer)
+    for note in notes:
+        note()
 
 
 def main() -> None:
@@ -227,10 +252,13 @@ def main() -> None:
     if panels is None:
         st.stop()
     image_row(panels.images, panels.captions)
+    panels.table = faithfulness.table_ui(run)
+    panels.test = faithfulness.testing()
     learned_maps_ui(model, panels, opacity)
     position_maps_ui(model, panels, opacity)
     group_terms_ui(panels)
     attribution_ui(model, panels, opacity)
+    counterfactual.rerank_ui(run, model, art, query, k, "attention")
 
 
 main()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dashboard import artifacts, figures, item_rows, logic, session, tables, ui
+from dashboard import artifacts, counterfactual, figures, item_rows, logic, session, tables, ui
 
 
 def query_source_ui(run: str, n: int, has_model: bool) -> None:
@@ -131,6 +131,7 @@ def main() -> None:
         st.stop()
     k = ui.int_slider(st, "Neighbours (k)", 1, min(32, table.neighbours.shape[1]), 8, key="retrieval_k")
     neighbours_ui(run, art, table, query, k, has_model=model is not None)
+    counterfactual.rerank_ui(run, model, art, query, k, "retrieval")
     group_retrieval_ui(run, art, query, k)
     failures_ui(run, art, table, has_model=model is not None)
 
