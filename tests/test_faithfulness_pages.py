@@ -61,7 +61,9 @@ def select(at, page: str, cells, region: bool = False) -> None:
 
 
 def rows(at) -> list[dict]:
-    return at.dataframe[-1].value.to_dict("records")    # the re-ranking table is the page's last
+    tables = [d.value for d in at.dataframe if "rank now" in d.value.columns]    # the re-ranking table
+    assert len(tables) == 1
+    return tables[0].to_dict("records")
 
 
 def summary(at) -> str:
