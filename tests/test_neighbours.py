@@ -126,3 +126,31 @@ def test_topk_overlap_is_the_jaccard_of_the_two_lists():
     expected = [len(set(x[:8]) & set(y[:8]) - {-1}) / len((set(x[:8]) | set(y[:8])) - {-1}) for x, y in zip(a, b)]
     assert np.allclose(neighbours.topk_overlap(a, b, 8), expected)
     assert np.allclose(neighbours.topk_overlap(a, b, 8)[:20], 1.0)
+
+
+def test_a_large_import_says_how_its_metrics_and_neighbours_were_estimated(tmp_path, monkeypatch):
+    """`python -m core import` past the (lowered) exact threshold: sampled metrics with standard errors that
+    cover the exact values, metrics.json's evaluation and neighbours records, and the saved artifact."""
+    from core.__main__ import main
+    from core.importer import IMPORTED
+
+    emb, labels = clustered(12_000, 600)
+    np.save(tmp_path / "emb.npy", emb)
+    (tmp_path / "labels.csv").write_text("label,site\n" + "".join(f"c{l},s{l % 5}\n" for l in labels))
+    exact = evaluate.retrieval_metrics(emb, labels)
+    monkeypatch.setattr(neighbours, "EXACT_MAX_ITEMS", 4_000)
+    monkeypatch.setattr(evaluate, "SAMPLED_QUERIES", 2_000)
+    run = tmp_path / "run"
+    assert main(["import", "--embeddings", str(tmp_path / "emb.npy"), "--labels", str(tmp_path / "labels.csv"),
+                 "--out", str(run)]) == 0
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["evaluation"]["queries"] == 2_000 and record["evaluation"]["items"] == 12_000
+    for name in ("recall@1", "map_at_r", "r_precision"):
+        assert abs(record["test"][name] - exact[name]) <= 1.96 * record["test"][f"{name}_se"]
+    assert not record["neighbours"]["exact"] and record["neighbours"]["recall@10"] >= 0.9
+    found = neighbours.read_neighbours(run)
+    assert found.ids.shape == (12_000, 32) and found.info == record["neighbours"]
+    assert (found.ids != np.arange(12_000)[:, None]).all()                    # nobody is their own neighbour
+    from core.item_store import read_items
+    assert read_items(run / ARTIFACTS).row(7)["site"] == f"s{labels[7] % 5}"
+    assert json.loads((run / "config.json").read_text())["data"]["name"] == IMPORTED
