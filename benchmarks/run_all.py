@@ -31,6 +31,7 @@ STEPS = [  # (results name, command)
     ("input_pipeline", ["-m", "benchmarks.input_pipeline", "--size", "96", "--epochs", "1", "--train-per-class", "8"]),
     ("dashboard_scale", ["-m", "benchmarks.dashboard_latency", "--sizes", "1000,120000,1000000", "--core-only",
                          "--umap"]),  # import, UMAP and data functions at a million items (issue 27)
+    ("scale_estimates", ["-m", "benchmarks.scale_estimates"]),  # the sampled estimates against exact values
     ("dashboard_latency", ["-m", "benchmarks.dashboard_latency"]),
     ("dashboard_load", ["-m", "benchmarks.dashboard_load"]),
 ]

@@ -39,17 +39,17 @@ def classes_for(n: int) -> int:
 
 
 def clustered_inputs(folder: str | Path, n: int, dim: int = 128, latent: int = 16, spread: float = 0.45,
-                     noise: float = 0.1, isotropic: bool = False, seed: int = 0,
+                     noise: float = 0.1, isotropic: bool = False, seed: int = 0, classes: int | None = None,
                      chunk: int = 200_000) -> tuple[Path, Path]:
     """(embeddings.npy, labels.csv) in `folder`, written once (kept when both exist). See the module docstring;
-    `isotropic`: centres and spread (1.3 per dim) in all `dim` dims."""
+    `isotropic`: centres and spread (1.3 per dim) in all `dim` dims; `classes`: default `classes_for(n)`."""
     folder = Path(folder)
     emb_path, csv_path = folder / "emb.npy", folder / "labels.csv"
     if emb_path.exists() and csv_path.exists():
         return emb_path, csv_path
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    classes = classes_for(n)
+    classes = classes or classes_for(n)
     weights = rng.lognormal(0.0, 0.5, classes)
     labels = np.concatenate([np.arange(classes), rng.choice(classes, n - classes, p=weights / weights.sum())])
     labels = labels[rng.permutation(n)]   # every class at least once, in random order

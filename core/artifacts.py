@@ -36,7 +36,7 @@ def embed_and_score(model, splits, device="cpu", recall_ks=(1, 2, 4, 8), progres
 
 def write_artifacts(run_dir: Path, parts: dict, progress=None) -> None:
     """Every part's items as one set (the dashboard explores query and gallery together); `progress` is told
-    how the neighbour search goes (seconds up to 100k items, minutes at a million)."""
+    how the neighbour search goes."""
     out = Path(run_dir) / ARTIFACTS
     out.mkdir(parents=True, exist_ok=True)
     items = []

@@ -20,7 +20,7 @@ from core.neighbours import ExactSearch, precision_at_r, scores_of, search  # no
 
 log = logging.getLogger(__name__)
 SAMPLED_QUERIES = 10_000     # queries scored on a large set (standard error of R@1 at most 0.005)
-NMI_MAX_MACS = 3e12          # k-means training for NMI, in multiply-adds (a minute or two on 2 cores)
+NMI_MAX_MACS = 3e12          # k-means training for NMI, in multiply-adds (BENCHMARKS.md: its time and error)
 
 
 def knn(query: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool,
@@ -34,7 +34,7 @@ def knn(query: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool,
 
 def sampled_queries(n_queries: int, n_references: int) -> int | None:
     """How many queries a metric samples: None (every query, exact) while queries × references stays within
-    EXACT_MAX_ITEMS² pairs (core.neighbours: 100k items, about a minute on 2 cores), else SAMPLED_QUERIES."""
+    EXACT_MAX_ITEMS² pairs (core.neighbours), else SAMPLED_QUERIES."""
     from core.neighbours import EXACT_MAX_ITEMS
     if n_queries * n_references <= EXACT_MAX_ITEMS ** 2 or n_queries <= SAMPLED_QUERIES:
         return None
@@ -87,8 +87,8 @@ def summarise(scores: np.ndarray, recall_ks=(1, 2, 4, 8), population: int | None
 def kmeans_points(n: int, n_classes: int, dim: int) -> tuple[int, int]:
     """(points k-means trains on, iterations) for NMI: every point and 50 iterations while that costs at most
     NMI_MAX_MACS multiply-adds; else 10 iterations on a random sample that fits the budget, at least 25 points
-    a centroid (10,000 classes × 1M items in full would take hours on 2 cores). Measured against full k-means
-    (100k items, 1,000 classes): 25 a centroid and 10 iterations lose 0.015 of NMI, 10 and 20 lose 0.04."""
+    a centroid, then every item is assigned (10,000 classes × 1M items × 50 iterations in full is 6.4e15
+    multiply-adds). Its difference from full k-means: benchmarks/scale_estimates.py."""
     if n * n_classes * dim * 50 <= NMI_MAX_MACS:
         return n, 50
     return int(min(n, max(25 * n_classes, NMI_MAX_MACS // (n_classes * dim * 10)))), 10

@@ -6,7 +6,7 @@ metrics.json, but no weights: config.json names data "imported" and model "none"
 metrics.json says `"model": null`. The dashboard's pages that need no model (Explore, Retrieval by item, Compare)
 read it like any run; the others say that it has no model (`NoModelError`).
 
-Large imports stay within minutes: above core.neighbours.EXACT_MAX_ITEMS items the metrics are estimated on a
+Large imports: above core.neighbours.EXACT_MAX_ITEMS items the metrics are estimated on a
 sample of queries (with standard errors, metrics.json's "evaluation" says how) and the neighbours come from an
 IVF index (its recall@10 in "neighbours"); NMI's k-means trains on a sample (core.evaluate.kmeans_points).
 

@@ -1,7 +1,7 @@
 """A run's items as columns: `items.parquet` beside `items.json`, read into vectorised columns.
 
 Every run writer (training's core.artifacts, the importer) writes the store. Runs written before it have only
-items.json: `read_items` reads that too (one JSON list, seconds at a million items) and `ensure_store` writes
+items.json: `read_items` reads that too (one JSON list of dicts, slow for large runs) and `ensure_store` writes
 the store once. The functions below work on whole columns (pyarrow compute, numpy), never item by item:
 
 - `categorical_fields`: what "Colour by" offers (class, split, metadata columns, attributes in class names);
@@ -104,7 +104,7 @@ class ItemStore:
     def search(self, text: str) -> np.ndarray:
         """Ids of the items whose class, split, metadata, file name or folder holds every word of `text` (any
         case; '#12' is item 12). Each word is matched against each column's distinct values, then spread to
-        the items by their codes: a million items take tens of milliseconds."""
+        the items by their codes."""
         words = [w for w in re.split(r"[\s,]+", str(text).lower().strip()) if w]
         if not words:
             return np.zeros(0, int)

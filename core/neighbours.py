@@ -4,11 +4,11 @@ Every item's top-k (leave-one-out, cosine on unit embeddings) and its per-item r
 MAP@R, rank of the first true match) are computed once, where a run is written (`core.artifacts`, the importer),
 and saved beside the embeddings, so the dashboard reads them instead of searching all pairs again.
 
-- Up to EXACT_MAX_ITEMS items: exact (faiss IndexFlatIP), in query chunks of bounded memory.
+- Up to EXACT_MAX_ITEMS items: exact (faiss brute force), in query chunks of bounded memory.
 - Above: an IVF index (faiss IndexIVFFlat, about 4·√N cells), its number of probed cells raised until its
   recall@10 against exact search, measured on a sample of queries, reaches RECALL_TARGET (or MAX_NPROBE).
-  Exact all-pairs search grows as N²·D: 100k items take about a minute on 2 cores, 1M items would take
-  hours; the IVF pass scans a few percent of the items per query. The recall is saved with the artifact.
+  Exact all-pairs search costs N²·D multiply-adds (100× more at 1M items than at 100k); the IVF pass scans a
+  few percent of the items per query. The recall is saved with the artifact (timings: BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from core import io
-from core.run_dir import ARTIFACTS, ITEM_SCORES, NEIGHBOUR_IDS, NEIGHBOUR_SIMS, NEIGHBOURS_INFO
+from core.run_dir import (ARTIFACTS, EMBEDDINGS, ITEM_SCORES, LABELS, NEIGHBOUR_IDS, NEIGHBOUR_SIMS,
+                          NEIGHBOURS_INFO)
 
 EXACT_MAX_ITEMS = 100_000     # above: approximate all-items search (and sampled metrics, core.evaluate)
 SAVED_K = 32                  # neighbours kept per item: the most any page lists (Retrieval's k slider)
@@ -51,8 +52,7 @@ def drop_self(sims: np.ndarray, ids: np.ndarray, self_ids: np.ndarray, k: int) -
     return sims[keep].reshape(len(ids), width)[:, :k], ids[keep].reshape(len(ids), width)[:, :k]
 
 
-def search(index, queries: np.ndarray, k: int, self_ids: np.ndarray | None = None, progress=None,
-           label: str = "neighbours") -> tuple[np.ndarray, np.ndarray]:
+def search(index, queries: np.ndarray, k: int, self_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of `queries` in a faiss index, in chunks (memory: CHUNK_RESULTS pairs); `self_ids[j]` (the
     index id of query j) is left out of its own list. Returns (similarities, ids); ids -1 where an
     approximate index found fewer than k."""
@@ -67,8 +67,6 @@ def search(index, queries: np.ndarray, k: int, self_ids: np.ndarray | None = Non
         if self_ids is not None:
             s, i = drop_self(s, i, np.asarray(self_ids[start:stop]), k_eff - 1)
         sims[start:stop], ids[start:stop] = s, i
-        if progress:
-            progress(stop, n, label)
     return sims, ids
 
 
@@ -220,8 +218,6 @@ def read_neighbours(run_dir: str | Path, mmap: bool = True) -> Neighbours | None
 
 def ensure_neighbours(run_dir: str | Path, progress=None) -> Neighbours:
     """The run's saved neighbours, computed and saved first when missing or older than its embeddings."""
-    from core.run_dir import EMBEDDINGS, LABELS
-
     art = Path(run_dir) / ARTIFACTS
     info = art / NEIGHBOURS_INFO
     if info.exists() and info.stat().st_mtime >= (art / EMBEDDINGS).stat().st_mtime:

@@ -4,7 +4,7 @@ UMAP and determinism: up to UMAP_SEEDED_MAX items UMAP runs seeded, so a run's m
 (umap-learn then runs single-threaded: a fixed random_state turns its parallelism off). Larger sets are
 fitted on a seeded random sample of UMAP_FIT_SAMPLE items and the rest is placed by `transform` in chunks
 (with progress), unseeded and on every core: the map of such a run differs slightly between computations
-(which items the fit sees does not), and a million items take minutes instead of hours.
+(which items the fit sees does not), and its cost grows with N through `transform` only.
 """
 from __future__ import annotations
 
