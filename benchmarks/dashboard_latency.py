@@ -198,8 +198,8 @@ def core_measures(sizes: list[int], args, command: str) -> list[str]:
             results["umap"].append(kept_umap[run.name])
         results["functions"][run.name] = scale_core.function_timings(run, before=not args.skip_before)
         runs.append(str(run))
-    results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    scale_core.write(results)
+        results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        scale_core.write(results)   # after each size: a long call that fails later keeps what it measured
     return runs
 
 
