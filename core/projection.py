@@ -24,22 +24,27 @@ PCA_CHUNK = 100_000
 def pca_2d(emb: np.ndarray) -> np.ndarray:
     """The first two principal components, from the D×D covariance accumulated over chunks (float64): the axes
     an SVD of the centred data gives, without an N×D copy or a decomposition of N rows. Each axis is signed so
-    its largest loading is positive (an SVD's signs are arbitrary; this keeps a map from flipping)."""
+    its largest loading is positive (an SVD's signs are arbitrary; this keeps a map from flipping). BLAS runs
+    on one thread: these products are thin, and a second BLAS thread spinning for a core that other
+    processes hold made them several times slower on a shared machine."""
+    from threadpoolctl import threadpool_limits
+
     n, dim = emb.shape
-    mean = np.zeros(dim)
-    for start in range(0, n, PCA_CHUNK):
-        mean += emb[start:start + PCA_CHUNK].sum(0, dtype=np.float64)
-    mean /= n
-    cov = np.zeros((dim, dim))
-    for start in range(0, n, PCA_CHUNK):
-        centred = emb[start:start + PCA_CHUNK] - mean
-        cov += centred.T @ centred
-    _, vectors = np.linalg.eigh(cov)                                   # ascending eigenvalues
-    axes = vectors[:, ::-1][:, :2]
-    axes *= np.sign(axes[np.abs(axes).argmax(0), [0, 1]])
-    out = np.empty((n, 2), np.float32)
-    for start in range(0, n, PCA_CHUNK):
-        out[start:start + PCA_CHUNK] = (emb[start:start + PCA_CHUNK] - mean) @ axes
+    with threadpool_limits(1, user_api="blas"):
+        mean = np.zeros(dim)
+        for start in range(0, n, PCA_CHUNK):
+            mean += emb[start:start + PCA_CHUNK].sum(0, dtype=np.float64)
+        mean /= n
+        cov = np.zeros((dim, dim))
+        for start in range(0, n, PCA_CHUNK):
+            centred = emb[start:start + PCA_CHUNK] - mean
+            cov += centred.T @ centred
+        _, vectors = np.linalg.eigh(cov)                                   # ascending eigenvalues
+        axes = vectors[:, ::-1][:, :2]
+        axes *= np.sign(axes[np.abs(axes).argmax(0), [0, 1]])
+        out = np.empty((n, 2), np.float32)
+        for start in range(0, n, PCA_CHUNK):
+            out[start:start + PCA_CHUNK] = (emb[start:start + PCA_CHUNK] - mean) @ axes
     return out
 
 
