@@ -173,27 +173,35 @@ def imported_run(n: int, fresh: bool = False) -> tuple[Path, dict | None]:
 
 
 def core_measures(sizes: list[int], args, command: str) -> list[str]:
-    """Import (measured), UMAP (with --umap) and the data functions per size -> dashboard_scale.json/.md."""
-    from benchmarks import scale_core
+    """Import (measured), UMAP (with --umap) and the data functions per size -> dashboard_scale.json/.md. Runs
+    of other sizes measured by earlier calls keep their rows (each import and UMAP row carries its date)."""
+    from benchmarks import scale_core, scale_data
 
     results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": scale_core.machine(), "command": command,
                "imports": [], "umap": [], "functions": {}}
     saved = RESULTS / "dashboard_scale.json"
     previous = json.loads(saved.read_text()) if saved.exists() else {}
+    measured = {scale_data.input_name(n) for n in sizes}
+    for part in ("imports", "umap"):
+        results[part] = [r for r in previous.get(part, []) if r["run"] not in measured]
+    results["functions"] = {run: rows for run, rows in previous.get("functions", {}).items() if run not in measured}
     kept = {r["run"]: r for r in previous.get("imports", [])}
     kept_umap = {r["run"]: r for r in previous.get("umap", [])}
     runs = []
     for n in sizes:
         run, record = imported_run(n, args.fresh_imports)
         imported_now = record is not None
+        if imported_now:
+            record["date"] = time.strftime("%Y-%m-%d %H:%M")
         record = record or kept.get(run.name)   # a run imported by an earlier call keeps that call's figures
         if record:
             metrics = json.loads((run / rd.METRICS).read_text())
             results["imports"].append({**record, "run": run.name, "items": n, "metrics": metrics,
-                                       "classes": metrics["imported"]["classes"]})
+                                       "classes": metrics["imported"]["classes"],
+                                       "load_average": record.get("load_average")})
         if args.umap:
-            from benchmarks import scale_data
-            results["umap"].append({**scale_data.measured_umap(run), "run": run.name})
+            results["umap"].append({**scale_data.measured_umap(run), "run": run.name,
+                                    "date": time.strftime("%Y-%m-%d %H:%M")})
         elif not imported_now and run.name in kept_umap:   # measured by an earlier call, on the same import
             results["umap"].append(kept_umap[run.name])
         results["functions"][run.name] = scale_core.function_timings(run, before=not args.skip_before)

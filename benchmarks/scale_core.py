@@ -116,24 +116,28 @@ def write(results: dict) -> None:
     lines = ["# Dashboard at scale: import and data functions", "",
              f"- date: {results['date']}", f"- command: `{results['command']}`",
              f"- machine: {m['platform']}, {m['cpus']} CPUs ({m['processor']}), Python {m['python']}",
-             f"- load average (1, 5, 15 min) at start {m['load_average_start']}, at end {m.get('load_average_end')} "
-             f"(a load above 2 means other jobs shared the 2 cores: wall times then exceed a quiet machine's; the "
-             f"CPU seconds of the import do not depend on the load)", "",
+             f"- load average (1, 5, 15 min) at start {m['load_average_start']}, at end {m.get('load_average_end')}; "
+             f"'load' below: the 1-minute load average around that command (a load above 2 means other jobs shared "
+             f"the 2 cores: wall times then exceed a quiet machine's; CPU seconds depend less on it, though "
+             f"threads spinning for a busy core count too)", "",
              "## Import (`python -m core import`, at nice 10)", "",
-             "| run | items | classes | wall (s) | CPU (s) | peak RSS (GB) | target | R@1 (± SE) | MAP@R (± SE) | NMI "
-             "| neighbours | recall@10 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| run | items | classes | wall (s) | CPU (s) | peak RSS (GB) | load | target | R@1 (± SE) | MAP@R (± SE) "
+             "| NMI | neighbours | recall@10 | date |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["imports"]:
         t, nb = r["metrics"]["test"], r["metrics"].get("neighbours", {})
         se = lambda k: f" ± {t[k + '_se']:.4f}" if f"{k}_se" in t else ""  # noqa: E731
         met = "yes" if r["seconds"] <= TARGETS["import_seconds"] and r["peak_rss_gb"] <= TARGETS["import_peak_rss_gb"] else "no"
+        load = r.get("load_average")
         lines.append(f"| {r['run']} | {r['items']} | {r['classes']} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} | "
-                     f"{r['peak_rss_gb']:.2f} | ≤ 600 s, ≤ 8 GB: {met} | {t['recall@1']:.4f}{se('recall@1')} | "
-                     f"{t['map_at_r']:.4f}{se('map_at_r')} | {t['nmi']:.4f} | {nb.get('method', '—')}"
-                     f"{', nprobe ' + str(nb['nprobe']) if 'nprobe' in nb else ''} | {nb.get('recall@10', 'exact')} |")
+                     f"{r['peak_rss_gb']:.2f} | {'—' if load is None else f'{load[0]:.1f}'} | ≤ 600 s, ≤ 8 GB: {met} | "
+                     f"{t['recall@1']:.4f}{se('recall@1')} | {t['map_at_r']:.4f}{se('map_at_r')} | {t['nmi']:.4f} | "
+                     f"{nb.get('method', '—')}{', nprobe ' + str(nb['nprobe']) if 'nprobe' in nb else ''} | "
+                     f"{nb.get('recall@10', 'exact')} | {r.get('date', results['date'][:16])} |")
     if results.get("umap"):
-        lines += ["", "## UMAP (`python -m core umap RUN`, at nice 10)", "", "| run | wall (s) | CPU (s) | peak RSS (GB) |",
-                  "|---|---|---|---|"]
-        lines += [f"| {r['run']} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} | {r['peak_rss_gb']:.2f} |"
+        lines += ["", "## UMAP (`python -m core umap RUN`, at nice 10)", "",
+                  "| run | wall (s) | CPU (s) | peak RSS (GB) | load | date |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['run']} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} | {r['peak_rss_gb']:.2f} | "
+                  f"{r['load_average'][0] if r.get('load_average') else '—'} | {r.get('date', results['date'][:16])} |"
                   for r in results["umap"]]
     lines += ["", "## Data functions (median of 3 calls; 'before': one call)", "",
               "| run | function | version | seconds | note |", "|---|---|---|---|---|"]

@@ -80,6 +80,7 @@ def measured(command: list[str], log_path: Path, nice: int = 10) -> dict:
     """A `python -m core ...` command in a child process at lowered priority: its wall time, CPU time, peak
     resident memory (the kernel's maximum for that process, from wait4) and the end of its output."""
     command = [sys.executable, "-m", "core", *command]
+    load_before = os.getloadavg()
     start = time.perf_counter()
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -87,7 +88,8 @@ def measured(command: list[str], log_path: Path, nice: int = 10) -> dict:
         _, status, usage = os.wait4(process.pid, 0)
     return {"command": " ".join(["python", *command[1:]]), "seconds": round(time.perf_counter() - start, 1),
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3),
-            "returncode": os.waitstatus_to_exitcode(status),
+            "returncode": os.waitstatus_to_exitcode(status), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "load_average": [round((a + b) / 2, 2) for a, b in zip(load_before, os.getloadavg())],
             "log_tail": Path(log_path).read_text(errors="replace")[-1500:]}
 
 
