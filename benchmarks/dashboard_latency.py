@@ -8,10 +8,11 @@
   * retrieval_query: a new query item -> its neighbours;
   * attention_query: a new query item -> every map and the Captum attribution.
   Each interaction uses a new query, so nothing is served from a cache it filled itself.
-- scale (`--sizes 1000,10000,60000,120000`): a synthetic run per size, shaped like Stanford Online
-  Products' test set (about 5.3 items per class, 12 super-categories): the real shapes test images reused
-  (item i shows image i mod 960), embeddings generated (class centres + noise, unit length), the model of
-  the first run. Per size, on a running server:
+- scale (`--sizes 1000,120000,1000000`, issue 27): per size, clustered 128-d embeddings of up to 10,000
+  classes with labels and two metadata columns (benchmarks/scale_data.py) imported with `python -m core import`
+  (its wall and CPU time and peak RSS measured, `--umap`: also `python -m core umap`), the data functions the
+  dashboard calls timed before and after (benchmarks/scale_core.py; results in dashboard_scale.md), then, unless
+  `--core-only`, on a running server:
   * map_first_paint: opening the run (its first visit: artifacts, fields, PCA map) -> the map drawn;
   * map_until_idle: the same visit until the app is idle (its prefetch: the faiss index, the data set, the
     all-vs-all retrieval table for the selection metrics, the thumbnail sheets started). Past 20,000 items
@@ -52,8 +53,6 @@ from tests.dashboard_testing import CHROMIUM, LAUNCH_ARGS, PLOT_AREA, REPO, demo
 RESULTS = REPO / "benchmarks" / "results"
 TARGETS = {"cold_start_s": 10.0, "interaction_s": 1.0, "map_first_paint": 3.0, "lasso_to_grid": 1.0,
            "click_to_neighbours": 0.5, "map_until_idle": None, "map_reload_paint": None}
-SOP_CATEGORIES = ["bicycle", "cabinet", "chair", "coffee_maker", "fan", "kettle", "lamp", "mug", "sofa", "stapler",
-                  "table", "toaster"]
 
 
 def cold_start(browser, env: dict, run: str) -> tuple[float, float]:
@@ -159,37 +158,57 @@ def interactions(browser, base: str, run: str, repeats: int, first_query: int) -
 
 
 # ---- scale: SOP-sized synthetic runs -------------------------------------------------------------------
-def synthetic_run(out: Path, n: int, model_run: Path, seed: int = 0) -> Path:
-    """A run of `n` items like SOP's test set (about 5.3 per class), written once: the model and config of
-    `model_run`, its test images reused, embeddings generated around one random centre per class."""
-    import numpy as np
+def imported_run(n: int, fresh: bool = False) -> tuple[Path, dict | None]:
+    """The clustered run of `n` items, imported (and measured) when missing or `fresh`: (run, import record)."""
+    from benchmarks import scale_data
 
-    from core.projection import pca_2d
+    run = REPO / "benchmarks" / "runs" / "latency_scale" / scale_data.input_name(n)
+    if (run / rd.METRICS).exists() and not fresh:
+        return run, None
+    embeddings, labels = scale_data.clustered_inputs(scale_data.INPUTS / scale_data.input_name(n), n)
+    record = scale_data.measured_import(embeddings, labels, run)
+    if record["returncode"] != 0:
+        raise RuntimeError(f"import of {n} items failed:\n{record['log_tail']}")
+    return run, record
 
-    out = Path(out)
-    art = out / rd.ARTIFACTS
-    if (art / rd.coords_file("pca")).exists():
-        return out
-    art.mkdir(parents=True, exist_ok=True)
-    base = json.loads((Path(model_run) / rd.ARTIFACTS / rd.ITEMS).read_text())
-    dim = np.load(Path(model_run) / rd.ARTIFACTS / rd.EMBEDDINGS).shape[1]
-    rng = np.random.default_rng(seed)
-    classes = max(2, round(n / 5.3))
-    labels = np.sort(np.concatenate([np.arange(classes), rng.integers(0, classes, n - classes)]))
-    centres = rng.normal(size=(classes, dim)).astype(np.float32)
-    emb = centres[labels] + rng.normal(scale=0.9, size=(n, dim)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    category = np.asarray(SOP_CATEGORIES)[labels % len(SOP_CATEGORIES)]
-    items = [{"split": "test", "index": base[i % len(base)]["index"], "class_name": f"{category[i]} {labels[i]}",
-              "path": f"{category[i]}_final/{labels[i]:06d}_{i}.JPG", "category": str(category[i])} for i in range(n)]
-    np.save(art / rd.EMBEDDINGS, emb)
-    np.save(art / rd.LABELS, labels)
-    (art / rd.ITEMS).write_text(json.dumps(items))
-    np.save(art / rd.coords_file("pca"), pca_2d(emb))
-    for name in (rd.CONFIG, rd.WEIGHTS):
-        (out / name).write_bytes((Path(model_run) / name).read_bytes())
-    (out / rd.METRICS).write_text(json.dumps({"test": {}, "best_epoch": 0, "synthetic": True}))
-    return out
+
+def core_measures(sizes: list[int], args, command: str) -> list[str]:
+    """Import (measured), UMAP (with --umap) and the data functions per size -> dashboard_scale.json/.md. Runs
+    of other sizes measured by earlier calls keep their rows (each import and UMAP row carries its date)."""
+    from benchmarks import scale_core, scale_data
+
+    results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": scale_core.machine(), "command": command,
+               "imports": [], "umap": [], "functions": {}}
+    saved = RESULTS / "dashboard_scale.json"
+    previous = json.loads(saved.read_text()) if saved.exists() else {}
+    measured = {scale_data.input_name(n) for n in sizes}
+    for part in ("imports", "umap"):
+        results[part] = [r for r in previous.get(part, []) if r["run"] not in measured]
+    results["functions"] = {run: rows for run, rows in previous.get("functions", {}).items() if run not in measured}
+    kept = {r["run"]: r for r in previous.get("imports", [])}
+    kept_umap = {r["run"]: r for r in previous.get("umap", [])}
+    runs = []
+    for n in sizes:
+        run, record = imported_run(n, args.fresh_imports)
+        imported_now = record is not None
+        if imported_now:
+            record["date"] = time.strftime("%Y-%m-%d %H:%M")
+        record = record or kept.get(run.name)   # a run imported by an earlier call keeps that call's figures
+        if record:
+            metrics = json.loads((run / rd.METRICS).read_text())
+            results["imports"].append({**record, "run": run.name, "items": n, "metrics": metrics,
+                                       "classes": metrics["imported"]["classes"],
+                                       "load_average": record.get("load_average")})
+        if args.umap:
+            results["umap"].append({**scale_data.measured_umap(run), "run": run.name,
+                                    "date": time.strftime("%Y-%m-%d %H:%M")})
+        elif not imported_now and run.name in kept_umap:   # measured by an earlier call, on the same import
+            results["umap"].append(kept_umap[run.name])
+        results["functions"][run.name] = scale_core.function_timings(run, before=not args.skip_before)
+        runs.append(str(run))
+        results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        scale_core.write(results)   # after each size: a long call that fails later keeps what it measured
+    return runs
 
 
 # the point farthest from its nearest neighbour among a few hundred on screen: a click there hits it alone
@@ -273,8 +292,8 @@ def write(results: dict) -> None:
                      f"{', '.join(f'{s:.2f}' for s in row['samples_s'])} | {target} | {met} |")
     lines += ["", "Cold start: server launch to the Explore map drawn. Interactions: action to result drawn "
               "(Streamlit idle, every image loaded); each uses a new query. See the module docstring.", "",
-              "Scale rows (`sop_like_*`): synthetic runs shaped like Stanford Online Products' test set (about 5.3 "
-              "items per class; the shapes test images reused, embeddings generated), on a running server. "
+              "Scale rows (`clustered_*`): clustered embeddings of up to 10,000 classes imported with `python -m core "
+              "import` (benchmarks/scale_data.py; no images), on a running server. "
               "map_first_paint: opening the run, first visit, until the map is drawn (WebGL, at most 10,000 "
               "points, thinned where they overlap); map_until_idle: until the page's prefetch after paint is done (the "
               "faiss index, the data set, the all-vs-all retrieval table behind the selection metrics: read when kept "
@@ -292,15 +311,26 @@ def main(argv=None) -> int:
     parser.add_argument("--query", type=int, default=40, help="first query item of the interaction runs")
     parser.add_argument("--runs", help="comma-separated run directories (default: the first two shipped runs "
                                        "on the same data, or tiny fresh ones when there are none)")
-    parser.add_argument("--sizes", default="1000,10000,60000,120000",
-                        help="comma-separated item counts of synthetic SOP-like runs ('' for none); built once into "
-                             "benchmarks/runs/latency_scale/ (git-ignored)")
+    parser.add_argument("--sizes", default="1000,120000",
+                        help="comma-separated item counts of clustered imported runs ('' for none), e.g. "
+                             "1000,120000,1000000; imported once into benchmarks/runs/latency_scale/ (git-ignored)")
+    parser.add_argument("--fresh-imports", action="store_true", help="import the runs again (and measure it)")
+    parser.add_argument("--core-only", action="store_true", help="import, UMAP and data functions only, no browser")
+    parser.add_argument("--umap", action="store_true", help="also measure `python -m core umap` per size (minutes)")
+    parser.add_argument("--skip-before", action="store_true",
+                        help="time only core's functions, not the per-item versions they replace")
     parser.add_argument("--fresh-tables", action="store_true",
                         help="delete the synthetic runs' kept retrieval tables first, so map_until_idle includes "
                              "scoring every item against all others (minutes at 120k on a loaded 2-core machine)")
     parser.add_argument("--skip-shipped", action="store_true", help="only the synthetic runs (no cold start, "
                                                                       "no Retrieval/Attention measures)")
     args = parser.parse_args(argv)
+    command = "python -m benchmarks.dashboard_latency " + " ".join(argv if argv is not None else sys.argv[1:])
+    sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+    synthetic = core_measures(sizes, args, command) if sizes else []
+    if args.core_only:
+        print(f"wrote {RESULTS / 'dashboard_scale.json'} and .md")
+        return 0
     if not require_chromium():
         return 2
     from playwright.sync_api import sync_playwright
@@ -310,9 +340,6 @@ def main(argv=None) -> int:
         runs = [str(Path(r).resolve()) for r in args.runs.split(",")]
     else:
         runs = [str(r.resolve()) for r in demo_runs(Path(tempfile.mkdtemp(prefix="latency_runs_")), 2)]
-    sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
-    synthetic = [str(synthetic_run(REPO / "benchmarks" / "runs" / "latency_scale" / f"sop_like_{n // 1000}k", n,
-                                   Path(runs[0])).resolve()) for n in sizes]
     if args.fresh_tables:
         from dashboard.background import retrieval_file
         for run in synthetic:
@@ -338,7 +365,7 @@ def main(argv=None) -> int:
         browser.close()
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": info, "runs": runs + synthetic,
-               "command": "python -m benchmarks.dashboard_latency " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "command": command,
                "measures": [{"measure": name, "run": Path(run).name, "samples_s": [round(s, 3) for s in values],
                              "median_s": round(statistics.median(values), 3), "target_s": target,
                              "met": None if target is None else statistics.median(values) <= target}

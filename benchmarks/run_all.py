@@ -32,6 +32,9 @@ STEPS = [  # (results name, command)
     ("cub100", ["-m", "benchmarks.cub100", "--train"]),  # with a GPU: + --heads gap,grouping,gsp,cia
     ("real_data", ["-m", "benchmarks.real_data", "--ablation"]),  # then --recipes; see benchmarks/notes/real_data.md
     ("input_pipeline", ["-m", "benchmarks.input_pipeline", "--size", "96", "--epochs", "1", "--train-per-class", "8"]),
+    ("dashboard_scale", ["-m", "benchmarks.dashboard_latency", "--sizes", "1000,120000,1000000", "--core-only",
+                         "--umap"]),  # import, UMAP and data functions at a million items (issue 27)
+    ("scale_estimates", ["-m", "benchmarks.scale_estimates"]),  # the sampled estimates against exact values
     ("dashboard_latency", ["-m", "benchmarks.dashboard_latency"]),
     ("dashboard_load", ["-m", "benchmarks.dashboard_load"]),
     ("neighbour_tables", ["-m", "benchmarks.neighbour_tables"]),

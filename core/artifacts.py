@@ -1,6 +1,7 @@
-"""Artifacts a run ships for the dashboard: test embeddings, labels, image references, 2-D maps.
+"""Artifacts a run ships for the dashboard: test embeddings, labels, the items (items.json and the columnar
+items.parquet), 2-D maps, and every item's nearest neighbours with its retrieval scores (core.neighbours).
 
-PCA coordinates are written with the run (instant); UMAP coordinates are computed once by
+PCA coordinates and the neighbours are written with the run; UMAP coordinates are computed once by
 `core.projection.ensure_coords` (or `python -m core umap RUN_DIR`) and cached in the same folder.
 """
 from __future__ import annotations
@@ -12,8 +13,10 @@ import numpy as np
 
 from core import io
 from core.evaluate import embed_dataset, score
+from core.item_store import items_table, write_store
+from core.neighbours import all_neighbours, write_neighbours
 from core.projection import pca_2d
-from core.run_dir import ARTIFACTS, EMBEDDINGS, ITEMS, LABELS, coords_file, load_config
+from core.run_dir import ARTIFACTS, EMBEDDINGS, ITEMS, LABELS, NEIGHBOURS_INFO, coords_file, load_config
 
 
 def eval_parts(splits) -> list[tuple[str, object]]:
@@ -31,7 +34,9 @@ def embed_and_score(model, splits, device="cpu", recall_ks=(1, 2, 4, 8), progres
     return score(parts, recall_ks, progress, "test"), parts
 
 
-def write_artifacts(run_dir: Path, parts: dict) -> None:
+def write_artifacts(run_dir: Path, parts: dict, progress=None) -> None:
+    """Every part's items as one set (the dashboard explores query and gallery together); `progress` is told
+    how the neighbour search goes."""
     out = Path(run_dir) / ARTIFACTS
     out.mkdir(parents=True, exist_ok=True)
     items = []
@@ -40,10 +45,13 @@ def write_artifacts(run_dir: Path, parts: dict) -> None:
                   for i, l in enumerate(lab)]
     emb = np.concatenate([p[1] for p in parts.values()]).astype(np.float32)
     lab = np.concatenate([p[2] for p in parts.values()])
+    (out / NEIGHBOURS_INFO).unlink(missing_ok=True)   # the saved neighbours count as absent until rewritten
     io.atomic_save_npy(out / EMBEDDINGS, emb)
     io.atomic_save_npy(out / LABELS, lab)
     io.atomic_save_npy(out / coords_file("pca"), pca_2d(emb))
     (out / coords_file("umap")).unlink(missing_ok=True)  # stale after new embeddings
+    write_neighbours(out, all_neighbours(emb, lab, progress=progress))
+    write_store(out, items_table(items, lab))
     io.atomic_write_text(out / ITEMS, json.dumps(items))
 
 

@@ -1,9 +1,14 @@
 """Your own embeddings as a run: `python -m core import --embeddings emb.npy --labels labels.csv --out DIR`.
 
-The run directory has the usual artifacts (embeddings.npy, labels.npy, items.json, coords_pca.npy, optionally
-coords_own.npy) and metrics.json, but no weights: config.json names data "imported" and model "none", and
+The run directory has the usual artifacts (embeddings.npy, labels.npy, items.json and items.parquet,
+coords_pca.npy, optionally coords_own.npy, and every item's neighbours and retrieval scores: core.neighbours) and
+metrics.json, but no weights: config.json names data "imported" and model "none", and
 metrics.json says `"model": null`. The dashboard's pages that need no model (Explore, Retrieval by item, Compare)
 read it like any run; the others say that it has no model (`NoModelError`).
+
+Large imports: above core.neighbours.EXACT_MAX_ITEMS items the metrics are estimated on a
+sample of queries (with standard errors, metrics.json's "evaluation" says how) and the neighbours come from an
+IVF index (its recall@10 in "neighbours"); NMI's k-means trains on a sample (core.evaluate.kmeans_points).
 
 Inputs are checked before anything is written (shapes, rows, NaN, labels, paths) and the run is written into
 a temporary folder moved into place at the end, so a failed import leaves nothing half-written behind.
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +78,7 @@ def read_array(path: str | Path, what: str, shape_ok, expected: str, fix: str) -
     if bad.any():
         rows = np.flatnonzero(bad)
         raise ImportRunError(f"{path} has NaN or infinite values in {len(rows)} rows (first: row {rows[0]}); {fix}")
-    return array.astype(np.float32)
+    return array.astype(np.float32, copy=False)
 
 
 def read_embeddings(path: str | Path) -> np.ndarray:
@@ -83,7 +89,8 @@ def read_embeddings(path: str | Path) -> np.ndarray:
     if (norms == 0).any():
         raise ImportRunError(f"{path} row {int(np.flatnonzero(norms == 0)[0])} is all zeros, which has no direction "
                              f"for cosine similarity; drop it (and its CSV row)")
-    return emb / norms[:, None]  # the dashboard compares by cosine: unit rows, as trained runs store them
+    emb /= norms[:, None].astype(np.float32)  # the dashboard compares by cosine: unit rows, as trained runs store them
+    return emb
 
 
 def read_table(path: str | Path) -> list[dict[str, str]]:
@@ -170,7 +177,8 @@ def import_run(embeddings: str | Path, labels_csv: str | Path, out: str | Path, 
     """Check the inputs, then write a run directory at `out` (all at once). Returns its metrics.json.
     `allow_missing`: accept image paths that do not exist (those items show no image) while some do exist."""
     from core.config import RunConfig
-    from core.evaluate import all_metrics
+    from core.item_store import items_table, write_store
+    from core.neighbours import write_neighbours
     from core.projection import pca_2d, umap_2d
 
     out, labels_csv = Path(out), Path(labels_csv)
@@ -182,6 +190,7 @@ def import_run(embeddings: str | Path, labels_csv: str | Path, out: str | Path, 
         raise ImportRunError(f"{embeddings} has {len(emb)} rows but {labels_csv} has {len(rows)} data rows; row i "
                              f"of the CSV must describe row i of the array (same order, same count)")
     labels, items, found = build_items(rows, labels_csv, label_column, path_column, image_root)
+    del rows   # a million CSV rows as dicts: memory the rest of the import needs
     _, counts = np.unique(labels, return_counts=True)
     if counts.max() < 2:
         raise ImportRunError(f"every label in {labels_csv} occurs once, so no item has a same-class neighbour and "
@@ -189,7 +198,8 @@ def import_run(embeddings: str | Path, labels_csv: str | Path, out: str | Path, 
     own = read_coords(coords, len(emb)) if coords else None
     check_images(items, found, Path(image_root) if image_root else labels_csv.parent, allow_missing, log)
 
-    metrics = all_metrics(emb, labels)
+    report = progress_log(log)
+    metrics, neighbours, evaluation = score_items(emb, labels, report)
     cfg = RunConfig()
     cfg.name = name or out.name
     cfg.data.name, cfg.data.root = IMPORTED, str(Path(image_root).resolve()) if image_root else None
@@ -199,22 +209,59 @@ def import_run(embeddings: str | Path, labels_csv: str | Path, out: str | Path, 
     info = {"embeddings": str(Path(embeddings).resolve()), "labels": str(labels_csv.resolve()), "items": len(emb),
             "dims": int(emb.shape[1]), "classes": int(len(counts)), "images": found,
             "coords": "own" if own is not None else None}
-    record = {"test": metrics, "model": None, "imported": info, "best_epoch": None}
+    record = {"test": metrics, "model": None, "imported": info, "best_epoch": None, "neighbours": neighbours.info}
+    if evaluation:
+        record["evaluation"] = evaluation
 
     with io.atomic_dir(out, overwrite=True) as tmp:  # --overwrite: the old run goes only once the new one is complete
         art = tmp / rd.ARTIFACTS
         art.mkdir()
         np.save(art / rd.EMBEDDINGS, emb)
         np.save(art / rd.LABELS, labels)
+        report(0, 1, "writing the run: PCA map, items, neighbours")
         np.save(art / rd.coords_file("pca"), pca_2d(emb))
         if own is not None:
             np.save(art / rd.coords_file("own"), own)
+        write_neighbours(art, neighbours)
+        write_store(art, items_table(items))
+        (art / rd.ITEMS).write_text(json.dumps(items))   # what the dashboard reads until it reads items.parquet
         if umap:
-            np.save(art / rd.coords_file("umap"), umap_2d(emb, progress=True))
-        (art / rd.ITEMS).write_text(json.dumps(items))
+            np.save(art / rd.coords_file("umap"), umap_2d(emb, progress=True, report=report))
         (tmp / rd.CONFIG).write_text(cfg.to_json())
         io.write_json(tmp / rd.METRICS, record)
     return record
+
+
+def score_items(emb: np.ndarray, labels: np.ndarray, report=None) -> tuple[dict, object, dict | None]:
+    """(metrics, every item's neighbours (core.neighbours.Neighbours), how the metrics were estimated or None).
+    One search serves both while it is exact; above that the metrics come from a sample of exact queries."""
+    from core.evaluate import evaluation_note, nmi, retrieval_metrics, summarise
+    from core.neighbours import all_neighbours
+
+    neighbours = all_neighbours(emb, labels, progress=report)
+    if neighbours.info["exact"]:
+        metrics = summarise(neighbours.scores)
+    else:
+        if report:
+            report(0, 1, "metrics: exact search for a sample of queries")
+        metrics = retrieval_metrics(emb, labels)
+    if report:
+        report(0, 1, "metrics: k-means for NMI")
+    metrics["nmi"] = nmi(emb, labels)
+    return metrics, neighbours, evaluation_note(len(emb), len(np.unique(labels)), emb.shape[1])
+
+
+def progress_log(log, every: float = 0.1):
+    """A progress(step, total, message) callback that logs each new phase and every `every` of its steps,
+    with the seconds since the import started."""
+    start, last = time.perf_counter(), {"message": None, "share": -1.0}
+
+    def report(step: int, total: int, message: str) -> None:
+        share = step / max(total, 1)
+        if message != last["message"] or share >= last["share"] + every or step == total:
+            log(f"import: {message} {step}/{total} ({time.perf_counter() - start:.0f} s)")
+            last.update(message=message, share=share)
+    return report
 
 
 def load_image(path: str | None, side: int = THUMB_SIDE) -> np.ndarray:

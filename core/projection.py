@@ -1,4 +1,11 @@
-"""2-D projections of embeddings: PCA (instant) and UMAP (cached on disk next to the run)."""
+"""2-D projections of embeddings: PCA (instant) and UMAP (cached on disk next to the run).
+
+UMAP and determinism: up to UMAP_SEEDED_MAX items UMAP runs seeded, so a run's map is the same every time
+(umap-learn then runs single-threaded: a fixed random_state turns its parallelism off). Larger sets are
+fitted on a seeded random sample of UMAP_FIT_SAMPLE items and the rest is placed by `transform` in chunks
+(with progress), unseeded and on every core: the map of such a run differs slightly between computations
+(which items the fit sees does not), and its cost grows with N through `transform` only.
+"""
 from __future__ import annotations
 
 import io as io_module
@@ -12,25 +19,76 @@ from core import io
 from core.progress import Progress
 from core.run_dir import ARTIFACTS, EMBEDDINGS, coords_file
 
+UMAP_SEEDED_MAX = 20_000      # up to here: seeded and exact to the run; above: fitted on a sample, parallel
+UMAP_FIT_SAMPLE = 50_000
+TRANSFORM_CHUNK = 100_000
+PCA_CHUNK = 100_000
+
 
 def pca_2d(emb: np.ndarray) -> np.ndarray:
-    x = emb - emb.mean(0, keepdims=True)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    return (x @ vt[:2].T).astype(np.float32)
+    """The first two principal components, from the D×D covariance accumulated over chunks (float64): the axes
+    an SVD of the centred data gives, without an N×D copy or a decomposition of N rows. Each axis is signed so
+    its largest loading is positive (an SVD's signs are arbitrary; this keeps a map from flipping). BLAS runs
+    on one thread: these products are thin, and a second BLAS thread spinning for a core that other
+    processes hold made them several times slower on a shared machine."""
+    from threadpoolctl import threadpool_limits
+
+    n, dim = emb.shape
+    with threadpool_limits(1, user_api="blas"):
+        mean = np.zeros(dim)
+        for start in range(0, n, PCA_CHUNK):
+            mean += emb[start:start + PCA_CHUNK].sum(0, dtype=np.float64)
+        mean /= n
+        cov = np.zeros((dim, dim))
+        for start in range(0, n, PCA_CHUNK):
+            centred = emb[start:start + PCA_CHUNK] - mean
+            cov += centred.T @ centred
+        _, vectors = np.linalg.eigh(cov)                                   # ascending eigenvalues
+        axes = vectors[:, ::-1][:, :2]
+        axes *= np.sign(axes[np.abs(axes).argmax(0), [0, 1]])
+        out = np.empty((n, 2), np.float32)
+        for start in range(0, n, PCA_CHUNK):
+            out[start:start + PCA_CHUNK] = (emb[start:start + PCA_CHUNK] - mean) @ axes
+    return out
 
 
 def umap_2d(emb: np.ndarray, seed: int = 0, n_neighbors: int = 15, progress: bool = False,
             report: Progress | None = None) -> np.ndarray:
-    """`progress`: UMAP's own phase log and a tqdm bar (with ETA) over its layout epochs, on stderr/stdout.
-    `report`: a progress callback (core.progress) told every layout epoch, e.g. a ProgressLog."""
+    """UMAP coordinates (see the module docstring for sampling and determinism). `progress`: UMAP's own phase
+    log and a tqdm bar over its layout epochs, on stderr/stdout; `report(step, total, message)`: a progress
+    callback (core.progress) told every layout epoch of a fit on every item, or after the fit and after each
+    transformed chunk of a large set."""
     import umap  # imported lazily: numba JIT costs seconds on first use
 
-    bar = {"desc": "UMAP layout", "disable": not (progress or report)}
-    if report is not None:
-        bar["file"] = LayoutEpochs(report, f"UMAP layout of {len(emb)} points", sys.stderr if progress else None)
-    reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(emb) - 1), min_dist=0.1,
-                        metric="cosine", random_state=seed, verbose=progress, tqdm_kwds=bar)
-    return reducer.fit_transform(emb).astype(np.float32)
+    n = len(emb)
+    seeded = n <= UMAP_SEEDED_MAX
+    sampled = n > max(UMAP_SEEDED_MAX, UMAP_FIT_SAMPLE)
+    bar = {"desc": "UMAP layout", "disable": not (progress or (report is not None and not sampled))}
+    if report is not None and not sampled:
+        bar["file"] = LayoutEpochs(report, f"UMAP layout of {n} points", sys.stderr if progress else None)
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, n - 1), min_dist=0.1, metric="cosine",
+                        random_state=seed if seeded else None, n_jobs=1 if seeded else -1, verbose=progress,
+                        tqdm_kwds=bar)
+    if not sampled:
+        return reducer.fit_transform(np.asarray(emb, dtype=np.float32)).astype(np.float32)
+    fit = np.sort(np.random.default_rng(seed).choice(n, UMAP_FIT_SAMPLE, replace=False))
+    steps = 1 + -(-n // TRANSFORM_CHUNK)
+    phase = f"UMAP of {n} points: fit on {len(fit)}, the rest placed by transform"
+    if report:
+        report(0, steps, phase)
+    out = np.empty((n, 2), np.float32)
+    out[fit] = reducer.fit_transform(np.asarray(emb[fit], dtype=np.float32))
+    rest = np.ones(n, bool)
+    rest[fit] = False
+    if report:
+        report(1, steps, phase)
+    for step, start in enumerate(range(0, n, TRANSFORM_CHUNK), 2):
+        rows = np.flatnonzero(rest[start:start + TRANSFORM_CHUNK]) + start
+        if len(rows):
+            out[rows] = reducer.transform(np.asarray(emb[rows], dtype=np.float32))
+        if report:
+            report(step, steps, phase)
+    return out
 
 
 class LayoutEpochs(io_module.TextIOBase):
@@ -59,13 +117,13 @@ class LayoutEpochs(io_module.TextIOBase):
 
 def ensure_coords(run_dir: str | Path, method: str = "umap", progress: bool = False, report=None) -> np.ndarray:
     """Coordinates from the run's artifacts; computed once and cached atomically when missing. `report`: a
-    progress callback (step, total, message) told when the computation starts and ends, and UMAP's layout
-    epochs in between."""
+    progress callback (step, total, message) told when the computation starts and ends, and between UMAP's
+    chunks on a large set (UMAP's own bar only reaches the terminal)."""
     art = Path(run_dir) / ARTIFACTS
     path = art / coords_file(method)
     if path.exists():
         return np.load(path)
-    emb = np.load(art / EMBEDDINGS)
+    emb = np.load(art / EMBEDDINGS, mmap_mode="r")
     phase = f"{method.upper()} layout of {len(emb)} points"
     if report:
         report(0, 1, phase)

@@ -7,7 +7,9 @@
     RUN_DIR/progress.jsonl       progress as JSON lines {"phase", "done", "total", "eta_s", "time"}
     RUN_DIR/train.log            the training job's console output (dashboard jobs)
     RUN_DIR/dsl_events.json      DSL's growth log; dsl_clusters.npy its class clusters
-    RUN_DIR/artifacts/           embeddings.npy, labels.npy, items.json, coords_<method>.npy for the dashboard
+    RUN_DIR/artifacts/           embeddings.npy, labels.npy, items.json (+ items.parquet), coords_<method>.npy for
+                                 the dashboard; neighbours_ids.npy, neighbours_sims.npy, item_scores.npy and
+                                 neighbours.json: every item's neighbours and retrieval scores, found once
     RUN_DIR/metrics.json         test metrics of the best weights; written last, so it marks the run finished
     RUN_DIR/faithfulness.json    `python -m core faithfulness`'s scores of the run's maps (core/faithfulness.py)
 
@@ -37,6 +39,11 @@ ARTIFACTS = "artifacts"
 EMBEDDINGS = "embeddings.npy"
 LABELS = "labels.npy"
 ITEMS = "items.json"
+ITEM_STORE = "items.parquet"                   # the items as columns (core.item_store); items.json: the older form
+NEIGHBOUR_IDS = "neighbours_ids.npy"           # every item's top-k other items (core.neighbours)
+NEIGHBOUR_SIMS = "neighbours_sims.npy"         # ... their cosine similarities
+ITEM_SCORES = "item_scores.npy"                # ... and per item R, R-precision, MAP@R, first true match's rank
+NEIGHBOURS_INFO = "neighbours.json"            # how they were found (exact, or IVF and its recall); written last
 ARTIFACT_FILES = (EMBEDDINGS, LABELS, ITEMS)   # what the dashboard needs to show a run
 
 
