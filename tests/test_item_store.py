@@ -15,7 +15,7 @@ from core import item_store
 from core.run_dir import ARTIFACTS, ITEM_STORE, ITEMS, LABELS
 from dashboard import items as dashboard_items
 from dashboard.figures import NAMED_COLOURS, NAMED_SYMBOLS
-from dashboard.testing import demo_runs
+from dashboard_testing import demo_runs
 
 WORDS = {"colour": set(NAMED_COLOURS), "shape": set(NAMED_SYMBOLS)}
 

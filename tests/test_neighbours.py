@@ -12,7 +12,7 @@ import pytest
 from core import evaluate, neighbours
 from core.run_dir import ARTIFACTS, EMBEDDINGS, LABELS, NEIGHBOURS_INFO
 from dashboard import logic
-from dashboard.testing import demo_runs
+from dashboard_testing import demo_runs
 
 
 @pytest.fixture(scope="module")
