@@ -34,16 +34,20 @@ from core.config import RunConfig
 from core.io import write_json
 from core.data import DataSplits, build_datasets, build_transform, check_evaluable
 from core.data import summary as data_summary
+from core.data import parts as data_parts
 from core.data.cache import CachedImages, DeviceBatches, cached_splits, use_cache
+from core.data.features import CachedFeatures, FeatureBatches
 from core.evaluate import evaluate_splits
-from core.losses import build_criterion, cia_criterion
+from core.losses import DMLCriterion, build_criterion, cia_criterion
 from core.models.embedder import Embedder, build_model
 from core.models.heads.base import pca_init_
 from core.models.mode import evaluating
 from core.sampling import class_balanced_batches
+from core import train_features
+from core.backbone_weights import remember_pretrained
 from core.train_context import TrainContext
 from core.train_optim import Warmup, build_optimizer, nothing_to_learn, param_groups, set_epoch_lr, settings_problem
-from core.train_record import RunRecord
+from core.train_record import RunRecord, closing_summary
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
@@ -77,9 +81,9 @@ class TrainingStep(torch.nn.Module):
     embedding: head losses (GSP's ZSR class embeddings, per-group margins), CSA's deep supervision, the
     CIA branch and learnable loss parameters (proxies)."""
 
-    def __init__(self, model: Embedder, criterion: DMLCriterion):
+    def __init__(self, model: Embedder, criterion: DMLCriterion, after: str | None = None):
         super().__init__()
-        self.model, self.criterion = model, criterion
+        self.model, self.criterion, self.after = model, criterion, after  # after: inputs are that stage's features
         cia = model.cia
         # the CIA branch gets its criterion injected (its own loss/miner if configured, else this one). It is
         # kept out of the module tree: the branch scores with copies of it, so no parameter of it is used here
@@ -88,7 +92,7 @@ class TrainingStep(torch.nn.Module):
             criterion, cia.loss_name, cia.loss_args, cia.miner_name, cia.embed_dim))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, features = self.model(x, with_features=True)
+        out, features = self.model(x, with_features=True, after=self.after)
         terms = self.model.head.loss(out, y, self.criterion)
         for block in self.model.block_modules():  # e.g. CSA deep-supervision heads
             if hasattr(block, "loss"):
@@ -109,7 +113,9 @@ class Trainer:
             self.rank, self.world, self.device = ddp.join(self.device)
         seed_everything(cfg.train.seed)
         self.splits = splits or build_datasets(cfg.data, seed=cfg.train.seed)
-        if use_cache(cfg.data, self.device):  # decode once; train batches are gathered and augmented on the device
+        caching_features = train_features.uses_feature_cache(cfg, self.splits)
+        if not caching_features and use_cache(cfg.data, self.device):
+            # decode once; train batches are gathered and augmented on the device
             self.splits = cached_splits(self.splits, cfg.data, cfg.train.num_workers, progress)
         self.num_classes = self.splits.num_train_classes
         found = data_summary(self.splits)
@@ -123,7 +129,12 @@ class Trainer:
         if self.splits.val is None and cfg.data.val_classes > 0 and cfg.train.epochs > 0:
             log.warning("only %d train classes: too few to hold some out for validation (needs 4), so no best "
                         "epoch is chosen: the last epoch is kept", self.num_classes)
-        self.model: Embedder = build_model(cfg.model, num_classes=self.num_classes).to(self.device)
+        self.model: Embedder = self._build_model()
+        self.cut: str | None = None  # with cached features: the stage whose output the items are
+        self.feature_cache: dict = {}
+        if caching_features:
+            self._cache_features()
+        self.net = self.model if self.cut is None else train_features.FromCut(self.model, self.cut)
         # proxy losses index proxies by label, and train labels are global ids (not contiguous)
         label_slots = int(self.splits.train.labels.max()) + 1
         criterion = build_criterion(cfg.train, label_slots, self.model.head.out_dim)
@@ -147,9 +158,47 @@ class Trainer:
         self.record = RunRecord(self.run_dir, cfg.train.select_metric)
         self.stopped: str | None = None   # why the run ended early (lr 0, non-finite loss)
         self.use_amp = cfg.train.amp and self.device.type == "cuda"
-        self.training_step: torch.nn.Module = TrainingStep(self.model, self.criterion)
+        self.training_step: torch.nn.Module = TrainingStep(self.model, self.criterion, self.cut)
         if self.distributed:
             self.training_step = ddp.wrap(self.training_step, self.device)
+
+    def _build_model(self) -> Embedder:
+        """The model of the config on the device, reported as a phase (loading pretrained weights takes a while)."""
+        m = self.cfg.model
+        phase = (f"loading the model: {m.backbone}{' with its pretrained weights' if m.pretrained else ''}, "
+                 f"{m.head} head")
+        if self.progress and self.rank == 0:
+            self.progress(0, 1, phase)
+        start = time.time()
+        model = build_model(m, num_classes=self.num_classes).to(self.device)
+        remember_pretrained(model, m)  # a frozen pretrained backbone is then stored by name and checksum
+        if self.progress and self.rank == 0:
+            self.progress(1, 1, phase)
+        if self.rank == 0:
+            log.info("%s (%.1f s)", phase, time.time() - start)
+        return model
+
+    def _cache_features(self) -> None:
+        """A frozen backbone: every image's features up to the cut, computed once (rank 0; the others wait) or
+        read back, and the data parts replaced by them."""
+        t, start = self.cfg.train, time.time()
+        if self.distributed and self.rank != 0:
+            ddp.barrier()
+        self.splits, self.cut, done = train_features.cache(self.cfg, self.model, self.splits, self.device,
+                                                           self.progress if self.rank == 0 else None)
+        if self.distributed and self.rank == 0:
+            ddp.barrier()
+        self.feature_cache = {"layer": self.cut, "views": t.cached_views, "files": done,
+                              "seconds": round(time.time() - start, 1)}
+        if self.rank == 0:
+            log.info("frozen backbone: training on its %s features, cached on disk (%s; %.0f s)", self.cut,
+                     ", ".join(f"view {v + 1}: {how}" for v, how in done.items()), time.time() - start)
+            if t.cached_views > 1:
+                log.info("augmentation: each epoch sees every train image in one of its %d cached views (the image, "
+                         "its mirror%s)", t.cached_views, ", random crops" if t.cached_views > 2 else "")
+            elif self.cfg.data.augment and t.epochs > 0:
+                log.info("augmentation is off: every epoch sees the cached features of each train image as tested "
+                         "(train.cached_views=2 adds its mirror image)")
 
     @property
     def epoch(self) -> int:
@@ -170,6 +219,8 @@ class Trainer:
                                              seed=t.seed * 100_003 + epoch, min_batches=self.world)
             tags = [None] * len(batches)
         batches, tags = ddp.shard(batches, tags, self.rank, self.world)
+        if isinstance(self.splits.train, CachedFeatures):
+            return FeatureBatches(self.splits.train, batches, seed=t.seed * 100_003 + epoch), tags
         if isinstance(self.splits.train, CachedImages):
             return DeviceBatches(self.splits.train, batches, self.device, self.cfg.data.augment,
                                  seed=t.seed * 100_003 + epoch), tags
@@ -178,15 +229,16 @@ class Trainer:
 
     @torch.no_grad()
     def _embed_train_set(self, pool: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
-        """`TrainContext.embed_train_set`: every train item with the test-time transform, in eval mode."""
+        """`TrainContext.embed_train_set`: every train item with the test-time transform (cached features: view
+        0), in eval mode."""
         data = copy.copy(self.splits.train)
         if hasattr(data, "transform"):
             data.transform = build_transform(self.cfg.data, train=False)
         out = []
         with evaluating(self.model):
             for x, _, _ in DataLoader(data, batch_size=128, shuffle=False, num_workers=self.cfg.train.num_workers):
-                x = x.to(self.device)
-                out.append((self.model(x) if pool is None else pool(self.model.forward_features(x))).float().cpu())
+                features = self.model.forward_features(x.to(self.device), after=self.cut)
+                out.append((self.model.forward_head(features).embedding if pool is None else pool(features)).float().cpu())
         return torch.cat(out).numpy()
 
     # ---- one step, one epoch, validation -------------------------------------------------------------
@@ -233,22 +285,29 @@ class Trainer:
         which = "val" if self.splits.val is not None else "test"
         # without a validation part we can only report test metrics; they never pick the epoch
         progress = self.progress if self.rank == 0 else None
-        metrics = evaluate_splits(self.model, self.splits, self.device, self.cfg.train.recall_ks, which=which,
-                                  progress=progress)
-        return {f"{which}_{k}": v for k, v in metrics.items()}
+        return {f"{which}_{k}": v for k, v in self._score(self.net, which, progress).items()}
+
+    def _score(self, net: torch.nn.Module, which: str, progress: Progress | None = None) -> dict[str, float]:
+        return evaluate_splits(net, self.splits, self.device, self.cfg.train.recall_ks, which=which, progress=progress)
 
     # ---- the starting point ---------------------------------------------------------------------------
     def evaluate_start(self) -> None:
-        """Score the weights before any update; they become the best-epoch candidate 'start' (epoch -1)."""
-        if not self.cfg.train.eval_start or self.splits.val is None:
-            return
-        start = time.time()
-        metrics = self.validate()
-        self.record.record_start(metrics, time.time() - start)
-        self.record.references["start"] = {"val": metrics}
-        ckpt.save_weights(self.run_dir, self.model, self.num_classes, epoch=-1)
-        # history.csv is written with the first epoch (its existence still means "an epoch completed")
-        log.info("start (before any update): %s", {k: round(v, 4) for k, v in metrics.items()})
+        """Before any update: the starting weights on validation (the best-epoch candidate 'start', epoch -1) and
+        on test; with a frozen backbone also the frozen network itself on both (the reference)."""
+        t, references = self.cfg.train, self.record.references
+        if t.eval_start and self.splits.val is not None:
+            start = time.time()
+            metrics = self.validate()
+            self.record.record_start(metrics, time.time() - start)
+            ckpt.save_weights(self.run_dir, self.model, self.num_classes, epoch=-1)
+            # history.csv is written with the first epoch (its existence still means "an epoch completed")
+            log.info("start (before any update): %s", {k: round(v, 4) for k, v in metrics.items()})
+            references["start"] = {"val": metrics, "test": self._score(self.net, "test", self.progress)}
+        if self.cut is not None:  # a frozen backbone: the frozen network itself is the reference to beat
+            frozen = train_features.FrozenNetwork(self.model, self.cut)
+            references["frozen"] = {"test": self._score(frozen, "test", self.progress)}
+            if self.splits.val is not None:
+                references["frozen"]["val"] = {f"val_{k}": v for k, v in self._score(frozen, "val", self.progress).items()}
 
     def init_projection(self) -> None:
         """`model.projection_init: pca`: before anything else sees the weights, the head's projection starts as
@@ -348,7 +407,8 @@ class Trainer:
 
         t = self.cfg.train
         model, _ = ckpt.load_run(self.run_dir, self.device)
-        test, parts = embed_and_score(model, self.splits, self.device, t.recall_ks, progress=self.progress)
+        net = model if self.cut is None else train_features.FromCut(model, self.cut)
+        test, parts = embed_and_score(net, self.splits, self.device, t.recall_ks, progress=self.progress)
         best_row = self.record.best_row()
         key = f"val_{t.select_metric}"
         metrics = {"test": test, "best_epoch": self.record.best["epoch"], "epochs": t.epochs,
@@ -358,9 +418,10 @@ class Trainer:
                    "num_train_classes": self.num_classes, "train_images": len(self.splits.train),
                    "device": str(self.device),
                    "warmup_epochs": self.warmup.epochs}
-        start_val = self.record.references.get("start", {}).get("val")
+        references = self.record.references
+        start_val = references.get("start", {}).get("val")
         if start_val:  # the starting point was a candidate: say plainly whether training helped
-            metrics["start"] = {"val": start_val}
+            metrics["start"] = references["start"]
             metrics["improved_over_start"] = self.record.best["epoch"] != -1
             start, best = start_val.get(key, math.nan), best_row.get(key, math.nan)
             if metrics["improved_over_start"]:
@@ -369,9 +430,24 @@ class Trainer:
             elif t.epochs > 0:
                 log.warning("training did not improve on the starting weights (validation %s %.4f at start, no "
                             "epoch better): the run returns its starting point", t.select_metric, start)
+        if "frozen" in references:
+            metrics["frozen"] = references["frozen"]
+            frozen_val = references["frozen"].get("val", {}).get(key)
+            if frozen_val is not None and metrics["val"]:
+                metrics["below_frozen"] = metrics["val"][key] < frozen_val
+                if metrics["below_frozen"]:
+                    log.warning("the trained head ends below the frozen network on validation (%s %.4f against "
+                                "%.4f): the run keeps its head, and the frozen network's figures stand beside it in "
+                                "metrics.json; for retrieval alone, the frozen network (configs/real_frozen.yaml) is "
+                                "the better choice here", t.select_metric, metrics["val"][key], frozen_val)
+        if self.feature_cache:
+            metrics["feature_cache"] = self.feature_cache
+        metrics["unreadable"] = sorted({str(ds.path(i)) for _, ds in data_parts(self.splits) for i in getattr(ds, "bad", ())})
         if self.stopped:
             metrics["stopped"] = self.stopped
             log.error("run stopped early: %s", self.stopped)
+        for line in closing_summary(metrics, self.splits):
+            log.info("%s", line)
         write_artifacts(self.run_dir, parts)
         # metrics.json last: it marks the run finished, so a run killed while finishing never shows
         # new weights beside the previous artifacts

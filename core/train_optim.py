@@ -121,7 +121,7 @@ class Warmup:
         the backbone's BatchNorm layers stay in eval mode (running statistics frozen too)."""
         for p in self.backbone_trainable:
             p.requires_grad_(not on)
-        self.model.freeze_backbone = on or self.cfg.model.freeze_backbone  # Embedder.train() keeps BN in eval
+        self.model.frozen_bn = on or self.cfg.model.frozen_bn  # Embedder.train() keeps BN in eval
         training_step.train(training_step.training)
 
     def describe(self, on: bool) -> str:

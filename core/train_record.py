@@ -119,3 +119,28 @@ class RunRecord:
         if metrics["best_epoch"] == -1:
             return "best = the starting weights (no epoch improved on them), saved in weights and metrics.json"
         return f"best = epoch {metrics['best_epoch']}, saved in weights and metrics.json"
+
+
+def closing_summary(metrics: dict, splits) -> list[str]:
+    """The lines a run ends with: the result on the test classes beside the frozen network and the start, what
+    validation and test measure, and the images that could not be read."""
+    def figures(m: dict, prefix: str = "") -> str:
+        return f"R@1 {m[prefix + 'recall@1']:.3f}, MAP@R {m[prefix + 'map_at_r']:.3f}"
+
+    test_part = splits.test if splits.test is not None else splits.query
+    n_test = len(set(test_part.labels.tolist())) if test_part is not None else 0
+    lines = [f"test ({n_test} classes never trained on): {figures(metrics['test'])}"
+             + (f" (best epoch {metrics['best_epoch']})" if metrics.get("epochs") else "")]
+    for name, what in (("frozen", "the frozen network (no training)"), ("start", "the start (before any update)")):
+        if metrics.get(name, {}).get("test"):
+            lines.append(f"  beside {what}: {figures(metrics[name]['test'])}")
+    if metrics.get("val") and splits.val is not None:
+        lines.append(f"validation ({len(set(splits.val.labels.tolist()))} classes held out of the training folders; "
+                     f"they pick the epoch): {figures(metrics['val'], 'val_')}. Validation classes come from the same "
+                     "folders as the train classes, so validation usually scores above test")
+    bad = metrics.get("unreadable") or []
+    if bad:
+        lines.append(f"{len(bad)} unreadable image(s) were replaced by another image of their class in training and "
+                     f"left out of the metrics: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} "
+                     "(all of them: metrics.json, 'unreadable')")
+    return lines
