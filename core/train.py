@@ -3,22 +3,20 @@
 Resume: every completed epoch is saved to RUN_DIR/resume.pt (atomically); running the same
 command again continues after the last completed epoch. Each epoch reseeds every RNG from
 (seed, epoch), so an interrupted-and-resumed run sees the same batches as an uninterrupted one.
-Distributed: under `torchrun --nproc_per_node N` each rank takes every N-th batch of the same
-seeded sampler and losses gather embeddings across ranks (pytorch-metric-learning wrappers).
 Never worse than the start: before any update the starting weights are scored on the validation
-classes (history row epoch -1) and stay a candidate for the best epoch, so a run that does not
-learn returns its starting point and says so (`improved_over_start` in metrics.json). With
-`train.warmup_epochs` W, epochs 0..W-1 train only the new layers (head, projection, inserted
-blocks, CIA branch, loss parameters) while every backbone weight is frozen and its BatchNorm
-layers stay in eval mode; from epoch W the backbone trains again exactly as configured. With
-`model.projection_init: pca` the head's projection first becomes the principal directions of the
+classes (history row epoch -1) and on the test classes; they stay a candidate for the best epoch, so a
+run that does not learn returns its starting point and says so (`improved_over_start` in metrics.json).
+With a frozen backbone (`model.freeze_backbone`) its features are computed once and cached on disk, every
+epoch trains from them, and the frozen network itself is scored beside the start (`core.train_features`).
+With `model.projection_init: pca` the head's projection first becomes the principal directions of the
 pooled train features (`init_projection`), so the start scores about like the frozen network.
+Beside this module: `train_optim` (optimiser groups, lr schedule, warm-up), `train_record` (history,
+resume, the best epoch, what metrics.json says), `train_ddp` (torchrun), `train_step` (the step's forward).
 """
 from __future__ import annotations
 
 import copy
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -38,7 +36,7 @@ from core.data import parts as data_parts
 from core.data.cache import CachedImages, DeviceBatches, cached_splits, use_cache
 from core.data.features import CachedFeatures, FeatureBatches
 from core.evaluate import evaluate_splits
-from core.losses import DMLCriterion, build_criterion, cia_criterion
+from core.losses import build_criterion
 from core.models.embedder import Embedder, build_model
 from core.models.heads.base import pca_init_
 from core.models.mode import evaluating
@@ -48,6 +46,7 @@ from core.backbone_weights import remember_pretrained
 from core.train_context import TrainContext
 from core.train_optim import Warmup, build_optimizer, nothing_to_learn, param_groups, set_epoch_lr, settings_problem
 from core.train_record import RunRecord, closing_summary
+from core.train_step import TrainingStep  # noqa: F401  (also imported from here)
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
@@ -73,33 +72,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TrainingError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
     return torch.device(name)
-
-
-class TrainingStep(torch.nn.Module):
-    """The forward of one training step, model and loss terms together. DistributedDataParallel wraps this,
-    not the bare model, so that it sees every parameter a step uses, also those used only after the
-    embedding: head losses (GSP's ZSR class embeddings, per-group margins), CSA's deep supervision, the
-    CIA branch and learnable loss parameters (proxies)."""
-
-    def __init__(self, model: Embedder, criterion: DMLCriterion, after: str | None = None):
-        super().__init__()
-        self.model, self.criterion, self.after = model, criterion, after  # after: inputs are that stage's features
-        cia = model.cia
-        # the CIA branch gets its criterion injected (its own loss/miner if configured, else this one). It is
-        # kept out of the module tree: the branch scores with copies of it, so no parameter of it is used here
-        # (DDP would refuse unused parameters)
-        object.__setattr__(self, "cia_criterion", None if cia is None else cia_criterion(
-            criterion, cia.loss_name, cia.loss_args, cia.miner_name, cia.embed_dim))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, features = self.model(x, with_features=True, after=self.after)
-        terms = self.model.head.loss(out, y, self.criterion)
-        for block in self.model.block_modules():  # e.g. CSA deep-supervision heads
-            if hasattr(block, "loss"):
-                terms.update(block.loss(y, self.criterion))
-        if self.model.cia is not None:  # training-only cross-image attention branch
-            terms.update(self.model.cia.loss(out, features, y, self.cia_criterion))
-        return terms
 
 
 class Trainer:
@@ -181,24 +153,17 @@ class Trainer:
     def _cache_features(self) -> None:
         """A frozen backbone: every image's features up to the cut, computed once (rank 0; the others wait) or
         read back, and the data parts replaced by them."""
-        t, start = self.cfg.train, time.time()
+        start = time.time()
         if self.distributed and self.rank != 0:
             ddp.barrier()
         self.splits, self.cut, done = train_features.cache(self.cfg, self.model, self.splits, self.device,
                                                            self.progress if self.rank == 0 else None)
         if self.distributed and self.rank == 0:
             ddp.barrier()
-        self.feature_cache = {"layer": self.cut, "views": t.cached_views, "files": done,
+        self.feature_cache = {"layer": self.cut, "views": self.cfg.train.cached_views, "files": done,
                               "seconds": round(time.time() - start, 1)}
         if self.rank == 0:
-            log.info("frozen backbone: training on its %s features, cached on disk (%s; %.0f s)", self.cut,
-                     ", ".join(f"view {v + 1}: {how}" for v, how in done.items()), time.time() - start)
-            if t.cached_views > 1:
-                log.info("augmentation: each epoch sees every train image in one of its %d cached views (the image, "
-                         "its mirror%s)", t.cached_views, ", random crops" if t.cached_views > 2 else "")
-            elif self.cfg.data.augment and t.epochs > 0:
-                log.info("augmentation is off: every epoch sees the cached features of each train image as tested "
-                         "(train.cached_views=2 adds its mirror image)")
+            train_features.describe(self.cfg, self.feature_cache)
 
     @property
     def epoch(self) -> int:
@@ -409,37 +374,8 @@ class Trainer:
         model, _ = ckpt.load_run(self.run_dir, self.device)
         net = model if self.cut is None else train_features.FromCut(model, self.cut)
         test, parts = embed_and_score(net, self.splits, self.device, t.recall_ks, progress=self.progress)
-        best_row = self.record.best_row()
-        key = f"val_{t.select_metric}"
-        metrics = {"test": test, "best_epoch": self.record.best["epoch"], "epochs": t.epochs,
-                   "select_metric": t.select_metric,
-                   "val": {k: v for k, v in best_row.items() if k.startswith("val_")},
-                   "train_seconds": round(sum(r.get("seconds", 0) for r in self.record.history), 1),
-                   "num_train_classes": self.num_classes, "train_images": len(self.splits.train),
-                   "device": str(self.device),
-                   "warmup_epochs": self.warmup.epochs}
-        references = self.record.references
-        start_val = references.get("start", {}).get("val")
-        if start_val:  # the starting point was a candidate: say plainly whether training helped
-            metrics["start"] = references["start"]
-            metrics["improved_over_start"] = self.record.best["epoch"] != -1
-            start, best = start_val.get(key, math.nan), best_row.get(key, math.nan)
-            if metrics["improved_over_start"]:
-                log.info("validation %s: %.4f at start -> %.4f at best epoch %d (%+.4f)", t.select_metric, start,
-                         best, self.record.best["epoch"], best - start)
-            elif t.epochs > 0:
-                log.warning("training did not improve on the starting weights (validation %s %.4f at start, no "
-                            "epoch better): the run returns its starting point", t.select_metric, start)
-        if "frozen" in references:
-            metrics["frozen"] = references["frozen"]
-            frozen_val = references["frozen"].get("val", {}).get(key)
-            if frozen_val is not None and metrics["val"]:
-                metrics["below_frozen"] = metrics["val"][key] < frozen_val
-                if metrics["below_frozen"]:
-                    log.warning("the trained head ends below the frozen network on validation (%s %.4f against "
-                                "%.4f): the run keeps its head, and the frozen network's figures stand beside it in "
-                                "metrics.json; for retrieval alone, the frozen network (configs/real_frozen.yaml) is "
-                                "the better choice here", t.select_metric, metrics["val"][key], frozen_val)
+        metrics = {**self.record.result(t, test), "num_train_classes": self.num_classes,
+                   "train_images": len(self.splits.train), "device": str(self.device), "warmup_epochs": self.warmup.epochs}
         if self.feature_cache:
             metrics["feature_cache"] = self.feature_cache
         metrics["unreadable"] = sorted({str(ds.path(i)) for _, ds in data_parts(self.splits) for i in getattr(ds, "bad", ())})

@@ -106,3 +106,16 @@ def cache(cfg: RunConfig, model, splits, device: torch.device, progress=None):
     cached, done = cached_feature_splits(splits, spec, cfg.train.cached_views, encode,
                                          build_transform(cfg.data, train=False), cfg.train.num_workers, progress)
     return cached, cut, done
+
+
+def describe(cfg: RunConfig, info: dict) -> None:
+    """Say in the log what the run trains on, and whether it augments."""
+    t = cfg.train
+    log.info("frozen backbone: training on its %s features, cached on disk (%s; %.0f s)", info["layer"],
+             ", ".join(f"view {v + 1}: {how}" for v, how in info["files"].items()), info["seconds"])
+    if t.cached_views > 1:
+        log.info("augmentation: each epoch sees every train image in one of its %d cached views (the image, its "
+                 "mirror%s)", t.cached_views, ", random crops" if t.cached_views > 2 else "")
+    elif cfg.data.augment and t.epochs > 0:
+        log.info("augmentation is off: every epoch sees the cached features of each train image as tested "
+                 "(train.cached_views=2 adds its mirror image)")

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from core import checkpoint as ckpt
-from core.config import RunConfig
+from core.config import RunConfig, TrainConfig
 from core.io import atomic_torch_save, atomic_write_text
 
 log = logging.getLogger("core.train")  # the trainer's one log
@@ -112,6 +112,36 @@ class RunRecord:
 
     def best_row(self) -> dict:
         return {r["epoch"]: r for r in self.history}.get(self.best["epoch"], {})
+
+    def result(self, t: TrainConfig, test: dict[str, float]) -> dict:
+        """metrics.json's account of the kept weights: their test and validation figures, the best epoch, and beside
+        them the start and the frozen network (whether training beat them, said in the log too)."""
+        best_row = self.best_row()
+        metrics = {"test": test, "best_epoch": self.best["epoch"], "epochs": t.epochs, "select_metric": t.select_metric,
+                   "val": {k: v for k, v in best_row.items() if k.startswith("val_")},
+                   "train_seconds": round(sum(r.get("seconds", 0) for r in self.history), 1)}
+        start_val = self.references.get("start", {}).get("val")
+        if start_val:  # the starting point was a candidate: say plainly whether training helped
+            metrics["start"] = self.references["start"]
+            metrics["improved_over_start"] = self.best["epoch"] != -1
+            start, best = start_val.get(self.key, math.nan), best_row.get(self.key, math.nan)
+            if metrics["improved_over_start"]:
+                log.info("validation %s: %.4f at start -> %.4f at best epoch %d (%+.4f)", t.select_metric, start,
+                         best, self.best["epoch"], best - start)
+            elif t.epochs > 0:
+                log.warning("training did not improve on the starting weights (validation %s %.4f at start, no "
+                            "epoch better): the run returns its starting point", t.select_metric, start)
+        if "frozen" in self.references:
+            metrics["frozen"] = self.references["frozen"]
+            frozen_val = self.references["frozen"].get("val", {}).get(self.key)
+            if frozen_val is not None and metrics["val"]:
+                metrics["below_frozen"] = metrics["val"][self.key] < frozen_val
+                if metrics["below_frozen"]:
+                    log.warning("the trained head ends below the frozen network on validation (%s %.4f against "
+                                "%.4f): the run keeps its head, and the frozen network's figures stand beside it in "
+                                "metrics.json; for retrieval alone, the frozen network (configs/real_frozen.yaml) is "
+                                "the better choice here", t.select_metric, metrics["val"][self.key], frozen_val)
+        return metrics
 
     def verdict(self, metrics: dict) -> str:
         if not metrics:
