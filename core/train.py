@@ -156,10 +156,13 @@ class Trainer:
         start = time.time()
         if self.distributed and self.rank != 0:
             ddp.barrier()
-        self.splits, self.cut, done = train_features.cache(self.cfg, self.model, self.splits, self.device,
-                                                           self.progress if self.rank == 0 else None)
+        splits, cut, done = train_features.cache(self.cfg, self.model, self.splits, self.device,
+                                                 self.progress if self.rank == 0 else None)
         if self.distributed and self.rank == 0:
             ddp.barrier()
+        if splits is None:  # nothing to train and no cache yet: the test images are embedded directly
+            return
+        self.splits, self.cut = splits, cut
         self.feature_cache = {"layer": self.cut, "views": self.cfg.train.cached_views, "files": done,
                               "seconds": round(time.time() - start, 1)}
         if self.rank == 0:

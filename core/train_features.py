@@ -89,7 +89,9 @@ class FrozenNetwork(nn.Module):
 
 def cache(cfg: RunConfig, model, splits, device: torch.device, progress=None):
     """(splits as cached features, the cut, what was done per view): the backbone's features up to the cut,
-    computed once (in eval mode) or read back."""
+    computed once (in eval mode) or read back. A run that trains nothing (the frozen reference) only reads a
+    cache that exists (else (None, cut, {}): it embeds its test images directly, which costs less than caching
+    every image)."""
     cut = cut_stage(model)
     spec = FeatureSpec(backbone=cfg.model.backbone, weights=weights_digest(model.backbone), layer=cut,
                        image_size=cfg.data.image_size, resize=cfg.data.resize)
@@ -104,7 +106,8 @@ def cache(cfg: RunConfig, model, splits, device: torch.device, progress=None):
             return x
 
     cached, done = cached_feature_splits(splits, spec, cfg.train.cached_views, encode,
-                                         build_transform(cfg.data, train=False), cfg.train.num_workers, progress)
+                                         build_transform(cfg.data, train=False), cfg.train.num_workers, progress,
+                                         compute=cfg.train.epochs > 0)
     return cached, cut, done
 
 

@@ -184,3 +184,12 @@ def test_cached_views_give_the_mirror_image_and_epochs_draw_from_both(folder, tm
             assert views, "every item is one of its cached views"
             used.update(views)
     assert used == {0, 1}
+
+
+def test_the_frozen_reference_reads_a_cache_but_never_fills_one(folder, tmp_path):
+    """A run that trains nothing needs only its test images: it embeds them directly rather than caching every
+    image, and reads the cache once a head has filled it."""
+    reference = _cfg(folder, "train.epochs=0", "model.embed_dim=0")
+    assert Trainer(reference, tmp_path / "a").feature_cache == {} and _cache_files() == []
+    Trainer(_cfg(folder), tmp_path / "head")
+    assert Trainer(reference, tmp_path / "b").feature_cache["files"] == {0: "read"}

@@ -213,10 +213,10 @@ class FeatureBatches:
 
 
 def cached_feature_splits(splits, spec: FeatureSpec, views: int, encode: Callable[[torch.Tensor], torch.Tensor],
-                          transform, num_workers: int = 0, progress=None):
+                          transform, num_workers: int = 0, progress=None, compute: bool = True):
     """`splits` with every file part as `CachedFeatures`, and what was done ({view: "read" | "computed"}). View 0
     covers the union of every part's images (runs whose validation classes differ share it); views 1+ the
-    training folders' (train and validation parts)."""
+    training folders' (train and validation parts). With `compute` False, (None, {}) unless every file exists."""
     import dataclasses
 
     from core.data import ImageListDataset
@@ -234,6 +234,8 @@ def cached_feature_splits(splits, spec: FeatureSpec, views: int, encode: Callabl
         file = FeatureFile(dataclasses.replace(spec, view=view), paths)
         opened = file.open()
         done[view] = "read" if opened else "computed"
+        if opened is None and not compute:
+            return None, {}
         if opened is None:
             images = ImageListDataset(paths, np.asarray([label_of[p] for p in paths], np.int64), class_names, transform)
             phase = (f"caching backbone features ({spec.layer}) of {len(paths)} images once: "
