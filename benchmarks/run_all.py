@@ -28,6 +28,8 @@ STEPS = [  # (results name, command)
     ("heads_interpretability", ["-m", "benchmarks.heads_interpretability"]),
     ("cub100", ["-m", "benchmarks.cub100", "--train"]),  # with a GPU: + --heads gap,grouping,gsp,cia
     ("real_data", ["-m", "benchmarks.real_data", "--ablation"]),  # then --recipes; see benchmarks/notes/real_data.md
+    ("real_data_cached", ["-m", "benchmarks.real_data", "--cached"]),  # frozen backbone, cached features, 224 px, CPU
+    ("small_images", ["-m", "benchmarks.small_images"]),
     ("input_pipeline", ["-m", "benchmarks.input_pipeline", "--size", "96", "--epochs", "1", "--train-per-class", "8"]),
     ("dashboard_latency", ["-m", "benchmarks.dashboard_latency"]),
     ("dashboard_load", ["-m", "benchmarks.dashboard_load"]),
