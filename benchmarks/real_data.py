@@ -4,6 +4,7 @@
     python -m benchmarks.real_data --recipes             # every configs/real_<method>.yaml
     python -m benchmarks.real_data                       # tabulate the runs already made
     python -m benchmarks.real_data --ablation --only old,old_frozen_bn --datasets cub100
+    python -m benchmarks.real_data --cached              # the frozen-backbone protocol (benchmarks/real_data_cached.py)
 
 Protocol (CPU short schedule; every number in one table comes from the same images):
   * a subset of each data set, written once to benchmarks/runs/real_data/subset_<set>_<n>_<m>.csv: every train
@@ -242,6 +243,12 @@ def seed_summary(payload: dict) -> str:
 
 
 def main(argv=None) -> int:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--cached" in argv:  # the frozen-backbone protocol (benchmarks/real_data_cached.py)
+        from benchmarks.real_data_cached import main as cached_main
+        return cached_main([a for a in argv if a != "--cached"])
     p = argparse.ArgumentParser()
     p.add_argument("--ablation", action="store_true", help="train the ablation rows")
     p.add_argument("--recipes", action="store_true", help="train the configs/real_<method>.yaml recipes")

@@ -31,6 +31,8 @@ STEPS = [  # (results name, command)
     ("faithfulness_rerank", ["-m", "benchmarks.faithfulness", "--rerank"]),
     ("cub100", ["-m", "benchmarks.cub100", "--train"]),  # with a GPU: + --heads gap,grouping,gsp,cia
     ("real_data", ["-m", "benchmarks.real_data", "--ablation"]),  # then --recipes; see benchmarks/notes/real_data.md
+    ("real_data_cached", ["-m", "benchmarks.real_data", "--cached"]),  # frozen backbone, cached features, 224 px, CPU
+    ("small_images", ["-m", "benchmarks.small_images"]),
     ("input_pipeline", ["-m", "benchmarks.input_pipeline", "--size", "96", "--epochs", "1", "--train-per-class", "8"]),
     ("dashboard_scale", ["-m", "benchmarks.dashboard_latency", "--sizes", "1000,120000,1000000", "--core-only",
                          "--umap"]),  # import, UMAP and data functions at a million items (issue 27)

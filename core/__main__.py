@@ -55,13 +55,19 @@ def cmd_train(args) -> int:
         overrides.append(f"train.seed={args.seed}")
     if args.no_pretrained:
         overrides.append("model.pretrained=false")
+    if args.frozen_backbone:  # after the others, so it sees the model they describe
+        from core.train_features import frozen_backbone_overrides
+        overrides += frozen_backbone_overrides(cfg.with_overrides(overrides))
     cfg = cfg.with_overrides(overrides)
     if not cfg.name:
         cfg.name = Path(args.out).name
     changed = [o for o in overrides if o.startswith(("data.", "model."))]
     if changed:  # the config's description would otherwise describe another data set or model
         cfg.description = f"{cfg.description} (overridden: {', '.join(changed)})".strip()
-    metrics = train(cfg, args.out, progress=_with_progress_log(args.out))
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm():  # a warning (e.g. an unreadable image) prints above the bars, not inside one
+        metrics = train(cfg, args.out, progress=_with_progress_log(args.out))
     if metrics:
         summary = {"run": args.out, "best_epoch": metrics["best_epoch"], "test": metrics["test"]}
         summary.update({k: metrics[k] for k in ("improved_over_start", "start", "val", "stopped") if k in metrics})
@@ -175,6 +181,9 @@ def _train_arguments(t) -> None:
     t.add_argument("--epochs", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--no-pretrained", action="store_true", help="random init (no ImageNet weights)")
+    t.add_argument("--frozen-backbone", action="store_true",
+                   help="train on the frozen backbone's cached features (fast on a CPU): model.freeze_backbone=true, "
+                        "blocks moved onto the last stage's output")
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=3e-4 data.root=/data/cub")
     _threads_argument(t)
 

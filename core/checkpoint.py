@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 
 from core import io
+from core.backbone_weights import completed_state, trimmed_state
 from core.models.embedder import build_model
 from core.run_dir import (ARTIFACTS, CONFIG, HISTORY, METRICS, RESUME, WEIGHTS,  # noqa: F401  (re-exported)
                           CheckpointError, NoModelError, is_run_dir, list_runs, load_config, read_json)
@@ -21,8 +22,9 @@ from core.run_dir import (ARTIFACTS, CONFIG, HISTORY, METRICS, RESUME, WEIGHTS, 
 
 def save_weights(run_dir: Path, model, num_classes: int | None, epoch: int) -> None:
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    state, backbone = trimmed_state(model, state)  # a frozen pretrained backbone: its name and checksum only
     meta = {"head_state": json.dumps(model.head.extra_state()), "num_classes": json.dumps(num_classes),
-            "epoch": str(epoch), "format": "metriclens-1"}
+            "epoch": str(epoch), "format": "metriclens-1", **backbone}
     io.atomic_save_safetensors(Path(run_dir) / WEIGHTS, state, metadata=meta)
 
 
@@ -83,6 +85,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", allow_code
     except (ValueError, KeyError, TypeError) as err:  # e.g. an edited config.json with impossible sizes
         raise CheckpointError(f"{run_dir / CONFIG} describes a model that cannot be built: {err}") from None
     model.head.load_extra_state(json.loads(meta.get("head_state", "{}")))  # may resize (DSL learners)
+    state = completed_state(model, state, meta, str(path), CheckpointError)  # checks a frozen backbone's checksum
     load_state_into(model, state, str(path))
     return model.to(device).eval(), cfg
 

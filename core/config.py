@@ -96,6 +96,8 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda
     amp: bool = True                 # mixed precision (CUDA only)
     num_workers: int = 0
+    feature_cache: str = "auto"      # auto: a frozen backbone's features are computed once, cached on disk, trained on | never
+    cached_views: int = 1            # feature cache: views per train image (1 the image: no augmentation; 2 + its mirror; 3+ + random crops)
     eval_every: int = 1
     select_metric: str = "map_at_r"  # validation metric that picks the best epoch
     recall_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])

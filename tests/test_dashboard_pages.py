@@ -377,7 +377,7 @@ def test_train_form_rejects_bad_input(runs):
 def test_train_page_offers_the_real_recipes_for_your_own_folder(runs, tmp_path, monkeypatch):
     """The picker marks the real_<method>.yaml recipes as photo recipes for your own folder or CSV; with a
     folder picked the command trains on it (a folder that does not exist is refused first), and without a
-    GPU the quick first result is ticked and sets its epochs."""
+    GPU the frozen backbone is the default (cached features; the quick fine-tuning sets its epochs)."""
     import torch
 
     from dashboard import jobs
@@ -399,14 +399,18 @@ def test_train_page_offers_the_real_recipes_for_your_own_folder(runs, tmp_path, 
     photos.mkdir()
     at.text_input(key="train_data_folder").set_value(str(photos)).run()
     assert not at.error and not at.exception
-    quick = not torch.cuda.is_available()
-    assert [c.value for c in at.checkbox if c.key == "train_quick"] == ([True] if quick else [])
+    frozen = not torch.cuda.is_available()
+    assert at.radio(key="train_mode").value == ("frozen" if frozen else "full")
     at.button[0].click().run()
     assert not at.error, [e.value for e in at.error]
     command = started[0]
     assert "data.name=folder" in command and f'data.root="{photos.resolve()}"' in command
-    assert command[command.index("--epochs") + 1] == ("2" if quick else "15")
-    assert ("data.max_per_class=24" in command) == quick
+    assert command[command.index("--epochs") + 1] == "15" and ("model.freeze_backbone=true" in command) == frozen
+    at.radio(key="train_mode").set_value("quick").run()
+    at.button[0].click().run()
+    command = started[1]
+    assert command[command.index("--epochs") + 1] == "2" and "data.max_per_class=24" in command
+    assert "model.freeze_backbone=true" not in command
 
 
 def test_learn_page_knobs(runs):

@@ -96,7 +96,8 @@ class ImageListDataset(LabelledDataset):
                 return self.transform(self.raw_image(i)), int(self.labels[index]), i
             except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
                 self.bad.add(i)
-                log.warning("skipping unreadable image %s (%s: %s)", self.paths[i], type(err).__name__, err)
+                log.warning("unreadable image %s (%s: %s): replaced by another image of its class", self.paths[i],
+                            type(err).__name__, err)
         raise DatasetError(f"no readable image left in class {self.class_names.get(int(self.labels[index]))!r}; "
                            f"first path: {self.paths[index]}")
 

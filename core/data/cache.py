@@ -48,15 +48,21 @@ def uint8_transform(cfg: DataConfig):
     return T.Compose([T.ToImage(), T.Resize((size, size), antialias=True)])
 
 
-def _key(dataset, cfg: DataConfig) -> str:
-    h = hashlib.sha1(json.dumps({"size": cfg.image_size, "resize": cfg.resize, "v": 1}).encode())
-    for path in dataset.paths:
+def files_digest(paths: list[str], what: dict) -> str:
+    """A cache key: `what` the cache holds (JSON), and every file's path, size and modification time, so an
+    edited, added or removed image gives another key."""
+    h = hashlib.sha1(json.dumps(what).encode())
+    for path in paths:
         try:
             st = os.stat(path)
             h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:  # a missing file is decoded (and reported) like an unreadable one
             h.update(f"{path}\0missing\n".encode())
     return h.hexdigest()
+
+
+def _key(dataset, cfg: DataConfig) -> str:
+    return files_digest(dataset.paths, {"size": cfg.image_size, "resize": cfg.resize, "v": 1})
 
 
 class CachedImages(Dataset):

@@ -51,20 +51,27 @@ class Embedder(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.frozen_bn or self.freeze_backbone:  # frozen BN stays in eval mode through .train()
+        if self.freeze_backbone:  # a frozen backbone is a fixed function, as at test time (BN, drop-connect)
+            self.backbone.eval()
+        elif self.frozen_bn:  # frozen BN stays in eval mode through .train()
             for bn in batchnorm_layers(self.backbone):
                 bn.eval()
         return self
 
-    def forward_features(self, x: torch.Tensor, return_maps: bool = False):
+    def forward_features(self, x: torch.Tensor, return_maps: bool = False, after: str | None = None):
         """Pixels in [0, 1], B×3×H×W -> features B×C×h×w at the feature stage.
 
         With `return_maps`, (features, maps): the maps every block returns (blocks take `return_maps` and
-        then give (output, {name: B×K×h×w})). A name two blocks share gets "@stage" on the later one."""
-        x = self.backbone.normalize(x)
+        then give (output, {name: B×K×h×w})). A name two blocks share gets "@stage" on the later one.
+        With `after` (a stage name), x is that stage's output instead of pixels (e.g. cached features of a
+        frozen backbone): the blocks placed after it and the later stages run."""
+        if after is None:
+            x = self.backbone.normalize(x)
+        first = 0 if after is None else self.stage_order.index(after)
         maps: dict[str, torch.Tensor] = {}
-        for stage in self.stage_order:
-            x = self.backbone.stages[stage](x)
+        for i, stage in enumerate(self.stage_order[first:]):
+            if after is None or i > 0:
+                x = self.backbone.stages[stage](x)
             for block in self.blocks[stage] if stage in self.blocks else ():
                 if not return_maps:
                     x = block(x)
@@ -76,9 +83,10 @@ class Embedder(nn.Module):
     def forward_head(self, features: torch.Tensor) -> HeadOutput:
         return self.head(features)
 
-    def forward(self, x: torch.Tensor, with_features: bool = False):
-        """Embedding B×D; with `with_features`, (HeadOutput, features) for training losses."""
-        features = self.forward_features(x)
+    def forward(self, x: torch.Tensor, with_features: bool = False, after: str | None = None):
+        """Embedding B×D; with `with_features`, (HeadOutput, features) for training losses. `after`: see
+        `forward_features`."""
+        features = self.forward_features(x, after=after)
         out = self.forward_head(features)
         return (out, features) if with_features else out.embedding
 

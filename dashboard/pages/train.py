@@ -1,8 +1,8 @@
 """Train: a form over a config -> `python -m core train` in a subprocess, with live progress and curves.
 
 The shapes_<method>.yaml configs train on the procedural shapes; the real_<method>.yaml recipes train on
-photos: the config's own data set, or the user's image folder or CSV (`data_ui`), with a quick first
-result offered where there is no GPU. A job belongs to the browser session that started it: only that
+photos: the config's own data set, or the user's image folder or CSV (`data_ui`), by default with the backbone
+frozen on a machine without a GPU (its features computed once and cached: minutes on a CPU, `mode_ui`). A job belongs to the browser session that started it: only that
 session sees its panel and may cancel or restart it; others see that the machine is busy. Not part of
 the teaching mode."""
 from __future__ import annotations
@@ -19,6 +19,7 @@ import core.models.embedder  # noqa: F401  (registers every backbone and head)
 from core.config import RunConfig
 from core.registry import BACKBONES, HEADS
 from core.run_dir import CONFIG, HISTORY
+from core.train_features import frozen_backbone_overrides
 from dashboard import background, catalog, figures, jobs, session, ui
 
 
@@ -26,6 +27,12 @@ from dashboard import background, catalog, figures, jobs, session, ui
 PROCEDURAL = "shapes"
 QUICK = ["data.max_per_class=24", "data.image_size=160", "train.num_workers=0"]  # real_gap.yaml's CPU hint
 QUICK_EPOCHS = 2
+MODES = {  # how a photo recipe trains; the first is the default without a GPU, the last with one
+    "frozen": "Frozen backbone (fast on a CPU): the backbone's features are computed once and cached, the head "
+              "trains on them",
+    "quick": f"Fine-tune, a quick first result: {QUICK_EPOCHS} epochs, 24 images per class, 160 px",
+    "full": "Fine-tune the backbone: the recipe's full schedule (a GPU; hours on a CPU)",
+}
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -115,16 +122,28 @@ def data_ui(base: RunConfig) -> list[str] | None:
             "data.csv_split_column=split"]
 
 
-def quick_ui(base: RunConfig) -> bool:
-    """Photos without a GPU: offer (and default to) a first result in minutes instead of hours."""
+@st.cache_data(show_spinner=False, max_entries=64)
+def _frozen_overrides(path: str, mtime: float) -> list[str]:
+    return frozen_backbone_overrides(RunConfig.load(path))
+
+
+def mode_ui(config_path: Path, base: RunConfig) -> tuple[list[str], bool]:
+    """How a photo recipe trains (frozen backbone by default without a GPU): (its overrides, whether it is the
+    quick fine-tuning, which sets the epochs). Nothing to choose for the shapes or an already frozen config."""
     import torch
 
-    if base.data.name == PROCEDURAL or torch.cuda.is_available():
-        return False
-    return st.checkbox(f"Quick first result on this CPU: {QUICK_EPOCHS} epochs, 24 images per class, 160 px",
-                       value=True, key="train_quick",
-                       help=f"the recipe's full schedule ({base.train.epochs} epochs at {base.data.image_size} px on "
-                            f"every image) takes hours without a GPU; adds {' '.join(QUICK)}")
+    if base.data.name == PROCEDURAL or not base.model.pretrained or base.model.freeze_backbone:
+        return [], False
+    gpu = torch.cuda.is_available()
+    mode = st.radio("How to train", list(MODES), index=len(MODES) - 1 if gpu else 0, format_func=MODES.get,
+                    key="train_mode",
+                    help=f"Frozen: one pass of the backbone over the images (cached on disk, shared by every head on "
+                         f"the same folder), then the head's {base.train.epochs} epochs in seconds each; a block inside "
+                         f"the backbone moves onto its last stage's output. Fine-tuning trains the backbone too: "
+                         f"better with a GPU, hours without one.")
+    if mode == "frozen":
+        return _frozen_overrides(str(config_path), config_path.stat().st_mtime), False
+    return (QUICK, True) if mode == "quick" else ([], False)
 
 
 def form_ui(config_path: Path, base: RunConfig, quick: bool = False) -> dict | None:
@@ -280,14 +299,14 @@ def main() -> None:
         st.stop()
     config_path, base = config_ui()
     data = data_ui(base)
-    quick = quick_ui(base)
+    mode, quick = mode_ui(config_path, base)
     form = form_ui(config_path, base, quick)
     board, owner = background.training_jobs(), session.session_owner()
     if form is not None:
         if data is None:
             st.error("Choose data this config can train on (above) first.")
         else:
-            start_job(board, owner, config_path, base, form, data + (QUICK if quick else []))
+            start_job(board, owner, config_path, base, form, data + mode)
     jobs_ui(board, owner)
 
 
