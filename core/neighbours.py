@@ -216,12 +216,21 @@ def read_neighbours(run_dir: str | Path, mmap: bool = True) -> Neighbours | None
                       io.read_npy(art / ITEM_SCORES, mmap), io.read_json(art / NEIGHBOURS_INFO))
 
 
-def ensure_neighbours(run_dir: str | Path, progress=None) -> Neighbours:
-    """The run's saved neighbours, computed and saved first when missing or older than its embeddings."""
+def saved_neighbours(run_dir: str | Path) -> Neighbours | None:
+    """The run's saved neighbours if they are as new as its embeddings, else None."""
     art = Path(run_dir) / ARTIFACTS
     info = art / NEIGHBOURS_INFO
     if info.exists() and info.stat().st_mtime >= (art / EMBEDDINGS).stat().st_mtime:
         return read_neighbours(run_dir)
+    return None
+
+
+def ensure_neighbours(run_dir: str | Path, progress=None) -> Neighbours:
+    """The run's saved neighbours, computed and saved first when missing or older than its embeddings."""
+    art = Path(run_dir) / ARTIFACTS
+    found = saved_neighbours(run_dir)
+    if found is not None:
+        return found
     found = all_neighbours(io.read_npy(art / EMBEDDINGS, mmap=True), io.read_npy(art / LABELS), progress=progress)
     write_neighbours(art, found)
     return read_neighbours(run_dir)

@@ -23,8 +23,9 @@ from dashboard.caching import artifact_stamp, keep_for_good, mtime, read_only
 from dashboard.catalog import imported, user_code
 from dashboard.model_cache import load_model
 
-# Past this many items the all-vs-all retrieval table is scored by a low-priority background process and
-# kept on disk (background.table_in_background), not in the server while the browser draws the map.
+# A run written before runs saved their neighbours: past this many items its neighbours are searched by a
+# low-priority background process and kept on disk (background.table_in_background), not in the server while
+# the browser draws the map.
 TABLE_IN_PROCESS_MAX = 20_000
 
 
@@ -83,8 +84,13 @@ def artifacts(run_dir: str) -> Artifacts:
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _retrieval(run_dir: str, stamp: float) -> logic.RetrievalTable:
+    from core.neighbours import saved_neighbours
+
     art = artifacts(run_dir)
-    if len(art.labels) > TABLE_IN_PROCESS_MAX:
+    saved = saved_neighbours(run_dir)   # written with the run (training, import): read, never searched again
+    if saved is not None and len(saved.ids) == len(art.labels):
+        table = logic.table_from(saved, art.labels)
+    elif len(art.labels) > TABLE_IN_PROCESS_MAX:
         table = background.table_in_background(run_dir)
     else:
         table = logic.retrieval_table(art.embeddings, art.labels)

@@ -44,18 +44,19 @@ class RetrievalTable:
         return self.hits[:, 0]
 
 
-def retrieval_table(embeddings: np.ndarray, labels: np.ndarray, k_min: int = 16) -> RetrievalTable:
-    """k covers the largest class (what MAP@R needs) and at least `k_min` neighbours to show."""
-    labels = np.asarray(labels)
-    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    relevant = counts[inverse] - 1
-    k = int(min(len(labels) - 1, max(k_min, relevant.max(initial=1))))
-    sims, idx = knn(embeddings, embeddings, k, exclude_self=True)
-    hits = labels[idx] == labels[:, None]
-    from core.evaluate import precision_at_r  # loaded with knn above (faiss: not needed for the first paint)
-    r_prec, map_r = precision_at_r(hits, relevant)
-    first = np.where(hits.any(1), hits.argmax(1) + 1, k + 1)
-    return RetrievalTable(idx, sims, hits, relevant, r_prec, map_r, first)
+def retrieval_table(embeddings: np.ndarray, labels: np.ndarray) -> RetrievalTable:
+    """Every item against all others, as a run saves it (core.neighbours.all_neighbours: exact up to
+    EXACT_MAX_ITEMS items, an IVF index above)."""
+    from core.neighbours import all_neighbours  # faiss: not needed for the first paint
+    return table_from(all_neighbours(embeddings, labels), labels)
+
+
+def table_from(found, labels: np.ndarray) -> RetrievalTable:
+    """The table of a run's saved neighbours (core.neighbours.Neighbours): its lists and per-item scores."""
+    scores = found.scores
+    return RetrievalTable(np.asarray(found.ids), np.asarray(found.sims), found.hits(labels),
+                          np.asarray(scores["relevant"]), np.asarray(scores["r_precision"]),
+                          np.asarray(scores["map_at_r"]), np.asarray(scores["first_match_rank"]))
 
 
 def save_table(table: RetrievalTable, path) -> None:

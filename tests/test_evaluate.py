@@ -50,7 +50,7 @@ def test_recall_is_monotone_and_nmi_tracks_structure():
 def test_precision_at_r_by_hand_and_the_dashboard_uses_it(monkeypatch):
     """R-Precision and MAP@R per query, computed by hand; the dashboard's per-query table calls this one
     implementation (no second copy in dashboard/logic.py)."""
-    import core.evaluate
+    import core.neighbours
     from core.evaluate import precision_at_r
     from dashboard import logic
 
@@ -60,7 +60,7 @@ def test_precision_at_r_by_hand_and_the_dashboard_uses_it(monkeypatch):
     np.testing.assert_allclose(map_r[:2], [(1 / 1) / 2, (1 / 1 + 2 / 3) / 3])
     assert np.isnan(r_prec[2]) and np.isnan(map_r[2])
     calls = []
-    monkeypatch.setattr(core.evaluate, "precision_at_r", lambda h, r: calls.append(len(r)) or precision_at_r(h, r))
+    monkeypatch.setattr(core.neighbours, "precision_at_r", lambda h, r: calls.append(len(r)) or precision_at_r(h, r))
     emb = np.eye(6, dtype=np.float32)
     logic.retrieval_table(emb, np.array([0, 0, 1, 1, 2, 2]))
     assert calls == [6]

@@ -114,6 +114,30 @@ def test_umap_reports_its_layout_epochs(tmp_path):
     assert calls[-1][0] == calls[-1][1] > 1 and calls[-1][2] == "UMAP layout of 60 points"
 
 
+def test_the_pages_read_a_runs_saved_neighbours_instead_of_searching(tmp_path, monkeypatch):
+    """A run written with its neighbours (every shipped, trained and imported run) gives the pages its table
+    without any search: the saved lists and scores, read as they are; a run without them is searched."""
+    import shutil
+    from pathlib import Path
+
+    import core.neighbours
+    from dashboard import artifacts
+
+    run = tmp_path / "shapes_gsp"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_gsp", run)
+    saved = core.neighbours.read_neighbours(run)
+    assert saved is not None
+    monkeypatch.setattr(core.neighbours, "all_neighbours", lambda *a, **k: pytest.fail("searched again"))
+    table = artifacts.retrieval(str(run))
+    assert (table.neighbours == saved.ids).all() and (table.map_at_r == saved.scores["map_at_r"]).all()
+    labels = np.load(run / "artifacts" / "labels.npy")
+    assert (table.top1_correct == (labels[saved.ids[:, 0]] == labels)).all()
+    (run / "artifacts" / "neighbours.json").unlink()                  # an older run: searched once
+    monkeypatch.undo()
+    again = artifacts.retrieval(str(run))
+    assert (again.neighbours == saved.ids).all()
+
+
 def test_a_large_runs_retrieval_table_comes_from_a_kept_background_process(tmp_path, monkeypatch):
     """Past TABLE_IN_PROCESS_MAX items the all-vs-all table is scored by a low-priority process (not on the
     server's cores while the browser draws the map) and kept on disk: the same table as in process, and a

@@ -46,14 +46,20 @@ def test_saved_neighbours_of_a_run_are_the_exact_ones(shipped, tmp_path):
     assert found.info["exact"] and found.ids.shape == (len(emb), 32)
     assert (found.ids == brute).mean() > 0.999                       # float ties aside, the same lists
     assert np.allclose(found.sims, np.take_along_axis(sims, found.ids.astype(int), 1), atol=1e-5)
-    table = logic.retrieval_table(emb, labels)
-    np.testing.assert_allclose(found.scores["r_precision"], table.r_precision, atol=1e-6)
-    np.testing.assert_allclose(found.scores["map_at_r"], table.map_at_r, atol=1e-6)
-    k = table.neighbours.shape[1]                                    # the table searched less deep
-    within = table.first_match_rank <= k
-    assert (found.scores["first_match_rank"][within] == table.first_match_rank[within]).all()
-    assert (found.scores["first_match_rank"][~within] > k).all()
-    assert (found.hits(labels)[:, 0] == table.top1_correct).all()
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :-1]          # every other item, by brute force
+    hits = labels[order] == labels[:, None]
+    relevant = hits.sum(1)
+    r_prec = np.array([h[:r].mean() if r else np.nan for h, r in zip(hits, relevant)])
+    map_r = np.array([(np.cumsum(h[:r]) / np.arange(1, r + 1) * h[:r]).sum() / r if r else np.nan
+                      for h, r in zip(hits, relevant)])
+    np.testing.assert_allclose(found.scores["r_precision"], r_prec, atol=1e-5)
+    np.testing.assert_allclose(found.scores["map_at_r"], map_r, atol=1e-5)
+    first, depth = hits.argmax(1) + 1, found.info["depth"]          # searched to depth: beyond it, depth + 1
+    within = first <= depth
+    assert (found.scores["first_match_rank"][within] == first[within]).mean() > 0.999   # float ties aside
+    assert (found.scores["first_match_rank"][~within] == depth + 1).all()
+    table = logic.retrieval_table(emb, labels)                      # the dashboard's table: the same lists
+    assert (table.neighbours == found.ids).all() and (table.top1_correct == hits[:, 0]).all()
     saved = json.loads((run / "metrics.json").read_text())["test"]
     assert evaluate.summarise(found.scores)["recall@1"] == pytest.approx(saved["recall@1"], abs=1e-6)
     again = neighbours.read_neighbours(run)                          # memory-mapped, the same arrays
