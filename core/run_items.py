@@ -41,10 +41,15 @@ class RunItems:
         meta = self.items[int(item)]
         return getattr(self.splits, meta.get("split", "test")), int(meta["index"])
 
+    @cached_property
+    def _image_of(self):
+        from core.artifacts import item_images
+        return item_images(self.path)
+
     def image(self, item: int) -> torch.Tensor:
-        """Item `item` of the artifacts as the model sees it: 3×H×W float in [0, 1]."""
-        dataset, index = self._dataset(item)
-        return dataset[index][0]
+        """Item `item` of the artifacts as the model sees it: 3×H×W float in [0, 1] (core.artifacts.item_images,
+        the one reader of a run's item images)."""
+        return torch.as_tensor(self._image_of(int(item)))
 
     def annotation(self, item: int) -> dict:
         """The data set's annotation of an item (shapes: its target mask, distractors, attributes)."""
