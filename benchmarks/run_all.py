@@ -165,11 +165,11 @@ def _section(name: str) -> str | None:
     if not md.exists():
         return None
     text = re.sub(r"\n?<details>.*?</details>\n?", "\n", md.read_text(), flags=re.S)
-    for title in DETAIL_SECTIONS.get(name, []):  # the section's tables give way to the file's name
+    for title in DETAIL_SECTIONS.get(name, []):  # the section gives way to the file's name; the footer stays
         head, _, rest = text.partition(f"## {title}")
         body, sep, after = rest.partition("\n## ")
-        body = re.sub(r"^\|.*\n?", "", body, flags=re.M)
-        text = f"{head}## {title}\n\nThe table: `benchmarks/results/{name}.md`.{body.split(chr(10), 1)[1] if chr(10) in body else ''}{sep}{after}"
+        footer = "\n".join(re.findall(r"^_\d{4}-.*$", body, flags=re.M))
+        text = f"{head}## {title}\n\nIn `benchmarks/results/{name}.md`.\n\n{footer}\n{sep}{after}"
     if name in DETAIL_ROWS:
         text, dropped = re.subn(DETAIL_ROWS[name] + r".*\n", "", text, flags=re.M)
         text += f"\n({dropped} rows of single channels: `benchmarks/results/{name}.md`.)\n"
