@@ -30,12 +30,14 @@ STEPS = [  # (results name, command): what `make bench` runs, in the order BENCH
     ("faithfulness", ["-m", "benchmarks.faithfulness"]),
     ("faithfulness_timing", ["-m", "benchmarks.faithfulness", "--timing", "checkpoints/shapes_grouping",
                              "checkpoints/shapes_gsp"]),
-    ("demo_seeds", ["-m", "benchmarks.demo_seeds"]),  # the shipped runs over 3 seeds (notes/demo_runs.md)
+    ("demo_seeds", ["-m", "benchmarks.demo_seeds", *(f"checkpoints/shapes_{m}" for m in
+                                                     ("gap", "grouping", "gsp", "csa", "dsl", "cia"))]),
+    # ^ the shipped runs; the table's footer also names the seed-1 and seed-2 runs it scored (notes/demo_seeds.md)
     ("gsp_transport", ["-m", "benchmarks.gsp_transport"]),
     ("grouping_groups_shipped", ["-m", "benchmarks.grouping_groups", "checkpoints/shapes_grouping",
                                  "--name", "grouping_groups_shipped"]),
     ("cub100", ["-m", "benchmarks.cub100", "--train"]),  # with a GPU: + --heads gap,grouping,gsp,cia
-    ("real_data_pca", ["-m", "benchmarks.real_data", "--recipes", "--datasets", "cub100,caltech101",
+    ("real_data_pca", ["-m", "benchmarks.real_data", "--datasets", "cub100,caltech101",
                        "--name", "real_data_pca", "--train-per-class", "24", "--test-per-class", "20",
                        "--epochs", "3"]),  # the recipes on the CPU; their GPU run: real_data_gpu
     ("real_data_cached", ["-m", "benchmarks.real_data", "--cached"]),  # frozen backbone, cached features, 224 px, CPU
@@ -59,9 +61,10 @@ GPU_STEPS = [
     ("dsl_cia_accuracy_cuda", ["-m", "benchmarks.dsl_cia_accuracy", "--device", "cuda", "--methods", "gap,dsl,cia,gap_margin",
                                "--name", "dsl_cia_accuracy_cuda"]),
     ("input_pipeline_cuda", ["-m", "benchmarks.input_pipeline", "--size", "224", "--workers", "12",
-                             "--train-per-class", "0", "--name", "input_pipeline_cuda"]),
-    ("real_data_gpu", ["-m", "benchmarks.real_data", "--recipes", "--datasets", "cub100", "--size", "224",
-                       "--train-per-class", "0", "--test-per-class", "0", "--epochs", "15", "--name", "real_data_gpu"]),
+                             "--train-per-class", "0"]),  # named input_pipeline_cuda on a GPU
+    ("real_data_gpu", ["-m", "benchmarks.real_data", "--datasets", "cub100", "--size", "224", "--train-per-class", "0",
+                       "--test-per-class", "0", "--epochs", "15", "--name", "real_data_gpu", "--seeds", "0"]),
+    # ^ also run by `bash benchmarks/gpu_session.sh`
 ]
 GPU_TWIN = {"real_data_pca": "real_data_gpu"}  # a GPU result shown after a CPU one whose name it does not extend
 # Only these sections of a result are shown (the rest of the file is superseded protocol, kept by the script).
