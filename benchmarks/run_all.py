@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark, then assemble BENCHMARKS.md (tables + PNG plots).
 
     python -m benchmarks.run_all               # run everything (about an hour on 2 CPU cores: accuracy runs and cub100 dominate; a GPU adds its own rows), then assemble
-    python -m benchmarks.run_all --assemble    # only rebuild BENCHMARKS.md from benchmarks/results/
+    python -m benchmarks.run_all --assemble    # only rebuild BENCHMARKS.md from benchmarks/results/, notes/, fidelity/
 
 Each benchmark writes benchmarks/results/<name>.json (machine, date, exact command) and <name>.md;
 this script only orders them, adds plots and a header. Timing tables are ratios measured side by
@@ -20,25 +20,34 @@ import numpy as np
 
 from benchmarks.common import RESULTS, ROOT
 
-STEPS = [  # (results name, command)
+STEPS = [  # (results name, command): what `make bench` runs, in the order BENCHMARKS.md shows it
     ("heads_speed", ["-m", "benchmarks.heads_speed"]),
     ("dsl_cia_speed", ["-m", "benchmarks.dsl_cia_speed"]),
     ("heads_accuracy", ["-m", "benchmarks.heads_accuracy"]),
     ("dsl_cia_accuracy", ["-m", "benchmarks.dsl_cia_accuracy"]),
-    ("heads_interpretability", ["-m", "benchmarks.heads_interpretability"]),
+    ("heads_interpretability", ["-m", "benchmarks.heads_interpretability", "checkpoints/shapes_grouping",
+                                "checkpoints/shapes_gsp", "checkpoints/shapes_csa"]),
     ("faithfulness", ["-m", "benchmarks.faithfulness"]),
-    ("faithfulness_timing", ["-m", "benchmarks.faithfulness", "--timing"]),
-    ("faithfulness_rerank", ["-m", "benchmarks.faithfulness", "--rerank"]),
+    ("faithfulness_timing", ["-m", "benchmarks.faithfulness", "--timing", "checkpoints/shapes_grouping",
+                             "checkpoints/shapes_gsp"]),
+    ("demo_seeds", ["-m", "benchmarks.demo_seeds", *(f"checkpoints/shapes_{m}" for m in
+                                                     ("gap", "grouping", "gsp", "csa", "dsl", "cia"))]),
+    # ^ the shipped runs; the table's footer also names the seed-1 and seed-2 runs it scored (notes/demo_seeds.md)
+    ("gsp_transport", ["-m", "benchmarks.gsp_transport"]),
+    ("grouping_groups_shipped", ["-m", "benchmarks.grouping_groups", "checkpoints/shapes_grouping",
+                                 "--name", "grouping_groups_shipped"]),
     ("cub100", ["-m", "benchmarks.cub100", "--train"]),  # with a GPU: + --heads gap,grouping,gsp,cia
-    ("real_data", ["-m", "benchmarks.real_data", "--ablation"]),  # then --recipes; see benchmarks/notes/real_data.md
+    ("real_data_pca", ["-m", "benchmarks.real_data", "--datasets", "cub100,caltech101",
+                       "--name", "real_data_pca", "--train-per-class", "24", "--test-per-class", "20",
+                       "--epochs", "3"]),  # the recipes on the CPU; their GPU run: real_data_gpu
     ("real_data_cached", ["-m", "benchmarks.real_data", "--cached"]),  # frozen backbone, cached features, 224 px, CPU
     ("small_images", ["-m", "benchmarks.small_images"]),
     ("input_pipeline", ["-m", "benchmarks.input_pipeline", "--size", "96", "--epochs", "1", "--train-per-class", "8"]),
+    ("dashboard_latency", ["-m", "benchmarks.dashboard_latency"]),
+    ("dashboard_load", ["-m", "benchmarks.dashboard_load"]),
     ("dashboard_scale", ["-m", "benchmarks.dashboard_latency", "--sizes", "1000,120000,1000000", "--core-only",
                          "--umap"]),  # import, UMAP and data functions at a million items (issue 27)
     ("scale_estimates", ["-m", "benchmarks.scale_estimates"]),  # the sampled estimates against exact values
-    ("dashboard_latency", ["-m", "benchmarks.dashboard_latency"]),
-    ("dashboard_load", ["-m", "benchmarks.dashboard_load"]),
     ("neighbour_tables", ["-m", "benchmarks.neighbour_tables"]),
 ]
 # With a GPU, `make bench` also measures these (written as <name>_cuda and shown after the CPU table).
@@ -51,9 +60,27 @@ GPU_STEPS = [
                              "--max-per-class", "0", "--name", "heads_accuracy_cuda"]),
     ("dsl_cia_accuracy_cuda", ["-m", "benchmarks.dsl_cia_accuracy", "--device", "cuda", "--methods", "gap,dsl,cia,gap_margin",
                                "--name", "dsl_cia_accuracy_cuda"]),
+    ("input_pipeline_cuda", ["-m", "benchmarks.input_pipeline", "--size", "224", "--workers", "12",
+                             "--train-per-class", "0"]),  # named input_pipeline_cuda on a GPU
+    ("real_data_gpu", ["-m", "benchmarks.real_data", "--datasets", "cub100", "--size", "224", "--train-per-class", "0",
+                       "--test-per-class", "0", "--epochs", "15", "--name", "real_data_gpu", "--seeds", "0"]),
+    # ^ also run by `bash benchmarks/gpu_session.sh`
 ]
+GPU_TWIN = {"real_data_pca": "real_data_gpu"}  # a GPU result shown after a CPU one whose name it does not extend
+# Only these sections of a result are shown (the rest of the file is superseded protocol, kept by the script).
+ONLY_SECTION = {"real_data_gpu": "Recipes over seeds"}
+# Titles for results whose generated title names more than BENCHMARKS.md shows of them.
+TITLES = {"real_data_pca": "Real data: the recipes on the CPU (caltech101, cub100; 128 px, 3 epochs)",
+          "real_data_gpu": "Real data on a GPU: the recipes on cub100, 224 px, every image, 3 seeds"}
+# Detail tables left to their results file (BENCHMARKS.md names the file instead), to keep the page short.
+DETAIL_SECTIONS = {"dsl_cia_accuracy": ["DSL learners over epochs"], "dsl_cia_accuracy_cuda": ["DSL learners over epochs"],
+                   "dashboard_scale": ["Data functions"]}
+DETAIL_ROWS = {"faithfulness": r"^\| [^|]+ \| `[^`]*\[\d+\]` \|"}  # per-channel rows; the channel means stay
 PLOTS = RESULTS / "plots"
 NOTES = ROOT / "benchmarks" / "notes"
+READINGS = {"demo_seeds": "demo_seeds.md"}  # a short hand-kept reading shown before a result
+SHOWN_NOTES = ["method_choices.md"]  # hand-kept sections that go with no single result
+# (notes/dashboard_latency.md keeps the measured reasons the dashboard's code cites; it is not shown)
 
 
 def _accuracy_summary(suffix: str) -> tuple[dict, str]:
@@ -134,33 +161,81 @@ def plot_attention_in_object() -> str | None:
     return "benchmarks/results/plots/attention_in_object.png"
 
 
+def _section(name: str) -> str | None:
+    """A result's markdown as BENCHMARKS.md shows it: headings one level down, `<details>` blocks (every run of a
+    summary) left to the file, and for some results only their current section (ONLY_SECTION)."""
+    md = RESULTS / f"{name}.md"
+    if not md.exists():
+        return None
+    text = re.sub(r"\n?<details>.*?</details>\n?", "\n", md.read_text(), flags=re.S)
+    for title in DETAIL_SECTIONS.get(name, []):  # the section gives way to the file's name; the footer stays
+        head, _, rest = text.partition(f"## {title}")
+        body, sep, after = rest.partition("\n## ")
+        footer = "\n".join(re.findall(r"^_\d{4}-.*$", body, flags=re.M))
+        text = f"{head}## {title}\n\nIn `benchmarks/results/{name}.md`.\n\n{footer}\n{sep}{after}"
+    if name in DETAIL_ROWS:
+        text, dropped = re.subn(DETAIL_ROWS[name] + r".*\n", "", text, flags=re.M)
+        text += f"\n({dropped} rows of single channels: `benchmarks/results/{name}.md`.)\n"
+    if name in ONLY_SECTION:
+        title = text.split("\n", 1)[0]
+        keep = text.split(f"## {ONLY_SECTION[name]}", 1)[1].split("\n## ", 1)[0]
+        footer = re.findall(r"^_\d{4}-.*$", text, flags=re.M)
+        text = f"{title}\n\n## {ONLY_SECTION[name]}{keep.rstrip()}\n\n{footer[-1] if footer else ''}\n"
+    if name in TITLES:
+        text = re.sub(r"^#+ .*$", f"# {TITLES[name]}", text, count=1, flags=re.M)
+    return _as_section(text)
+
+
+def _as_section(text: str) -> str:
+    """Markdown with its first heading moved to level 2 and the others with it."""
+    first = re.search(r"^(#+) ", text, flags=re.M)
+    shift = 2 - len(first.group(1)) if first else 0
+    return re.sub(r"^(#+) ", lambda m: "#" * max(1, len(m.group(1)) + shift) + " ", text.strip() + "\n", flags=re.M)
+
+
+def _how_made() -> str:
+    """The opening table: for each section, the command that makes it and where it runs."""
+    rows = ["| section | command | machine |", "|---|---|---|"]
+    for name, cmd in STEPS:
+        rows.append(f"| {name} | `python {' '.join(cmd)}` | CPU |")
+        gpu = f"{name}_cuda" if any(n == f"{name}_cuda" for n, _ in GPU_STEPS) else GPU_TWIN.get(name)
+        for gname, gcmd in GPU_STEPS:
+            if gname == gpu:
+                rows.append(f"| {gname} | `python {' '.join(gcmd)}` | GPU |")
+    rows.append("| fidelity | `python -m benchmarks.fidelity.<method> --official PATH` (a checkout of the authors' code) "
+                "| CPU |")
+    return ("## How each figure is made\n\n"
+            "Each table below is written by one command into `benchmarks/results/<section>.md` (and `.json`), with its "
+            "date, exact command and machine in its footer. CPU rows come from a shared 2-core machine: read timing "
+            "ratios (measured side by side in one process), not absolute milliseconds; GPU rows say so. To refresh one "
+            "table, run its command, then `python -m benchmarks.run_all --assemble` to rebuild this page; "
+            "`make bench` runs every command (about an hour on 2 cores; with a GPU also the GPU rows). Older protocols "
+            "and superseded runs are in git history.\n\n" + "\n".join(rows) + "\n")
+
+
 def assemble() -> None:
-    parts = [f"# MetricLens benchmarks\n\nAssembled by `python -m benchmarks.run_all` (`make bench`) on {date.today()}. "
-             "Every table below carries its machine, date and exact command in its footer; regenerate one table "
-             "with that command, then `python -m benchmarks.run_all --assemble`. CPU timings were taken on a shared "
-             "2-core machine: read the ratios (measured side by side, interleaved, in one process), not the absolute "
-             "milliseconds.\n"]
+    parts = [f"# MetricLens benchmarks\n\nToday's results, assembled by `python -m benchmarks.run_all --assemble` on "
+             f"{date.today()}.\n", _how_made()]
     for plot in (plot_accuracy(), plot_attention_in_object()):
         if plot:
             parts.append(f"![{plot.split('/')[-1]}]({plot})\n")
     for name, cmd in STEPS:
-        # a hand-kept section (benchmarks/notes/<name>.md: tables of several protocols with their reading)
-        # stands in for the raw table
-        md = NOTES / f"{name}.md" if (NOTES / f"{name}.md").exists() else RESULTS / f"{name}.md"
-        parts.append(re.sub(r"^(#+) ", r"#\1 ", md.read_text(), flags=re.M) if md.exists()
-                     else f"## {name}\n\nNot measured yet: run `python {' '.join(cmd)}`.\n")
-        gpu = RESULTS / f"{name}_cuda.md"  # the same benchmark on a GPU (`--device cuda --name {name}_cuda`)
-        if gpu.exists():
-            text = re.sub(r"^(#+) ", r"#\1 ", gpu.read_text(), flags=re.M)
-            parts.append(re.sub(r"^## (.*)$", r"## \1 — GPU", text, count=1, flags=re.M))
-    # hand-kept notes that stand for no single benchmark (e.g. demo_runs: how the shipped runs were made)
-    for md in sorted(NOTES.glob("*.md")):
-        if md.stem not in {name for name, _ in STEPS}:
-            parts.append(re.sub(r"^(#+) ", r"#\1 ", md.read_text(), flags=re.M))
-    # fidelity against the official code: hand-written per method (the scripts need a checkout of that code)
+        if name in READINGS:  # a hand-kept reading that goes with this result
+            parts.append(_as_section((NOTES / READINGS[name]).read_text()))
+        parts.append(_section(name) or f"## {name}\n\nNot measured yet: run `python {' '.join(cmd)}`.\n")
+        for gpu in (f"{name}_cuda", GPU_TWIN.get(name)):
+            text = _section(gpu) if gpu else None
+            if text and gpu.endswith("_cuda"):
+                text = re.sub(r"^## (.*)$", r"## \1 — GPU", text, count=1, flags=re.M)
+            if text:
+                parts.append(text)
+    for md in SHOWN_NOTES:  # hand-kept sections that stand for no single result
+        parts.append(_as_section((NOTES / md).read_text()))
+    # fidelity against the official code: hand-kept per method (the scripts need a checkout of that code)
     for md in sorted((ROOT / "benchmarks" / "fidelity").glob("*.md")):
-        parts.append(md.read_text())  # written as "## Fidelity: <method>" sections
-    (ROOT / "BENCHMARKS.md").write_text("\n\n".join(parts))
+        parts.append(md.read_text())  # written as "## Fidelity: ..." sections
+    page = "\n\n".join(p.strip("\n") + "\n" for p in parts)
+    (ROOT / "BENCHMARKS.md").write_text(re.sub(r"\n{3,}", "\n\n", page))
 
 
 def main(argv=None) -> int:

@@ -1,8 +1,8 @@
-"""The house plan's promise (README, Development): a new head, explainer or lesson is one file plus one
+"""The house plan's promise (docs/development.md): a new head, explainer or lesson is one file plus one
 registration, and it trains, explains and renders on every page with no other file touched.
 
-The toy plug-in is the README's worked examples ("Adding a method"), copied from README.md into a module in a
-temporary folder named in METRICLENS_PLUGINS, so the README stays true: it registers itself through the public
+The toy plug-in is the worked examples of docs/development.md ("Adding a method"), copied from that page into a
+module in a temporary folder named in METRICLENS_PLUGINS, so the page stays true: it registers itself through the public
 registries only, and reaches every process by that one name (issue 24): the Train page's training subprocess and
 the dashboard (app.py) import it; the test itself never does. Registries are restored afterwards, so the toy never leaks
 into other tests."""
@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_plugin() -> str:
-    """The README's worked examples (the python blocks of "Adding a method"), as one module's source."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Adding a method", 1)[1].split("\n### ", 1)[0]
+    """The worked examples of docs/development.md (the python blocks of "Adding a method"), as one module's source."""
+    text = (ROOT / "docs" / "development.md").read_text()
+    section = text.split("\n## Adding a method", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert len(blocks) == 4, "the README's house plan shows a head, a block, an explainer and a lesson"
+    assert len(blocks) == 4, "docs/development.md shows a head, a block, an explainer and a lesson"
     return "\n".join(blocks)
 
 
