@@ -1,0 +1,108 @@
+"""Issue 27's defects outside Explore, under Streamlit's AppTest on the shipped runs: Compare's selection stands
+out and its colour scale fits the data; CSA's default channel is the one that concentrates; Attention's
+all-channels grid and downloads; teaching mode says why there is no Train page; the Learn page's GAP panel
+keeps the object's colour. (The dark-theme halo and the screenshots: tests/test_view_defects_browser.py.)
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard_testing import SHIPPED, item_maps, is_finished
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+CSA = SHIPPED / "shapes_csa"
+LIGHT, DARK = "#ffffff", "#0e1117"   # Streamlit's page backgrounds
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_umap():
+    saved = os.environ.get("METRICLENS_AUTO_UMAP")
+    os.environ["METRICLENS_AUTO_UMAP"] = "0"  # never start UMAP's numba JIT in a test
+    yield
+    if saved is None:
+        os.environ.pop("METRICLENS_AUTO_UMAP", None)
+    else:
+        os.environ["METRICLENS_AUTO_UMAP"] = saved
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from dashboard_testing import demo_runs
+
+    return [str(r.resolve()) for r in demo_runs(tmp_path_factory.mktemp("defect_runs"), 2)]
+
+
+def open_app(run: str, page: str | None = None, **session) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.session_state["run"] = run
+    for key, value in session.items():
+        at.session_state[key] = value
+    at.run()
+    if page:
+        at.switch_page(f"dashboard/pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join(str(e.value) for kind in ("markdown", "caption", "title", "info", "error", "warning", "success")
+                     for e in at.get(kind))
+
+
+def plotly_list(value) -> list:
+    """A figure array from the chart's JSON: a list, or a typed array ({"dtype", "bdata"}: base64 of the values)."""
+    if isinstance(value, dict) and "bdata" in value:
+        import base64
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).tolist()
+    return list(value)
+
+
+def luminance(colour: str) -> float:
+    rgb = np.asarray([int(colour[i:i + 2], 16) for i in (1, 3, 5)]) / 255
+    linear = np.where(rgb <= 0.03928, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return float(linear @ [0.2126, 0.7152, 0.0722])
+
+
+def contrast(a: str, b: str) -> float:
+    la, lb = sorted((luminance(a), luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+# ---- Compare ----------------------------------------------------------------------------------------------
+def test_compare_selection_stands_out_and_the_scale_fits_the_changes(runs):
+    """Issue 27: most items do not change (grey) and a selection of them kept that grey against faded grey;
+    the colour scale ran to the largest change, so a few outliers washed every other change out."""
+    from dashboard import artifacts, logic
+
+    at = open_app(runs[0], "compare", compare_run=runs[1])
+    shift = logic.rank_shift(artifacts.retrieval(runs[0]), artifacts.retrieval(runs[1]), "first match rank")
+    grey = np.flatnonzero(shift == 0)
+    assert len(grey) > len(shift) / 2          # the case of the issue: most items do not change
+    picked = sorted(grey[:: max(1, len(grey) // 12)][:12].tolist())
+    at.session_state["compare_selection"] = {"runs": {"A": runs[0], "B": runs[1]}, "ids": picked}
+    at.run()
+    assert not at.exception
+    assert "Selection: 12 items" in texts(at)
+    maps = [m for m in item_maps(at) if m.key.startswith("compare_map_")]
+    assert len(maps) == 2
+    for m in maps:
+        traces = json.loads(m.proto.spec)["data"]
+        base, top = traces[0], traces[-1]
+        # drawn on top, exactly the selection, outlined in a colour that is none of the scale's and stands out
+        # 3:1 or more on a light and on a dark page
+        assert sorted(int(np.ravel(c)[0]) for c in plotly_list(top["customdata"])) == picked
+        line = top["marker"]["line"]
+        assert line["width"] >= 2 and contrast(line["color"], LIGHT) >= 3 and contrast(line["color"], DARK) >= 3
+        assert top["marker"]["size"] > base["marker"]["size"]
+        # a symmetric scale clipped to the data: most changes inside it, the few largest beyond its ends
+        low, high = base["marker"]["cmin"], base["marker"]["cmax"]
+        changed = np.abs(shift[shift != 0])
+        assert low == -high and 0 < high < changed.max()
+        assert (changed <= high).mean() >= 0.9
