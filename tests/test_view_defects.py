@@ -106,3 +106,37 @@ def test_compare_selection_stands_out_and_the_scale_fits_the_changes(runs):
         changed = np.abs(shift[shift != 0])
         assert low == -high and 0 < high < changed.max()
         assert (changed <= high).mean() >= 0.9
+
+
+# ---- Attention -------------------------------------------------------------------------------------------
+needs_csa = pytest.mark.skipif(not is_finished(CSA), reason="the shipped shapes_csa run is missing")
+
+
+def on_target(run: str, item: int, maps: np.ndarray) -> np.ndarray:
+    """Each channel's share of its mass on the item's ground-truth target mask (the shapes set has masks)."""
+    from core.map_scores import mass_on_object
+    from core.run_items import RunItems
+
+    mask = RunItems(run).annotation(item)["mask"]
+    return np.asarray([mass_on_object(channel, mask) for channel in maps])
+
+
+@needs_csa
+def test_csa_default_channel_is_the_concentrated_one_on_the_target():
+    """Issue 27: the default channel was the one with the largest sum, which is 1 for every channel of CSA's
+    base maps, so on shapes_csa query 7 it lit a distractor. The default is now the channel whose mass is most
+    compact (smallest spread around its centre), and on query 7 it lies on the target more than the old pick."""
+    from dashboard import explanations
+
+    run, query = str(CSA.resolve()), 7
+    at = open_app(run, "attention", query=query)
+    maps = explanations.explain(run, explanations.model_input(run, query)).maps
+    assert {"csa_base", "csa_weights"} <= set(maps)
+    for name in ("csa_base", "csa_weights"):
+        box = at.selectbox(key=f"attention_ch_{name}")
+        default = box.value
+        old = int(maps[name].reshape(len(maps[name]), -1).sum(1).argmax())
+        mass = on_target(run, query, maps[name])
+        assert isinstance(default, int) and default != old
+        assert mass[default] > mass[old] + 0.3, (name, default, mass[default], old, mass[old])
+        assert mass[default] > 0.5     # most of the chosen map lies on the target

@@ -106,10 +106,11 @@ def map_rows_ui(explainer: str, name: str, maps: list[np.ndarray], p: Panels, op
                 f"{qmap.shape[1]}×{qmap.shape[2]} positions)")
     channels = list(range(qmap.shape[0]))
     if len(channels) > 4:
-        # many channels (e.g. prototypes): one at a time, the query's strongest first
-        strongest = int(qmap.reshape(len(channels), -1).sum(1).argmax())
-        pick = st.selectbox(f"{name} channel", ["sum of all"] + channels, index=1 + strongest,
-                            key=f"attention_ch_{name}")
+        # many channels (e.g. CSA's base maps): one at a time, first the query's most concentrated one
+        focus = logic.most_concentrated_channel(qmap)
+        pick = st.selectbox(f"{name} channel", ["sum of all"] + channels, index=1 + focus, key=f"attention_ch_{name}",
+                            help="First shown: the channel whose mass is most compact on the query (smallest spread "
+                                 "around its centre), usually the one on the object.")
         channels = [pick]
     for ch in channels:
         shown = [m.sum(0) if ch == "sum of all" else m[ch] for m in maps]
