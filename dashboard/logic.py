@@ -135,6 +135,12 @@ def most_concentrated_channel(maps: np.ndarray) -> int:
     return int(np.argmin(channel_spread(maps)))
 
 
+def channel_shares(maps: np.ndarray) -> np.ndarray:
+    """Each channel's share of the map's positive mass (sums to 1; equal for channels normalised alike)."""
+    mass = np.clip(np.nan_to_num(np.asarray(maps, dtype=np.float64)), 0, None).sum((1, 2))
+    return mass / mass.sum() if mass.sum() > 0 else np.full(len(mass), 1 / len(mass))
+
+
 # ---- per-group (subspace) similarity --------------------------------------------------------
 def group_terms(query: np.ndarray, other: np.ndarray, groups: list[slice]) -> np.ndarray:
     """Dot products over each group slice; they sum to the cosine when the slices tile the embedding."""

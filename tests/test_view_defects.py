@@ -140,3 +140,41 @@ def test_csa_default_channel_is_the_concentrated_one_on_the_target():
         assert isinstance(default, int) and default != old
         assert mass[default] > mass[old] + 0.3, (name, default, mass[default], old, mass[old])
         assert mass[default] > 0.5     # most of the chosen map lies on the target
+
+
+@needs_csa
+def test_attention_grid_shows_every_channel_with_its_share_and_offers_downloads():
+    from dashboard import explanations
+
+    run, query = str(CSA.resolve()), 7
+    at = open_app(run, "attention", query=query)
+    maps = explanations.explain(run, explanations.model_input(run, query)).maps
+    at.toggle(key="attention_grid_csa_base").set_value(True).run()
+    assert not at.exception
+    captions = [c for img in at.get("image") for c in [i.caption for i in img.proto.imgs]
+                if c.startswith("csa_base[") and " · share " in c]
+    assert len(captions) == len(maps["csa_base"])            # one small multiple per channel
+    assert [c.split("]")[0] for c in captions] == [f"csa_base[{k}" for k in range(len(captions))]
+    shares = np.asarray([float(c.split("share ")[1].split("%")[0]) for c in captions])
+    assert abs(shares.sum() - 100) < 1                       # each channel's share of the query's map
+    starred = [k for k, c in enumerate(captions) if c.endswith("★")]
+    assert starred == [at.selectbox(key="attention_ch_csa_base").value]   # the channel shown first is marked
+    downloads = [b.proto.label for b in at.get("download_button")]
+    assert {"PNG", "SVG"} <= set(downloads) and len(downloads) >= 6   # every figure: the rows and the grid
+
+
+def test_slide_figure_is_a_png_and_an_svg_of_the_panels():
+    from PIL import Image
+    import io
+
+    from dashboard import slides
+
+    rng = np.random.default_rng(0)
+    panels = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(7)]
+    figure = slides.Sheet(panels, [f"panel {i}" for i in range(7)], title="csa_base · query 7",
+                          scale=(0.0, 0.25, False), columns=4)
+    png = Image.open(io.BytesIO(figure.png()))
+    assert png.format == "PNG" and png.width > 4 * 64 and png.height > 2 * 64
+    svg = figure.svg().decode()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "panel 6" in svg and "csa_base · query 7" in svg
+    assert svg.count("<image") >= 8                # seven panels and the colour bar
