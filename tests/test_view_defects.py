@@ -178,3 +178,16 @@ def test_slide_figure_is_a_png_and_an_svg_of_the_panels():
     svg = figure.svg().decode()
     assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "panel 6" in svg and "csa_base · query 7" in svg
     assert svg.count("<image") >= 8                # seven panels and the colour bar
+
+
+# ---- teaching mode and Learn -----------------------------------------------------------------------------
+def test_teaching_mode_says_training_is_off_when_a_link_asks_for_train(runs, monkeypatch):
+    monkeypatch.setenv("METRICLENS_MODE", "demo")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["page"] = "train"
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == "Explore the embedding"
+    assert "Training is turned off in teaching mode" in texts(at)
+    at.run()                                          # said on landing, not on every rerun
+    assert "Training is turned off in teaching mode" not in texts(at)
