@@ -178,6 +178,16 @@ def mark_cell(image: np.ndarray, row: int, col: int, grid_h: int, grid_w: int,
     return out
 
 
+def cell_grid(image: np.ndarray, grid_h: int, grid_w: int, colour=(200, 200, 200)) -> np.ndarray:
+    """The image with every feature-grid cell outlined alike (1 px lines), e.g. a uniform map: no cell stands
+    out, and the object keeps its colours (a tint of a constant map would shift every hue)."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    out[np.unique(np.linspace(0, h - 1, grid_h + 1).round().astype(int)), :] = colour
+    out[:, np.unique(np.linspace(0, w - 1, grid_w + 1).round().astype(int))] = colour
+    return out
+
+
 def group_terms(terms: dict[str, np.ndarray], height: int = 300) -> go.Figure:
     """Grouped bars: for each compared image (legend), its similarity term in each embedding group."""
     k = len(next(iter(terms.values()))) if terms else 0

@@ -191,3 +191,32 @@ def test_teaching_mode_says_training_is_off_when_a_link_asks_for_train(runs, mon
     assert "Training is turned off in teaching mode" in texts(at)
     at.run()                                          # said on landing, not on every rerun
     assert "Training is turned off in teaching mode" not in texts(at)
+
+
+def test_gap_lesson_keeps_the_objects_colour(runs, monkeypatch):
+    """Issue 27: the GAP panel's uniform map was tinted at 0.6 opacity, which turned the green circle brown."""
+    from streamlit.delta_generator import DeltaGenerator
+
+    from core.run_items import RunItems
+    from dashboard import dataset, logic
+
+    shown: dict[str, np.ndarray] = {}
+    real = DeltaGenerator.image
+
+    def spy(self, image, caption=None, *args, **kwargs):
+        if isinstance(caption, str) and isinstance(image, np.ndarray):
+            shown[caption] = image
+        return real(self, image, caption, *args, **kwargs)
+    monkeypatch.setattr(DeltaGenerator, "image", spy)
+    at = open_app(runs[0], "learn")
+    assert any(h.value.startswith("GAP") for h in at.header)
+    panel = next(image for caption, image in shown.items() if caption.startswith("uniform weights"))
+    original = logic.to_uint8(dataset.model_input(runs[0], 0)).astype(float)   # the Learn page's test item 0
+    step = panel.shape[0] // original.shape[0]
+    panel = panel[::step, ::step].astype(float)
+    target = RunItems(runs[0]).annotation(0)["mask"]
+    assert target.sum() > 20
+    # the object's colour as drawn (the median: thin grid lines may cross it) within a few levels of the image's
+    drawn, true = np.median(panel[target], 0), np.median(original[target], 0)
+    assert np.abs(drawn - true).max() < 12, (drawn, true)
+    assert drawn.argmax() == true.argmax()
