@@ -40,6 +40,7 @@ except PluginError as err:
     st.error(f"**A plug-in did not load:** {err}")
 
 URL_WRITTEN = "_url_written"  # the query parameters this session wrote last (Back makes the URL differ)
+TRAIN_OFF = "_train_link_in_teaching_mode"  # a link asked for the Train page, which teaching mode has not
 
 # Material icons ship with Streamlit's frontend, so they render even where no emoji font is installed
 ICONS = {"explore": ":material/scatter_plot:", "retrieval": ":material/image_search:", "attention": ":material/visibility:",
@@ -98,6 +99,8 @@ def read_deep_link(runs: list[dict], current_page: str) -> list[dict]:
     if (params.get("query") or "").isdigit():
         st.session_state[session.QUERY] = int(params["query"])
     page = params.get("page")
+    if page == "train" and TEACHING:  # there is no Train page here: say so where the visitor lands
+        st.session_state[TRAIN_OFF] = True
     if page in PAGES and page != current_page:
         st.switch_page(PAGES[page])
     return runs
@@ -202,6 +205,10 @@ follow_history(runs)
 sidebar_run_picker(runs)
 write_deep_link(runs, current)
 st.html(ui.MAP_STILL_CSS)
+if st.session_state.pop(TRAIN_OFF, False):
+    st.info(":material/school: **Training is turned off in teaching mode**, so the link's Train page opened "
+            "Explore instead. This server shows the runs its host chose, read-only; to train, run MetricLens on your "
+            "own machine (`make run`) or ask the host to train and share the run.")
 try:
     page.run()
 except Exception as err:  # Streamlit's stop/rerun/switch-page signals are BaseExceptions: they pass

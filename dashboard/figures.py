@@ -178,6 +178,16 @@ def mark_cell(image: np.ndarray, row: int, col: int, grid_h: int, grid_w: int,
     return out
 
 
+def cell_grid(image: np.ndarray, grid_h: int, grid_w: int, colour=(200, 200, 200)) -> np.ndarray:
+    """The image with every feature-grid cell outlined alike (1 px lines), e.g. a uniform map: no cell stands
+    out, and the object keeps its colours (a tint of a constant map would shift every hue)."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    out[np.unique(np.linspace(0, h - 1, grid_h + 1).round().astype(int)), :] = colour
+    out[:, np.unique(np.linspace(0, w - 1, grid_w + 1).round().astype(int))] = colour
+    return out
+
+
 def group_terms(terms: dict[str, np.ndarray], height: int = 300) -> go.Figure:
     """Grouped bars: for each compared image (legend), its similarity term in each embedding group."""
     k = len(next(iter(terms.values()))) if terms else 0
@@ -296,24 +306,44 @@ def cell_picker(image: np.ndarray, hidden: np.ndarray, drag: str | None = None, 
 
 # ---- Compare: one run's map coloured by a per-query change between two runs ---------------------------
 SHIFT_SCALE = [[0.0, "#d62728"], [0.5, "#c8c8c8"], [1.0, "#1f5fd6"]]   # worse in B · no change · better in B
+# the selection's outline: none of the scale's red, grey or blue, with a contrast of 3:1 or more on a white and a dark page
+SELECTED_OUTLINE = "#c800c8"
+SHIFT_PERCENTILE = 95   # the scale ends at this percentile of the changes' size: a few large shifts don't grey the rest
+
+
+def shift_bound(values: np.ndarray) -> float:
+    """The symmetric colour range ±bound for signed changes: the SHIFT_PERCENTILE-th percentile of the non-zero
+    changes' size (most queries do not change, so a percentile over all of them would be 0), beyond it the ends'
+    colours; 1 when nothing changed."""
+    size = np.abs(np.nan_to_num(np.asarray(values, dtype=float)))
+    size = size[size > 0]
+    return float(np.percentile(size, SHIFT_PERCENTILE)) if len(size) else 1.0
 
 
 def shift_map(coords: np.ndarray, ids: np.ndarray, values: np.ndarray, hover: list[str], title: str,
               bar_title: str, selected=None, height: int = 440) -> go.Figure:
-    """Points coloured by a signed per-item value (0 grey, B better blue, B worse red) on a symmetric
-    scale; `selected` ids drawn as plotly's selection, the rest faded, so a selection made on the other
-    run's map shows here. customdata carries item ids as lists (see `embedding_map`)."""
+    """Points coloured by a signed per-item value (0 grey, B better blue, B worse red) on a symmetric scale
+    clipped to the data (`shift_bound`); `selected` ids drawn again on top, larger and outlined in
+    SELECTED_OUTLINE, the rest faded, so a selection made on the other run's map stands out here whatever its
+    colour (most items are grey: no change). customdata carries item ids as lists (see `embedding_map`)."""
     values = np.nan_to_num(np.asarray(values, dtype=float))
-    bound = float(np.abs(values).max()) or 1.0
-    trace = go.Scattergl(x=coords[:, 0].tolist(), y=coords[:, 1].tolist(), mode="markers",
-                         customdata=np.asarray(ids).tolist(), text=list(hover), hovertemplate="%{text}<extra></extra>",
-                         marker=dict(size=7, color=values.tolist(), colorscale=SHIFT_SCALE, cmin=-bound, cmax=bound,
-                                     opacity=0.9, colorbar=dict(title=dict(text=bar_title, side="right"), thickness=12)))
+    bound = shift_bound(values)
+    colour = dict(colorscale=SHIFT_SCALE, cmin=-bound, cmax=bound)
+    xy, ids, hover = np.asarray(coords), np.asarray(ids), np.asarray(hover, dtype=object)
+    trace = go.Scattergl(x=xy[:, 0].tolist(), y=xy[:, 1].tolist(), mode="markers", customdata=ids.tolist(),
+                         text=hover.tolist(), hovertemplate="%{text}<extra></extra>",
+                         marker=dict(size=7, color=values.tolist(), opacity=0.9, **colour,
+                                     colorbar=dict(title=dict(text=bar_title, side="right"), thickness=12)))
+    traces = [trace]
     if selected is not None and len(selected):
-        chosen = np.isin(np.asarray(ids), np.asarray(list(selected), dtype=int))
-        trace.update(selectedpoints=np.flatnonzero(chosen).tolist(), selected=dict(marker=dict(opacity=1.0, size=10)),
-                     unselected=dict(marker=dict(opacity=0.1)))
-    fig = go.Figure(trace)
+        chosen = np.isin(ids, np.asarray(list(selected), dtype=int))
+        trace.update(marker_opacity=0.25)
+        traces.append(go.Scattergl(
+            x=xy[chosen, 0].tolist(), y=xy[chosen, 1].tolist(), mode="markers", customdata=ids[chosen].tolist(),
+            text=hover[chosen].tolist(), hovertemplate="%{text}<extra></extra>", name="selection",
+            marker=dict(size=11, color=values[chosen].tolist(), opacity=1.0, **colour,
+                        line=dict(width=2.5, color=SELECTED_OUTLINE))))
+    fig = go.Figure(traces)
     fig.update_layout(dragmode="lasso", height=height, margin=dict(l=10, r=10, t=36, b=10), title=title,
                       uirevision="compare", meta="metriclens-map", showlegend=False,
                       xaxis=dict(showticklabels=False, title=None), yaxis=dict(showticklabels=False, title=None))

@@ -113,6 +113,34 @@ def rank_of(embeddings: np.ndarray, query: int, item: int) -> int:
     return int((sims > sims[item]).sum()) + 1
 
 
+# ---- a multi-channel map (CSA's base maps, grouping's per-group maps) ------------------------------
+def channel_spread(maps: np.ndarray) -> np.ndarray:
+    """Per channel of a K×h×w map: how far its positive mass spreads around its centre (the mean squared
+    distance of a position from the centre of mass, in cells; inf for a channel with no positive mass)."""
+    mass = np.clip(np.nan_to_num(np.asarray(maps, dtype=np.float64)), 0, None)
+    total = mass.sum((1, 2))
+    p = mass / np.where(total > 0, total, 1)[:, None, None]
+    rows, cols = np.indices(mass.shape[1:])
+    centre_r = (p * rows).sum((1, 2))[:, None, None]
+    centre_c = (p * cols).sum((1, 2))[:, None, None]
+    spread = (p * ((rows - centre_r) ** 2 + (cols - centre_c) ** 2)).sum((1, 2))
+    return np.where(total > 0, spread, np.inf)
+
+
+def most_concentrated_channel(maps: np.ndarray) -> int:
+    """The channel whose mass is most compact in space (smallest `channel_spread`): the one to show first.
+    Not the largest sum (CSA's base maps all sum to 1) nor the lowest entropy or highest peak, which ignore
+    where the mass lies: a channel on a few scattered cells of the distractors scores as concentrated as one
+    on the object, while a spatial spread prefers the single blob an object makes."""
+    return int(np.argmin(channel_spread(maps)))
+
+
+def channel_shares(maps: np.ndarray) -> np.ndarray:
+    """Each channel's share of the map's positive mass (sums to 1; equal for channels normalised alike)."""
+    mass = np.clip(np.nan_to_num(np.asarray(maps, dtype=np.float64)), 0, None).sum((1, 2))
+    return mass / mass.sum() if mass.sum() > 0 else np.full(len(mass), 1 / len(mass))
+
+
 # ---- per-group (subspace) similarity --------------------------------------------------------
 def group_terms(query: np.ndarray, other: np.ndarray, groups: list[slice]) -> np.ndarray:
     """Dot products over each group slice; they sum to the cosine when the slices tile the embedding."""

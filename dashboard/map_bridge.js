@@ -60,6 +60,13 @@
     Object.keys(attrs).forEach(function (k) { el.setAttribute(k, attrs[k]); });
     return el;
   };
+  // the page's background (Streamlit's light or dark theme): the star's edge and the label's halo, which
+  // separate them from the points below, take it (a white halo glared on a dark page)
+  const pageBackground = function () {
+    const app = doc.querySelector("[data-testid=stApp]");
+    const colour = app ? getComputedStyle(app).backgroundColor : "";
+    return colour && colour !== "rgba(0, 0, 0, 0)" && colour !== "transparent" ? colour : "#ffffff";
+  };
   // the star and rings over the first item map, in its axes' pixels (again after every zoom, pan or redraw)
   const drawFocus = function () {
     const gd = Array.from(doc.querySelectorAll(".js-plotly-plot")).find(g => g.layout && g.layout.meta === "metriclens-map");
@@ -69,7 +76,8 @@
     const text = holder ? holder.getAttribute("data-focus") || "{}" : "{}";
     let layer = box.querySelector("#metriclens-focus-layer");
     const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
-    const where = text + "|" + xa.range + "|" + ya.range + "|" + xa._length + "|" + ya._length + "|" + xa._offset;
+    const halo = pageBackground();
+    const where = text + "|" + xa.range + "|" + ya.range + "|" + xa._length + "|" + ya._length + "|" + xa._offset + "|" + halo;
     if (layer && layer.__where === where) return;
     if (layer) layer.remove();
     const focus = JSON.parse(text);
@@ -88,7 +96,7 @@
       const x = xa._offset + xa.l2p(focus.x[k]), y = ya._offset + ya.l2p(focus.y[k]);
       const mark = id === focus.item
         ? svgEl("path", {d: "M0,-11L2.6,-3.6L10.5,-3.4L4.2,1.4L6.5,8.9L0,4.4L-6.5,8.9L-4.2,1.4L-10.5,-3.4L-2.6,-3.6Z",
-                         transform: "translate(" + x + "," + y + ")", fill: focus.colour, stroke: "#ffffff",
+                         transform: "translate(" + x + "," + y + ")", fill: focus.colour, stroke: halo,
                          "stroke-width": 1.5, "data-id": id})
         : svgEl("circle", {cx: x, cy: y, r: 7.5, fill: "none", stroke: focus.colour, "stroke-width": 2.5, "data-id": id});
       // the ring's stroke takes the pointer (its centre leaves the point below to plotly): hover shows the
@@ -107,7 +115,7 @@
       marks.appendChild(mark);
     });
     const label = svgEl("text", {x: xa._offset + 6, y: ya._offset + 16, "font-size": 12, fill: focus.colour,
-                                 stroke: "#ffffff", "stroke-width": 3, "paint-order": "stroke"});
+                                 stroke: halo, "stroke-width": 3, "paint-order": "stroke"});
     label.textContent = "★ " + focus.text[focus.ids.indexOf(focus.item)] + "   ◯ " + focus.name;
     if (focus.ids.indexOf(focus.item) < 0) label.textContent = "◯ " + focus.name;
     layer.appendChild(label);

@@ -9,9 +9,10 @@ import numpy as np
 import streamlit as st
 
 from core.explain import explainers
-from dashboard import artifacts, counterfactual, dataset, explanations, faithfulness, figures, logic, session, ui
+from dashboard import artifacts, counterfactual, dataset, explanations, faithfulness, figures, logic, session, slides, ui
 
 PER_ROW = 5  # every panel the same size, and wide enough that a caption breaks between words, not inside them
+PER_GRID_ROW = 8  # the all-channels grid: smaller multiples of the query's map
 
 
 @dataclass
@@ -96,6 +97,16 @@ def compared_images(run: str, art: artifacts.Artifacts, query: ui.Query, k: int)
     return panels
 
 
+def download_ui(sheet: slides.Sheet, name: str, key: str) -> None:
+    """PNG and SVG of a figure as shown (made only when a button is clicked), for a slide."""
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name).strip("_")
+    c1, c2, _ = st.columns([1, 1, 8])
+    c1.download_button("PNG", sheet.png, f"{stem}.png", "image/png", key=f"{key}_png", on_click="ignore",
+                       icon=":material/download:", help="This figure as a picture, for a slide")
+    c2.download_button("SVG", sheet.svg, f"{stem}.svg", "image/svg+xml", key=f"{key}_svg", on_click="ignore",
+                       icon=":material/download:", help="This figure as a vector file (its text stays editable)")
+
+
 def map_rows_ui(explainer: str, name: str, maps: list[np.ndarray], p: Panels, opacity: float, description: str) -> None:
     """One explainer map for the query and every compared image, on a scale shared by the row, and what its
     faithfulness tests say of the query's map."""
@@ -105,21 +116,47 @@ def map_rows_ui(explainer: str, name: str, maps: list[np.ndarray], p: Panels, op
     st.markdown(f"**{name}** — {description} ({len(qmap)} channel{'s' if len(qmap) > 1 else ''}, "
                 f"{qmap.shape[1]}×{qmap.shape[2]} positions)")
     channels = list(range(qmap.shape[0]))
+    focus = logic.most_concentrated_channel(qmap) if len(channels) > 1 else 0
     if len(channels) > 4:
-        # many channels (e.g. prototypes): one at a time, the query's strongest first
-        strongest = int(qmap.reshape(len(channels), -1).sum(1).argmax())
-        pick = st.selectbox(f"{name} channel", ["sum of all"] + channels, index=1 + strongest,
-                            key=f"attention_ch_{name}")
+        # many channels (e.g. CSA's base maps): one at a time, first the query's most concentrated one
+        pick = st.selectbox(f"{name} channel", ["sum of all"] + channels, index=1 + focus, key=f"attention_ch_{name}",
+                            help="First shown: the channel whose mass is most compact on the query (smallest spread "
+                                 "around its centre), usually the one on the object.")
         channels = [pick]
     for ch in channels:
         shown = [m.sum(0) if ch == "sum of all" else m[ch] for m in maps]
         scale = max(float(np.max(m)) for m in shown) or None  # a common scale keeps panels comparable
         label = f"{name}[{ch}]" if qmap.shape[0] > 1 else name
-        image_row([figures.overlay(img, m, opacity, scale=scale) for img, m in zip(p.images, shown)],
-                  [f"{label} · {c}" for c in p.captions])
+        panels = [figures.overlay(img, m, opacity, scale=scale) for img, m in zip(p.images, shown)]
+        captions = [f"{label} · {c}" for c in p.captions]
+        image_row(panels, captions)
         colour_bar(0.0, scale or 0.0)
+        download_ui(slides.Sheet(panels, captions, f"{label}: {description}", (0.0, scale or 0.0, False), PER_ROW),
+                    f"{explainer}_{label}_{p.query.caption}", f"attention_dl_{explainer}_{name}_{ch}")
         single = ch == "sum of all" or qmap.shape[0] == 1   # the table scores a channel sum as the channel mean
         p.note(f"{explainer}/{name}" if single else f"{explainer}/{name}[{ch}]", shown[0], label=f"{label} of the query")
+    if qmap.shape[0] > 1:
+        all_channels_ui(explainer, name, qmap, p.images[0], opacity, focus, p.query.caption)
+
+
+def all_channels_ui(explainer: str, name: str, qmap: np.ndarray, image: np.ndarray, opacity: float, focus: int,
+                    query: str) -> None:
+    """Every channel of the query's map at once (small multiples), each with its index and its share of the
+    map's mass; each panel on its own scale, so a weak channel still shows where it looks."""
+    if not st.toggle(f"All {len(qmap)} channels of the query's {name}", key=f"attention_grid_{name}"):
+        return
+    shares = logic.channel_shares(qmap)
+    panels = [figures.overlay(image, m, opacity) for m in qmap]
+    captions = [f"{name}[{k}] · share {100 * share:.3g}%" + (" ★" if k == focus else "")
+                for k, share in enumerate(shares)]
+    for start in range(0, len(panels), PER_GRID_ROW):
+        cols = st.columns(PER_GRID_ROW)
+        for col, img, cap in zip(cols, panels[start:start + PER_GRID_ROW], captions[start:start + PER_GRID_ROW]):
+            col.image(figures.enlarge(img, 96), caption=cap, width="stretch")
+    st.caption(f"Each panel on its own scale (dark: its least, bright: its most); the share is the channel's part of "
+               f"the query's whole {name}, equal when every channel is normalised alike. ★: the channel shown first.")
+    download_ui(slides.Sheet(panels, captions, f"{name}: every channel · query {query}", None, PER_GRID_ROW),
+                f"{explainer}_{name}_all_channels_{query}", f"attention_dl_grid_{explainer}_{name}")
 
 
 def extras_ui(name: str, values: list[np.ndarray], p: Panels, description: str, key: str) -> None:
@@ -174,8 +211,11 @@ def position_maps_ui(model, p: Panels, opacity: float) -> None:
             cell = (row * grid_h // height, col * grid_w // width)
             panels = [figures.mark_cell(figures.enlarge(figures.overlay(p.images[0], m, opacity), 160), *cell,
                                         grid_h, grid_w) for m in maps]
-            image_row(panels, [f"{name}[{g}] · position ({row}, {col})" for g in range(len(maps))])
+            captions = [f"{name}[{g}] · position ({row}, {col})" for g in range(len(maps))]
+            image_row(panels, captions)
             st.caption(out.describe(name))
+            download_ui(slides.Sheet(panels, captions, f"{name}: query {p.query.caption}", None, PER_ROW),
+                        f"{explainer.name}_{name}_{row}_{col}", f"attention_dl_{explainer.name}_{name}")
 
 
 def group_terms_ui(p: Panels) -> None:
@@ -226,9 +266,14 @@ def attribution_ui(model, p: Panels, opacity: float) -> None:
         extra_panels = [(p.images[1 + p.ids.index(p.true_match)],
                          f"true match {ui.item_caption(art, p.true_match, true_sim)}")]
     bound = max(float(np.abs(m).max()) for _, m, _ in maps) or None     # one scale for every panel
-    image_row([figures.overlay(img, m, opacity, signed=True, scale=bound) for img, m, _ in maps]
-              + [img for img, _ in extra_panels], [c for *_, c in maps] + [c for _, c in extra_panels])
+    shown = ([figures.overlay(img, m, opacity, signed=True, scale=bound) for img, m, _ in maps]
+             + [img for img, _ in extra_panels])
+    captions = [c for *_, c in maps] + [c for _, c in extra_panels]
+    image_row(shown, captions)
     colour_bar(0.0, bound or 0.0, signed=True)
+    download_ui(slides.Sheet(shown, captions, f"{available[method].title}: query {query.caption} and #{target}",
+                             (0.0, bound or 0.0, True), PER_ROW), f"{method}_{query.caption}_{target}",
+                f"attention_dl_{method}")
     footer = "Red pushed the similarity up, blue pulled it down (a diverging scale centred on 0)."
     if len(maps) > 2:  # describe the difference panel only when it is drawn
         footer += (" The third panel is the query's attribution towards the chosen image minus towards its nearest "

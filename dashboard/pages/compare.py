@@ -129,11 +129,13 @@ def linked_maps_ui(runs: dict[str, str], arts: dict, tables: dict) -> np.ndarray
                    "`python -m core umap RUN_DIR` does too).")
     if not len(selected):
         st.caption("Lasso or box-select items on either map: the same items light up on the other. Blue: B "
-                   "retrieves that query better than A; red: worse; grey: no change. Double-click a map to clear.")
+                   "retrieves that query better than A; red: worse; grey: no change (the scale ends at the "
+                   f"{figures.SHIFT_PERCENTILE}th percentile of the changes' size, so a few large ones do not "
+                   "wash out the rest). Double-click a map to clear.")
         return selected
     better, worse = int((shift[selected] > 0).sum()), int((shift[selected] < 0).sum())
     s1, s2 = st.columns([5, 1])
-    s1.markdown(f"**Selection: {len(selected)} items** — B better for {better}, worse for {worse}; mean R-precision "
+    s1.markdown(f"**Selection: {len(selected)} items** (outlined in magenta on both maps) — B better for {better}, worse for {worse}; mean R-precision "
                 f"A {np.nanmean(tables['A'].r_precision[selected]):.3f} → B "
                 f"{np.nanmean(tables['B'].r_precision[selected]):.3f}")
     if s2.button("Clear selection", key="compare_clear"):
