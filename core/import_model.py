@@ -213,7 +213,7 @@ def import_model(out: str | Path, images: str | Path, *, factory: str | None = N
     cfg.model.embed_dim, cfg.model.user_model = model.embed_dim, spec
     n_items = sum(len(ds) for ds, _, _ in embedded.values())
     cfg.description = (f"your own model {source}" + (f" with {Path(weights).name}" if weights else "")
-                       + f", {cfg.model.embed_dim}-d, on {n_items} images of {Path(images).name} ({split})")
+                       + f", {cfg.model.embed_dim}-d, on {n_items} images from {Path(images).resolve()} ({split})")
     record = {"test": metrics, "best_epoch": None, "split": split, "items": n_items,
               "user_model": {"source": source, "weights": spec["weights"], "feature_layer": spec["feature_layer"],
                              "embed_dim": cfg.model.embed_dim},
