@@ -28,6 +28,18 @@ def save_weights(run_dir: Path, model, num_classes: int | None, epoch: int) -> N
     io.atomic_save_safetensors(Path(run_dir) / WEIGHTS, state, metadata=meta)
 
 
+def store_half(run_dir: Path, min_values: int = 2**16) -> list[str]:
+    """Rewrite a run's weights with every float32 tensor of at least `min_values` values in float16 (a shipped
+    run's large blocks: half the file). Loading casts them back to the model's float32 parameters, so nothing
+    else changes but the rounding. Returns the tensors stored so; the metadata lists them."""
+    path = Path(run_dir) / WEIGHTS
+    state, meta = read_weights(path)
+    halved = sorted(k for k, v in state.items() if v.dtype == torch.float32 and v.numel() >= min_values)
+    state.update({k: state[k].half() for k in halved})
+    io.atomic_save_safetensors(path, state, metadata={**meta, "float16": json.dumps(halved)})
+    return halved
+
+
 def state_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], model: str = "config") -> str | None:
     """None when `state` has exactly the keys and shapes of `expected`, else which keys differ and how (`model`:
     what the expected shapes come from)."""

@@ -19,7 +19,9 @@ PHOTO_RUNS = sorted(CHECKPOINTS.glob("caltech_*"))
 pytestmark = pytest.mark.skipif(not PHOTO_RUNS, reason="no shipped photo runs (python -m benchmarks.make_checkpoints --photos)")
 
 
-def test_every_method_has_a_photo_run_and_each_beats_the_frozen_reference():
+def test_every_method_has_a_photo_run_that_records_the_frozen_reference_honestly():
+    """One run per recipe, each scored beside the same frozen network; `below_frozen` says so exactly when the
+    kept weights score below it on validation (the demo's claim about each run is the record's, not a hope)."""
     methods = {p.stem.removeprefix("real_") for p in (ROOT / "configs").glob("real_*.yaml")}
     assert {p.name.removeprefix("caltech_") for p in PHOTO_RUNS} == methods
     frozen = json.loads((CHECKPOINTS / "caltech_frozen" / ckpt.METRICS).read_text())["test"]
@@ -27,8 +29,12 @@ def test_every_method_has_a_photo_run_and_each_beats_the_frozen_reference():
         if run.name == "caltech_frozen":
             continue
         metrics = json.loads((run / ckpt.METRICS).read_text())
-        assert metrics["test"]["recall@1"] > frozen["recall@1"], run.name
         assert metrics["frozen"]["test"] == pytest.approx(frozen, abs=2e-3), run.name  # the same frozen network
+        history = {int(r.split(",")[0]): float(r.split(",")[header.index("val_map_at_r")])
+                   for header in [(run / ckpt.HISTORY).read_text().splitlines()[0].split(",")]
+                   for r in (run / ckpt.HISTORY).read_text().splitlines()[1:]}
+        kept = history[metrics["best_epoch"]]
+        assert metrics["below_frozen"] == (kept < metrics["frozen"]["val"]["val_map_at_r"]), run.name
         assert metrics["feature_cache"]["views"] == 2 and not (run / ckpt.RESUME).exists()
 
 
@@ -46,6 +52,7 @@ def test_a_shipped_run_stores_its_head_only_and_rebuilds_to_its_embeddings(name)
     with safe_open(str(run / ckpt.WEIGHTS), framework="pt") as fh:
         keys, meta = list(fh.keys()), fh.metadata()
     assert not any(k.startswith("backbone.") for k in keys) and meta["backbone"] == "efficientnet_lite0"
+    assert json.loads(meta["float16"])                                  # its large tensors stored in half
     assert sum(f.stat().st_size for f in run.rglob("*") if f.is_file()) < 8 * 2**20
     model, cfg = ckpt.load_run(run)
     from core.data import build_datasets
