@@ -5,6 +5,8 @@ selected on the map; an item of the table opened on another page. Which items th
 is dashboard/item_table.py (whole columns at once)."""
 from __future__ import annotations
 
+from pathlib import PurePath
+
 import numpy as np
 import streamlit as st
 
@@ -15,6 +17,22 @@ from dashboard.item_table import SCORES, SORTS, WRONG_TOP1, Filters
 
 PAGE_ROWS = 1000        # rows sent to the browser: the first of the filtered, sorted set (the count says how many)
 CHIPS = "explore_filter_chips"
+
+
+def page_fields(run: str, page: np.ndarray, fields: dict) -> dict[str, np.ndarray]:
+    """The fields listed for the rows shown, taken for those rows only (never a pass over every item): the items'
+    metadata columns from the store, the attributes read from the class names, and the file name."""
+    import pyarrow as pa
+
+    store = artifacts.item_store(run)
+    rows = store.table.take(pa.array(page, pa.int64()))
+    out = {name: np.asarray(rows.column(name).to_pylist(), dtype=object) for name in store.metadata_columns}
+    out.update((name, np.asarray(values[page], dtype=object)) for name, values in fields.items()
+               if name not in ("class", "split") and name not in out)
+    paths = rows.column("path").to_pylist()
+    if any(paths):
+        out["file"] = np.asarray([PurePath(p).name if p else "" for p in paths], dtype=object)
+    return out
 
 
 def filters_ui(run: str, table, fields: dict) -> Filters:
@@ -88,7 +106,10 @@ def items_ui(run: str, art: artifacts.Artifacts, selected: np.ndarray, has_model
                f"{'selected items' if within is not None else 'items'} kept"
                + (f"; the first {PAGE_ROWS} listed" if len(kept) > PAGE_ROWS else "")
                + ". Sort here over all of them; a column's header sorts the listed rows only.")
-    frame = item_rows.selection_rows(art, table, page, artifacts.listed_fields(run))
+    frame = item_rows.selection_rows(art, table, page, {})
+    for name, values in page_fields(run, page, fields).items():
+        if name not in frame:        # a field named like a column of the table (e.g. "rank") is not listed twice
+            frame[name] = values
     picked = tables.items_picked(frame, key=f"explore_items_{hash(page.tobytes())}")
     b1, b2 = st.columns([2, 3])
     with b1:
