@@ -123,6 +123,11 @@ def follow_history(runs: list[dict]) -> None:
     for name, key in (("run", session.RUN), ("compare", session.COMPARE)):
         if params.get(name) in by_key and params[name] != written.get(name):
             st.session_state[key] = by_key[params[name]]
+    # the page's own keys (Explore: sel, colour) follow too: the page reads them as from a link, and the URL
+    # written before the page runs keeps them
+    own = {k: v for k, v in params.items() if k not in ("page", "run", "query", "compare")}
+    st.session_state["_link_params"] = own
+    st.session_state["_page_link"] = {params.get("page"): own}
     st.session_state[URL_WRITTEN] = params
 
 

@@ -77,6 +77,8 @@ def function_timings(run: str | Path, before: bool = True, repeats: int = 3) -> 
     row("top-8 overlap of two runs (Compare)", "core.neighbours.topk_overlap", seconds)
     seconds, _ = timed(lambda: item_store.selection_csv(store, selection[:10_000], labels), repeats)
     row(f"CSV of {min(n // 2, 10_000)} selected items", "core.item_store.selection_csv", seconds)
+    rows += item_table_timings(store, fields, saved, labels, np.load(art / "coords_pca.npy") if (art / "coords_pca.npy").exists()
+                               else np.zeros((n, 2), np.float32), repeats)
     seconds, _ = timed(lambda: pca_2d(emb), 1)
     row("PCA map", "core.projection.pca_2d (D×D covariance)", seconds)
     if before:
@@ -100,6 +102,37 @@ def function_timings(run: str | Path, before: bool = True, repeats: int = 3) -> 
         row("PCA map", "full SVD (before)", seconds)
         del metas, haystack
     faiss.omp_set_num_threads(os.cpu_count() or 1)
+    return rows
+
+
+def item_table_timings(store, fields: dict, saved, labels: np.ndarray, coords: np.ndarray, repeats: int = 3) -> list[dict]:
+    """Explore's item table (dashboard/item_table.py) over every item: its retrieval table from the saved neighbours,
+    the filter chips, the sort over the kept set, and the CSV export's extra columns."""
+    from core import item_store
+    from dashboard import item_table, logic
+
+    n, rows = len(labels), []
+
+    def row(function, version, seconds, note=""):
+        rows.append({"function": function, "version": version, "seconds": round(seconds, 4), "note": note})
+
+    seconds, table = timed(lambda: logic.table_from(saved, labels), repeats)
+    row("item table: scores of every item", "dashboard.logic.table_from (saved neighbours)", seconds)
+    some = tuple(fields["class"].categories[:20])
+    chips = {"wrong at top-1 and R-precision ≤ 0.5": item_table.Filters(True, {"R-precision": (0.0, 0.5)}),
+             f"class in {len(some)} classes": item_table.Filters(values={"class": some})}
+    for name, filters in chips.items():
+        seconds, mask = timed(lambda: item_table.filter_mask(table, fields, filters), repeats)
+        row("item table: filter", f"dashboard.item_table.filter_mask ({name})", seconds, f"{int(mask.sum())} kept")
+    kept = np.flatnonzero(item_table.filter_mask(table, fields, chips["wrong at top-1 and R-precision ≤ 0.5"]))
+    for by in ("MAP@R", "label"):
+        seconds, _ = timed(lambda: item_table.sorted_ids(kept, by, table, fields["class"])[:1000], repeats)
+        row("item table: sort the kept items", f"dashboard.item_table.sorted_ids by {by}", seconds, f"{len(kept)} items")
+    selection = np.arange(0, n, max(1, n // 10_000))[:10_000]
+    seconds, _ = timed(lambda: item_store.selection_csv(
+        store, selection, labels, item_table.export_columns(table, np.arange(n), coords)), repeats)
+    row(f"CSV of {len(selection)} selected items with x, y, scores and 10 neighbour ids",
+        "core.item_store.selection_csv + dashboard.item_table.export_columns", seconds)
     return rows
 
 

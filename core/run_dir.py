@@ -12,6 +12,7 @@
                                  neighbours.json: every item's neighbours and retrieval scores, found once
     RUN_DIR/metrics.json         test metrics of the best weights; written last, so it marks the run finished
     RUN_DIR/faithfulness.json    `python -m core faithfulness`'s scores of the run's maps (core/faithfulness.py)
+    RUN_DIR/selections/          named selections of items saved on the dashboard's Explore page (core/selections.py)
 
 Every name above is a constant here; no other module spells one. Reading needs no torch.
 """
@@ -34,6 +35,7 @@ LOG = "train.log"
 DSL_EVENTS = "dsl_events.json"
 DSL_CLUSTERS = "dsl_clusters.npy"
 FAITHFULNESS = "faithfulness.json"
+SELECTIONS = "selections"                      # a folder: <name>.json per saved selection (core.selections)
 ARTIFACTS = "artifacts"
 # inside ARTIFACTS
 EMBEDDINGS = "embeddings.npy"

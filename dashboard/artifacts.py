@@ -177,3 +177,27 @@ def _neighbour_index(run_dir: str, stamp: float):
 def neighbour_index(run_dir: str):
     """The run's faiss index, built once per artifacts version and shared by every session (read-only)."""
     return _neighbour_index(run_dir, artifact_stamp(run_dir))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _item_store(run_dir: str, stamp: float):
+    from core.item_store import read_items
+    return read_items(Path(run_dir) / ckpt.ARTIFACTS)
+
+
+def item_store(run_dir: str):
+    """The run's items as columns (core.item_store.ItemStore), once per artifacts version."""
+    return _item_store(run_dir, artifact_stamp(run_dir))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _filter_fields(run_dir: str, stamp: float):
+    from core.item_store import categorical_fields
+    from dashboard.figures import NAMED_COLOURS, NAMED_SYMBOLS
+    return categorical_fields(item_store(run_dir), {"colour": set(NAMED_COLOURS), "shape": set(NAMED_SYMBOLS)})
+
+
+def filter_fields(run_dir: str):
+    """Field name -> per-item pd.Categorical (class, split, metadata columns, attributes in the class names): what
+    Explore's item table filters by, as codes (core.item_store.categorical_fields)."""
+    return _filter_fields(run_dir, artifact_stamp(run_dir))

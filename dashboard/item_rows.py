@@ -70,14 +70,16 @@ def neighbour_rows(art, ids, sims, query_label, fields: dict[str, np.ndarray],
 
 
 def selection_rows(art, table: RetrievalTable, ids, fields: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Selected items, by number: item, label, its top-1 neighbour (number, label, cosine, ✓/✗ same class) and
-    its R-precision, then `fields`."""
+    """Items in the order given: item, label, split, its top-1 neighbour (number, label, cosine, ✓/✗ same class),
+    its R-precision, MAP@R and the rank of its first true match, then `fields`."""
     ids = np.asarray(ids, dtype=int)
     top1 = table.neighbours[ids, 0]
-    frame = pd.DataFrame({"item": ids, "label": [art.class_names[i] for i in ids], "top-1": top1,
+    frame = pd.DataFrame({"item": ids, "label": [art.class_names[i] for i in ids],
+                          "split": [str(art.items[i].get("split", "")) for i in ids], "top-1": top1,
                           "top-1 label": [art.class_names[i] for i in top1], "cosine": table.similarities[ids, 0],
                           "same class": [SAME if ok else OTHER for ok in table.hits[ids, 0]],
-                          "R-precision": table.r_precision[ids]})
+                          "R-precision": table.r_precision[ids], "MAP@R": table.map_at_r[ids],
+                          "first match rank": table.first_match_rank[ids]})
     return _with_fields(frame, fields, ids)
 
 

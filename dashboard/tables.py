@@ -27,6 +27,12 @@ COLUMNS = {
     "R-precision": st.column_config.NumberColumn("R-precision", format="%.2f",
                                                  help="share of the item's R nearest that share its class "
                                                       "(R: the number of other items of its class)"),
+    "MAP@R": st.column_config.NumberColumn("MAP@R", format="%.2f",
+                                           help="mean average precision over the item's R nearest"),
+    "first match rank": st.column_config.NumberColumn("first match rank", format="%d",
+                                                      help="rank of the item's nearest item of its own class among its "
+                                                           "saved neighbours (1 = its top-1); one past the list: "
+                                                           "not among them"),
     "same class": st.column_config.TextColumn("same class", width="small",
                                               help=f"{SAME}: the same class as the query, {OTHER}: another class"),
 }
@@ -43,16 +49,20 @@ def mark_style(value) -> str:
     return MARK_COLOURS.get(value, "")
 
 
-def item_table(frame: pd.DataFrame, key: str, pick_column: str | None = "item", max_rows_shown: int = 12) -> int | None:
-    """Draw `frame` (a table of item_rows); returns the `pick_column` value of a row just selected (once per
-    selection), else None. `key` should change with what the table lists (e.g. the query), so that a new table
-    starts with no row selected."""
+def _draw(frame: pd.DataFrame, key: str, selection_mode: str | None, max_rows_shown: int):
     marks = [c for c in ("same class",) if c in frame]
     shown = frame.style.map(mark_style, subset=marks) if marks and len(frame) <= COLOURED_ROWS else frame
     config = {name: COLUMNS.get(name, st.column_config.TextColumn(name)) for name in frame.columns}
     height = HEADER_PX + ROW_PX * min(len(frame), max_rows_shown) + 2   # all rows of a short table, no scrollbar
-    event = st.dataframe(shown, hide_index=True, width="stretch", height=height, column_config=config, key=key,
-                         on_select="rerun" if pick_column else "ignore", selection_mode="single-row")
+    return st.dataframe(shown, hide_index=True, width="stretch", height=height, column_config=config, key=key,
+                        on_select="rerun" if selection_mode else "ignore", selection_mode=selection_mode or "single-row")
+
+
+def item_table(frame: pd.DataFrame, key: str, pick_column: str | None = "item", max_rows_shown: int = 12) -> int | None:
+    """Draw `frame` (a table of item_rows); returns the `pick_column` value of a row just selected (once per
+    selection), else None. `key` should change with what the table lists (e.g. the query), so that a new table
+    starts with no row selected."""
+    event = _draw(frame, key, "single-row" if pick_column else None, max_rows_shown)
     rows = event.selection.rows if pick_column else []
     picked = int(frame[pick_column].iloc[rows[0]]) if rows else None
     applied = f"_{key}_picked"          # a selected row stays selected: act on it once
@@ -60,3 +70,9 @@ def item_table(frame: pd.DataFrame, key: str, pick_column: str | None = "item", 
         return None
     st.session_state[applied] = picked
     return picked
+
+
+def items_picked(frame: pd.DataFrame, key: str, max_rows_shown: int = 12) -> list[int]:
+    """Draw `frame` with rows to tick (several at once); returns the items of the ticked rows, in table order."""
+    event = _draw(frame, key, "multi-row", max_rows_shown)
+    return [int(frame["item"].iloc[row]) for row in event.selection.rows]

@@ -158,6 +158,9 @@ def test_search_selects_by_label_and_exports_it(app):
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     assert [int(r["item"]) for r in rows] == wanted and {r["class"] for r in rows} == {"red diamond"}
     assert {r["colour"] for r in rows} == {"red"} and {r["shape"] for r in rows} == {"diamond"}
+    # issue 27: the map's coordinates, the scores and the neighbour ids come along
+    assert {"x", "y", "top1_correct", "r_precision", "map_at_r", "first_match_rank", "neighbour_1"} <= set(rows[0])
+    assert all(r["x"] != "nan" and int(r["neighbour_1"]) != int(r["item"]) for r in rows)
     assert "sel=" in page.url
     assert not errors, errors
 

@@ -151,7 +151,7 @@ def test_explore_selection_lists_each_item_with_its_top1_and_offers_no_attention
     picked = [3, 17, 250, 600]
     at = open_app(embeddings_only["run"])
     inject(at, picked)
-    rows = table(at, "explore_selection_table_")
+    rows = table(at, "explore_items_")
     assert rows["item"].tolist() == picked
     top1 = [int(np.argmax(brute_force(emb, q))) for q in picked]
     assert rows["top-1"].tolist() == top1
@@ -159,7 +159,7 @@ def test_explore_selection_lists_each_item_with_its_top1_and_offers_no_attention
     assert rows["colour"].tolist() == embeddings_only["colour"][picked].tolist()
     keys = {b.key for b in at.button}
     assert "explore_to_retrieval" in keys and "explore_to_attention" not in keys   # no model: nothing to attend to
-    key = next(d.key for d in at.dataframe if d.key.startswith("explore_selection_table_"))
+    key = next(d.key for d in at.dataframe if d.key.startswith("explore_items_"))
     at.session_state[key] = {"selection": {"rows": [2], "columns": [], "cells": []}}
     at.run()
     assert at.selectbox(key="explore_open").value == 250       # the picked row is the item the buttons open

@@ -98,9 +98,9 @@ def test_an_embeddings_only_import_lists_its_neighbours_as_text(server, browser)
     page.get_by_text("Selection:", exact=False).first.wait_for(timeout=60_000)
     settle(page)
     header, rows = table(page, 0)
-    assert header[:4] == ["item", "label", "top-1", "top-1 label"] and len(rows) > 1
+    assert header[:5] == ["item", "label", "split", "top-1", "top-1 label"] and len(rows) > 1
     first = int(rows[0][0])
-    assert int(rows[0][2]) == brute_force_top(unit, first, 1)[0]
+    assert int(rows[0][3]) == brute_force_top(unit, first, 1)[0]
     shot(page, "24_embeddings_only_selection")
 
     # Retrieval: the top-k of a query and the hardest failures, as tables

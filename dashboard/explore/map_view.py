@@ -19,6 +19,7 @@ SEEN = "explore_map_seen"  # the chart value seen after the last draw
 DRAWN = "explore_drawn"  # (item ids, coordinates) of the map last drawn: a lasso's polygon is in those coordinates
 FIGURE = "explore_figure"  # what the map's figure was last built with: see figure_selection
 BUILT = "explore_built"    # ((look, revision), the figure): the last figure, reused while they stay the same
+ZOOM = "explore_zoom"      # the axis ranges the zoom buttons set: {"run", "view", "x", "y", "rev"}
 
 
 def event_key(event) -> str:
@@ -121,6 +122,8 @@ def map_ui(run: str, art: artifacts.Artifacts, view: tuple, shown_projection: st
            scales: dict, colour_by: str, look: str, selected: np.ndarray, kind: str | None) -> bool:
     """Draw the map; True once the browser has drawn it (ui.item_map)."""
     view_ids, coords = view     # view_ids: sorted item ids
+    zoom = current_zoom(run, view_ids, shown_projection)
+    look = f"{look}|zoom {zoom['rev'] if zoom else 0}"
     n, names = len(art.labels), art.class_names
     shown = logic.thinned_sample(coords, MAX_POINTS)   # fewer points: a faster first paint, lasso and redraw
     ids = view_ids[shown]
@@ -142,6 +145,8 @@ def map_ui(run: str, art: artifacts.Artifacts, view: tuple, shown_projection: st
             opacities=None if scales["opacity"] is None else scales["opacity"][ids], thumbs=thumbs,
             title=f"{shown_projection} of {where} test embeddings" + (f" ({len(shown)} shown)" if len(shown) < len(view_ids) else ""))
         fig.update_layout(datarevision=revision)  # a new revision is a new chart (figure_selection)
+        if zoom:   # a new uirevision: plotly takes these ranges over the user's own zoom (and back on a reset)
+            fig.update_layout(xaxis_range=zoom["x"], yaxis_range=zoom["y"], uirevision=f"zoom {zoom['rev']}")
         st.session_state[BUILT] = ((look, revision), fig)
     # shown while the browser loads plotly.js (a session's first seconds on the page)
     ui.map_still(coords[shown], np.full(len(shown), "") if categories is None else categories[ids], colours)
@@ -174,3 +179,43 @@ def focus_ui(run: str, art: artifacts.Artifacts, view: tuple, focus: tuple | Non
                    "x": coords[at[on_map], 0].tolist(), "y": coords[at[on_map], 1].tolist(),
                    "text": [t for t, keep in zip(texts, on_map) if keep]}
     st.html(f'<div class="metriclens-focus" data-focus="{html.escape(json.dumps(payload))}"></div>')
+
+
+# ---- zoom -------------------------------------------------------------------------------------------------
+def zoom_ranges(points: np.ndarray, everything: np.ndarray) -> dict[str, list[float]]:
+    """Axis ranges around `points` with a margin of a tenth on each side; at least a fiftieth of the whole map wide,
+    so one point, or points on a line, still show their surroundings."""
+    lo, hi = points.min(0), points.max(0)
+    half = np.maximum((hi - lo) * 0.6, np.ptp(everything, 0) * 0.01)
+    centre = (lo + hi) / 2
+    return {"x": [float(centre[0] - half[0]), float(centre[0] + half[0])],
+            "y": [float(centre[1] - half[1]), float(centre[1] + half[1])]}
+
+
+def current_zoom(run: str, view_ids: np.ndarray, projection: str) -> dict | None:
+    """The zoom the buttons set, while the map shows the same run and view it was set on."""
+    zoom = st.session_state.get(ZOOM)
+    return zoom if zoom and (zoom["run"], zoom["view"]) == (run, f"{projection}:{len(view_ids)}") else None
+
+
+def zoom_ui(run: str, view: tuple, selected: np.ndarray, focus: tuple | None) -> None:
+    """Zoom the map to the selection or to the clicked item and its neighbours, or back to every point (buttons
+    with callbacks: the next run's map takes the ranges)."""
+    view_ids, coords, projection = view
+
+    def zoom_to(ids) -> None:
+        at = np.minimum(np.searchsorted(view_ids, ids), len(view_ids) - 1)
+        on_map = at[view_ids[at] == ids]
+        if len(on_map):
+            rev = (st.session_state.get(ZOOM) or {}).get("rev", 0) + 1
+            st.session_state[ZOOM] = {"run": run, "view": f"{projection}:{len(view_ids)}", "rev": rev,
+                                      **zoom_ranges(coords[on_map], coords)}
+
+    z1, z2, z3, _ = st.columns([1.3, 1.5, 0.9, 2.5])
+    z1.button("Zoom to the selection", key="explore_zoom_selection", disabled=not len(selected), on_click=zoom_to,
+              args=(np.asarray(selected),), icon=":material/zoom_in:")
+    z2.button("Zoom to the neighbours", key="explore_zoom_neighbours", disabled=focus is None, on_click=zoom_to,
+              args=(np.sort(np.asarray([focus[0], *focus[1]])) if focus else None,), icon=":material/zoom_in:",
+              help="the clicked item and its nearest neighbours")
+    z3.button("Reset zoom", key="explore_zoom_reset", disabled=current_zoom(run, view_ids, projection) is None,
+              on_click=lambda: st.session_state.pop(ZOOM, None), icon=":material/zoom_out_map:")

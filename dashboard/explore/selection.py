@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from dashboard import artifacts, catalog, item_rows, items, logic, session, tables, ui
+from dashboard import artifacts, catalog, item_rows, item_table, logic, session, tables, ui
 
 GRID_LIMIT = 24         # a selection's images shown: three rows (each image is made, sent and decoded)
-TABLE_LIMIT = 1000      # a selection's items listed in its table
 SELECTION, ISOLATED = "explore_selection", "explore_isolated"  # session keys: {"run", "ids"} kept per run
 
 
@@ -78,22 +77,37 @@ def isolate_ui(run: str, selected: np.ndarray) -> None:
         st.rerun()
 
 
-def export_ui(run: str, art: artifacts.Artifacts, selected: np.ndarray, fields: dict) -> None:
-    # a callable: the CSV is made when the button is pressed, not on every rerun (tenths of a second for 10k items)
-    st.download_button(f"Export {len(selected)} as CSV",
-                       lambda: items.selection_csv(selected, art.items, art.labels, fields), on_click="ignore",
+def export_csv(run: str, selected: np.ndarray, view: tuple) -> str:
+    """The selection as CSV: the items' own columns (core.item_store.selection_csv), the fields read from the class
+    names, the map's coordinates in `view`, the retrieval scores and the neighbour ids (item_table.export_columns)."""
+    from core.item_store import selection_csv
+
+    store = artifacts.item_store(run)
+    # fields read from the class names (colour, shape) are not columns of the store: added here
+    columns = {name: np.asarray(values) for name, values in artifacts.item_fields(run).items()
+               if name != "class" and name not in store.table.column_names}
+    columns |= item_table.export_columns(artifacts.retrieval(run), view[0], view[1])
+    return selection_csv(store, selected, artifacts.artifacts(run).labels, columns)
+
+
+def export_ui(run: str, selected: np.ndarray, view: tuple) -> None:
+    # a callable: the CSV is made when the button is pressed, not on every rerun
+    st.download_button(f"Export {len(selected)} as CSV", lambda: export_csv(run, selected, view), on_click="ignore",
                        file_name=f"{Path(run).name}_selection.csv", mime="text/csv", key="explore_export",
-                       help="item, label, class, split, index in the split, path and every field")
+                       help=f"item, label, class, split, index in the split, path, every field; x and y on the map "
+                            f"shown ({view[2]}); top-1 correct, R-precision, MAP@R, the first true match's rank; "
+                            f"the ids of the {item_table.EXPORT_NEIGHBOURS} nearest other items (neighbour_1 "
+                            f"nearest)")
 
 
-def selection_ui(run: str, art: artifacts.Artifacts, selected: np.ndarray, fields: dict, has_model: bool) -> None:
+def selection_ui(run: str, art: artifacts.Artifacts, selected: np.ndarray, fields: dict, view: tuple) -> None:
     n, names = len(art.labels), fields["class"]
     table = artifacts.retrieval(run)
     metrics = logic.selection_metrics(table, selected)
     s1, s2, s3, s4 = st.columns([2.6, 1.2, 1.6, 1.2])
     s1.subheader(f"Selection: {len(selected)} of {n} items")
     with s2:
-        export_ui(run, art, selected, fields)
+        export_ui(run, selected, view)
     with s3:
         isolate_ui(run, selected)
     def clear():  # a callback: it runs before the next script run, so it may empty the search box too
@@ -121,22 +135,6 @@ def selection_ui(run: str, art: artifacts.Artifacts, selected: np.ndarray, field
             if len(selected) > GRID_LIMIT:
                 st.caption(f"Showing {GRID_LIMIT} of {len(selected)} selected images, taking each class in turn "
                            f"(✓/✗: top-1 neighbour correct).")
-    listed = selected[:TABLE_LIMIT]
-    if len(selected) > 1:            # one item: its row heads the neighbour table above
-        picked = tables.item_table(item_rows.selection_rows(art, table, listed, artifacts.listed_fields(run)),
-                                   key=f"explore_selection_table_{hash(listed.tobytes())}")
-        if picked is not None:       # the item the buttons below open
-            st.session_state["explore_open"] = picked
-        st.caption((f"The first {TABLE_LIMIT} of {len(selected)} selected items, by number (Export has them all). "
-                    if len(selected) > TABLE_LIMIT else "") + "Each item's nearest other item (top-1), its cosine and "
-                   "✓/✗ (same class); sort by any column, select a row to open that item below.")
-    o1, o2, o3 = st.columns([2, 1, 1])
-    target = o1.selectbox("Open an item of the selection", listed.tolist(), key="explore_open",
-                          format_func=lambda i: ui.item_caption(art, int(i)))
-    if o2.button("Neighbours →", key="explore_to_retrieval"):
-        ui.go_to("retrieval", int(target))
-    if has_model and o3.button("Attention →", key="explore_to_attention"):  # no model: Attention shows nothing
-        ui.go_to("attention", int(target))
 
 
 def nothing_selected_ui(run: str) -> None:

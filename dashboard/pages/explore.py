@@ -1,17 +1,20 @@
 """Explore: the test embeddings on a 2-D map. Select points (lasso, box, click or search) to see their
 images and metrics; a clicked item's nearest neighbours are listed and ringed on the map; colour, size or
 opacity by any per-item field; isolate the selection and re-project it; export it; the selection and colouring
-live in the link. The parts are in dashboard/explore/: the map (map_view), where its points lie (projection),
-what is selected (selection); this page holds the controls, the colouring and the link, and composes them."""
+live in the link (Back and Forward restore them); zoom to the selection or the neighbours; an item table with
+filters, linked to the map both ways; named selections saved with the run. The parts are in dashboard/explore/: the
+map (map_view), where its points lie (projection), what is selected (selection), the item table (table_view),
+saved selections (saved_selections); this page holds the controls, the colouring and the link, and composes them."""
 from __future__ import annotations
 
 import numpy as np
 import streamlit as st
 
 from dashboard import artifacts, background, caching, dataset, explanations, figures, items, logic, session, ui
-from dashboard.explore.map_view import MAX_POINTS, focus_ui, map_ui, query_ui, read_selection
+from dashboard.explore.map_view import MAX_POINTS, focus_ui, map_ui, query_ui, read_selection, zoom_ui
 from dashboard.explore.projection import view_ui
 from dashboard.explore.selection import ISOLATED, SELECTION, keep, neighbours_ui, nothing_selected_ui, selection_ui
+from dashboard.explore.table_view import items_ui
 
 NEIGHBOURS = 8
 SAME_SIZE, SAME_OPACITY = "same size", "same opacity"
@@ -21,8 +24,9 @@ SCALES = {"size": (SAME_SIZE, 4.0, 14.0), "opacity": (SAME_OPACITY, 0.15, 1.0)}
 
 # ---- the link ---------------------------------------------------------------------------------------------
 def link_ui(run: str, n: int, colour_options: list[str], scale_options: dict[str, list[str]]) -> None:
-    """Once per session: the selection (sel=3,7-12), colouring (colour=), sizing (size=) and opacity (opacity=)
-    from the link.
+    """The selection (sel=3,7-12), colouring (colour=), sizing (size=) and opacity (opacity=) from the URL, once
+    per session (the link opened) and on Back or Forward (app.py's follow_history hands the URL gone back to):
+    the state follows the URL, a link without sel= selecting nothing.
     Values are checked against what this run offers; a bad one is said and ignored, never used."""
     params = st.session_state.pop("_link_params", None) or {}
     problems = []
@@ -39,6 +43,8 @@ def link_ui(run: str, n: int, colour_options: list[str], scale_options: dict[str
             keep(SELECTION, run, items.decode_ids(params["sel"], n))
         except items.LinkError as err:
             problems.append(str(err))
+    elif params:            # a URL of this page without a selection: nothing was selected there
+        keep(SELECTION, run, [])
     for problem in problems:
         st.warning(f"The link's {problem}; it is ignored.")
 
@@ -184,16 +190,18 @@ def selection_area(run: str, art: artifacts.Artifacts, fields: dict, view: tuple
         item = int(selected[0])
         focus = (item, *items.neighbours(artifacts.neighbour_index(run), art.embeddings, item, NEIGHBOURS))
     drawn = map_ui(run, art, view[:2], view[2], colour, scales, colour_by, look, selected, kind)
+    zoom_ui(run, view, selected, focus)
     focus_ui(run, art, view[:2], focus)
     write_link(run, colour_by, scale_by, selected)
     if focus is not None:
         neighbours_ui(run, art, *focus)
-    if not len(selected):
+    if len(selected):
+        selection_ui(run, art, selected, fields, view)
+    else:
         nothing_selected_ui(run)
-        if drawn:  # not before: it slowed the first paint (benchmarks/notes/dashboard_latency.md)
-            prefetch(run)
-        return
-    selection_ui(run, art, selected, fields, has_model)
+    items_ui(run, art, selected, has_model)
+    if not len(selected) and drawn:  # not before the map is drawn: it slowed the first paint
+        prefetch(run)                # (benchmarks/notes/dashboard_latency.md)
 
 
 def page() -> None:
