@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RUNS, md_table, write_results
+from core.run_dir import METRICS
 
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 SCRIPTS = {"Greek": (0x3B1, 0x3C9), "Cyrillic": (0x430, 0x44F), "Armenian": (0x561, 0x586), "Georgian": (0x10D0, 0x10F0),
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     root = make_glyphs()
     run = RUNS / "small_images" / "chars_grouping"
-    if args.force or not (run / "metrics.json").exists():
+    if args.force or not (run / METRICS).exists():
         import shutil
         import subprocess
         import sys
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
             "wall_s": round(time.time() - start, 1),
             "cpu_s": round(after.children_user + after.children_system - before.children_user - before.children_system, 1),
             "load_average": [round(v, 1) for v in os.getloadavg()]}))
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / METRICS).read_text())
     timing = json.loads((run / "timing.json").read_text())
     n_images = sum(1 for _ in root.rglob("*.png"))
     command = f"python -m core train --out runs/chars {' '.join(COMMAND)} data.root=DIR"
