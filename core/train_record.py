@@ -154,8 +154,9 @@ class RunRecord:
 def closing_summary(metrics: dict, splits) -> list[str]:
     """The lines a run ends with: the result on the test classes beside the frozen network and the start, what
     validation and test measure, and the images that could not be read."""
-    def figures(m: dict, prefix: str = "") -> str:
-        return f"R@1 {m[prefix + 'recall@1']:.3f}, MAP@R {m[prefix + 'map_at_r']:.3f}"
+    def figures(m: dict, prefix: str = "") -> str:   # what the evaluation reported of the two
+        return ", ".join(f"{label} {m[prefix + key]:.3f}" for label, key in (("R@1", "recall@1"), ("MAP@R", "map_at_r"))
+                         if prefix + key in m)
 
     test_part = splits.test if splits.test is not None else splits.query
     n_test = len(set(test_part.labels.tolist())) if test_part is not None else 0
