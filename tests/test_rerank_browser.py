@@ -37,7 +37,9 @@ def hidden(page, count: int, cells: int) -> None:
 
 
 def cell_centre(page, row: int, col: int, side: int) -> tuple[float, float]:
-    """Where the marker of a cell is drawn (one marker per cell, in raster order)."""
+    """Where the marker of a cell is drawn (one marker per cell, in raster order), scrolled into the viewport
+    (the mouse clicks at viewport coordinates; the panel sits below the neighbours)."""
+    page.locator(PICKER).first.scroll_into_view_if_needed()
     box = page.locator(f"{PICKER} .scatterlayer .point").nth(row * side + col).bounding_box()
     return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
 
