@@ -127,7 +127,7 @@ def test_imported_run_map_at_first_paint_and_compare_with_linked_maps(server, br
     page.wait_for_timeout(500)
     highlighted = page.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot'))
         .filter(g => g.layout && g.layout.uirevision === 'compare')
-        .map(g => (g.data[0].selectedpoints || []).length)""")
+        .map(g => g.data.filter(t => t.name === 'selection').reduce((n, t) => n + t.x.length, 0))""")
     assert len(highlighted) == 2 and highlighted[0] > 0 and highlighted[0] == highlighted[1], highlighted
     page.get_by_text("Selection:", exact=False).first.scroll_into_view_if_needed()
     shot(page, "runs_compare_linked")
@@ -144,6 +144,6 @@ def test_imported_run_map_at_first_paint_and_compare_with_linked_maps(server, br
     page.wait_for_timeout(500)
     picked = page.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot'))
         .filter(g => g.layout && g.layout.uirevision === 'compare')
-        .map(g => (g.data[0].selectedpoints || []).map(i => g.data[0].customdata[i]).flat())""")
+        .map(g => g.data.filter(t => t.name === 'selection').map(t => t.customdata).flat(2))""")
     assert picked == [[point["id"]], [point["id"]]], (picked, point)
     assert not errors, errors
