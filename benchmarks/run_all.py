@@ -30,6 +30,7 @@ STEPS = [  # (results name, command): what `make bench` runs, in the order BENCH
     ("faithfulness", ["-m", "benchmarks.faithfulness"]),
     ("faithfulness_timing", ["-m", "benchmarks.faithfulness", "--timing", "checkpoints/shapes_grouping",
                              "checkpoints/shapes_gsp"]),
+    ("faithfulness_rerank", ["-m", "benchmarks.faithfulness", "--rerank"]),
     ("demo_seeds", ["-m", "benchmarks.demo_seeds", *(f"checkpoints/shapes_{m}" for m in
                                                      ("gap", "grouping", "gsp", "csa", "dsl", "cia"))]),
     # ^ the shipped runs; the table's footer also names the seed-1 and seed-2 runs it scored (notes/demo_seeds.md)
