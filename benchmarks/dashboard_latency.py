@@ -272,9 +272,9 @@ def machine() -> dict:
             "load_average_start": [round(x, 2) for x in os.getloadavg()]}
 
 
-def write(results: dict) -> None:
+def write(results: dict, name: str = "dashboard_latency") -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "dashboard_latency.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
     m = results["machine"]
     lines = ["# Dashboard latency", "",
              f"- date: {results['date']}", f"- command: `{results['command']}`",
@@ -302,7 +302,7 @@ def write(results: dict) -> None:
               "click on a point until its 8 nearest neighbours are listed, ringed on the map and drawn; map_reload_paint: "
               "the run's page loaded again in the same tab (Streamlit's and plotly's code in the browser's cache, the "
               "run's artifacts in the server's) until the map is drawn."]
-    (RESULTS / "dashboard_latency.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:
@@ -322,6 +322,7 @@ def main(argv=None) -> int:
     parser.add_argument("--fresh-tables", action="store_true",
                         help="delete the synthetic runs' kept retrieval tables first, so map_until_idle includes "
                              "scoring every item against all others (minutes at 120k on a loaded 2-core machine)")
+    parser.add_argument("--name", default="dashboard_latency", help="results file name (e.g. dashboard_latency_1m)")
     parser.add_argument("--skip-shipped", action="store_true", help="only the synthetic runs (no cold start, "
                                                                       "no Retrieval/Attention measures)")
     args = parser.parse_args(argv)
@@ -370,10 +371,10 @@ def main(argv=None) -> int:
                              "median_s": round(statistics.median(values), 3), "target_s": target,
                              "met": None if target is None else statistics.median(values) <= target}
                             for name, run, values, target in measures]}
-    write(results)
+    write(results, args.name)
     for row in results["measures"]:
         print(f"{row['measure']:>16s} {row['run']:>20s}  median {row['median_s']:.2f} s  {row['samples_s']}")
-    print(f"wrote {RESULTS / 'dashboard_latency.json'} and .md")
+    print(f"wrote {RESULTS / args.name}.json and .md")
     return 0
 
 

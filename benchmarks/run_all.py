@@ -45,6 +45,8 @@ STEPS = [  # (results name, command): what `make bench` runs, in the order BENCH
     ("small_images", ["-m", "benchmarks.small_images"]),
     ("input_pipeline", ["-m", "benchmarks.input_pipeline", "--size", "96", "--epochs", "1", "--train-per-class", "8"]),
     ("dashboard_latency", ["-m", "benchmarks.dashboard_latency"]),
+    ("dashboard_latency_1m", ["-m", "benchmarks.dashboard_latency", "--sizes", "1000000", "--skip-shipped",
+                              "--repeats", "2", "--skip-before", "--name", "dashboard_latency_1m"]),
     ("dashboard_load", ["-m", "benchmarks.dashboard_load"]),
     ("dashboard_scale", ["-m", "benchmarks.dashboard_latency", "--sizes", "1000,120000,1000000", "--core-only",
                          "--umap"]),  # import, UMAP and data functions at a million items (issue 27)
