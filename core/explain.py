@@ -136,7 +136,10 @@ def explain(model, query, reference=None, *, explainer: str = "learned", **optio
 
 
 def _as_tensor(x) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).float()
+    if torch.is_tensor(x):
+        return x.float()
+    x = np.asarray(x, dtype=np.float32)
+    return torch.from_numpy(x if x.flags.writeable else x.copy())   # the pages share read-only arrays
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
