@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
 
 
 def open_app(run: str, page: str | None = None, **session) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
+    at = AppTest.from_file(APP, default_timeout=180)
     at.session_state["run"] = run
     for key, value in session.items():
         at.session_state[key] = value

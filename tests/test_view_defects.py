@@ -14,6 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard_testing import SHIPPED, item_maps, is_finished
+from tests.test_dashboard_pages import open_app
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -37,18 +38,6 @@ def runs(tmp_path_factory):
     from dashboard_testing import demo_runs
 
     return [str(r.resolve()) for r in demo_runs(tmp_path_factory.mktemp("defect_runs"), 2)]
-
-
-def open_app(run: str, page: str | None = None, **session) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.session_state["run"] = run
-    for key, value in session.items():
-        at.session_state[key] = value
-    at.run()
-    if page:
-        at.switch_page(f"dashboard/pages/{page}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def texts(at: AppTest) -> str:

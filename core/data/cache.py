@@ -65,7 +65,21 @@ def _key(dataset, cfg: DataConfig) -> str:
     return files_digest(dataset.paths, {"size": cfg.image_size, "resize": cfg.resize, "v": 1})
 
 
-class CachedImages(Dataset):
+class WrapsDataset(Dataset):
+    """A stand-in for the data set `self.base` (cached pixels or features of it): its files, annotations and raw
+    images are the wrapped set's."""
+
+    def path(self, index):
+        return self.base.path(index)
+
+    def annotation(self, index):
+        return self.base.annotation(index)
+
+    def raw_image(self, index):
+        return self.base.raw_image(index)
+
+
+class CachedImages(WrapsDataset):
     """One part (train, val, test, ...) of a file data set whose images were decoded once: rows `rows` of the
     data set's cache array (uint8 N×3×S×S, memory-mapped when read back), shared by every part, so a process
     holds the decoded images once. Items are the test-time float images; `labels`, `class_names`, `path`,
@@ -85,14 +99,6 @@ class CachedImages(Dataset):
         """This part's images as one contiguous uint8 tensor (a copy: made once, for training on a device)."""
         return torch.from_numpy(self.images[self.rows])
 
-    def path(self, index):
-        return self.base.path(index)
-
-    def annotation(self, index):
-        return self.base.annotation(index)
-
-    def raw_image(self, index):
-        return self.base.raw_image(index)
 
 
 def decode_once(dataset, cfg: DataConfig, num_workers: int = 0, progress=None) -> tuple[np.ndarray, set[int]]:

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from core import io
-from core.data.cache import cache_root, files_digest, random_resized_crops
+from core.data.cache import WrapsDataset, cache_root, files_digest, random_resized_crops
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def data_digest(array: np.ndarray) -> str:
     return sha1.hexdigest()
 
 
-class CachedFeatures(Dataset):
+class CachedFeatures(WrapsDataset):
     """One part (train, val, test, ...) of a file data set as cached feature maps: items (float32 C×h×w, label,
     index) of view 0; `views[v]` and `rows[v]` give every cached view's array and this part's rows in it.
     `labels`, `class_names`, `path`, `annotation` and `raw_image` are the base data set's; `bad` the items whose
@@ -182,15 +182,6 @@ class CachedFeatures(Dataset):
                 out = np.empty((len(indices), *block.shape[1:]), np.float32)
             out[which[order]] = block
         return torch.from_numpy(out)
-
-    def path(self, index):
-        return self.base.path(index)
-
-    def annotation(self, index):
-        return self.base.annotation(index)
-
-    def raw_image(self, index):
-        return self.base.raw_image(index)
 
 
 class FeatureBatches:
