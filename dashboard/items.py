@@ -3,8 +3,6 @@ selection and colouring in a link. No Streamlit here (testable on its own); dash
 """
 from __future__ import annotations
 
-import csv
-import io
 import re
 from pathlib import PurePath
 
@@ -97,21 +95,6 @@ def neighbours(index, embeddings: np.ndarray, item: int, k: int) -> tuple[np.nda
     sims, ids = index.search(query, min(k + 1, index.ntotal))
     keep = (ids[0] != item) & (ids[0] >= 0)
     return ids[0][keep][:k], sims[0][keep][:k]
-
-
-# ---- export -------------------------------------------------------------------------------------
-def selection_csv(ids, items: list[dict], labels, fields: dict[str, np.ndarray]) -> str:
-    """CSV of the selected items: id, label, class, split, index in its split, path and every field."""
-    extra = [name for name in fields if name != "class"]
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["item", "label", "class", "split", "index", "path", *extra])
-    for i in np.asarray(ids, dtype=int):
-        it = items[i]
-        writer.writerow([int(i), labels[i].item() if hasattr(labels[i], "item") else labels[i], fields["class"][i],
-                         it.get("split", ""), it.get("index", ""), it.get("path") or "",
-                         *(fields[name][i] for name in extra)])
-    return buf.getvalue()
 
 
 # ---- the selection in a link ----------------------------------------------------------------------

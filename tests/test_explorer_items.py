@@ -38,9 +38,12 @@ def test_neighbours_are_the_exact_cosine_top_k():
 
 
 def test_selection_csv_has_items_labels_paths_and_fields():
+    from core.item_store import ItemStore, items_table, selection_csv
+
     metas = [{"split": "test", "index": i, "path": f"/d/{i}.png", "class_name": f"c{i % 3}"} for i in range(10)]
-    fields = {"class": np.asarray([m["class_name"] for m in metas]), "shape": np.asarray(["circle"] * 10)}
-    rows = list(csv.DictReader(io.StringIO(items.selection_csv([4, 7], metas, np.arange(10) % 3, fields))))
+    labels = np.arange(10) % 3
+    extra = {"shape": np.asarray(["circle"] * 10)}
+    rows = list(csv.DictReader(io.StringIO(selection_csv(ItemStore(items_table(metas, labels)), [4, 7], labels, extra))))
     assert rows == [{"item": "4", "label": "1", "class": "c1", "split": "test", "index": "4", "path": "/d/4.png", "shape": "circle"},
                     {"item": "7", "label": "1", "class": "c1", "split": "test", "index": "7", "path": "/d/7.png", "shape": "circle"}]
 
