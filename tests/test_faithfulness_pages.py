@@ -20,25 +20,9 @@ import torch.nn.functional as F
 
 from core.faithfulness import Pair, PairScorer, drop_at, score_map
 from core.rerank import Reranker, cells_by_map
-from tests.test_dashboard_pages import open_app, texts
+from tests.test_dashboard_pages import open_app, runs, texts  # noqa: F401  (runs: the pages' demo-run fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from dashboard_testing import demo_runs
-
-    saved = {k: os.environ.get(k) for k in ("METRICLENS_AUTO_UMAP", "METRICLENS_RUNS")}
-    os.environ["METRICLENS_AUTO_UMAP"] = "0"
-    found = [str(r.resolve()) for r in demo_runs(tmp_path_factory.mktemp("faith_runs"), 2)]
-    os.environ["METRICLENS_RUNS"] = os.pathsep.join(sorted({str(Path(r).parent) for r in found}))
-    yield found
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def listed(monkeypatch, run: Path) -> str:
