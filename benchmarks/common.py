@@ -69,6 +69,12 @@ def command_line() -> str:
         return f"python {shlex.quote(sys.argv[0])} {args}".strip()
 
 
+def _footer(meta: dict) -> str:
+    m = meta["machine"]
+    return (f"\n\n_{meta['date']} · `{meta['command']}` · {m['platform']}, {m['cpu_count']} CPUs, "
+            f"torch {m['torch']}, device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}_\n")
+
+
 def write_results(name: str, payload: dict, markdown: str, device: str = "cpu", results_dir: Path = RESULTS) -> Path:
     """benchmarks/results/<name>.json (with machine, date, command) and <name>.md."""
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -76,11 +82,24 @@ def write_results(name: str, payload: dict, markdown: str, device: str = "cpu", 
             "command": command_line(), "machine": machine_info(device)}
     out = results_dir / f"{name}.json"
     out.write_text(json.dumps({**meta, **payload}, indent=2, default=float) + "\n")
-    m = meta["machine"]
-    footer = (f"\n\n_{meta['date']} · `{meta['command']}` · {m['platform']}, {m['cpu_count']} CPUs, "
-              f"torch {m['torch']}, device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}_\n")
-    (results_dir / f"{name}.md").write_text(markdown.rstrip() + footer)
+    (results_dir / f"{name}.md").write_text(markdown.rstrip() + _footer(meta))
     return out
+
+
+def read_results(name: str, results_dir: Path = RESULTS) -> dict:
+    """What write_results saved as <name>.json (its meta and payload together)."""
+    path = results_dir / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run the benchmark first")
+    return json.loads(path.read_text())
+
+
+def rewrite_markdown(name: str, markdown: str, results_dir: Path = RESULTS) -> str:
+    """<name>.md in a new layout of the figures <name>.json already holds: the footer keeps that JSON's date,
+    command and machine (nothing was measured again)."""
+    text = markdown.rstrip() + _footer(read_results(name, results_dir))
+    (results_dir / f"{name}.md").write_text(text)
+    return text
 
 
 def md_table(header: list[str], rows: list[list]) -> str:

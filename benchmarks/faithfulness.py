@@ -17,6 +17,7 @@ backbone stage), and beside them
     python -m benchmarks.faithfulness checkpoints/shapes_gsp --queries 4
     python -m benchmarks.faithfulness --timing               # seconds a page waits: one pass, one re-rank
     python -m benchmarks.faithfulness --rerank               # one re-rank as the dashboard does it (one thread)
+    python -m benchmarks.faithfulness --tabulate             # only the markdown again, from the saved JSON
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from benchmarks.common import ROOT, md_table, write_results
+from benchmarks.common import ROOT, md_table, read_results, rewrite_markdown, write_results
 from core.attribution import cells_to_pixels, fill_image
 from core.faithfulness import Pair, faithfulness, map_entries, map_sources
 from core.faithfulness_table import run_pairs
@@ -134,7 +135,38 @@ def _pm(x: dict) -> str:
     return "–" if x["mean"] is None else f"{x['mean']:.2f} ± {x['std']:.2f}"
 
 
-def markdown(results: list[dict], args) -> str:
+POST_HOC = ("gradcam", "integrated_gradients", "occlusion", "similarity_correspondence", "why_neighbour")
+
+
+def summary_rows(results: list[dict]) -> list[list]:
+    """One row per map: each post-hoc explainer's channel-mean map averaged over the runs, then each learned map
+    (it belongs to one method, so to one run). Single channels (`[k]`) stay in the full table."""
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        for key, s in r["explainers"].items():
+            if "[" not in key:
+                explainer = key.split("/")[0]
+                groups.setdefault(f"`{explainer}`" if explainer in POST_HOC else f"`{key}` ({r['model']})", []).append(s)
+    order = [f"`{k}`" for k in POST_HOC if f"`{k}`" in groups] + sorted(k for k in groups if k.strip("`") not in POST_HOC)
+    levels = results[0]["randomised"]
+
+    def mean(rows, get) -> str:
+        values = [v for v in (get(s) for s in rows) if v is not None]
+        return f"{np.mean(values):.2f}" if values else "–"
+
+    return [[k, len(groups[k]),
+             f"{mean(groups[k], lambda s: s['deletion_auc']['mean'])} "
+             f"({mean(groups[k], lambda s: s['random']['deletion_auc']['mean'])})",
+             f"{mean(groups[k], lambda s: s['insertion_auc']['mean'])} "
+             f"({mean(groups[k], lambda s: s['random']['insertion_auc']['mean'])})",
+             " / ".join(mean(groups[k], lambda s, lv=lv: s["randomised_model_spearman"][lv]["mean"]) for lv in levels),
+             mean(groups[k], lambda s: s["mass_on_object"]), f"{np.mean([s['infidelity'] for s in groups[k]]):.3g}",
+             mean(groups[k], lambda s: s["sensitivity_max"])] for k in order]
+
+
+def markdown(results: list[dict], settings: dict) -> str:
+    """The results file: what is measured, a summary per map over the runs, then every run's maps and channels.
+    `settings`: channels, ig_steps, sensitivity_queries."""
     rows = []
     for r in results:
         rows.append([r["model"], "uniform (mass baseline)", "", "", "", "", "", "", f"{r['uniform_mass']:.2f}", "", ""])
@@ -149,6 +181,7 @@ def markdown(results: list[dict], args) -> str:
                          f"{s['mass_on_object']:.2f}", f"{s['infidelity']:.3g}",
                          "–" if s["sensitivity_max"] is None else f"{s['sensitivity_max']:.2f}"])
     r0 = results[0]
+    uniform = np.mean([r["uniform_mass"] for r in results])
     return ("# Faithfulness: does each map show what the similarity uses? (shapes test queries)\n\n"
             f"{r0['queries']} test queries per run, each with its top-1 neighbour (`python -m core faithfulness`; "
             f"core/faithfulness.py). Cells hidden in {r0['steps']} equal steps on each map's own grid, filled with the "
@@ -163,10 +196,17 @@ def markdown(results: list[dict], args) -> str:
             "*Mass on object*: share of the map's positive mass inside the target mask (heads_interpretability's "
             "scoring). *Infidelity*: Captum's `infidelity` (normalised) over random hidings of a quarter of the "
             "cells, lower is better. *Sensitivity*: Captum's `sensitivity_max` of the explainer's maps under "
-            f"pixel noise of 0.02 (first {args.sensitivity_queries} queries), lower is steadier. Multi-channel maps: "
-            f"the channel mean and the {args.channels} strongest channels `[k]`. Integrated Gradients with "
-            f"{args.ig_steps} path steps. Runs (seconds on a shared 2-core CPU): "
+            f"pixel noise of 0.02 (first {settings['sensitivity_queries']} queries), lower is steadier. Multi-channel "
+            f"maps: the channel mean and the {settings['channels']} strongest channels `[k]`. Integrated Gradients "
+            f"with {settings['ig_steps']} path steps. Runs (seconds on a shared 2-core CPU): "
             + ", ".join(f"`{r['run']}` ({r['seconds']:.0f} s)" for r in results) + ".\n\n"
+            "## Each map over the runs\n\n"
+            f"Post-hoc explainers: the mean over the {len(results)} runs of each run's mean; a learned map: its run's. "
+            "Insertion equals the inverted map's deletion by construction. A uniform map's mass on the object: "
+            f"{uniform:.2f}.\n\n"
+            + md_table(["map", "runs", "deletion (random)", "insertion (random)", "ρ head / head + top stage",
+                        "mass on object", "infidelity", "sensitivity"], summary_rows(results))
+            + "\n\n## Every run and map\n\n"
             + md_table(["model", "map", "grid", "deletion (random)", "inverted deletion", "insertion (random)",
                         "inverted insertion", "ρ head / head + top stage", "mass on object", "infidelity",
                         "sensitivity"], rows))
@@ -292,7 +332,13 @@ def main(argv=None) -> int:
                                                          "runs it (results: faithfulness_rerank)")
     p.add_argument("--threads", type=int, default=1, help="PyTorch threads for --rerank (the dashboard's: 1)")
     p.add_argument("--name", default="faithfulness")
+    p.add_argument("--tabulate", action="store_true", help="score nothing: write <name>.md again from <name>.json")
     args = p.parse_args(argv)
+    if args.tabulate:  # a new layout of the scores already measured: the file keeps their date and command
+        payload = read_results(args.name)
+        payload.setdefault("sensitivity_queries", args.sensitivity_queries)  # not saved by runs before it was
+        print(rewrite_markdown(args.name, markdown(payload["results"], payload)))
+        return 0
     runs = args.runs or sorted(r for r in (ROOT / "checkpoints").glob("shapes_*") if is_complete(r))
     if args.rerank:
         out, md = rerank_timing([Path(r).resolve() for r in runs], args.queries, args.repeats, args.threads)
@@ -310,9 +356,9 @@ def main(argv=None) -> int:
         results.append(evaluate_run(Path(run).resolve(), args.queries, args.steps, args.channels, args.fill,
                                     args.ig_steps, args.infidelity_samples, args.sensitivity_queries, args.sensitivity_samples))
     payload = {"queries": args.queries, "steps": args.steps, "fill": args.fill, "channels": args.channels,
-               "ig_steps": args.ig_steps, "results": results}
-    write_results(args.name, payload, markdown(results, args))
-    print(markdown(results, args))
+               "ig_steps": args.ig_steps, "sensitivity_queries": args.sensitivity_queries, "results": results}
+    write_results(args.name, payload, markdown(results, payload))
+    print(markdown(results, payload))
     return 0
 
 
