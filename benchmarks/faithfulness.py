@@ -188,25 +188,25 @@ def markdown(results: list[dict], settings: dict) -> str:
             f"image's {'mean colour' if r0['fill'] == 'mean' else 'blur'}. *Deletion*: area under the similarity to "
             "the neighbour (normalised to the unoccluded one) as the map's top cells are hidden: lower is more "
             "faithful; *insertion*: the same revealing them on the filled image: higher is better; in brackets the "
-            f"mean of {r0['random_orders']} random orders; *inverted*: the map's least important cells first (a "
-            "faithful map's inverted deletion is high, its inverted insertion low). `why_neighbour/difference` "
+            f"mean of {r0['random_orders']} random orders. `why_neighbour/difference` "
             "is scored on the margin cos(q, neighbour) − cos(q, true match), divided by the same unoccluded "
             "similarity. *ρ*: Spearman of the map with the same map after re-initialising the head / the head and "
             "the top backbone stage (near 1: the map does not depend on those weights; fails the sanity check). "
             "*Mass on object*: share of the map's positive mass inside the target mask (heads_interpretability's "
             "scoring). *Infidelity*: Captum's `infidelity` (normalised) over random hidings of a quarter of the "
             "cells, lower is better. *Sensitivity*: Captum's `sensitivity_max` of the explainer's maps under "
-            f"pixel noise of 0.02 (first {settings['sensitivity_queries']} queries), lower is steadier. Multi-channel "
-            f"maps: the channel mean and the {settings['channels']} strongest channels `[k]`. Integrated Gradients "
-            f"with {settings['ig_steps']} path steps. Runs (seconds on a shared 2-core CPU): "
-            + ", ".join(f"`{r['run']}` ({r['seconds']:.0f} s)" for r in results) + ".\n\n"
+            f"pixel noise of 0.02 (first {settings['sensitivity_queries']} queries), lower is steadier. Integrated "
+            f"Gradients with {settings['ig_steps']} path steps.\n\n"
             "## Each map over the runs\n\n"
             f"Post-hoc explainers: the mean over the {len(results)} runs of each run's mean; a learned map: its run's. "
             "Insertion equals the inverted map's deletion by construction. A uniform map's mass on the object: "
             f"{uniform:.2f}.\n\n"
             + md_table(["map", "runs", "deletion (random)", "insertion (random)", "ρ head / head + top stage",
                         "mass on object", "infidelity", "sensitivity"], summary_rows(results))
-            + "\n\n## Every run and map\n\n"
+            + "\n\n## Every run and map\n\n*Inverted*: the map's least important cells first (a faithful map's "
+            f"inverted deletion is high, its inverted insertion low). Multi-channel maps: the channel mean and the "
+            f"{settings['channels']} strongest channels `[k]`. Runs (seconds on a shared 2-core CPU): "
+            + ", ".join(f"`{r['run']}` ({r['seconds']:.0f} s)" for r in results) + ".\n\n"
             + md_table(["model", "map", "grid", "deletion (random)", "inverted deletion", "insertion (random)",
                         "inverted insertion", "ρ head / head + top stage", "mass on object", "infidelity",
                         "sensitivity"], rows))

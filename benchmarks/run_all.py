@@ -26,7 +26,7 @@ STEPS = [  # (results name, command): what `make bench` runs, in the order BENCH
     ("heads_accuracy", ["-m", "benchmarks.heads_accuracy"]),
     ("dsl_cia_accuracy", ["-m", "benchmarks.dsl_cia_accuracy"]),
     ("heads_interpretability", ["-m", "benchmarks.heads_interpretability", "checkpoints/shapes_grouping",
-                                "checkpoints/shapes_gsp", "checkpoints/shapes_csa"]),
+                                "checkpoints/shapes_gsp", "checkpoints/shapes_csa", "checkpoints/shapes_dsl"]),
     ("faithfulness", ["-m", "benchmarks.faithfulness"]),
     ("faithfulness_timing", ["-m", "benchmarks.faithfulness", "--timing", "checkpoints/shapes_grouping",
                              "checkpoints/shapes_gsp"]),
@@ -37,10 +37,6 @@ STEPS = [  # (results name, command): what `make bench` runs, in the order BENCH
     ("gsp_transport", ["-m", "benchmarks.gsp_transport"]),
     ("grouping_groups_shipped", ["-m", "benchmarks.grouping_groups", "checkpoints/shapes_grouping",
                                  "--name", "grouping_groups_shipped"]),
-    ("cub100", ["-m", "benchmarks.cub100", "--train"]),  # with a GPU: + --heads gap,grouping,gsp,cia
-    ("real_data_pca", ["-m", "benchmarks.real_data", "--datasets", "cub100,caltech101",
-                       "--name", "real_data_pca", "--train-per-class", "24", "--test-per-class", "20",
-                       "--epochs", "3"]),  # the recipes on the CPU; their GPU run: real_data_gpu
     ("real_data_cached", ["-m", "benchmarks.real_data", "--cached"]),  # frozen backbone, cached features, 224 px, CPU
     ("small_images", ["-m", "benchmarks.small_images"]),
     ("input_pipeline", ["-m", "benchmarks.input_pipeline", "--size", "96", "--epochs", "1", "--train-per-class", "8"]),
@@ -69,16 +65,38 @@ GPU_STEPS = [
                        "--test-per-class", "0", "--epochs", "15", "--name", "real_data_gpu", "--seeds", "0"]),
     # ^ also run by `bash benchmarks/gpu_session.sh`
 ]
-GPU_TWIN = {"real_data_pca": "real_data_gpu"}  # a GPU result shown after a CPU one whose name it does not extend
-# Only these sections of a result are shown (the rest of the file is superseded protocol, kept by the script).
-ONLY_SECTION = {"real_data_gpu": "Recipes over seeds"}
-# Titles for results whose generated title names more than BENCHMARKS.md shows of them.
-TITLES = {"real_data_pca": "Real data: the recipes on the CPU (caltech101, cub100; 128 px, 3 epochs)",
-          "real_data_gpu": "Real data on a GPU: the recipes on cub100, 224 px, every image, 3 seeds"}
-# Detail tables left to their results file (BENCHMARKS.md names the file instead), to keep the page short.
-DETAIL_SECTIONS = {"dsl_cia_accuracy": ["DSL learners over epochs"], "dsl_cia_accuracy_cuda": ["DSL learners over epochs"],
-                   "dashboard_scale": ["Data functions"]}
-DETAIL_ROWS = {"faithfulness": r"^\| [^|]+ \| `[^`]*\[\d+\]` \|"}  # per-channel rows; the channel means stay
+GPU_TWIN = {"real_data_cached": "real_data_gpu"}  # a GPU result shown after a CPU one whose name it does not extend
+# What BENCHMARKS.md shows of a result; what it leaves out stays in the result's file, which the section then links.
+TWINS = {"dashboard_latency": ["dashboard_latency_1m"], "faithfulness": ["faithfulness_timing"]}  # shown, as every <name>_cuda, compactly under <name>
+ONLY_SECTION = {"real_data_gpu": "Recipes over seeds"}  # the rest of that file is superseded protocol
+DETAIL_SECTIONS = {  # by the start of their heading
+    "dsl_cia_accuracy": ["DSL learners over epochs"], "dsl_cia_accuracy_cuda": ["DSL learners over epochs"],
+    "dashboard_scale": ["Data functions"], "faithfulness": ["Every run and map"],
+    "heads_speed": ["resnet50"], "heads_speed_cuda": ["convnet"],  # the small net on the CPU, ResNet-50 on a GPU
+}
+DETAIL_LINES = {  # table rows (and the lines that list what they measured)
+    "dashboard_latency": r"^(\| \w+ \| sop_like_(10k|60k|120k) \||\| \w+_until_idle \||- (runs|retrieval tables read from .*): )",
+    "dashboard_latency_1m": r"^\| \w+_until_idle \|",  # the time to first paint and the interactions stay
+    "dsl_cia_speed": r"^(The same runs on the |DSL training step vs)",  # wall-clock ratios; dsl ÷ gap_margin
+    "dashboard_load": r"^\| \d+ \| (explore|retrieval|attention) \|",  # each session; their summary stays
+    "dashboard_scale": r"^\| clustered_120k \|",  # 1k and a million items stay
+    "scale_estimates": r"^(\| [1-9]\d* \| |\| clustered_isotropic|The isotropic inputs)",  # seed 0 and clustered inputs stay
+    "heads_interpretability": r"^\| (?!grouping)[^|]+ \| uniform \(baseline\)",  # the same uniform row once
+}
+DETAIL_COLUMNS = {"dashboard_latency": ["samples (s)"], "dashboard_latency_1m": ["samples (s)"],
+                  "dashboard_scale": ["date"], "real_data_gpu": ["set", "R@2", "R@4", "R@8"],  # cub100 only
+                  "grouping_groups_shipped": ["run", "loss", "epochs"],  # the shipped run, named above
+                  "heads_interpretability": ["mass (per channel)", "pointing (best channel)"],
+                  "faithfulness_timing": ["re-rank set-up", "re-rank"],  # faithfulness_rerank times it as the page does
+                  "heads_speed_cuda": ["params"], "dsl_cia_speed_cuda": ["params"]}  # the CPU table's
+PLOTTED = {"heads_accuracy_cuda", "dsl_cia_accuracy_cuda"}  # twins the accuracy plot shows: the page names their file
+# Titles for results whose generated title names more than BENCHMARKS.md shows of them, or for a twin.
+TITLES = {"real_data_gpu": "Real data on a GPU: the recipes on cub100, 224 px, every image, 3 seeds",
+          "faithfulness_timing": "What the page waits for: seconds for one query's pass per explainer (shared 2-core "
+                                 "CPU; every map and channel, 16 steps, 5 random orders, the two randomised models)",
+          "input_pipeline_cuda": "On a GPU (NVIDIA H200): 224 px, bf16 autocast, every cub100 train image",
+          "dashboard_latency_1m": "At a million items (`clustered_1000k`: embeddings imported with `python -m core "
+                                  "import`, benchmarks/scale_data.py, no images)"}
 PLOTS = RESULTS / "plots"
 NOTES = ROOT / "benchmarks" / "notes"
 READINGS = {"demo_seeds": "demo_seeds.md"}  # a short hand-kept reading shown before a result
@@ -164,29 +182,118 @@ def plot_attention_in_object() -> str | None:
     return "benchmarks/results/plots/attention_in_object.png"
 
 
-def _section(name: str) -> str | None:
-    """A result's markdown as BENCHMARKS.md shows it: headings one level down, `<details>` blocks (every run of a
-    summary) left to the file, and for some results only their current section (ONLY_SECTION)."""
+def _table_blocks(text: str, edit) -> str:
+    """`text` with each Markdown table (a run of lines starting with `|`) replaced by `edit(lines)`."""
+    out, block = [], []
+    for line in text.split("\n") + [""]:
+        if line.startswith("|"):
+            block.append(line)
+            continue
+        if block:
+            out.extend(edit(block))
+            block = []
+        out.append(line)
+    return "\n".join(out[:-1])
+
+
+def _cells(row: str) -> list[str]:
+    return [c.strip() for c in re.split(r"(?<!\\)\|", row.strip())[1:-1]]
+
+
+def _leave_out(lines: list[str], columns: list[str], left: set) -> list[str]:
+    """A table without the columns named in `columns` (added to `left`); a table with no row left goes whole."""
+    head, rule, body = lines[0], lines[1], lines[2:]
+    if not body:
+        return []
+    drop = [i for i, c in enumerate(_cells(head)) if c in columns]
+    if drop:
+        left.update(_cells(head)[i] for i in drop)
+        head, *body = ["| " + " | ".join(c for i, c in enumerate(_cells(r)) if i not in drop) + " |" for r in [head] + body]
+        rule = "|" + "---|" * (len(_cells(rule)) - len(drop))
+    return [head, rule, *body]
+
+
+def _footer(text: str, command: str) -> str:
+    """The result's footer (date, command, machine) as one short line at the end: the command only where it is not
+    `command` (the one the opening table lists); the platform string and torch build stay in the file. Dashboard
+    results give these as `- date:` / `- command:` / `- machine:` lines at the top."""
+    def short(date, made_by, machine):
+        gpu = re.search(r"device cuda, (.+)$", machine)
+        cores = re.search(r"(\d+) CPUs", machine)
+        where = gpu.group(1) if gpu else f"{cores.group(1)}-core CPU" if cores else machine
+        browser = re.search(r"Streamlit [^,]*, Chromium [\d.]+", machine)
+        if len(made_by) > 160:  # e.g. a list of runs: the file has it whole
+            made_by = made_by[:150].rsplit(" ", 1)[0] + " …"
+        return (f"_{date[:10]}{f' · `{made_by}`' if made_by != command else ''} · {where}"
+                f"{', ' + browser.group(0) if browser else ''}_")
+
+    lines = re.findall(r"^_(\d{4}-\d\d-\d\dT\S+) · `(.*)` · (.*)_$", text, flags=re.M)
+    text = re.sub(r"^_\d{4}-\d\d-\d\dT.*_\n?", "", text, flags=re.M)
+    bullets = {k: re.search(rf"^- {k}: (.*)$", text, flags=re.M) for k in ("date", "command", "machine")}
+    if all(bullets.values()):
+        text = re.sub(r"^- (date|command|machine): .*\n", "", text, flags=re.M)
+        lines.append((bullets["date"].group(1), bullets["command"].group(1).strip("`"), bullets["machine"].group(1)))
+    return text.rstrip() + "\n\n" + "\n\n".join(short(*f) for f in dict.fromkeys(lines)) + "\n"
+
+
+def _shown(name: str) -> str | None:
+    """A result's markdown as BENCHMARKS.md shows it: `<details>` blocks (every run of a summary), DETAIL_SECTIONS,
+    DETAIL_LINES and DETAIL_COLUMNS left to the file (a line links it), for some results only ONLY_SECTION, and a
+    short footer. Headings as in the file."""
     md = RESULTS / f"{name}.md"
     if not md.exists():
         return None
     text = re.sub(r"\n?<details>.*?</details>\n?", "\n", md.read_text(), flags=re.S)
-    for title in DETAIL_SECTIONS.get(name, []):  # the section gives way to the file's name; the footer stays
-        head, _, rest = text.partition(f"## {title}")
-        body, sep, after = rest.partition("\n## ")
-        footer = "\n".join(re.findall(r"^_\d{4}-.*$", body, flags=re.M))
-        text = f"{head}## {title}\n\nIn `benchmarks/results/{name}.md`.\n\n{footer}\n{sep}{after}"
-    if name in DETAIL_ROWS:
-        text, dropped = re.subn(DETAIL_ROWS[name] + r".*\n", "", text, flags=re.M)
-        text += f"\n({dropped} rows of single channels: `benchmarks/results/{name}.md`.)\n"
+    left, columns = [], set()
     if name in ONLY_SECTION:
         title = text.split("\n", 1)[0]
         keep = text.split(f"## {ONLY_SECTION[name]}", 1)[1].split("\n## ", 1)[0]
         footer = re.findall(r"^_\d{4}-.*$", text, flags=re.M)
+        keep = re.sub(r"^_\d{4}-.*$", "", keep, flags=re.M)
         text = f"{title}\n\n## {ONLY_SECTION[name]}{keep.rstrip()}\n\n{footer[-1] if footer else ''}\n"
+        left.append("the other protocols")
+    for title in DETAIL_SECTIONS.get(name, []):  # the section goes; its footer stays
+        head, _, rest = text.partition(f"\n## {title}")
+        body, sep, after = rest.partition("\n## ")
+        footer = "\n".join(re.findall(r"^_\d{4}-.*$", body, flags=re.M))
+        text = f"{head.rstrip()}\n\n{footer}\n{sep}{after}"
+        left.append(f"“{title}{body.split(chr(10), 1)[0]}”")
+    if name in DETAIL_LINES:
+        gone = [m.group(0) for m in re.finditer(DETAIL_LINES[name] + r".*\n", text, flags=re.M)]
+        text = re.sub(DETAIL_LINES[name] + r".*\n", "", text, flags=re.M)
+        rows = sum(line.startswith("|") for line in gone)
+        left += [f"{rows} more rows"] if rows else []
+    text = _table_blocks(text, lambda lines: _leave_out(lines, DETAIL_COLUMNS.get(name, []), columns))
+    left += [f"columns {', '.join(sorted(columns))}"] if columns else []
     if name in TITLES:
         text = re.sub(r"^#+ .*$", f"# {TITLES[name]}", text, count=1, flags=re.M)
-    return _as_section(text)
+    text = _footer(text, "python " + " ".join(dict(STEPS + GPU_STEPS).get(name, [])))
+    file = f"benchmarks/results/{name}.md"
+    return text + (f"\nAlso in [`{file}`]({file}): {'; '.join(left)}.\n" if left else "")
+
+
+def _section(name: str) -> str | None:
+    """A result as a level-2 section of BENCHMARKS.md."""
+    text = _shown(name)
+    return _as_section(text) if text else None
+
+
+def _twin(name: str) -> str | None:
+    """A twin result (the same benchmark on a GPU, or at another scale) under its main section: its tables with
+    their headings, its short footer and a link to its file, which has its prose; the main section's prose is
+    the same."""
+    text = _shown(name)
+    if not text:
+        return None
+    gpu = re.search(r"device cuda, (.+)_$", (RESULTS / f"{name}.md").read_text(), flags=re.M)
+    title = TITLES.get(name) or f"On a GPU ({gpu.group(1) if gpu else 'CUDA'})"
+    file = f"benchmarks/results/{name}.md"
+    if name in PLOTTED:
+        return f"### {title}\n\nR@1 per method: the accuracy plot at the top. The table: [`{file}`]({file}).\n"
+    kept = [line for line in text.split("\n")[1:] if not line or line[0] in "#|_"]
+    kept.append(f"\nIn full: [`{file}`]({file}).")
+    text = re.sub(r"^#+ .*$", f"## {title}", _as_section("# twin\n" + "\n".join(kept)), count=1, flags=re.M)
+    return re.sub(r"^(#+) ", r"#\1 ", text, flags=re.M)  # one level below the main section
 
 
 def _as_section(text: str) -> str:
@@ -196,24 +303,35 @@ def _as_section(text: str) -> str:
     return re.sub(r"^(#+) ", lambda m: "#" * max(1, len(m.group(1)) + shift) + " ", text.strip() + "\n", flags=re.M)
 
 
+def _twins(name: str) -> list[str]:
+    """The results shown under `name`: its GPU run and TWINS."""
+    return [t for t in (f"{name}_cuda", *TWINS.get(name, [])) if any(n == t for n, _ in STEPS + GPU_STEPS)]
+
+
+def _shown_order() -> list[tuple[str, list[str]]]:
+    """(name, command) of every result in the order BENCHMARKS.md shows it (GPU results are named *_cuda or *_gpu)."""
+    commands = dict(STEPS + GPU_STEPS)
+    twins = {t for name, _ in STEPS for t in _twins(name)}
+    order = []
+    for name, cmd in STEPS:
+        if name not in twins:
+            shown_after = _twins(name) + ([GPU_TWIN[name]] if name in GPU_TWIN else [])
+            order += [(name, cmd)] + [(extra, commands[extra]) for extra in shown_after]
+    return order
+
+
 def _how_made() -> str:
     """The opening table: for each section, the command that makes it and where it runs."""
-    rows = ["| section | command | machine |", "|---|---|---|"]
-    for name, cmd in STEPS:
-        rows.append(f"| {name} | `python {' '.join(cmd)}` | CPU |")
-        gpu = f"{name}_cuda" if any(n == f"{name}_cuda" for n, _ in GPU_STEPS) else GPU_TWIN.get(name)
-        for gname, gcmd in GPU_STEPS:
-            if gname == gpu:
-                rows.append(f"| {gname} | `python {' '.join(gcmd)}` | GPU |")
-    rows.append("| fidelity | `python -m benchmarks.fidelity.<method> --official PATH` (a checkout of the authors' code) "
-                "| CPU |")
+    rows = ["| result | command |", "|---|---|"]
+    rows += [f"| {name} | `python {' '.join(cmd)}` |" for name, cmd in _shown_order()]
+    rows.append("| fidelity | `python -m benchmarks.fidelity.<method> --official PATH` (a checkout of the authors' code) |")
     return ("## How each figure is made\n\n"
-            "Each table below is written by one command into `benchmarks/results/<section>.md` (and `.json`), with its "
-            "date, exact command and machine in its footer. CPU rows come from a shared 2-core machine: read timing "
-            "ratios (measured side by side in one process), not absolute milliseconds; GPU rows say so. To refresh one "
-            "table, run its command, then `python -m benchmarks.run_all --assemble` to rebuild this page; "
-            "`make bench` runs every command (about an hour on 2 cores; with a GPU also the GPU rows). Older protocols "
-            "and superseded runs are in git history.\n\n" + "\n".join(rows) + "\n")
+            "Each command below writes `benchmarks/results/<result>.md` and `.json` (date, exact command, machine). A "
+            "section's footer gives the date, the machine and, where it differs, the command; a section that leaves "
+            "rows, columns or sections out links its file. CPU rows come from a shared 2-core machine: read timing "
+            "ratios, not absolute milliseconds. To refresh a table, run its command, then `python -m benchmarks.run_all "
+            "--assemble`; `make bench` runs them all (about an hour on 2 cores; the GPU ones need a GPU). Superseded "
+            "runs are in git history.\n\n" + "\n".join(rows) + "\n")
 
 
 def assemble() -> None:
@@ -222,16 +340,14 @@ def assemble() -> None:
     for plot in (plot_accuracy(), plot_attention_in_object()):
         if plot:
             parts.append(f"![{plot.split('/')[-1]}]({plot})\n")
-    for name, cmd in STEPS:
+    commands = dict(STEPS + GPU_STEPS)
+    twins = {t for name, _ in STEPS for t in _twins(name)}
+    for name, _ in _shown_order():
         if name in READINGS:  # a hand-kept reading that goes with this result
             parts.append(_as_section((NOTES / READINGS[name]).read_text()))
-        parts.append(_section(name) or f"## {name}\n\nNot measured yet: run `python {' '.join(cmd)}`.\n")
-        for gpu in (f"{name}_cuda", GPU_TWIN.get(name)):
-            text = _section(gpu) if gpu else None
-            if text and gpu.endswith("_cuda"):
-                text = re.sub(r"^## (.*)$", r"## \1 — GPU", text, count=1, flags=re.M)
-            if text:
-                parts.append(text)
+        text = _twin(name) if name in twins else _section(name)
+        if text or name not in twins:
+            parts.append(text or f"## {name}\n\nNot measured yet: run `python {' '.join(commands[name])}`.\n")
     for md in SHOWN_NOTES:  # hand-kept sections that stand for no single result
         parts.append(_as_section((NOTES / md).read_text()))
     # fidelity against the official code: hand-kept per method (the scripts need a checkout of that code)
