@@ -18,7 +18,7 @@ from core.checkpoint import CheckpointError
 from core.run_dir import CONFIG
 from core.importer import NoModelError
 from core.plugins import PluginError, load_plugins
-from dashboard import catalog, session, ui
+from dashboard import catalog, session, ui, webgl_map
 
 # The dashboard runs one image at a time. With several intra-op threads, PyTorch's workers spin while
 # other processes hold the cores, and a forward took many times longer on the shared machine
@@ -148,10 +148,10 @@ def write_deep_link(runs: list[dict], current_page: str) -> None:
 
 def sidebar_run_picker(runs: list[dict]) -> None:
     with st.sidebar:
-        # the item maps' plotly bundle (ui.item_map) is fetched from the first element the browser draws, while the
+        # the item maps' plotly bundle (webgl_map.item_map) is fetched from the first element the browser draws, while the
         # page computes its map: markdown is drawn at once, an st.html element only after its own code has loaded
         maps = st.session_state.get(ui.CURRENT_PAGE) in ("explore", "compare")
-        st.markdown("### :material/travel_explore: MetricLens" + (ui.PRELOAD_MAP_LINK if maps else ""),
+        st.markdown("### :material/travel_explore: MetricLens" + (webgl_map.PRELOAD_MAP_LINK if maps else ""),
                     unsafe_allow_html=True)
         if TEACHING:
             st.caption(":material/school: Teaching mode: read-only, the runs the host chose.")
@@ -209,7 +209,7 @@ runs = read_deep_link(runs, current)
 follow_history(runs)
 sidebar_run_picker(runs)
 write_deep_link(runs, current)
-st.html(ui.MAP_STILL_CSS)
+st.html(webgl_map.MAP_STILL_CSS)
 if st.session_state.pop(TRAIN_OFF, False):
     st.info(":material/school: **Training is turned off in teaching mode**, so the link's Train page opened "
             "Explore instead. This server shows the runs its host chose, read-only; to train, run MetricLens on your "

@@ -166,7 +166,7 @@ def dashboard_server(env: dict | None = None):
 
 
 def item_maps(at) -> list:
-    """The item maps drawn in an AppTest run (ui.item_map: an st.components.v2 element, not a plotly chart), each
+    """The item maps drawn in an AppTest run (webgl_map.item_map: an st.components.v2 element, not a plotly chart), each
     with `.key` and `.proto.spec` (the figure's JSON) as Streamlit's plotly chart elements have them."""
     import json
     from types import SimpleNamespace

@@ -221,7 +221,7 @@ def test_map_is_drawn_by_the_partial_bundle_not_streamlits_chart(app):
     assert len(bundle) == 1 and bundle[0].endswith("/app/static/vendor/plotly-gl2d/plotly-gl2d.min.js"), requested
     assert not [u for u in requested if re.search(r"/PlotlyChart\.[^/]*\.js", u)], requested
     assert page.evaluate("window.Plotly && window.Plotly.version") == "3.7.0"
-    assert page.evaluate("typeof window.loadMapBundle") == "function"   # the page's own loader ran (ui.PRELOAD_MAP_CODE)
+    assert page.evaluate("typeof window.loadMapBundle") == "function"   # the page's own loader ran (webgl_map.PRELOAD_MAP_CODE)
     assert page.evaluate("!!(%s) && !document.querySelector('.stPlotlyChart')" % MAP)   # the map, no plotly chart
     assert page.locator(".metriclens-map-plot canvas").count() > 0   # drawn with WebGL
     page.close()

@@ -131,7 +131,7 @@ def test_imported_run_map_at_first_paint_and_compare_with_linked_maps(server, br
     assert len(highlighted) == 2 and highlighted[0] > 0 and highlighted[0] == highlighted[1], highlighted
     page.get_by_text("Selection:", exact=False).first.scroll_into_view_if_needed()
     shot(page, "runs_compare_linked")
-    # a click on one point of A's map selects that item on both maps (the map bridge, ui.map_bridge, passes
+    # a click on one point of A's map selects that item on both maps (the map bridge, webgl_map.map_bridge, passes
     # plotly's click on as a one-point selection: in lasso mode Streamlit's chart alone ignores clicks)
     page.get_by_role("button", name="Clear selection").click()
     page.get_by_text("Lasso or box-select items on either map", exact=False).wait_for(timeout=60_000)

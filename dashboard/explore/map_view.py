@@ -2,7 +2,7 @@
 with its revision, the clicked item's star and rings, and the previous/next query buttons.
 
 The map's browser side (click -> selection, double-click -> Clear, hover thumbnails, j/k) is
-dashboard/map_bridge.js; its renderer is ui.item_map."""
+dashboard/map_bridge.js; its renderer is webgl_map.item_map."""
 from __future__ import annotations
 
 import html
@@ -11,7 +11,7 @@ import json
 import numpy as np
 import streamlit as st
 
-from dashboard import artifacts, background, figures, logic, session, ui
+from dashboard import artifacts, background, figures, logic, session, ui, webgl_map
 from dashboard.explore.selection import SELECTION, keep, kept
 
 MAX_POINTS = 10_000      # above this the map is thinned where points overlap; metrics still use every point
@@ -72,7 +72,7 @@ def read_selection(run: str, n: int, sampled: bool) -> tuple[np.ndarray, str | N
 def figure_selection(look: str, selected: np.ndarray, kind: str | None) -> tuple[np.ndarray, int]:
     """(the selection to draw into the map's figure, the figure's revision).
 
-    The map's component (ui.item_map) keeps a plot whose figure is unchanged, and redraws the WebGL plot for
+    The map's component (webgl_map.item_map) keeps a plot whose figure is unchanged, and redraws the WebGL plot for
     any other figure: on a big map most of a lasso's or a click's latency. So a selection made on the chart itself
     leaves the figure as it was: a lasso or box shows its selection by itself, and a clicked item on a map
     showing no selection is shown by the star and rings above the plot (focus_ui). Anything else that
@@ -120,7 +120,7 @@ def thumbnails_failed_ui(run: str) -> None:
 
 def map_ui(run: str, art: artifacts.Artifacts, view: tuple, shown_projection: str, colour: tuple,
            scales: dict, colour_by: str, look: str, selected: np.ndarray, kind: str | None) -> bool:
-    """Draw the map; True once the browser has drawn it (ui.item_map)."""
+    """Draw the map; True once the browser has drawn it (webgl_map.item_map)."""
     view_ids, coords = view     # view_ids: sorted item ids
     zoom = current_zoom(run, view_ids, shown_projection)
     look = f"{look}|zoom {zoom['rev'] if zoom else 0}"
@@ -149,11 +149,11 @@ def map_ui(run: str, art: artifacts.Artifacts, view: tuple, shown_projection: st
             fig.update_layout(xaxis_range=zoom["x"], yaxis_range=zoom["y"], uirevision=f"zoom {zoom['rev']}")
         st.session_state[BUILT] = ((look, revision), fig)
     # shown while the browser loads plotly.js (a session's first seconds on the page)
-    ui.map_still(coords[shown], np.full(len(shown), "") if categories is None else categories[ids], colours)
-    event = ui.item_map(fig, key="explore_map")
+    webgl_map.map_still(coords[shown], np.full(len(shown), "") if categories is None else categories[ids], colours)
+    event = webgl_map.item_map(fig, key="explore_map")
     st.session_state[SEEN] = event_key(event)
     st.session_state[DRAWN] = (view_ids, coords)
-    ui.map_bridge()
+    webgl_map.map_bridge()
     thumbnails_failed_ui(run)
     if len(shown) < len(view_ids):
         st.caption(f"The map draws {len(shown)} of {len(view_ids)} points, thinned where they overlap (sparse "

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import artifacts, catalog, figures, item_rows, logic, session, ui
+from dashboard import artifacts, catalog, figures, item_rows, logic, session, ui, webgl_map
 from dashboard.tables import item_table  # the module's name is taken below: this page's retrieval tables
 
 MAX_POINTS = 20_000        # per map; above it a stratified sample is drawn and box/lasso select by geometry
@@ -119,11 +119,11 @@ def linked_maps_ui(runs: dict[str, str], arts: dict, tables: dict) -> np.ndarray
                                 title=f"{side}: {Path(runs[side]).name} ({used})", selected=selected)
         key = f"compare_map_{side}"
         with column:
-            ui.map_still(xy[shown], np.sign(np.nan_to_num(shift[shown])).astype(int).astype(str), STILL_COLOURS,
+            webgl_map.map_still(xy[shown], np.sign(np.nan_to_num(shift[shown])).astype(int).astype(str), STILL_COLOURS,
                          key=f"map_still_{side}")  # while the browser loads plotly.js
-            event = ui.item_map(fig, key=key)
+            event = webgl_map.item_map(fig, key=key)
         st.session_state[f"{key}_seen"] = chart_value(event)
-    ui.map_bridge()  # a click on a point selects it (Streamlit's lasso mode alone passes no click on)
+    webgl_map.map_bridge()  # a click on a point selects it (Streamlit's lasso mode alone passes no click on)
     if projection != "PCA" and any(used == "PCA" for _, used in coords.values()):
         st.caption("A run without UMAP coordinates is shown on PCA (Explore computes UMAP; "
                    "`python -m core umap RUN_DIR` does too).")

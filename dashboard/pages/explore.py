@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dashboard import artifacts, background, caching, dataset, explanations, figures, items, logic, session, ui
+from dashboard import artifacts, background, caching, dataset, explanations, figures, items, logic, session, ui, webgl_map
 from dashboard.explore.map_view import MAX_POINTS, focus_ui, map_ui, query_ui, read_selection, zoom_ui
 from dashboard.explore.projection import view_ui
 from dashboard.explore.selection import ISOLATED, SELECTION, keep, neighbours_ui, nothing_selected_ui, selection_ui
@@ -207,7 +207,7 @@ def selection_area(run: str, art: artifacts.Artifacts, fields: dict, view: tuple
 def page() -> None:
     # the map's plotly bundle starts loading while the server computes the map; on every run: an element fewer
     # would move the map, which would then be drawn anew
-    st.html(ui.PRELOAD_MAP_CODE, unsafe_allow_javascript=True)
+    st.html(webgl_map.PRELOAD_MAP_CODE, unsafe_allow_javascript=True)
     st.title("Explore the embedding")
     run = ui.require_run()
     model, _, art = ui.load_or_stop(run)
