@@ -69,7 +69,7 @@ class ModelConfig:
     stage: str | None = None         # backbone stage whose features are pooled (None: the last)
     head: str = "gap"                # gap | grouping | gsp | dsl
     embed_dim: int = 64              # 0 keeps the pooled features without a projection
-    projection_init: str = "random"  # random | pca: the head's projection starts as the train features' principal directions
+    projection_init: str = "random"  # random | pca | uncentred_pca: the head's projection starts as the train features' principal directions
     head_args: dict[str, Any] = field(default_factory=dict)
     blocks: list[BlockConfig] = field(default_factory=list)
     cia: dict[str, Any] | None = None  # training-only cross-image attention branch (None: off)

@@ -291,9 +291,10 @@ class Trainer:
             return
         start = time.time()
         if self.rank == 0:  # under torchrun the other ranks receive the result instead of embedding it again
-            rows = pca_init_(layer, self._embed_train_set(lambda f: self.model.head.projection_input(f.float())))
-            log.info("projection started from the train features' %d leading principal directions (%.1f s)",
-                     rows, time.time() - start)
+            rows = pca_init_(layer, self._embed_train_set(lambda f: self.model.head.projection_input(f.float())),
+                             centre=how == "pca")
+            log.info("projection started from the train features' %d leading principal directions%s (%.1f s)",
+                     rows, "" if how == "pca" else " (uncentred)", time.time() - start)
         if self.distributed:
             ddp.broadcast(layer)
 

@@ -48,8 +48,12 @@ def cut_stage(model) -> str:
 
 def frozen_backbone_overrides(cfg: RunConfig) -> list[str]:
     """The frozen-backbone recipe for `cfg` (`python -m core train --frozen-backbone`, the Train page's CPU
-    default): the backbone frozen, and every block moved onto the last stage's output, where the heads pool."""
+    default): the backbone frozen, every block moved onto the last stage's output, where the heads pool, and a
+    PCA start of the projection taken uncentred, so that the start ranks neighbours as the frozen network it is
+    scored against does."""
     out = ["model.freeze_backbone=true"]
+    if cfg.model.projection_init == "pca":
+        out.append("model.projection_init=uncentred_pca")
     if cfg.model.blocks:
         from core.models.embedder import build_model
 

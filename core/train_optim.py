@@ -22,6 +22,7 @@ LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
     "cosine": lambda epoch, epochs: 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1))),
 }
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+PROJECTION_INITS = ("random", "pca", "uncentred_pca")  # core.models.heads.base.pca_init_
 
 
 def backbone_lr(t: TrainConfig) -> float:
@@ -34,8 +35,8 @@ def settings_problem(cfg: RunConfig) -> str | None:
     for key, value in (("train.lr", t.lr), ("train.backbone_lr", t.backbone_lr)):
         if value is not None and not (math.isfinite(value) and value >= 0):
             return f"{key}={value} is not a learning rate; use a positive number such as 3e-5"
-    if cfg.model.projection_init not in ("random", "pca"):
-        return f"model.projection_init={cfg.model.projection_init!r}; use random or pca"
+    if cfg.model.projection_init not in PROJECTION_INITS:
+        return f"model.projection_init={cfg.model.projection_init!r}; use {', '.join(PROJECTION_INITS)}"
     if t.warmup_epochs < 0:
         return f"train.warmup_epochs={t.warmup_epochs} must be 0 or more"
     if t.lr_schedule not in LR_SCHEDULES:

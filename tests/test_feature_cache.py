@@ -165,7 +165,8 @@ def test_frozen_backbone_overrides_move_blocks_onto_the_last_stage():
     moved = cfg.with_overrides(overrides)
     assert moved.model.freeze_backbone and [b.after for b in moved.model.blocks] == ["head"]
     assert moved.model.blocks[0].args == cfg.model.blocks[0].args
-    assert frozen_backbone_overrides(RunConfig.load("configs/real_gap.yaml")) == ["model.freeze_backbone=true"]
+    assert frozen_backbone_overrides(RunConfig.load("configs/real_gap.yaml")) == [
+        "model.freeze_backbone=true", "model.projection_init=uncentred_pca"]
 
 
 def test_cached_views_give_the_mirror_image_and_epochs_draw_from_both(folder, tmp_path):

@@ -108,6 +108,29 @@ def test_pca_init_projects_onto_the_leading_principal_directions(layer):
         assert out.mean(0).abs().max() < 1e-3 * out.std(0).min()
 
 
+
+def test_an_uncentred_pca_start_ranks_neighbours_as_the_features_do():
+    """`uncentred_pca` (the frozen-backbone recipe's start): at full rank the projection is a rotation of the
+    uncentred features, so every cosine similarity, hence every neighbour, is the frozen features' own; the
+    centred start (bias = -W·mean) changes them, and at lower rank the uncentred rows still span the
+    uncentred features' leading directions."""
+    gen = torch.Generator().manual_seed(1)
+    pooled = torch.rand(300, 16, generator=gen, dtype=torch.float64) ** 3 + 0.5   # positive, like ReLU features
+    cos = lambda z: torch.nn.functional.normalize(z, dim=-1) @ torch.nn.functional.normalize(z, dim=-1).T
+    for centre in (False, True):
+        layer = torch.nn.Linear(16, 16)
+        assert pca_init_(layer, pooled.numpy(), centre=centre) == 16
+        with torch.no_grad():
+            out = layer(pooled.float()).double()
+        same = torch.allclose(cos(out), cos(pooled), atol=1e-4)
+        assert same != centre, f"centre={centre}"
+    low = torch.nn.Linear(16, 3)
+    pca_init_(low, pooled.numpy(), centre=False)
+    assert torch.count_nonzero(low.bias.detach()) == 0
+    _, _, vt = torch.linalg.svd(pooled, full_matrices=False)
+    w = low.weight.detach().double()
+    assert torch.linalg.matrix_norm(w.T - vt[:3].T @ (vt[:3] @ w.T)) < 1e-4
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (CUB100 / "labels.csv").exists(), reason="needs ../shared/data/cub100")
 @pytest.mark.parametrize("method", ["gap", "grouping"])

@@ -92,18 +92,23 @@ class Head(nn.Module):
 
 
 @torch.no_grad()
-def pca_init_(layer: nn.Linear | nn.Conv2d, pooled: np.ndarray) -> int:
+def pca_init_(layer: nn.Linear | nn.Conv2d, pooled: np.ndarray, centre: bool = True) -> int:
     """Start `layer` (Linear C→D, or 1×1 Conv2d C→D) as the orthonormal projection of the features onto the D
     leading principal directions of `pooled` (N×C, the backbone's average-pooled train features), centred by
     its bias where it has one. With a pretrained backbone a random projection starts below the frozen network
     it projects; this start keeps the directions in which the train images differ most, so the run's
     starting point (a best-epoch candidate) scores about like the frozen network. Rows beyond the data's
-    rank (fewer train images than D) keep their random init. Returns the number of rows set."""
+    rank (fewer train images than D) keep their random init. Returns the number of rows set.
+
+    `centre=False` takes the leading directions of the uncentred features (their mean among them) and leaves
+    the bias at zero: the start's cosine similarities are then those of the frozen network restricted to D
+    dimensions. The frozen network's own cosine is uncentred, and centring changes which neighbour is nearest
+    (the frozen-backbone recipe's R@1 start; see BENCHMARKS.md, real data on cached features)."""
     x = np.asarray(pooled, dtype=np.float64)
     w = layer.weight.view(layer.weight.shape[0], -1)        # D×C (a view: the 1×1 conv is written in place)
     if w.shape[1] != x.shape[1]:
         raise ValueError(f"projection takes {w.shape[1]} channels, the pooled features have {x.shape[1]}")
-    mean = x.mean(0)
+    mean = x.mean(0) if centre else np.zeros(x.shape[1])
     _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
     k = min(w.shape[0], vt.shape[0])
     w[:k] = torch.from_numpy(vt[:k]).to(w)
