@@ -46,15 +46,17 @@ def cut_stage(model) -> str:
                 model.feature_stage)
 
 
-def frozen_backbone_overrides(cfg: RunConfig) -> list[str]:
+def frozen_backbone_overrides(cfg: RunConfig, move_blocks: bool = True) -> list[str]:
     """The frozen-backbone recipe for `cfg` (`python -m core train --frozen-backbone`, the Train page's CPU
     default): the backbone frozen, every block moved onto the last stage's output, where the heads pool, and a
     PCA start of the projection taken uncentred, so that the start ranks neighbours as the frozen network it is
-    scored against does."""
+    scored against does. `move_blocks=False` keeps blocks where the config puts them (the stage before is
+    cached and the later frozen stages run in every step: slower steps, but a block on fewer channels, so a
+    run small enough to ship)."""
     out = ["model.freeze_backbone=true"]
     if cfg.model.projection_init == "pca":
         out.append("model.projection_init=uncentred_pca")
-    if cfg.model.blocks:
+    if cfg.model.blocks and move_blocks:
         from core.models.embedder import build_model
 
         last = cfg.model.stage or build_model(dataclasses.replace(cfg.model, blocks=[], pretrained=False)).feature_stage
