@@ -173,38 +173,38 @@ def search(embeddings: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarra
 
 
 # ---- comparing two runs on the same items ----------------------------------------------------
-def jaccard_topk(neighbours_a: np.ndarray, neighbours_b: np.ndarray, k: int) -> np.ndarray:
-    """Per query, |A∩B| / |A∪B| of the two top-k neighbour sets."""
-    out = np.empty(len(neighbours_a))
-    for i, (a, b) in enumerate(zip(neighbours_a[:, :k], neighbours_b[:, :k])):
-        sa, sb = set(a.tolist()), set(b.tolist())
-        out[i] = len(sa & sb) / max(len(sa | sb), 1)
-    return out
-
-
 def disagreements(rank_a: np.ndarray, rank_b: np.ndarray, jaccard: np.ndarray, n: int = 10) -> np.ndarray:
     """Queries where two runs disagree most: largest |rank change|, then smallest overlap."""
     order = np.lexsort((jaccard, -np.abs(rank_b - rank_a)))
     return order[:n]
 
 
-def different_items(labels_a, labels_b, items_a: list[dict], items_b: list[dict]) -> str | None:
+def different_items(labels_a, labels_b, store_a, store_b) -> str | None:
     """Why two runs' items cannot be compared one by one, or None when they are the same test items. Labels
     need only agree up to a renaming (an imported run numbers its classes its own way): the same items fall
-    into the same classes. Image paths, where both runs have them, must match too."""
+    into the same classes. Image file names, where both runs have them, must match too. Whole columns (the
+    item stores, core.item_store), never item by item."""
+    import pyarrow.compute as pc
+
     labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
     if len(labels_a) != len(labels_b):
         return f"they hold {len(labels_a)} and {len(labels_b)} test items"
-    to_b, to_a = {}, {}  # a one-to-one renaming of the classes, built item by item
-    for i, (a, b) in enumerate(zip(labels_a.tolist(), labels_b.tolist())):
-        if to_b.setdefault(a, b) != b or to_a.setdefault(b, a) != a:
-            return f"their items fall into different classes (first at item {i}): another data set, split or order"
-    paths = [(a.get("path"), b.get("path")) for a, b in zip(items_a, items_b)]
-    if all(pa and pb for pa, pb in paths):
-        names = [(str(pa).rsplit("/", 1)[-1], str(pb).rsplit("/", 1)[-1]) for pa, pb in paths]
-        wrong = next((i for i, (pa, pb) in enumerate(names) if pa != pb), None)
-        if wrong is not None:
-            return f"item {wrong} is {names[wrong][0]} in one run and {names[wrong][1]} in the other"
+    # a one-to-one renaming: each class of A meets one class of B, and each of B one of A
+    _, code_a = np.unique(labels_a, return_inverse=True)
+    _, code_b = np.unique(labels_b, return_inverse=True)
+    pairs = np.unique(np.stack([code_a.ravel(), code_b.ravel()], 1), axis=0)
+    if len(pairs) != len(np.unique(pairs[:, 0])) or len(pairs) != len(np.unique(pairs[:, 1])):
+        to_b = code_b[np.unique(code_a, return_index=True)[1]]   # each class's partner at its first item
+        to_a = code_a[np.unique(code_b, return_index=True)[1]]
+        wrong = int(np.argmax((to_b[code_a] != code_b) | (to_a[code_b] != code_a)))
+        return f"their items fall into different classes (first at item {wrong}): another data set, split or order"
+    names = [pc.struct_field(pc.extract_regex(pc.fill_null(store.table.column("path").cast("string"), ""),
+                                              r"(?P<name>[^/]*)$"), "name") for store in (store_a, store_b)]
+    if all(pc.all(pc.greater(pc.utf8_length(name), 0)).as_py() for name in names):
+        differ = pc.not_equal(*names).to_numpy(zero_copy_only=False)
+        if differ.any():
+            wrong = int(np.argmax(differ))
+            return f"item {wrong} is {names[0][wrong].as_py()} in one run and {names[1][wrong].as_py()} in the other"
     return None
 
 

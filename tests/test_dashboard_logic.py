@@ -72,7 +72,8 @@ def test_group_terms_sum_to_cosine_and_group_knn():
 def test_jaccard_and_disagreements():
     a = np.array([[1, 2, 3], [4, 5, 6]])
     b = np.array([[1, 2, 3], [7, 8, 9]])
-    assert logic.jaccard_topk(a, b, 3).tolist() == [1.0, 0.0]
+    from core.neighbours import topk_overlap
+    assert topk_overlap(a, b, 3).tolist() == [1.0, 0.0]
     order = logic.disagreements(np.array([1, 1, 5]), np.array([1, 9, 4]), np.array([1.0, 0.2, 0.5]), 2)
     assert order.tolist() == [1, 2]
 

@@ -98,7 +98,7 @@ def search_ui(run: str) -> None:
     """A new search text selects its matches (or says there are none), once per text."""
     text = (st.session_state.get("explore_find") or "").strip()
     if text and text != st.session_state.get("explore_find_done"):
-        found = items.search(artifacts.search_text(run), text)
+        found = artifacts.search(run, text)
         st.session_state["explore_find_done"] = text
         if len(found):
             keep(SELECTION, run, found)
