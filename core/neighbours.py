@@ -164,8 +164,12 @@ class Neighbours:
     info: dict = field(default_factory=dict)
 
     def hits(self, labels: np.ndarray) -> np.ndarray:
+        """N×k: neighbour j of item i shares its label (False where none was found)."""
         labels = np.asarray(labels)
-        return (self.ids >= 0) & (labels[np.maximum(self.ids, 0)] == labels[:, None])
+        if labels.dtype.kind in "iu" and len(labels) and -2**31 <= labels.min() and labels.max() < 2**31:
+            labels = labels.astype(np.int32)    # gathered N×k times: half the memory traffic of int64
+        ids = np.asarray(self.ids)
+        return (ids >= 0) & (np.take(labels, np.maximum(ids, 0)) == labels[:, None])
 
 
 def search_depths(relevant: np.ndarray, k: int, depth: int) -> np.ndarray:

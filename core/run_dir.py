@@ -54,6 +54,11 @@ def coords_file(method: str) -> str:
     return f"coords_{method}.npy"
 
 
+def drawn_file(method: str) -> str:
+    """Which points of that map the dashboard draws (core.projection.MAP_POINTS at most), inside ARTIFACTS."""
+    return f"coords_{method}_drawn.npy"
+
+
 class CheckpointError(RuntimeError):
     """A run directory that cannot be used as it is; the message says what is wrong and what to do."""
 

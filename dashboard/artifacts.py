@@ -51,7 +51,7 @@ class ItemRows(Sequence):
 
 @dataclass
 class Artifacts:
-    embeddings: np.ndarray     # N×D, L2-normalised
+    embeddings: np.ndarray     # N×D, L2-normalised, float32 (memory-mapped, read-only)
     labels: np.ndarray         # N
     items: ItemRows            # per item: split, index, path, class_name (+ an imported run's metadata columns)
     groups: list[slice]        # embedding dims of each group/subspace
@@ -89,7 +89,10 @@ def _artifacts(run_dir: str, stamp: float, groups: tuple[tuple[int, int], ...]) 
             f"Run its training command again to finish it (it resumes), e.g. "
             f"`python -m core train --config {Path(run_dir) / ckpt.CONFIG} --out {run_dir}`.")
     try:
-        emb = np.load(art / EMBEDDINGS).astype(np.float32)
+        # memory-mapped: the map needs none of it, so a 1M-item run's half gigabyte is not read before the first
+        # paint; the pages it is read for stay in the OS's cache (Explore's prefetch reads them after paint)
+        emb = np.load(art / EMBEDDINGS, mmap_mode="r")
+        emb = emb if emb.dtype == np.float32 else emb.astype(np.float32)
         labels = np.load(art / LABELS)
         items = ItemRows(read_items(art))   # items.parquet (an older run's items.json, read once)
     except (OSError, ValueError) as err:
@@ -205,6 +208,18 @@ def neighbour_index(run_dir: str):
     """The run's exact neighbour search (dashboard.items.neighbour_index), once per artifacts version, shared by
     every session (read-only)."""
     return _neighbour_index(run_dir, artifact_stamp(run_dir))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _read_embeddings(run_dir: str, stamp: float) -> float:
+    emb = artifacts(run_dir).embeddings
+    return float(emb[:, 0].sum())      # a value of every row touches every page of the file
+
+
+def read_embeddings(run_dir: str) -> None:
+    """Read the run's memory-mapped embeddings from disk once (into the OS's page cache), so the first click's
+    search over every item does not wait for the disk."""
+    _read_embeddings(run_dir, artifact_stamp(run_dir))
 
 
 def item_store(run_dir: str) -> ItemStore:

@@ -234,36 +234,6 @@ def stratified_sample(labels: np.ndarray, max_points: int, seed: int = 0) -> np.
     return np.sort(order[rank < np.repeat(take, counts)])
 
 
-def thinned_sample(coords: np.ndarray, max_points: int, grid: int = 256, seed: int = 0) -> np.ndarray:
-    """At most `max_points` indices of 2-D points, sorted, thinned where the points overlap: the plot is cut
-    into grid × grid cells and each cell keeps at most k of its points (chosen at random, seeded), k as large
-    as the budget allows. Sparse regions and outliers keep every point, and a dense blob looks the same
-    drawn with a fraction of its points; the grid is made coarser while one point per cell is too many."""
-    coords = np.asarray(coords, dtype=np.float64)
-    if len(coords) <= max_points:
-        return np.arange(len(coords))
-    lo, hi = coords.min(0), coords.max(0)
-    scaled = (coords - lo) / np.where(hi > lo, hi - lo, 1.0)
-    while True:
-        cell_xy = np.minimum((scaled * grid).astype(np.int64), grid - 1)
-        cell = cell_xy[:, 0] * grid + cell_xy[:, 1]
-        counts = np.bincount(cell)
-        counts = counts[counts > 0]
-        if len(counts) <= max_points or grid <= 2:
-            break
-        grid //= 2
-    low, high = 1, int(counts.max())            # the largest cap k with sum(min(count, k)) <= max_points
-    while low < high:
-        mid = (low + high + 1) // 2
-        low, high = (mid, high) if np.minimum(counts, mid).sum() <= max_points else (low, mid - 1)
-    shuffled = np.random.default_rng(seed).permutation(len(coords))
-    order = shuffled[np.argsort(cell[shuffled], kind="stable")]      # by cell, shuffled within each
-    by_cell = cell[order]
-    first = np.flatnonzero(np.r_[True, by_cell[1:] != by_cell[:-1]])
-    rank = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
-    return np.sort(order[rank < low])
-
-
 def interleave_classes(ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Reorder ids round-robin over their classes, so the first few of a big selection show its variety."""
     ids = np.asarray(ids)

@@ -164,6 +164,7 @@ def prefetch(run: str) -> None:
     if artifacts.has_images(run):
         background.thumbnails(run)
     artifacts.neighbour_index(run)
+    artifacts.read_embeddings(run)
     try:  # the data set behind the grid's images: a new run's first selection paid seconds for it
         dataset.splits(run)
     except ui.dataset_error_type():
