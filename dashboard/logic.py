@@ -192,8 +192,9 @@ def different_items(labels_a, labels_b, store_a, store_b) -> str | None:
     # a one-to-one renaming: each class of A meets one class of B, and each of B one of A
     _, code_a = np.unique(labels_a, return_inverse=True)
     _, code_b = np.unique(labels_b, return_inverse=True)
-    pairs = np.unique(np.stack([code_a.ravel(), code_b.ravel()], 1), axis=0)
-    if len(pairs) != len(np.unique(pairs[:, 0])) or len(pairs) != len(np.unique(pairs[:, 1])):
+    code_a, code_b = code_a.ravel().astype(np.int64), code_b.ravel().astype(np.int64)
+    pairs = np.unique(code_a * (code_b.max(initial=0) + 1) + code_b)    # each (class of A, class of B) met
+    if len(pairs) != code_a.max(initial=-1) + 1 or len(pairs) != code_b.max(initial=-1) + 1:
         to_b = code_b[np.unique(code_a, return_index=True)[1]]   # each class's partner at its first item
         to_a = code_a[np.unique(code_b, return_index=True)[1]]
         wrong = int(np.argmax((to_b[code_a] != code_b) | (to_a[code_b] != code_a)))

@@ -54,8 +54,22 @@ def pick_run_b_ui(run_a: str) -> tuple[str, dict]:
     return st.session_state[session.COMPARE], labels
 
 
-def same_items_ui(name_a: str, name_b: str, art_a, art_b) -> None:
-    problem = logic.different_items(art_a.labels, art_b.labels, art_a.store, art_b.store)
+@st.cache_data(show_spinner=False, max_entries=16)
+def _different_items(run_a: str, run_b: str, stamps: tuple[float, float]) -> str | None:
+    art_a, art_b = artifacts.artifacts(run_a), artifacts.artifacts(run_b)
+    return logic.different_items(art_a.labels, art_b.labels, art_a.store, art_b.store)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _shown(run: str, stamp: float) -> np.ndarray:
+    shown = logic.stratified_sample(artifacts.artifacts(run).labels, MAX_POINTS)
+    shown.setflags(write=False)
+    return shown
+
+
+def same_items_ui(name_a: str, name_b: str, run_a: str, run_b: str) -> None:
+    """Stop, saying why, when the two runs' items cannot be paired one by one (checked once per pair of runs)."""
+    problem = _different_items(run_a, run_b, (artifact_stamp(run_a), artifact_stamp(run_b)))
     if problem:
         st.error(f"**{name_a}** and **{name_b}** were not evaluated on the same test items: {problem}. A per-item "
                  f"comparison would pair unrelated items, so nothing is compared. Pick two runs of the same data "
@@ -95,7 +109,7 @@ def linked_maps_ui(runs: dict[str, str], arts: dict, tables: dict) -> np.ndarray
     art = arts["A"]
     n = len(art.labels)
     shift = logic.rank_shift(tables["A"], tables["B"], measure)
-    shown = logic.stratified_sample(art.labels, MAX_POINTS)
+    shown = _shown(runs["A"], artifact_stamp(runs["A"]))   # the items both maps draw
     names = np.asarray(art.class_names)
     hover = [f"#{i} {names[i]} · {measure} A {_measure_value(tables['A'], measure, i)} → "
              f"B {_measure_value(tables['B'], measure, i)}" for i in shown]
@@ -235,7 +249,7 @@ run_b, labels = pick_run_b_ui(run_a)
 _, _, art_a = ui.load_or_stop(run_a)
 _, _, art_b = ui.load_or_stop(run_b)
 name_a, name_b = Path(run_a).name, labels[run_b]
-same_items_ui(name_a, name_b, art_a, art_b)
+same_items_ui(name_a, name_b, run_a, run_b)
 runs, arts = {"A": run_a, "B": run_b}, {"A": art_a, "B": art_b}
 tables = {"A": artifacts.retrieval(run_a), "B": artifacts.retrieval(run_b)}
 metrics_ui(run_a, run_b, name_a, name_b)
