@@ -459,6 +459,7 @@ def session_measures(browser, base: str, run: str, other: str, server_pid: int, 
                 page.get_by_role("button", name="Clear selection").click()
                 page.get_by_text("Lasso or box-select items", exact=False).wait_for(timeout=120_000)
                 settle(page)
+            page.locator(PLOT_AREA).first.evaluate("e => e.scrollIntoView({block: 'center'})")   # all of it on screen
             lasso(page, chart_index=0, radius_share=0.12, centre=CENTRES[i % len(CENTRES)], release=False)
             out["compare_lasso"].append(timed(page, page.mouse.up, "Selection:"))
     return out, rss.marks

@@ -89,8 +89,8 @@ def _artifacts(run_dir: str, stamp: float, groups: tuple[tuple[int, int], ...]) 
             f"Run its training command again to finish it (it resumes), e.g. "
             f"`python -m core train --config {Path(run_dir) / ckpt.CONFIG} --out {run_dir}`.")
     try:
-        # memory-mapped: the map needs none of it, so a 1M-item run's half gigabyte is not read before the first
-        # paint; the pages it is read for stay in the OS's cache (Explore's prefetch reads them after paint)
+        # memory-mapped: the map and a click need none of it (a click reads the saved neighbours), so a 1M-item
+        # run's half gigabyte is read only where a page computes with it, and then stays in the OS's cache
         emb = np.load(art / EMBEDDINGS, mmap_mode="r")
         emb = emb if emb.dtype == np.float32 else emb.astype(np.float32)
         labels = np.load(art / LABELS)
@@ -204,22 +204,24 @@ def _neighbour_index(run_dir: str, stamp: float):
     return items.neighbour_index(artifacts(run_dir).embeddings)
 
 
+def item_neighbours(run_dir: str, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """An item's k nearest other items (ids, cosine similarities), best first: a row of the run's saved neighbours
+    (read, never searched: the Retrieval page lists the same), or, for a big run saved before runs kept them, an
+    exact search over the embeddings (its all-pairs table would be minutes away)."""
+    from core.neighbours import saved_neighbours
+    from dashboard import items
+
+    if saved_neighbours(run_dir) is not None or len(artifacts(run_dir).labels) <= TABLE_IN_PROCESS_MAX:
+        table = retrieval(run_dir)
+        ids, sims = np.asarray(table.neighbours[item, :k]), np.asarray(table.similarities[item, :k])
+        return ids[ids >= 0], sims[ids >= 0]
+    return items.neighbours(neighbour_index(run_dir), artifacts(run_dir).embeddings, item, k)
+
+
 def neighbour_index(run_dir: str):
     """The run's exact neighbour search (dashboard.items.neighbour_index), once per artifacts version, shared by
     every session (read-only)."""
     return _neighbour_index(run_dir, artifact_stamp(run_dir))
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _read_embeddings(run_dir: str, stamp: float) -> float:
-    emb = artifacts(run_dir).embeddings
-    return float(emb[:, 0].sum())      # a value of every row touches every page of the file
-
-
-def read_embeddings(run_dir: str) -> None:
-    """Read the run's memory-mapped embeddings from disk once (into the OS's page cache), so the first click's
-    search over every item does not wait for the disk."""
-    _read_embeddings(run_dir, artifact_stamp(run_dir))
 
 
 def item_store(run_dir: str) -> ItemStore:

@@ -76,7 +76,7 @@ def selection_rows(art, table: RetrievalTable, ids, fields: dict[str, np.ndarray
     frame = pd.DataFrame({"item": ids, "label": [art.class_names[i] for i in ids],
                           "split": art.store.take("split", ids), "top-1": top1,
                           "top-1 label": [art.class_names[i] for i in top1], "cosine": table.similarities[ids, 0],
-                          "same class": [SAME if ok else OTHER for ok in table.hits[ids, 0]],
+                          "same class": [SAME if ok else OTHER for ok in table.top1_correct[ids]],
                           "R-precision": table.r_precision[ids], "MAP@R": table.map_at_r[ids],
                           "first match rank": table.first_match_rank[ids]})
     return _with_fields(frame, fields, ids)

@@ -33,7 +33,7 @@ class RetrievalTable:
     """Leave-one-out retrieval of every item against all others (cosine, exact)."""
     neighbours: np.ndarray         # N×k item ids, best first
     similarities: np.ndarray       # N×k cosine similarities
-    hits: np.ndarray               # N×k bool, neighbour shares the query's class
+    hits: np.ndarray               # N×k bool, neighbour shares the query's class (RowHits for saved neighbours)
     relevant: np.ndarray           # N: R, the number of other items of the query's class
     r_precision: np.ndarray        # N (nan where R = 0)
     map_at_r: np.ndarray           # N (nan where R = 0)
@@ -41,20 +41,42 @@ class RetrievalTable:
 
     @property
     def top1_correct(self) -> np.ndarray:
-        return self.hits[:, 0]
+        """The top-1 neighbour shares the query's class: the first true match is at rank 1."""
+        return np.asarray(self.first_match_rank) == 1
+
+
+class RowHits:
+    """A saved table's hits (neighbour j of item i shares its class), gathered for the rows asked for
+    (`hits[i]`, `hits[ids, 0]`): every page needs a few rows, and gathering a million × k labels at once took
+    seconds under load, in the way of the first click after paint."""
+
+    def __init__(self, ids: np.ndarray, labels: np.ndarray):
+        self.ids, self.labels = ids, np.asarray(labels)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.ids.shape
+
+    def __getitem__(self, key):
+        rows, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        ids = np.asarray(self.ids[rows])
+        hits = (ids >= 0) & (self.labels[np.maximum(ids, 0)] == self.labels[rows][..., None])
+        return hits[(Ellipsis, *rest)] if rest else hits
 
 
 def retrieval_table(embeddings: np.ndarray, labels: np.ndarray) -> RetrievalTable:
     """Every item against all others, as a run saves it (core.neighbours.all_neighbours: exact up to
     EXACT_MAX_ITEMS items, an IVF index above)."""
     from core.neighbours import all_neighbours  # faiss: not needed for the first paint
-    return table_from(all_neighbours(embeddings, labels), labels)
+    return table_from(all_neighbours(embeddings, labels), labels, every_row=True)
 
 
-def table_from(found, labels: np.ndarray) -> RetrievalTable:
-    """The table of a run's saved neighbours (core.neighbours.Neighbours): its lists and per-item scores."""
+def table_from(found, labels: np.ndarray, every_row: bool = False) -> RetrievalTable:
+    """The table of a run's saved neighbours (core.neighbours.Neighbours): its lists and per-item scores; its hits
+    gathered for the rows asked for (RowHits), or for `every_row` at once (a table just computed, kept on disk)."""
     scores = found.scores
-    return RetrievalTable(np.asarray(found.ids), np.asarray(found.sims), found.hits(labels),
+    hits = found.hits(labels) if every_row else RowHits(found.ids, labels)
+    return RetrievalTable(np.asarray(found.ids), np.asarray(found.sims), hits,
                           np.asarray(scores["relevant"]), np.asarray(scores["r_precision"]),
                           np.asarray(scores["map_at_r"]), np.asarray(scores["first_match_rank"]))
 

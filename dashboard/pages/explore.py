@@ -163,8 +163,6 @@ def prefetch(run: str) -> None:
     caching.warm_up()
     if artifacts.has_images(run):
         background.thumbnails(run)
-    artifacts.neighbour_index(run)
-    artifacts.read_embeddings(run)
     try:  # the data set behind the grid's images: a new run's first selection paid seconds for it
         dataset.splits(run)
     except ui.dataset_error_type():
@@ -189,7 +187,7 @@ def selection_area(run: str, art: artifacts.Artifacts, fields: dict, view: tuple
     focus = None
     if len(selected) == 1:
         item = int(selected[0])
-        focus = (item, *items.neighbours(artifacts.neighbour_index(run), art.embeddings, item, NEIGHBOURS))
+        focus = (item, *artifacts.item_neighbours(run, item, NEIGHBOURS))
     drawn = map_ui(run, art, view[:2], view[2], colour, scales, colour_by, look, selected, kind)
     zoom_ui(run, view, selected, focus)
     focus_ui(run, art, view[:2], focus)
