@@ -339,9 +339,11 @@ def shift_map(coords: np.ndarray, ids: np.ndarray, values: np.ndarray, hover: li
     bound = shift_bound(values)
     colour = dict(colorscale=SHIFT_SCALE, cmin=-bound, cmax=bound)
     xy, ids, hover = np.asarray(coords), np.asarray(ids), np.asarray(hover, dtype=object)
-    trace = go.Scattergl(x=xy[:, 0].tolist(), y=xy[:, 1].tolist(), mode="markers", customdata=ids.tolist(),
+    # coordinates and colours as float32 arrays (sent as typed arrays; lists cost seconds on a 20k-point map)
+    xy, values = xy.astype(np.float32), values.astype(np.float32)
+    trace = go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", customdata=ids.tolist(),
                          text=hover.tolist(), hovertemplate="%{text}<extra></extra>",
-                         marker=dict(size=7, color=values.tolist(), opacity=0.9, **colour,
+                         marker=dict(size=7, color=values, opacity=0.9, **colour,
                                      colorbar=dict(title=dict(text=bar_title, side="right"), thickness=12)))
     traces = [trace]
     if selected is not None and len(selected):
