@@ -54,7 +54,8 @@ def main(argv=None) -> int:
 
     art = artifacts()
     table = logic.retrieval_table(art.embeddings, art.labels)
-    fields = item_rows.listed_fields(art.items, items.categorical_fields(art.items, art.class_names))
+    from core.item_store import ItemStore, items_table
+    fields = item_rows.listed_fields(ItemStore(items_table(art.items)), items.categorical_fields(art.items, art.class_names))
     rows = []
     for n in SIZES:
         if n <= 9:

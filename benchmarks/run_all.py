@@ -43,6 +43,8 @@ STEPS = [  # (results name, command): what `make bench` runs, in the order BENCH
     ("dashboard_latency", ["-m", "benchmarks.dashboard_latency"]),
     ("dashboard_latency_1m", ["-m", "benchmarks.dashboard_latency", "--sizes", "1000000", "--skip-shipped",
                               "--repeats", "2", "--skip-before", "--name", "dashboard_latency_1m"]),
+    ("dashboard_session_1m", ["-m", "benchmarks.dashboard_latency", "--session", "--sizes", "1000000", "--repeats",
+                              "2", "--name", "dashboard_session_1m"]),  # a whole session at a million items (issue 27)
     ("dashboard_load", ["-m", "benchmarks.dashboard_load"]),
     ("dashboard_scale", ["-m", "benchmarks.dashboard_latency", "--sizes", "1000,120000,1000000", "--core-only",
                          "--umap"]),  # import, UMAP and data functions at a million items (issue 27)

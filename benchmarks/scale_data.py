@@ -76,6 +76,32 @@ def clustered_inputs(folder: str | Path, n: int, dim: int = 128, latent: int = 1
     return emb_path, csv_path
 
 
+def perturbed_inputs(source: str | Path, folder: str | Path, noise: float = 0.15, seed: int = 1,
+                     chunk: int = 200_000) -> tuple[Path, Path]:
+    """(embeddings.npy, labels.csv) in `folder`: the same items as `source` (its labels CSV, copied) with other
+    embeddings, each row moved by isotropic noise of `noise` per dim: a second run of the same items, as another
+    model would embed them, for Compare. Written once (kept when both exist)."""
+    import shutil
+
+    source, folder = Path(source), Path(folder)
+    emb_path, csv_path = folder / "emb.npy", folder / "labels.csv"
+    if emb_path.exists() and csv_path.exists():
+        return emb_path, csv_path
+    folder.mkdir(parents=True, exist_ok=True)
+    original = np.load(source / "emb.npy", mmap_mode="r")
+    rng = np.random.default_rng(seed)
+    emb = np.lib.format.open_memmap(folder / "emb.tmp.npy", mode="w+", dtype=np.float32, shape=original.shape)
+    for start in range(0, len(original), chunk):
+        part = original[start:start + chunk]
+        emb[start:start + len(part)] = part + noise * rng.standard_normal(part.shape, dtype=np.float32)
+    emb.flush()
+    del emb
+    os.replace(folder / "emb.tmp.npy", emb_path)
+    shutil.copyfile(source / "labels.csv", folder / "labels.tmp.csv")
+    os.replace(folder / "labels.tmp.csv", csv_path)
+    return emb_path, csv_path
+
+
 def measured(command: list[str], log_path: Path, nice: int = 10) -> dict:
     """A `python -m core ...` command in a child process at lowered priority: its wall time, CPU time, peak
     resident memory (the kernel's maximum for that process, from wait4) and the end of its output."""

@@ -15,7 +15,7 @@ from core import io
 from core.evaluate import embed_dataset, score
 from core.item_store import items_table, write_store
 from core.neighbours import all_neighbours, write_neighbours
-from core.projection import pca_2d
+from core.projection import pca_2d, save_coords
 from core.run_dir import ARTIFACTS, EMBEDDINGS, ITEMS, LABELS, NEIGHBOURS_INFO, coords_file, load_config
 
 
@@ -48,7 +48,7 @@ def write_artifacts(run_dir: Path, parts: dict, progress=None) -> None:
     (out / NEIGHBOURS_INFO).unlink(missing_ok=True)   # the saved neighbours count as absent until rewritten
     io.atomic_save_npy(out / EMBEDDINGS, emb)
     io.atomic_save_npy(out / LABELS, lab)
-    io.atomic_save_npy(out / coords_file("pca"), pca_2d(emb))
+    save_coords(out, "pca", pca_2d(emb))
     (out / coords_file("umap")).unlink(missing_ok=True)  # stale after new embeddings
     write_neighbours(out, all_neighbours(emb, lab, progress=progress))
     write_store(out, items_table(items, lab))

@@ -179,7 +179,7 @@ def import_run(embeddings: str | Path, labels_csv: str | Path, out: str | Path, 
     from core.config import RunConfig
     from core.item_store import items_table, write_store
     from core.neighbours import write_neighbours
-    from core.projection import pca_2d, umap_2d
+    from core.projection import pca_2d, save_coords, umap_2d
 
     out, labels_csv = Path(out), Path(labels_csv)
     if out.exists() and not overwrite:
@@ -219,14 +219,14 @@ def import_run(embeddings: str | Path, labels_csv: str | Path, out: str | Path, 
         np.save(art / rd.EMBEDDINGS, emb)
         np.save(art / rd.LABELS, labels)
         report(0, 1, "writing the run: PCA map, items, neighbours")
-        np.save(art / rd.coords_file("pca"), pca_2d(emb))
+        save_coords(art, "pca", pca_2d(emb))
         if own is not None:
-            np.save(art / rd.coords_file("own"), own)
+            save_coords(art, "own", own)
         write_neighbours(art, neighbours)
         write_store(art, items_table(items))
         (art / rd.ITEMS).write_text(json.dumps(items))   # what the dashboard reads until it reads items.parquet
         if umap:
-            np.save(art / rd.coords_file("umap"), umap_2d(emb, progress=True, report=report))
+            save_coords(art, "umap", umap_2d(emb, progress=True, report=report))
         (tmp / rd.CONFIG).write_text(cfg.to_json())
         io.write_json(tmp / rd.METRICS, record)
     return record

@@ -74,6 +74,11 @@ class ItemStore:
         """A column as numpy (text: an object array of str, missing values None)."""
         return self.table.column(name).to_numpy(zero_copy_only=False)
 
+    def take(self, name: str, ids) -> np.ndarray:
+        """A text column's values of the items `ids`, in that order (object array of str, '' for missing)."""
+        rows = self.table.column(name).take(pa.array(np.asarray(ids, dtype=np.int64)))
+        return pc.fill_null(rows.cast(pa.string()), "").to_numpy(zero_copy_only=False).astype(object)
+
     def categorical(self, name: str) -> pd.Categorical:
         """A text column as codes into its distinct values ('' for missing), without a Python loop."""
         column = pc.fill_null(self.table.column(name).cast(pa.string()), "").combine_chunks().dictionary_encode()

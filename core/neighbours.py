@@ -46,6 +46,8 @@ def _chunk_rows(k: int, block: int = FAISS_BLOCK) -> int:
 def drop_self(sims: np.ndarray, ids: np.ndarray, self_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Remove each row's own id from a (k+1)-wide result (ties can put it anywhere, so by identity; a row
     where it is absent loses its last entry instead)."""
+    if (ids[:, 0] == self_ids).all():      # the usual case: each query is its own nearest, a slice drops it
+        return sims[:, 1:k + 1], ids[:, 1:k + 1]
     keep = ids != self_ids[:, None]
     keep[keep.sum(1) > ids.shape[1] - 1, -1] = False
     width = ids.shape[1] - 1
@@ -162,14 +164,28 @@ class Neighbours:
     info: dict = field(default_factory=dict)
 
     def hits(self, labels: np.ndarray) -> np.ndarray:
+        """N×k: neighbour j of item i shares its label (False where none was found)."""
         labels = np.asarray(labels)
-        return (self.ids >= 0) & (labels[np.maximum(self.ids, 0)] == labels[:, None])
+        if labels.dtype.kind in "iu" and len(labels) and -2**31 <= labels.min() and labels.max() < 2**31:
+            labels = labels.astype(np.int32)    # gathered N×k times: half the memory traffic of int64
+        ids = np.asarray(self.ids)
+        return (ids >= 0) & (np.take(labels, np.maximum(ids, 0)) == labels[:, None])
+
+
+def search_depths(relevant: np.ndarray, k: int, depth: int) -> np.ndarray:
+    """Per query, how far to search: max(k, R) rounded up to k·2^j (at most `depth`). A query needs its top R for
+    R-precision and MAP@R; searching every query to the largest R (hundreds where classes are large) made the
+    heaps and result arrays of every query that deep."""
+    need = np.maximum(np.asarray(relevant), k)
+    steps = np.ceil(np.log2(np.maximum(need / max(k, 1), 1))).astype(int)
+    return np.minimum(k * 2 ** steps, depth)
 
 
 def all_neighbours(emb: np.ndarray, labels: np.ndarray, k: int = SAVED_K, exact: bool | None = None,
                    progress=None, seed: int = 0) -> Neighbours:
-    """Every item's top-k neighbours and its scores. The search goes to max(k, largest R) neighbours, so
-    R-precision and MAP@R see every rank they need; only the first k are kept."""
+    """Every item's top-k neighbours and its scores. Each query is searched to max(k, its R) (`search_depths`), so
+    R-precision and MAP@R see every rank they need; a query with no true match that deep is searched again to the
+    largest R (`depth`), so the rank of the first true match is exact up to it. Only the first k are kept."""
     n, labels = len(emb), np.asarray(labels)
     exact = n <= EXACT_MAX_ITEMS if exact is None else exact
     relevant = class_sizes(labels)
@@ -184,13 +200,23 @@ def all_neighbours(emb: np.ndarray, labels: np.ndarray, k: int = SAVED_K, exact:
     keep = min(k, n - 1)
     ids, sims = np.empty((n, keep), np.int32), np.empty((n, keep), np.float32)
     scores = np.empty(n, SCORE_DTYPE)
+    depths = search_depths(relevant, keep, depth)
+
+    def scored(rows: np.ndarray, d: int):
+        s, i = search(index, emb[rows], d, self_ids=rows)
+        return s, i, scores_of(i, labels, labels[rows], relevant[rows])
+
     step = _chunk_rows(depth + 1)
-    for start in range(0, n, step):   # one chunk at a time: its depth-wide lists are scored, then trimmed to k
+    for start in range(0, n, step):   # one chunk at a time: its lists are scored, then trimmed to k
         stop = min(n, start + step)
-        rows = np.arange(start, stop)
-        s, i = search(index, emb[start:stop], depth, self_ids=rows)
-        scores[start:stop] = scores_of(i, labels, labels[start:stop], relevant[start:stop])
-        ids[start:stop], sims[start:stop] = i[:, :keep], np.where(i[:, :keep] >= 0, s[:, :keep], np.nan)
+        for d in np.unique(depths[start:stop]).tolist():
+            rows = start + np.flatnonzero(depths[start:stop] == d)
+            s, i, found = scored(rows, d)
+            again = np.flatnonzero(found["first_match_rank"] > d) if d < depth else []
+            if len(again):                # no true match within d: the first one's rank needs the full depth
+                found[again] = scored(rows[again], depth)[2]
+            scores[rows] = found
+            ids[rows], sims[rows] = i[:, :keep], np.where(i[:, :keep] >= 0, s[:, :keep], np.nan)
         if progress:
             progress(stop, n, f"neighbours of {n} items ({'exact' if exact else 'IVF'})")
     info.update(k=keep, depth=depth, items=n, exact=bool(exact))

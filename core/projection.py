@@ -17,12 +17,68 @@ import numpy as np
 
 from core import io
 from core.progress import Progress
-from core.run_dir import ARTIFACTS, EMBEDDINGS, coords_file
+from core.run_dir import ARTIFACTS, EMBEDDINGS, coords_file, drawn_file
 
 UMAP_SEEDED_MAX = 20_000      # up to here: seeded and exact to the run; above: fitted on a sample, parallel
 UMAP_FIT_SAMPLE = 50_000
 TRANSFORM_CHUNK = 100_000
 PCA_CHUNK = 100_000
+MAP_POINTS = 10_000           # a map draws at most this many points, thinned where they overlap (thinned_sample)
+
+
+def thinned_sample(coords: np.ndarray, max_points: int, grid: int = 256, seed: int = 0) -> np.ndarray:
+    """At most `max_points` indices of 2-D points, sorted, thinned where the points overlap: the plot is cut
+    into grid × grid cells and each cell keeps at most k of its points (chosen at random, seeded), k as large
+    as the budget allows. Sparse regions and outliers keep every point, and a dense blob looks the same
+    drawn with a fraction of its points; the grid is made coarser while one point per cell is too many."""
+    coords = np.asarray(coords, dtype=np.float64)
+    if len(coords) <= max_points:
+        return np.arange(len(coords))
+    lo, hi = coords.min(0), coords.max(0)
+    scaled = (coords - lo) / np.where(hi > lo, hi - lo, 1.0)
+    while True:
+        cell_xy = np.minimum((scaled * grid).astype(np.int64), grid - 1)
+        cell = cell_xy[:, 0] * grid + cell_xy[:, 1]
+        counts = np.bincount(cell)
+        counts = counts[counts > 0]
+        if len(counts) <= max_points or grid <= 2:
+            break
+        grid //= 2
+    low, high = 1, int(counts.max())            # the largest cap k with sum(min(count, k)) <= max_points
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if np.minimum(counts, mid).sum() <= max_points else (low, mid - 1)
+    shuffled = np.random.default_rng(seed).permutation(len(coords))
+    order = shuffled[np.argsort(cell[shuffled], kind="stable")]      # by cell, shuffled within each
+    by_cell = cell[order]
+    first = np.flatnonzero(np.r_[True, by_cell[1:] != by_cell[:-1]])
+    rank = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
+    return np.sort(order[rank < low])
+
+
+def save_coords(art_dir: str | Path, method: str, coords: np.ndarray) -> None:
+    """A projection's coordinates and, beside them, the points its map draws (`thinned_sample`, decided here once:
+    the dashboard's first visit of a big run then reads a few thousand indices instead of thinning every point)."""
+    art = Path(art_dir)
+    io.atomic_save_npy(art / coords_file(method), coords)
+    io.atomic_save_npy(art / drawn_file(method), thinned_sample(coords, MAP_POINTS).astype(np.int64))
+
+
+def drawn_points(art_dir: str | Path, method: str, coords: np.ndarray) -> np.ndarray:
+    """The indices of `coords` (the run's `method` map) that its map draws: saved with the coordinates, or thinned
+    now for coordinates saved before that (or when the saved ones are older than the coordinates)."""
+    art = Path(art_dir)
+    saved, source = art / drawn_file(method), art / coords_file(method)
+    try:
+        if saved.stat().st_mtime >= source.stat().st_mtime:
+            shown = np.load(saved)
+            if len(shown) and shown.max() < len(coords):
+                return shown
+    except (OSError, ValueError):
+        pass
+    return thinned_sample(coords, MAP_POINTS)
+
+
 
 
 def pca_2d(emb: np.ndarray) -> np.ndarray:
@@ -128,7 +184,7 @@ def ensure_coords(run_dir: str | Path, method: str = "umap", progress: bool = Fa
     if report:
         report(0, 1, phase)
     coords = umap_2d(emb, progress=progress, report=report) if method == "umap" else pca_2d(emb)
-    io.atomic_save_npy(path, coords)
+    save_coords(art, method, coords)
     if report:
         report(1, 1, phase)
     return coords

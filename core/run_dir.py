@@ -7,8 +7,9 @@
     RUN_DIR/progress.jsonl       progress as JSON lines {"phase", "done", "total", "eta_s", "time"}
     RUN_DIR/train.log            the training job's console output (dashboard jobs)
     RUN_DIR/dsl_events.json      DSL's growth log; dsl_clusters.npy its class clusters
-    RUN_DIR/artifacts/           embeddings.npy, labels.npy, items.json (+ items.parquet), coords_<method>.npy for
-                                 the dashboard; neighbours_ids.npy, neighbours_sims.npy, item_scores.npy and
+    RUN_DIR/artifacts/           embeddings.npy, labels.npy, items.json (+ items.parquet), coords_<method>.npy
+                                 (+ coords_<method>_drawn.npy: the points its map draws) for the dashboard;
+                                 neighbours_ids.npy, neighbours_sims.npy, item_scores.npy and
                                  neighbours.json: every item's neighbours and retrieval scores, found once
     RUN_DIR/metrics.json         test metrics of the best weights; written last, so it marks the run finished
     RUN_DIR/faithfulness.json    `python -m core faithfulness`'s scores of the run's maps (core/faithfulness.py)
@@ -52,6 +53,11 @@ ARTIFACT_FILES = (EMBEDDINGS, LABELS, ITEMS)   # what the dashboard needs to sho
 def coords_file(method: str) -> str:
     """The cached 2-D map of one projection method, inside ARTIFACTS."""
     return f"coords_{method}.npy"
+
+
+def drawn_file(method: str) -> str:
+    """Which points of that map the dashboard draws (core.projection.MAP_POINTS at most), inside ARTIFACTS."""
+    return f"coords_{method}_drawn.npy"
 
 
 class CheckpointError(RuntimeError):

@@ -8,7 +8,7 @@ run's artifacts and retrieval table cost seconds per rerun (every image lookup r
 from __future__ import annotations
 
 import functools
-import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,8 @@ import streamlit as st
 
 from core import checkpoint as ckpt
 from core.checkpoint import CheckpointError
-from core.run_dir import EMBEDDINGS, ITEMS, LABELS, coords_file
+from core.item_store import ItemStore, read_items
+from core.run_dir import EMBEDDINGS, ITEM_STORE, ITEMS, LABELS, coords_file
 from dashboard import background, logic
 from dashboard.caching import artifact_stamp, keep_for_good, mtime, read_only
 from dashboard.catalog import imported, user_code
@@ -29,36 +30,71 @@ from dashboard.model_cache import load_model
 TABLE_IN_PROCESS_MAX = 20_000
 
 
+class ItemRows(Sequence):
+    """The items as items.json lists them (one dict per item: split, index, path, class_name and any metadata),
+    each read from the item store when asked for: a million items are never a million Python dicts in the server.
+    Whole columns are `Artifacts.store`'s."""
+
+    def __init__(self, store: ItemStore):
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.store.row(j) for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"item {i} of {len(self)}")
+        return self.store.row(i % len(self))
+
+
 @dataclass
 class Artifacts:
-    embeddings: np.ndarray     # N×D, L2-normalised
+    embeddings: np.ndarray     # N×D, L2-normalised, float32 (memory-mapped, read-only)
     labels: np.ndarray         # N
-    items: list[dict]          # per item: split, index, path, class_name
+    items: ItemRows            # per item: split, index, path, class_name (+ an imported run's metadata columns)
     groups: list[slice]        # embedding dims of each group/subspace
 
-    @functools.cached_property  # once per cached Artifacts: a list built per call was slow on a large run
-    def class_names(self) -> list[str]:
-        return [it.get("class_name", str(l)) for it, l in zip(self.items, self.labels)]
+    @property
+    def store(self) -> ItemStore:
+        """The items as columns (core.item_store): what any pass over every item reads."""
+        return self.items.store
+
+    @functools.cached_property  # once per cached Artifacts: built from the class column's codes, not item by item
+    def class_names(self) -> np.ndarray:
+        """Per item its class name (object array of str; the label's number where an item names none)."""
+        names = self.store.class_names
+        out = np.asarray(names.categories, dtype=object)[names.codes]
+        missing = out == ""
+        if missing.any():
+            out[missing] = np.asarray(self.labels)[missing].astype(str)
+        return out
 
     @functools.cached_property
     def names_files(self) -> bool:
         """Some item names an image file (an imported run's path column)."""
-        return any(it.get("path") for it in self.items)
+        import pyarrow.compute as pc
+        return bool(pc.any(pc.greater(pc.utf8_length(self.store.table.column("path")), 0)).as_py() or False)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _artifacts(run_dir: str, stamp: float, groups: tuple[tuple[int, int], ...]) -> Artifacts:
     art = Path(run_dir) / ckpt.ARTIFACTS
-    missing = [n for n in (EMBEDDINGS, LABELS, ITEMS) if not (art / n).exists()]
+    missing = [n for n in (EMBEDDINGS, LABELS) if not (art / n).exists()]
+    missing += [] if (art / ITEM_STORE).exists() or (art / ITEMS).exists() else [ITEMS]
     if missing:
         raise CheckpointError(
             f"{art} lacks {', '.join(missing)}: the run has not finished (training writes them at the end). "
             f"Run its training command again to finish it (it resumes), e.g. "
             f"`python -m core train --config {Path(run_dir) / ckpt.CONFIG} --out {run_dir}`.")
     try:
-        emb = np.load(art / EMBEDDINGS).astype(np.float32)
+        # memory-mapped: the map and a click need none of it (a click reads the saved neighbours), so a 1M-item
+        # run's half gigabyte is read only where a page computes with it, and then stays in the OS's cache
+        emb = np.load(art / EMBEDDINGS, mmap_mode="r")
+        emb = emb if emb.dtype == np.float32 else emb.astype(np.float32)
         labels = np.load(art / LABELS)
-        items = json.loads((art / ITEMS).read_text())
+        items = ItemRows(read_items(art))   # items.parquet (an older run's items.json, read once)
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{art} holds a damaged file ({err}); retrain the run to rewrite its artifacts") from None
     if not (len(emb) == len(labels) == len(items)):
@@ -70,7 +106,7 @@ def _artifacts(run_dir: str, stamp: float, groups: tuple[tuple[int, int], ...]) 
                               f"{slices[-1].stop}: the artifacts belong to another model. Retrain the run "
                               f"(or re-run its training command, which rewrites them).")
     read_only(emb, labels)
-    keep_for_good()     # a big run's items are a million objects
+    keep_for_good()     # what the server keeps until it stops: out of the cyclic collector's walks
     return Artifacts(emb, labels, items, slices)
 
 
@@ -125,22 +161,23 @@ def coords(run_dir: str, method: str) -> np.ndarray | None:
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _item_fields(run_dir: str, stamp: float) -> dict[str, np.ndarray]:
-    from dashboard import items
     art = artifacts(run_dir)
-    fields = items.categorical_fields(art.items, art.class_names)
+    fields = {name: art.class_names if name == "class" else np.asarray(values.categories, dtype=object)[values.codes]
+              for name, values in filter_fields(run_dir).items()}
     read_only(*fields.values())
     return fields
 
 
 def item_fields(run_dir: str) -> dict[str, np.ndarray]:
-    """Field name -> value per item (class, split, attributes...), once per artifacts version."""
+    """Field name -> value per item (class, split, metadata columns, attributes in the class names; object arrays of
+    str) for 'Colour by', once per artifacts version: filter_fields' categories spread over the items."""
     return _item_fields(run_dir, artifact_stamp(run_dir))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _listed_fields(run_dir: str, stamp: float) -> dict[str, np.ndarray]:
     from dashboard.item_rows import listed_fields as listed
-    return listed(artifacts(run_dir).items, item_fields(run_dir))
+    return listed(artifacts(run_dir).store, item_fields(run_dir))
 
 
 def listed_fields(run_dir: str) -> dict[str, np.ndarray]:
@@ -155,17 +192,10 @@ def has_images(run_dir: str) -> bool:
     return not imported(run_dir) or artifacts(run_dir).names_files
 
 
-@st.cache_resource(show_spinner="Indexing the item names for search (once per run)…", max_entries=8)
-def _search_text(run_dir: str, stamp: float) -> np.ndarray:
-    from dashboard import items
-    haystack = items.search_text(artifacts(run_dir).items, item_fields(run_dir))
-    read_only(haystack)
-    return haystack
-
-
-def search_text(run_dir: str) -> np.ndarray:
-    """The text a search reads per item; built on the first search, not before the map is drawn."""
-    return _search_text(run_dir, artifact_stamp(run_dir))
+def search(run_dir: str, text: str) -> np.ndarray:
+    """Ids of the items whose class, split, metadata, file name or folder holds every word of `text` ('#12': item
+    12; core.item_store.ItemStore.search, on the columns' distinct values)."""
+    return artifacts(run_dir).store.search(text)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -174,20 +204,29 @@ def _neighbour_index(run_dir: str, stamp: float):
     return items.neighbour_index(artifacts(run_dir).embeddings)
 
 
+def item_neighbours(run_dir: str, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """An item's k nearest other items (ids, cosine similarities), best first: a row of the run's saved neighbours
+    (read, never searched: the Retrieval page lists the same), or, for a big run saved before runs kept them, an
+    exact search over the embeddings (its all-pairs table would be minutes away)."""
+    from core.neighbours import saved_neighbours
+    from dashboard import items
+
+    if saved_neighbours(run_dir) is not None or len(artifacts(run_dir).labels) <= TABLE_IN_PROCESS_MAX:
+        table = retrieval(run_dir)
+        ids, sims = np.asarray(table.neighbours[item, :k]), np.asarray(table.similarities[item, :k])
+        return ids[ids >= 0], sims[ids >= 0]
+    return items.neighbours(neighbour_index(run_dir), artifacts(run_dir).embeddings, item, k)
+
+
 def neighbour_index(run_dir: str):
-    """The run's faiss index, built once per artifacts version and shared by every session (read-only)."""
+    """The run's exact neighbour search (dashboard.items.neighbour_index), once per artifacts version, shared by
+    every session (read-only)."""
     return _neighbour_index(run_dir, artifact_stamp(run_dir))
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _item_store(run_dir: str, stamp: float):
-    from core.item_store import read_items
-    return read_items(Path(run_dir) / ckpt.ARTIFACTS)
-
-
-def item_store(run_dir: str):
+def item_store(run_dir: str) -> ItemStore:
     """The run's items as columns (core.item_store.ItemStore), once per artifacts version."""
-    return _item_store(run_dir, artifact_stamp(run_dir))
+    return artifacts(run_dir).store
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -168,7 +168,7 @@ def rerank_rows(result: Reranking, art: artifacts.Artifacts, k: int, label: int 
     rows = []
     for item in now + [i for i in before if i not in now]:
         rank, was = int(result.rank[item]), int(result.rank_before[item])
-        rows.append({"rank now": rank, "item": int(item), "class": art.items[item].get("class_name", str(art.labels[item])),
+        rows.append({"rank now": rank, "item": int(item), "class": art.class_names[item],
                      "same class": "" if label is None else ("✓" if art.labels[item] == label else "✗"),
                      "rank before": was, "moved": was - rank,
                      "top-k": "stays" if rank <= k and was <= k else "new" if rank <= k else "left",

@@ -8,33 +8,32 @@ neighbours come from can change without changing what a table shows.
 """
 from __future__ import annotations
 
-from pathlib import PurePath
-
 import numpy as np
 import pandas as pd
 
-from dashboard.items import BASE_KEYS
 from dashboard.logic import RetrievalTable, nearest_true_match, rank_of
 
 SAME, OTHER = "✓", "✗"      # the "same class" column: the item's class is the query's, or another
 QUERY_MARK = "query"         # the query's own row in a neighbour table
 
 
-def listed_fields(items: list[dict], fields: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The per-item columns a table lists after the label: every field of items.json beyond the basic ones (an
-    imported run's CSV columns, also those with a value per item, such as an id), the other fields the page
-    colours by (`fields`, e.g. attributes read from the class names; the class itself is the label), and the
-    file name when items name files."""
+def listed_fields(store, fields: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The per-item columns a table lists after the label: every metadata column of the item store (an imported
+    run's CSV columns, also those with a value per item, such as an id), the other fields the page colours by
+    (`fields`, e.g. attributes read from the class names; the class itself is the label), and the file name when
+    items name files. Whole columns (core.item_store.ItemStore), never item by item."""
+    import pyarrow.compute as pc
+
     out: dict[str, np.ndarray] = {}
-    for key in dict.fromkeys(k for it in items[:1000] for k in it):
-        if key not in BASE_KEYS:
-            out[key] = np.asarray(["" if it.get(key) is None else str(it.get(key)) for it in items], dtype=object)
+    for key in store.metadata_columns:
+        out[key] = pc.fill_null(store.table.column(key).cast("string"), "").to_numpy(zero_copy_only=False)
     for key, values in fields.items():
         if key != "class" and key not in out:
             out[key] = np.asarray(values, dtype=object)
-    if any(it.get("path") for it in items[:1000]):
-        out["file"] = np.asarray([PurePath(str(it["path"])).name if it.get("path") else "" for it in items],
-                                 dtype=object)
+    paths = pc.fill_null(store.table.column("path").cast("string"), "")
+    if pc.any(pc.greater(pc.utf8_length(paths), 0)).as_py():
+        names = pc.struct_field(pc.extract_regex(paths, r"(?P<name>[^/]*)$"), "name")
+        out["file"] = names.to_numpy(zero_copy_only=False).astype(object)
     return out
 
 
@@ -75,9 +74,9 @@ def selection_rows(art, table: RetrievalTable, ids, fields: dict[str, np.ndarray
     ids = np.asarray(ids, dtype=int)
     top1 = table.neighbours[ids, 0]
     frame = pd.DataFrame({"item": ids, "label": [art.class_names[i] for i in ids],
-                          "split": [str(art.items[i].get("split", "")) for i in ids], "top-1": top1,
+                          "split": art.store.take("split", ids), "top-1": top1,
                           "top-1 label": [art.class_names[i] for i in top1], "cosine": table.similarities[ids, 0],
-                          "same class": [SAME if ok else OTHER for ok in table.hits[ids, 0]],
+                          "same class": [SAME if ok else OTHER for ok in table.top1_correct[ids]],
                           "R-precision": table.r_precision[ids], "MAP@R": table.map_at_r[ids],
                           "first match rank": table.first_match_rank[ids]})
     return _with_fields(frame, fields, ids)

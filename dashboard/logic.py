@@ -33,7 +33,7 @@ class RetrievalTable:
     """Leave-one-out retrieval of every item against all others (cosine, exact)."""
     neighbours: np.ndarray         # N×k item ids, best first
     similarities: np.ndarray       # N×k cosine similarities
-    hits: np.ndarray               # N×k bool, neighbour shares the query's class
+    hits: np.ndarray               # N×k bool, neighbour shares the query's class (RowHits for saved neighbours)
     relevant: np.ndarray           # N: R, the number of other items of the query's class
     r_precision: np.ndarray        # N (nan where R = 0)
     map_at_r: np.ndarray           # N (nan where R = 0)
@@ -41,20 +41,42 @@ class RetrievalTable:
 
     @property
     def top1_correct(self) -> np.ndarray:
-        return self.hits[:, 0]
+        """The top-1 neighbour shares the query's class: the first true match is at rank 1."""
+        return np.asarray(self.first_match_rank) == 1
+
+
+class RowHits:
+    """A saved table's hits (neighbour j of item i shares its class), gathered for the rows asked for
+    (`hits[i]`, `hits[ids, 0]`): every page needs a few rows, and gathering a million × k labels at once took
+    seconds under load, in the way of the first click after paint."""
+
+    def __init__(self, ids: np.ndarray, labels: np.ndarray):
+        self.ids, self.labels = ids, np.asarray(labels)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.ids.shape
+
+    def __getitem__(self, key):
+        rows, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        ids = np.asarray(self.ids[rows])
+        hits = (ids >= 0) & (self.labels[np.maximum(ids, 0)] == self.labels[rows][..., None])
+        return hits[(Ellipsis, *rest)] if rest else hits
 
 
 def retrieval_table(embeddings: np.ndarray, labels: np.ndarray) -> RetrievalTable:
     """Every item against all others, as a run saves it (core.neighbours.all_neighbours: exact up to
     EXACT_MAX_ITEMS items, an IVF index above)."""
     from core.neighbours import all_neighbours  # faiss: not needed for the first paint
-    return table_from(all_neighbours(embeddings, labels), labels)
+    return table_from(all_neighbours(embeddings, labels), labels, every_row=True)
 
 
-def table_from(found, labels: np.ndarray) -> RetrievalTable:
-    """The table of a run's saved neighbours (core.neighbours.Neighbours): its lists and per-item scores."""
+def table_from(found, labels: np.ndarray, every_row: bool = False) -> RetrievalTable:
+    """The table of a run's saved neighbours (core.neighbours.Neighbours): its lists and per-item scores; its hits
+    gathered for the rows asked for (RowHits), or for `every_row` at once (a table just computed, kept on disk)."""
     scores = found.scores
-    return RetrievalTable(np.asarray(found.ids), np.asarray(found.sims), found.hits(labels),
+    hits = found.hits(labels) if every_row else RowHits(found.ids, labels)
+    return RetrievalTable(np.asarray(found.ids), np.asarray(found.sims), hits,
                           np.asarray(scores["relevant"]), np.asarray(scores["r_precision"]),
                           np.asarray(scores["map_at_r"]), np.asarray(scores["first_match_rank"]))
 
@@ -173,38 +195,39 @@ def search(embeddings: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarra
 
 
 # ---- comparing two runs on the same items ----------------------------------------------------
-def jaccard_topk(neighbours_a: np.ndarray, neighbours_b: np.ndarray, k: int) -> np.ndarray:
-    """Per query, |A∩B| / |A∪B| of the two top-k neighbour sets."""
-    out = np.empty(len(neighbours_a))
-    for i, (a, b) in enumerate(zip(neighbours_a[:, :k], neighbours_b[:, :k])):
-        sa, sb = set(a.tolist()), set(b.tolist())
-        out[i] = len(sa & sb) / max(len(sa | sb), 1)
-    return out
-
-
 def disagreements(rank_a: np.ndarray, rank_b: np.ndarray, jaccard: np.ndarray, n: int = 10) -> np.ndarray:
     """Queries where two runs disagree most: largest |rank change|, then smallest overlap."""
     order = np.lexsort((jaccard, -np.abs(rank_b - rank_a)))
     return order[:n]
 
 
-def different_items(labels_a, labels_b, items_a: list[dict], items_b: list[dict]) -> str | None:
+def different_items(labels_a, labels_b, store_a, store_b) -> str | None:
     """Why two runs' items cannot be compared one by one, or None when they are the same test items. Labels
     need only agree up to a renaming (an imported run numbers its classes its own way): the same items fall
-    into the same classes. Image paths, where both runs have them, must match too."""
+    into the same classes. Image file names, where both runs have them, must match too. Whole columns (the
+    item stores, core.item_store), never item by item."""
+    import pyarrow.compute as pc
+
     labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
     if len(labels_a) != len(labels_b):
         return f"they hold {len(labels_a)} and {len(labels_b)} test items"
-    to_b, to_a = {}, {}  # a one-to-one renaming of the classes, built item by item
-    for i, (a, b) in enumerate(zip(labels_a.tolist(), labels_b.tolist())):
-        if to_b.setdefault(a, b) != b or to_a.setdefault(b, a) != a:
-            return f"their items fall into different classes (first at item {i}): another data set, split or order"
-    paths = [(a.get("path"), b.get("path")) for a, b in zip(items_a, items_b)]
-    if all(pa and pb for pa, pb in paths):
-        names = [(str(pa).rsplit("/", 1)[-1], str(pb).rsplit("/", 1)[-1]) for pa, pb in paths]
-        wrong = next((i for i, (pa, pb) in enumerate(names) if pa != pb), None)
-        if wrong is not None:
-            return f"item {wrong} is {names[wrong][0]} in one run and {names[wrong][1]} in the other"
+    # a one-to-one renaming: each class of A meets one class of B, and each of B one of A
+    _, code_a = np.unique(labels_a, return_inverse=True)
+    _, code_b = np.unique(labels_b, return_inverse=True)
+    code_a, code_b = code_a.ravel().astype(np.int64), code_b.ravel().astype(np.int64)
+    pairs = np.unique(code_a * (code_b.max(initial=0) + 1) + code_b)    # each (class of A, class of B) met
+    if len(pairs) != code_a.max(initial=-1) + 1 or len(pairs) != code_b.max(initial=-1) + 1:
+        to_b = code_b[np.unique(code_a, return_index=True)[1]]   # each class's partner at its first item
+        to_a = code_a[np.unique(code_b, return_index=True)[1]]
+        wrong = int(np.argmax((to_b[code_a] != code_b) | (to_a[code_b] != code_a)))
+        return f"their items fall into different classes (first at item {wrong}): another data set, split or order"
+    names = [pc.struct_field(pc.extract_regex(pc.fill_null(store.table.column("path").cast("string"), ""),
+                                              r"(?P<name>[^/]*)$"), "name") for store in (store_a, store_b)]
+    if all(pc.all(pc.greater(pc.utf8_length(name), 0)).as_py() for name in names):
+        differ = pc.not_equal(*names).to_numpy(zero_copy_only=False)
+        if differ.any():
+            wrong = int(np.argmax(differ))
+            return f"item {wrong} is {names[0][wrong].as_py()} in one run and {names[1][wrong].as_py()} in the other"
     return None
 
 
@@ -232,36 +255,6 @@ def stratified_sample(labels: np.ndarray, max_points: int, seed: int = 0) -> np.
     rank = np.arange(len(labels)) - np.repeat(first, counts)       # position within its class
     take = np.maximum(1, np.round(max_points / len(labels) * counts).astype(int))
     return np.sort(order[rank < np.repeat(take, counts)])
-
-
-def thinned_sample(coords: np.ndarray, max_points: int, grid: int = 256, seed: int = 0) -> np.ndarray:
-    """At most `max_points` indices of 2-D points, sorted, thinned where the points overlap: the plot is cut
-    into grid × grid cells and each cell keeps at most k of its points (chosen at random, seeded), k as large
-    as the budget allows. Sparse regions and outliers keep every point, and a dense blob looks the same
-    drawn with a fraction of its points; the grid is made coarser while one point per cell is too many."""
-    coords = np.asarray(coords, dtype=np.float64)
-    if len(coords) <= max_points:
-        return np.arange(len(coords))
-    lo, hi = coords.min(0), coords.max(0)
-    scaled = (coords - lo) / np.where(hi > lo, hi - lo, 1.0)
-    while True:
-        cell_xy = np.minimum((scaled * grid).astype(np.int64), grid - 1)
-        cell = cell_xy[:, 0] * grid + cell_xy[:, 1]
-        counts = np.bincount(cell)
-        counts = counts[counts > 0]
-        if len(counts) <= max_points or grid <= 2:
-            break
-        grid //= 2
-    low, high = 1, int(counts.max())            # the largest cap k with sum(min(count, k)) <= max_points
-    while low < high:
-        mid = (low + high + 1) // 2
-        low, high = (mid, high) if np.minimum(counts, mid).sum() <= max_points else (low, mid - 1)
-    shuffled = np.random.default_rng(seed).permutation(len(coords))
-    order = shuffled[np.argsort(cell[shuffled], kind="stable")]      # by cell, shuffled within each
-    by_cell = cell[order]
-    first = np.flatnonzero(np.r_[True, by_cell[1:] != by_cell[:-1]])
-    rank = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
-    return np.sort(order[rank < low])
 
 
 def interleave_classes(ids: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -1,5 +1,5 @@
 // The item maps' browser side (Explore, Compare), loaded by dashboard/ui.map_bridge through st.html (once per tab).
-// The maps are plotly graphs drawn by dashboard/map_component.js (ui.item_map), which passes plotly_selected on as
+// The maps are plotly graphs drawn by dashboard/map_component.js (webgl_map.item_map), which passes plotly_selected on as
 // the map's selection. In lasso or box mode a click on a point selects nothing (clickmode 'event', as Streamlit's
 // chart forced it). This passes the clicked point on as a one-point selection,
 // and a double-click on to the Clear button (a kept selection is not the chart's own value, which Streamlit's

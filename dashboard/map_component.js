@@ -1,4 +1,4 @@
-// The item map's own renderer (dashboard/ui.item_map, an st.components.v2 component in the main document).
+// The item map's own renderer (dashboard/webgl_map.item_map, an st.components.v2 component in the main document).
 // Streamlit's chart element loads its 4.7 MB plotly.js chunk only when the first chart arrives and spends 1-2.5 s
 // compiling it before the map can be drawn; plotly's partial WebGL bundle (static/vendor/plotly-gl2d, 1.6 MB, with
 // scattergl) is a third of that and starts loading with the page (map_loader.js, run by ui.PRELOAD_MAP_CODE too).

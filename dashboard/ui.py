@@ -183,7 +183,7 @@ def current_query(run: str, art: artifacts.Artifacts) -> Query | None:
             return None
         pixels = np.full((3, 64, 64), 0.85, np.float32)  # an imported item without an image: a blank tile
     return Query(pixels, art.embeddings[item], item, int(art.labels[item]),
-                 f"#{item} · {art.items[item].get('class_name', art.labels[item])}")
+                 f"#{item} · {art.class_names[item]}")
 
 
 def query_item(n: int) -> int:
@@ -222,22 +222,10 @@ def set_query(item: int) -> None:
     st.session_state.pop("attention_neighbour", None)  # it belonged to the previous query
 
 
-def item_text(item: dict, index: int) -> str:
-    """What a search looks in: the item number, its class, its file name and every other text field."""
-    fields = [f"#{index}", str(item.get("class_name", ""))]
-    if item.get("path"):
-        fields.append(Path(str(item["path"])).name)
-    fields += [str(v) for k, v in item.items() if k not in ("split", "index", "path", "class_name") and v is not None]
-    return " ".join(fields).lower()
-
-
-def find_items(items: list[dict], text: str, limit: int = 500) -> list[int]:
-    """Items whose class, file name or fields contain every word of `text` (any case), in item order."""
-    words = text.lower().split()
-    if not words:
-        return []
-    hits = [i for i, item in enumerate(items) if all(w in item_text(item, i) for w in words)]
-    return hits[:limit]
+def find_items(store, text: str, limit: int = 500) -> list[int]:
+    """Items whose class, split, file name, folder or fields contain every word of `text` (any case; '#12': item
+    12), in item order, at most `limit` (core.item_store.ItemStore.search: whole columns, never item by item)."""
+    return store.search(text)[:limit].tolist()
 
 
 def query_finder(art: artifacts.Artifacts, key: str) -> None:
@@ -246,7 +234,7 @@ def query_finder(art: artifacts.Artifacts, key: str) -> None:
     find, found = f"{key}_find", f"{key}_found"
 
     def searched():
-        hits = find_items(art.items, st.session_state.get(find) or "")
+        hits = find_items(art.store, st.session_state.get(find) or "")
         if hits and st.session_state.get(session.QUERY) not in hits:
             set_query(hits[0])
     st.text_input("…or find by label, file or field", key=find, on_change=searched,
@@ -255,7 +243,7 @@ def query_finder(art: artifacts.Artifacts, key: str) -> None:
     text = (st.session_state.get(find) or "").strip()
     if not text:
         return
-    hits = find_items(art.items, text)
+    hits = find_items(art.store, text)
     if not hits:
         st.caption(f"No item matches {text!r}.")
         return
@@ -310,7 +298,7 @@ def metric_pair(label: str, selected: float, rest: float) -> None:
 def item_caption(art: artifacts.Artifacts, item: int, similarity: float | None = None, match: bool | None = None) -> str:
     mark = "" if match is None else ("✓ " if match else "✗ ")
     sim = "" if similarity is None else f" · {similarity:.3f}"
-    return f"{mark}#{item} {art.items[item].get('class_name', '')}{sim}"
+    return f"{mark}#{item} {art.class_names[item]}{sim}"
 
 
 def neighbours_row(run: str, art: artifacts.Artifacts, ids, sims, query_label: int | None, columns: int = 8) -> bool:

@@ -72,7 +72,8 @@ def test_group_terms_sum_to_cosine_and_group_knn():
 def test_jaccard_and_disagreements():
     a = np.array([[1, 2, 3], [4, 5, 6]])
     b = np.array([[1, 2, 3], [7, 8, 9]])
-    assert logic.jaccard_topk(a, b, 3).tolist() == [1.0, 0.0]
+    from core.neighbours import topk_overlap
+    assert topk_overlap(a, b, 3).tolist() == [1.0, 0.0]
     order = logic.disagreements(np.array([1, 1, 5]), np.array([1, 9, 4]), np.array([1.0, 0.2, 0.5]), 2)
     assert order.tolist() == [1, 2]
 
@@ -221,3 +222,21 @@ def test_similarity_attribution_completeness():
     assert np.allclose(diff["difference"], diff["to_neighbour"] - diff["to_true_match"])
     with torch.inference_mode():  # the caller's inference mode must not break attribution
         assert np.isfinite(similarity_attribution(model, x, ref, "gradcam")).all()
+
+
+def test_different_items_allows_a_renaming_of_classes_and_names_the_first_mismatch():
+    """Compare's check on whole columns: labels equal up to a one-to-one renaming pass; a class split or merged in
+    the other run, or another file at the same position, is refused with the first item where it shows."""
+    from core.item_store import ItemStore, items_table
+
+    def store(paths):
+        return ItemStore(items_table([{"class_name": "c", "path": p} for p in paths]))
+
+    none = store([None] * 4)
+    assert logic.different_items([0, 0, 1, 1], [5, 5, 7, 7], none, none) is None
+    assert "first at item 3" in logic.different_items([0, 0, 1, 1], [5, 5, 7, 5], none, none)   # 1 -> 7 and 5
+    assert "first at item 2" in logic.different_items([0, 0, 1, 1], [5, 5, 5, 5], none, none)   # merged
+    assert "first at item 3" in logic.different_items([0, 0, 1, 2], [5, 5, 6, 6], none, none)   # 1 and 2 -> 6
+    assert "4 and 3" in logic.different_items([0, 0, 1, 1], [0, 0, 1], none, store([None] * 3))
+    a, b = store(["/a/x.png", "/b/y.png", "z.png"]), store(["/c/x.png", "/b/q.png", "z.png"])
+    assert logic.different_items([0, 1, 2], [0, 1, 2], a, b) == "item 1 is y.png in one run and q.png in the other"

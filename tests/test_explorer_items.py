@@ -69,16 +69,41 @@ def test_stratified_sample_and_interleave_scale_to_many_classes():
 
 
 def test_thinned_sample_keeps_sparse_points_and_thins_dense_ones():
+    from core.projection import thinned_sample
+
     rng = np.random.default_rng(0)
     blob = rng.normal(scale=0.05, size=(100_000, 2))                 # 100k points on a few pixels
     sparse = rng.uniform(-10, 10, size=(2_000, 2))                   # 2k spread out: each its own cell
-    keep = logic.thinned_sample(np.concatenate([blob, sparse]), 10_000)
+    keep = thinned_sample(np.concatenate([blob, sparse]), 10_000)
     assert len(keep) <= 10_000 and (np.diff(keep) > 0).all()
     assert (keep >= 100_000).sum() >= 1_900                          # (almost) every sparse point stays
     assert 100 <= (keep < 100_000).sum() <= 8_100                    # the blob is still drawn, thinned
-    assert logic.thinned_sample(sparse, 10_000).tolist() == list(range(2_000))
-    many = logic.thinned_sample(rng.uniform(size=(50_000, 2)), 1_000)  # more occupied cells than the budget
+    assert thinned_sample(sparse, 10_000).tolist() == list(range(2_000))
+    many = thinned_sample(rng.uniform(size=(50_000, 2)), 1_000)  # more occupied cells than the budget
     assert 500 <= len(many) <= 1_000
+
+
+def test_the_points_a_map_draws_are_saved_with_its_coordinates_and_thinned_anew_when_stale(tmp_path):
+    """save_coords writes the draw sample beside the coordinates; drawn_points reads it, and thins the coordinates
+    itself where there is none or it is older than them (coordinates written by an older version)."""
+    import os
+
+    from core.projection import MAP_POINTS, drawn_points, save_coords, thinned_sample
+    from core.run_dir import coords_file, drawn_file
+
+    rng = np.random.default_rng(1)
+    coords = np.concatenate([rng.normal(scale=0.05, size=(30_000, 2)), rng.uniform(-9, 9, (500, 2))]).astype(np.float32)
+    save_coords(tmp_path, "pca", coords)
+    expected = thinned_sample(coords, MAP_POINTS)
+    saved = np.load(tmp_path / drawn_file("pca"))
+    assert saved.tolist() == expected.tolist() and len(saved) <= MAP_POINTS
+    np.save(tmp_path / drawn_file("pca"), saved[::2])                # what is on disk is what is read
+    assert drawn_points(tmp_path, "pca", coords).tolist() == saved[::2].tolist()
+    stale = os.stat(tmp_path / coords_file("pca")).st_mtime - 10
+    os.utime(tmp_path / drawn_file("pca"), (stale, stale))           # older than the coordinates: not used
+    assert drawn_points(tmp_path, "pca", coords).tolist() == expected.tolist()
+    (tmp_path / drawn_file("pca")).unlink()
+    assert drawn_points(tmp_path, "pca", coords).tolist() == expected.tolist()
 
 
 UMAP_BAR = "{desc}: {percentage:3.0f}%| {bar} {n_fmt}/{total_fmt} [{elapsed}]"   # umap-learn's own bar_format
@@ -185,5 +210,5 @@ def test_loaded_artifacts_are_kept_out_of_the_garbage_collectors_walks(tmp_path)
     art = artifacts._artifacts(str(tmp_path / "run"), 0.0, ())
     assert gc.get_freeze_count() > 0
     walked = {id(o) for o in gc.get_objects()}       # what a collection walks: not the frozen objects
-    assert id(art.items) not in walked and id(art.items[0]) not in walked
+    assert id(art.items) not in walked and id(art.store) not in walked and id(art.store.table) not in walked
 

@@ -160,3 +160,23 @@ def test_a_large_import_says_how_its_metrics_and_neighbours_were_estimated(tmp_p
     from core.item_store import read_items
     assert read_items(run / ARTIFACTS).row(7)["site"] == f"s{labels[7] % 5}"
     assert json.loads((run / "config.json").read_text())["data"]["name"] == IMPORTED
+
+
+def test_each_query_searched_to_its_own_depth_scores_as_one_search_to_the_largest():
+    """Queries are searched to max(k, R) rounded up (core.neighbours.search_depths), not all to the largest R; the
+    lists and scores are those of one search of every query to the largest R (exact search: a shallower top is a
+    prefix of a deeper one), the first true match's rank included where it lies beyond a query's own depth."""
+    emb, labels = clustered(3_000, 25, spread=1.6)   # classes of ~50-250 items: several depths, some misses
+    found = neighbours.all_neighbours(emb, labels, exact=True)
+    relevant = neighbours.class_sizes(labels)
+    depth = found.info["depth"]
+    depths = neighbours.search_depths(relevant, 32, depth)
+    assert len(np.unique(depths)) >= 3 and depths.max() == depth and (depths >= np.maximum(relevant, 32)).all()
+    rows = np.arange(len(emb))
+    sims, ids = neighbours.search(neighbours.ExactSearch(emb), emb, depth, self_ids=rows)
+    whole = neighbours.scores_of(ids, labels, labels, relevant)
+    beyond = whole["first_match_rank"] > depths     # found again at the full depth
+    assert beyond.any() and (found.scores["first_match_rank"] == whole["first_match_rank"]).mean() > 0.999
+    for name in ("r_precision", "map_at_r"):
+        np.testing.assert_allclose(found.scores[name], whole[name], atol=1e-6)
+    assert (found.ids == ids[:, :32]).mean() > 0.999 and np.allclose(found.sims, sims[:, :32], atol=1e-6)

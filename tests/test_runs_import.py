@@ -70,7 +70,8 @@ def test_import_writes_a_run_with_the_sources_metrics(imported):
     run, source = Path(imported["run"]), Path(imported["source"][0])
     art = run / ckpt.ARTIFACTS
     assert {p.name for p in art.iterdir()} == {"embeddings.npy", "labels.npy", "items.json", "items.parquet",
-                                               "coords_pca.npy", "neighbours_ids.npy", "neighbours_sims.npy",
+                                               "coords_pca.npy", "coords_pca_drawn.npy", "neighbours_ids.npy",
+                                               "neighbours_sims.npy",
                                                "item_scores.npy", "neighbours.json"}
     metrics = json.loads((run / ckpt.METRICS).read_text())
     shipped = json.loads((source / ckpt.METRICS).read_text())["test"]

@@ -23,11 +23,12 @@ def class_of(run: str) -> list[str]:
 
 # ---- label search in the query pickers -----------------------------------------------------------------
 def test_find_items_matches_every_word_of_class_file_and_fields():
+    from core.item_store import ItemStore, items_table
     from dashboard.ui import find_items
 
-    items = [{"class_name": "red diamond", "path": "/data/a/img_0001.png"},
-             {"class_name": "blue diamond", "path": None, "colour": "blue"},
-             {"class_name": "red circle", "path": "/data/b/IMG_0002.png"}]
+    items = ItemStore(items_table([{"class_name": "red diamond", "path": "/data/a/img_0001.png"},
+                                   {"class_name": "blue diamond", "path": None, "colour": "blue"},
+                                   {"class_name": "red circle", "path": "/data/b/IMG_0002.png"}]))
     assert find_items(items, "diamond") == [0, 1]
     assert find_items(items, "Red  DIAMOND") == [0]          # every word, any case, any spacing
     assert find_items(items, "img_0002") == [2]              # the file name

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import html
 import json
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
+from core.projection import MAP_POINTS
+from core.run_dir import ARTIFACTS
 from dashboard import artifacts, background, figures, logic, session, ui, webgl_map
 from dashboard.explore.selection import SELECTION, keep, kept
 
-MAX_POINTS = 10_000      # above this the map is thinned where points overlap; metrics still use every point
+MAX_POINTS = MAP_POINTS  # above this the map is thinned where points overlap; metrics still use every point
 SEEN = "explore_map_seen"  # the chart value seen after the last draw
 DRAWN = "explore_drawn"  # (item ids, coordinates) of the map last drawn: a lasso's polygon is in those coordinates
 FIGURE = "explore_figure"  # what the map's figure was last built with: see figure_selection
@@ -118,6 +121,25 @@ def thumbnails_failed_ui(run: str) -> None:
         st.code(job.log_tail(2000) or "(no log)", language=None)
 
 
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _drawn_points(run: str, method: str, key: int, _coords: np.ndarray) -> np.ndarray:
+    from core.projection import drawn_points as saved_or_thinned, thinned_sample
+    shown = (saved_or_thinned(Path(run) / ARTIFACTS, method, _coords) if method else
+             thinned_sample(_coords, MAX_POINTS))
+    shown.setflags(write=False)
+    return shown
+
+
+def drawn_points(run: str, view: tuple, projection: str, n: int) -> np.ndarray:
+    """Which of the map's points it draws (core.projection.thinned_sample), once per view: every item's map reads
+    the sample saved with its coordinates (core.projection.drawn_points); an isolated view thins its own points.
+    A click or a lasso reruns the map without thinning a million points again."""
+    view_ids, coords = view
+    method = ui.PROJECTION_FILES[projection] if len(view_ids) == n else None
+    key = hash(np.ascontiguousarray(coords).tobytes())
+    return _drawn_points(run, method, key, coords)
+
+
 def map_ui(run: str, art: artifacts.Artifacts, view: tuple, shown_projection: str, colour: tuple,
            scales: dict, colour_by: str, look: str, selected: np.ndarray, kind: str | None) -> bool:
     """Draw the map; True once the browser has drawn it (webgl_map.item_map)."""
@@ -125,7 +147,7 @@ def map_ui(run: str, art: artifacts.Artifacts, view: tuple, shown_projection: st
     zoom = current_zoom(run, view_ids, shown_projection)
     look = f"{look}|zoom {zoom['rev'] if zoom else 0}"
     n, names = len(art.labels), art.class_names
-    shown = logic.thinned_sample(coords, MAX_POINTS)   # fewer points: a faster first paint, lasso and redraw
+    shown = drawn_points(run, view, shown_projection, len(art.labels))   # fewer points: a faster paint, lasso, redraw
     ids = view_ids[shown]
     categories, colours, values = colour
     drawn, revision = figure_selection(look, selected, kind)

@@ -44,7 +44,7 @@ def rerun_area() -> None:
 def neighbours_ui(run: str, art: artifacts.Artifacts, item: int, neighbour_ids, sims) -> None:
     """The clicked item and its nearest neighbours as a table (number, label, cosine, ✓/✗, the items' fields),
     beside their images when the run has images."""
-    st.subheader(f"Nearest neighbours of #{item} {art.items[item].get('class_name', '')}")
+    st.subheader(f"Nearest neighbours of #{item} {art.class_names[item]}")
     rows = item_rows.neighbour_rows(art, neighbour_ids, sims, art.labels[item], artifacts.listed_fields(run), query=item)
     images = ui.images_or_error(run, [item, *neighbour_ids]) if artifacts.has_images(run) else None
     table_area = st.container()

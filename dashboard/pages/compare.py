@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import artifacts, catalog, figures, item_rows, logic, session, ui, webgl_map
+from dashboard.caching import artifact_stamp
 from dashboard.tables import item_table  # the module's name is taken below: this page's retrieval tables
 
 MAX_POINTS = 20_000        # per map; above it a stratified sample is drawn and box/lasso select by geometry
@@ -53,8 +54,22 @@ def pick_run_b_ui(run_a: str) -> tuple[str, dict]:
     return st.session_state[session.COMPARE], labels
 
 
-def same_items_ui(name_a: str, name_b: str, art_a, art_b) -> None:
-    problem = logic.different_items(art_a.labels, art_b.labels, art_a.items, art_b.items)
+@st.cache_data(show_spinner=False, max_entries=16)
+def _different_items(run_a: str, run_b: str, stamps: tuple[float, float]) -> str | None:
+    art_a, art_b = artifacts.artifacts(run_a), artifacts.artifacts(run_b)
+    return logic.different_items(art_a.labels, art_b.labels, art_a.store, art_b.store)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _shown(run: str, stamp: float) -> np.ndarray:
+    shown = logic.stratified_sample(artifacts.artifacts(run).labels, MAX_POINTS)
+    shown.setflags(write=False)
+    return shown
+
+
+def same_items_ui(name_a: str, name_b: str, run_a: str, run_b: str) -> None:
+    """Stop, saying why, when the two runs' items cannot be paired one by one (checked once per pair of runs)."""
+    problem = _different_items(run_a, run_b, (artifact_stamp(run_a), artifact_stamp(run_b)))
     if problem:
         st.error(f"**{name_a}** and **{name_b}** were not evaluated on the same test items: {problem}. A per-item "
                  f"comparison would pair unrelated items, so nothing is compared. Pick two runs of the same data "
@@ -94,7 +109,7 @@ def linked_maps_ui(runs: dict[str, str], arts: dict, tables: dict) -> np.ndarray
     art = arts["A"]
     n = len(art.labels)
     shift = logic.rank_shift(tables["A"], tables["B"], measure)
-    shown = logic.stratified_sample(art.labels, MAX_POINTS)
+    shown = _shown(runs["A"], artifact_stamp(runs["A"]))   # the items both maps draw
     names = np.asarray(art.class_names)
     hover = [f"#{i} {names[i]} · {measure} A {_measure_value(tables['A'], measure, i)} → "
              f"B {_measure_value(tables['B'], measure, i)}" for i in shown]
@@ -148,12 +163,26 @@ def _measure_value(table, measure: str, i: int) -> str:
     return str(table.first_match_rank[i]) if measure == "first match rank" else f"{table.r_precision[i]:.2f}"
 
 
-def rank_shift_ui(tables: dict) -> tuple[int, np.ndarray]:
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _overlap(run_a: str, run_b: str, stamps: tuple[float, float], k: int) -> np.ndarray:
+    from core.neighbours import topk_overlap
+    out = topk_overlap(artifacts.retrieval(run_a).neighbours, artifacts.retrieval(run_b).neighbours, k)
+    out.setflags(write=False)
+    return out
+
+
+def overlap(runs: dict[str, str], k: int) -> np.ndarray:
+    """Per query, the Jaccard overlap of the two runs' top-k lists (core.neighbours.topk_overlap, vectorised),
+    once per pair of runs, artifacts versions and k: a lasso or a recolouring reruns the page, not this."""
+    return _overlap(runs["A"], runs["B"], (artifact_stamp(runs["A"]), artifact_stamp(runs["B"])), k)
+
+
+def rank_shift_ui(runs: dict[str, str], tables: dict) -> tuple[int, np.ndarray]:
     table_a, table_b = tables["A"], tables["B"]
     k = ui.int_slider(st, "Top-k for the neighbourhood overlap", 1,
                       min(table_a.neighbours.shape[1], table_b.neighbours.shape[1]), 8, key="compare_k")
     rank_a, rank_b = table_a.first_match_rank, table_b.first_match_rank
-    jaccard = logic.jaccard_topk(table_a.neighbours, table_b.neighbours, k)
+    jaccard = overlap(runs, k)
     h1, h2 = st.columns(2)
     h1.plotly_chart(figures.histogram(rank_b - rank_a, "Rank change of the first true match (B − A)",
                                       "rank in B − rank in A (negative: B finds it sooner)"),
@@ -220,11 +249,11 @@ run_b, labels = pick_run_b_ui(run_a)
 _, _, art_a = ui.load_or_stop(run_a)
 _, _, art_b = ui.load_or_stop(run_b)
 name_a, name_b = Path(run_a).name, labels[run_b]
-same_items_ui(name_a, name_b, art_a, art_b)
+same_items_ui(name_a, name_b, run_a, run_b)
 runs, arts = {"A": run_a, "B": run_b}, {"A": art_a, "B": art_b}
 tables = {"A": artifacts.retrieval(run_a), "B": artifacts.retrieval(run_b)}
 metrics_ui(run_a, run_b, name_a, name_b)
 selected = linked_maps_ui(runs, arts, tables)
-k, jaccard = rank_shift_ui(tables)
+k, jaccard = rank_shift_ui(runs, tables)
 same_query_ui(runs, arts, tables, k)
 disagreements_ui(arts, tables, jaccard, k, selected)

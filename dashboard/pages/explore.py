@@ -98,7 +98,7 @@ def search_ui(run: str) -> None:
     """A new search text selects its matches (or says there are none), once per text."""
     text = (st.session_state.get("explore_find") or "").strip()
     if text and text != st.session_state.get("explore_find_done"):
-        found = items.search(artifacts.search_text(run), text)
+        found = artifacts.search(run, text)
         st.session_state["explore_find_done"] = text
         if len(found):
             keep(SELECTION, run, found)
@@ -163,7 +163,6 @@ def prefetch(run: str) -> None:
     caching.warm_up()
     if artifacts.has_images(run):
         background.thumbnails(run)
-    artifacts.neighbour_index(run)
     try:  # the data set behind the grid's images: a new run's first selection paid seconds for it
         dataset.splits(run)
     except ui.dataset_error_type():
@@ -188,7 +187,7 @@ def selection_area(run: str, art: artifacts.Artifacts, fields: dict, view: tuple
     focus = None
     if len(selected) == 1:
         item = int(selected[0])
-        focus = (item, *items.neighbours(artifacts.neighbour_index(run), art.embeddings, item, NEIGHBOURS))
+        focus = (item, *artifacts.item_neighbours(run, item, NEIGHBOURS))
     drawn = map_ui(run, art, view[:2], view[2], colour, scales, colour_by, look, selected, kind)
     zoom_ui(run, view, selected, focus)
     focus_ui(run, art, view[:2], focus)

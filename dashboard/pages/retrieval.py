@@ -5,6 +5,7 @@ import numpy as np
 import streamlit as st
 
 from dashboard import artifacts, counterfactual, figures, item_rows, logic, session, tables, ui
+from dashboard.caching import artifact_stamp
 
 
 def query_source_ui(run: str, n: int, has_model: bool) -> None:
@@ -85,17 +86,25 @@ def group_retrieval_ui(run: str, art: artifacts.Artifacts, query: ui.Query, k: i
             ui.neighbours_row(run, art, gids, gsims, query.label, columns=min(8, max(k, 4)))
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def _failures(run: str, stamp: float):
+    """The run's hardest failures and their table: the same for every query, so once per artifacts version (each
+    row ranks its true match among every item: a pass over a million embeddings per row)."""
+    art, table = artifacts.artifacts(run), artifacts.retrieval(run)
+    failures = logic.hardest_failures(table, 8)
+    return failures, item_rows.failure_rows(art, table, failures, artifacts.listed_fields(run))
+
+
 def failures_ui(run: str, art: artifacts.Artifacts, table: logic.RetrievalTable, has_model: bool) -> None:
     st.subheader("Hardest failures")
-    failures = logic.hardest_failures(table, 8)
+    failures, rows = _failures(run, artifact_stamp(run))
     if not len(failures):
         st.success("No query has a wrong top-1 neighbour.")
         return
     st.caption("Queries whose top-1 neighbour has another class, lowest R-precision first: the wrong top-1, the "
                "nearest item of the query's own class and where it ranks. Select a row to make that failure the "
                "query." + (" **Explain** opens it on the Attention page against its wrong top-1." if has_model else ""))
-    picked = tables.item_table(item_rows.failure_rows(art, table, failures, artifacts.listed_fields(run)),
-                               key=f"retrieval_failures_{ui.query_item(len(art.labels))}", pick_column="query")
+    picked = tables.item_table(rows, key=f"retrieval_failures_{ui.query_item(len(art.labels))}", pick_column="query")
     if picked is not None:
         ui.set_query(picked)
         st.rerun()
