@@ -47,9 +47,12 @@ def filters_ui(run: str, table, fields: dict) -> Filters:
     for k, chip in enumerate(controls):
         column = columns[k % len(columns)]
         if chip == "first match rank":
-            last = int(table.neighbours.shape[1]) + 1
+            depth = int(table.neighbours.shape[1])
+            # a run's saved scores may rank a first match beyond the neighbours it lists: the range covers them all
+            last = max(depth + 1, int(np.max(table.first_match_rank, initial=1)))
             ranges[chip] = column.slider(chip, 1, last, (1, last), key=f"explore_range_{chip}_{tag}",
-                                         help=f"{last}: no true match among the {last - 1} saved neighbours")
+                                         help=f"rank of the first item of the same class (1: right at top-1; "
+                                              f"{depth} neighbours are listed per item)")
         elif chip in SCORES:
             ranges[chip] = column.slider(chip, 0.0, 1.0, (0.0, 1.0), step=0.05, key=f"explore_range_{chip}_{tag}")
         else:
