@@ -167,6 +167,8 @@ def test_frozen_backbone_overrides_move_blocks_onto_the_last_stage():
     assert moved.model.blocks[0].args == cfg.model.blocks[0].args
     assert frozen_backbone_overrides(RunConfig.load("configs/real_gap.yaml")) == [
         "model.freeze_backbone=true", "model.projection_init=uncentred_pca"]
+    # DSL's learners each normalise a slice of the projection: it keeps the centred start
+    assert "model.projection_init=uncentred_pca" not in frozen_backbone_overrides(RunConfig.load("configs/real_dsl.yaml"))
 
 
 def test_cached_views_give_the_mirror_image_and_epochs_draw_from_both(folder, tmp_path):
