@@ -69,16 +69,18 @@ GPU_STEPS = [
 ]
 GPU_TWIN = {"real_data_cached": "real_data_gpu"}  # a GPU result shown after a CPU one whose name it does not extend
 # What BENCHMARKS.md shows of a result; what it leaves out stays in the result's file, which the section then links.
-TWINS = {"dashboard_latency": ["dashboard_latency_1m"], "faithfulness": ["faithfulness_timing"]}  # shown, as every <name>_cuda, compactly under <name>
+TWINS = {"dashboard_latency": ["dashboard_latency_1m", "dashboard_session_1m"], "faithfulness": ["faithfulness_timing"]}  # shown, as every <name>_cuda, compactly under <name>
 ONLY_SECTION = {"real_data_gpu": "Recipes over seeds"}  # the rest of that file is superseded protocol
 DETAIL_SECTIONS = {  # by the start of their heading
     "dsl_cia_accuracy": ["DSL learners over epochs"], "dsl_cia_accuracy_cuda": ["DSL learners over epochs"],
     "dashboard_scale": ["Data functions"], "faithfulness": ["Every run and map"],
     "heads_speed": ["resnet50"], "heads_speed_cuda": ["convnet"],  # the small net on the CPU, ResNet-50 on a GPU
+    "real_data_cached": ["cub100: fine-tuned on a GPU"],  # the GPU section below has those figures
 }
 DETAIL_LINES = {  # table rows (and the lines that list what they measured)
     "dashboard_latency": r"^(\| \w+ \| sop_like_(10k|60k|120k) \||\| \w+_until_idle \||- (runs|retrieval tables read from .*): )",
-    "dashboard_latency_1m": r"^\| \w+_until_idle \|",  # the time to first paint and the interactions stay
+    "dashboard_latency_1m": r"^\| (\w+_until_idle|server_first_page|map_reload_paint) \|",  # paint and interactions stay
+    "dashboard_session_1m": r"^\| server_first_page \|",  # the session's own steps stay
     "dsl_cia_speed": r"^(The same runs on the |DSL training step vs)",  # wall-clock ratios; dsl ÷ gap_margin
     "dashboard_load": r"^\| \d+ \| (explore|retrieval|attention) \|",  # each session; their summary stays
     "dashboard_scale": r"^\| clustered_120k \|",  # 1k and a million items stay
@@ -86,6 +88,7 @@ DETAIL_LINES = {  # table rows (and the lines that list what they measured)
     "heads_interpretability": r"^\| (?!grouping)[^|]+ \| uniform \(baseline\)",  # the same uniform row once
 }
 DETAIL_COLUMNS = {"dashboard_latency": ["samples (s)"], "dashboard_latency_1m": ["samples (s)"],
+                  "dashboard_session_1m": ["samples (s)"], "real_data_cached": ["NMI", "caching s"],
                   "dashboard_scale": ["date"], "real_data_gpu": ["set", "R@2", "R@4", "R@8"],  # cub100 only
                   "grouping_groups_shipped": ["run", "loss", "epochs"],  # the shipped run, named above
                   "heads_interpretability": ["mass (per channel)", "pointing (best channel)"],
@@ -97,6 +100,7 @@ TITLES = {"real_data_gpu": "Real data on a GPU: the recipes on cub100, 224 px, e
           "faithfulness_timing": "What the page waits for: seconds for one query's pass per explainer (shared 2-core "
                                  "CPU; every map and channel, 16 steps, 5 random orders, the two randomised models)",
           "input_pipeline_cuda": "On a GPU (NVIDIA H200): 224 px, bf16 autocast, every cub100 train image",
+          "dashboard_session_1m": "A whole session at a million items (the same run; Compare with a second run of its items)",
           "dashboard_latency_1m": "At a million items (`clustered_1000k`: embeddings imported with `python -m core "
                                   "import`, benchmarks/scale_data.py, no images)"}
 PLOTS = RESULTS / "plots"
