@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.test_dashboard_pages import item_maps, open_app, runs  # noqa: F401  (runs: the shared module fixture)
+from tests.test_dashboard_pages import item_maps, open_app, plotly_list, runs  # noqa: F401  (runs: the shared module fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,9 +117,9 @@ def test_compare_colours_each_item_by_its_rank_shift(runs):
         art = Path(run) / "artifacts"
         tables.append(retrieval_table(np.load(art / "embeddings.npy").astype(np.float32), np.load(art / "labels.npy")))
     trace = map_spec(at, "compare_map_A")["data"][0]
-    ids = np.asarray(trace["customdata"])
+    ids = np.asarray(plotly_list(trace["customdata"]), dtype=np.int64)
     gained = tables[0].first_match_rank[ids] - tables[1].first_match_rank[ids]
-    assert np.allclose(trace["marker"]["color"], gained)     # blue: B finds the first true match sooner
+    assert np.allclose(plotly_list(trace["marker"]["color"]), gained)     # blue: B finds the first true match sooner
     assert trace["marker"]["cmin"] == -trace["marker"]["cmax"] != 0
 
 
