@@ -54,9 +54,10 @@ def frozen_backbone_overrides(cfg: RunConfig, move_blocks: bool = True) -> list[
     cached and the later frozen stages run in every step: slower steps, but a block on fewer channels, so a
     run small enough to ship)."""
     out = ["model.freeze_backbone=true"]
-    # not DSL: each of its learners normalises its own slice of the projection, and uncentred the leading
-    # direction (the features' mean) is one all images share, so its start and first epochs fell far below
-    if cfg.model.projection_init == "pca" and cfg.model.head != "dsl":
+    import core.models.heads  # noqa: F401  (registers every head)
+    from core.registry import HEADS
+
+    if cfg.model.projection_init == "pca" and HEADS.get(cfg.model.head).uncentred_start:
         out.append("model.projection_init=uncentred_pca")
     if cfg.model.blocks and move_blocks:
         from core.models.embedder import build_model

@@ -41,6 +41,10 @@ class Head(nn.Module):
     with `ctx=None` by tests that drive a head alone, where nothing needs the context.
     """
 
+    # `projection_init: uncentred_pca` suits a head whose embedding is normalised as a whole; a head that
+    # normalises slices of its projection on their own (DSL's learners) keeps the centred start instead
+    uncentred_start = True
+
     out_dim: int
 
     def __init__(self, in_channels: int, embed_dim: int, num_classes: int | None = None):

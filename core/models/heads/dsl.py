@@ -107,6 +107,10 @@ class DSLHead(LearnerGrowth, ClusterSchedule, Head):
     """The DSL head: attention, pooling, the per-learner embedding and loss; growth (`LearnerGrowth`,
     dsl_growth.py) and the per-cluster batch schedule (`ClusterSchedule`, dsl_clusters.py) are mixins."""
 
+    # each learner normalises its own slice of the projection; uncentred, the leading direction is the mean
+    # every image shares, so the start and first epochs fell far below the centred start
+    uncentred_start = False
+
     def __init__(self, in_channels: int, embed_dim: int, num_classes=None, *,
                  learners: int = 1,               # initial learners (equal contiguous splits, as `init_splitted`)
                  dynamic: bool = True,            # add learners by splitting (False: fixed-K divide and conquer)
